@@ -1,0 +1,3 @@
+"""tvc: put vision transformers on edge hardware (compress, export, benchmark)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from tvc.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Compression stages: prune, low-rank factorize, distil, quantize. One verb, one config each."""

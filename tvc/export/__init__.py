@@ -1,0 +1,1 @@
+"""Export: ONNX (with parity), FP16 / INT8 ONNX variants, TensorRT engines."""

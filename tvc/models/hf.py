@@ -1,0 +1,77 @@
+"""Hugging Face image classifiers (ViTForImageClassification and friends) from local directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tvc.deps import require
+from tvc.errors import ModelNotFoundError
+
+
+class HFClassifier(nn.Module):
+    """Wraps a transformers image classifier so forward(pixels) returns logits, like timm."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, pixel_values):
+        return self.inner(pixel_values=pixel_values).logits
+
+
+def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
+    transformers = require("transformers", "Hugging Face models")
+    cfg = dict(config_dict)
+    model_type = cfg.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **cfg)
+    # Eager attention exports and prunes predictably.
+    config._attn_implementation = "eager"
+    inner = transformers.AutoModelForImageClassification.from_config(config)
+    return HFClassifier(inner)
+
+
+def hf_from_directory(path: Path, *, num_classes: int | None = None):
+    from tvc.models.load import LoadedModel, ModelInfo, read_json
+    from tvc.models.weights import load_into, read_state_dict
+
+    transformers = require("transformers", "Hugging Face models")
+    cfg = read_json(path / "config.json")
+    if "model_type" not in cfg:
+        raise ModelNotFoundError(
+            f"{path}/config.json has no model_type", "save the model with save_pretrained()"
+        )
+    config = transformers.AutoConfig.for_model(**cfg)
+    if num_classes is not None:
+        config.num_labels = num_classes
+    config_dict = config.to_dict()
+    model = hf_build(config_dict)
+    weights = next(
+        (path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()),
+        None,
+    )
+    if weights is None:
+        raise ModelNotFoundError(
+            f"{path} has a config.json but no model.safetensors or pytorch_model.bin",
+            "save the weights with save_pretrained() into that directory",
+        )
+    state = read_state_dict(weights)
+    load_into(model, {f"inner.{k}": v for k, v in state.items()}, str(weights))
+    model.eval()
+    pre = path / "preprocessor_config.json"
+    proc = read_json(pre) if pre.is_file() else {}
+    size = config.image_size
+    info = ModelInfo(
+        name=path.name,
+        family="hf",
+        arch=config.model_type,
+        kwargs=config_dict,
+        num_classes=int(config.num_labels),
+        input_size=(int(config.num_channels), int(size), int(size)),
+        mean=tuple(proc.get("image_mean", (0.5, 0.5, 0.5))),
+        std=tuple(proc.get("image_std", (0.5, 0.5, 0.5))),
+        weights=str(weights),
+    )
+    return LoadedModel(model, info)

@@ -1,0 +1,246 @@
+"""Turn a MODEL argument into a torch module and the facts every later step needs.
+
+MODEL may be a timm name or alias (`deit_small_patch16_224`, `vit_b16`), one of tvc's small
+configs (`vit_fmnist`), a Hugging Face model directory (config.json + weights), or a tvc model
+artifact. Weights come only from disk: tvc never downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tvc.artifact import Artifact, is_artifact, load_artifact
+from tvc.deps import require
+from tvc.errors import ArtifactError, ModelNotFoundError, WeightsError
+from tvc.models import registry
+
+log = logging.getLogger("tvc")
+
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class ModelInfo:
+    """Everything needed to rebuild the model and feed it: written into artifacts as 'model'."""
+
+    name: str
+    family: str  # "timm" or "hf"
+    arch: str  # timm architecture, or the HF model_type
+    kwargs: dict[str, Any]  # timm create_model overrides, or the HF config dict
+    num_classes: int
+    input_size: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str = "random"  # where the weights came from
+    structure: dict[str, Any] | None = None  # shape changes from compression
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. distillation token present
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelInfo:
+        d = dict(d)
+        d["input_size"] = tuple(d["input_size"])
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # torch.nn.Module, in eval mode
+    info: ModelInfo
+    artifact: Artifact | None = None
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    pretrained: bool = False,
+    warn_random: bool = True,
+) -> LoadedModel:
+    """Build or load the model named by `spec`. See the module docstring for the forms."""
+    require("torch", "loading a PyTorch model")
+    path = Path(spec)
+    if path.exists():
+        if is_artifact(path):
+            if weights is not None:
+                raise WeightsError(
+                    f"{spec} is an artifact and carries its own weights",
+                    "drop --weights, or pass the architecture name with --weights",
+                )
+            return model_from_artifact(load_artifact(path))
+        if path.is_dir() and (path / "config.json").is_file():
+            from tvc.models.hf import hf_from_directory
+
+            return hf_from_directory(path, num_classes=num_classes)
+        if path.suffix == ".onnx":
+            raise ModelNotFoundError(
+                f"{spec} is an ONNX file, but this step needs a PyTorch model",
+                "pass the model name or the model artifact it was exported from",
+            )
+        if path.is_file():
+            raise ModelNotFoundError(
+                f"{spec} is a file; a weights file needs its architecture",
+                f"pass the architecture and the file: MODEL_NAME --weights {spec}",
+            )
+        raise ModelNotFoundError(
+            f"{spec} is a directory but neither a tvc artifact nor a Hugging Face model "
+            "(no artifact.json or config.json)",
+            "point at a directory written by tvc or saved with save_pretrained()",
+        )
+    resolved = registry.resolve(spec)
+    return timm_from_name(
+        resolved,
+        weights=weights,
+        num_classes=num_classes,
+        input_size=input_size,
+        pretrained=pretrained,
+        warn_random=warn_random,
+    )
+
+
+def _timm_build(arch: str, kwargs: dict[str, Any]):
+    import timm
+
+    return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+def timm_from_name(
+    resolved: registry.Resolved,
+    *,
+    weights: str | Path | None,
+    num_classes: int | None,
+    input_size: int | None,
+    pretrained: bool,
+    warn_random: bool,
+) -> LoadedModel:
+    from tvc.models.weights import load_into, read_state_dict
+
+    kwargs = dict(resolved.kwargs)
+    state = None
+    if pretrained and weights is None:
+        raise WeightsError(
+            f"pretrained weights for {resolved.name} are not on disk and tvc never downloads",
+            "download them yourself and pass --weights FILE (safetensors or .pth state dict)",
+        )
+    if weights is not None:
+        state = read_state_dict(weights)
+        head = state.get("head.weight")
+        if num_classes is None and head is not None and head.ndim == 2:
+            num_classes = int(head.shape[0])
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if input_size is not None:
+        kwargs["img_size"] = input_size
+    model = _timm_build(resolved.arch, kwargs)
+    if state is not None:
+        if input_size is not None:
+            state = _resample_for(model, state)
+        load_into(model, state, str(weights))
+    elif warn_random:
+        log.warning(
+            "%s is randomly initialised (no --weights given); accuracy numbers will be "
+            "meaningless, latency and size are still valid",
+            resolved.name,
+        )
+    model.eval()
+    return LoadedModel(model, _timm_info(model, resolved.name, resolved.arch, kwargs, weights))
+
+
+def _resample_for(model, state: dict) -> dict:
+    """Resize position embeddings when the input size differs from the checkpoint's."""
+    try:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+    except ImportError:
+        return state
+    return checkpoint_filter_fn(state, model)
+
+
+def _timm_info(model, name: str, arch: str, kwargs: dict, weights) -> ModelInfo:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    chans = kwargs.get("in_chans", cfg.get("input_size", (3,))[0])
+    if img is None:
+        img = cfg.get("input_size", (3, 224, 224))[1:]
+    return ModelInfo(
+        name=name,
+        family="timm",
+        arch=arch,
+        kwargs=kwargs,
+        num_classes=int(getattr(model, "num_classes", kwargs.get("num_classes", 1000))),
+        input_size=(int(chans), int(img[0]), int(img[1])),
+        mean=tuple(float(x) for x in cfg.get("mean", (0.5, 0.5, 0.5))),
+        std=tuple(float(x) for x in cfg.get("std", (0.5, 0.5, 0.5))),
+        weights=str(weights) if weights else "random",
+        extra={"dist_token": bool(getattr(model, "dist_token", None) is not None)},
+    )
+
+
+def build_from_info(info: ModelInfo):
+    """A fresh model of `info`'s architecture and structure (weights uninitialised)."""
+    if info.family == "timm":
+        model = _timm_build(info.arch, info.kwargs)
+    elif info.family == "hf":
+        from tvc.models.hf import hf_build
+
+        model = hf_build(info.kwargs)
+    else:
+        raise ArtifactError(
+            f"unknown model family '{info.family}' in artifact",
+            "the artifact was written by a newer tvc; upgrade tvc",
+        )
+    if info.structure:
+        from tvc.compress.structure import apply_structure
+
+        apply_structure(model, info.structure)
+    return model
+
+
+def model_from_artifact(artifact: Artifact) -> LoadedModel:
+    """Rebuild a model artifact: fresh architecture + recorded structure + safetensors weights."""
+    from tvc.models.weights import load_into, read_state_dict
+
+    if artifact.kind != "model":
+        parent = (artifact.meta.get("parent") or {}).get("path")
+        if parent and is_artifact(parent) and load_artifact(parent, verify=False).kind == "model":
+            return model_from_artifact(load_artifact(parent))
+        raise ArtifactError(
+            f"{artifact.path} is a '{artifact.kind}' artifact, not a PyTorch model artifact",
+            "pass the model artifact it was made from (see 'parent' in its artifact.json)",
+        )
+    if "model" not in artifact.meta:
+        raise ArtifactError(
+            f"{artifact.path}/artifact.json has no 'model' section", "re-run the step that wrote it"
+        )
+    info = ModelInfo.from_json(artifact.meta["model"])
+    model = build_from_info(info)
+    load_into(model, read_state_dict(artifact.file(WEIGHTS_FILE)), str(artifact.path))
+    model.eval()
+    return LoadedModel(model, info, artifact)
+
+
+def save_model(writer, loaded: LoadedModel) -> None:
+    """Write a model's weights (safetensors) and its rebuild info into an artifact being staged."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in loaded.model.state_dict().items()}
+    save_file(state, str(writer.path_for(WEIGHTS_FILE)))
+    writer.meta["model"] = loaded.info.to_json()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelNotFoundError(f"cannot read {path} ({exc})", "check the file") from exc

@@ -1,0 +1,1 @@
+"""Bench records (versioned schema) and their rendering as Markdown / HTML reports."""

@@ -1,0 +1,139 @@
+"""Latency measurement: warm up, then time a minimum count and duration; report percentiles.
+
+Timing wraps `Runner.infer` from the outside, so every backend is measured the same way and
+the runner's own overhead (input validation) is included, as a user would see it.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tvc.runtime.base import Runner
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one inference call in milliseconds, over `n` timed runs."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def from_samples(cls, samples_s: list[float] | np.ndarray) -> LatencyStats:
+        ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(
+            p50=float(p50),
+            p90=float(p90),
+            p99=float(p99),
+            mean=float(ms.mean()),
+            std=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+            min=float(ms.min()),
+            max=float(ms.max()),
+            n=int(ms.size),
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def time_calls(
+    fn,
+    *,
+    warmup_s: float = 1.0,
+    min_runs: int = 50,
+    min_time_s: float = 3.0,
+    max_runs: int = 100_000,
+) -> LatencyStats:
+    """Time `fn()` after a warm-up: at least `min_runs` calls and `min_time_s` seconds."""
+    end = time.perf_counter() + warmup_s
+    warm = 0
+    while warm < 3 or time.perf_counter() < end:
+        fn()
+        warm += 1
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_runs and (
+        len(samples) < min_runs or time.perf_counter() - start < min_time_s
+    ):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return LatencyStats.from_samples(samples)
+
+
+def time_runner(runner: Runner, batch: int, **kwargs) -> LatencyStats:
+    feeds = runner.sample_feeds(batch)
+    return time_calls(lambda: runner.infer(feeds), **kwargs)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarking variants into bench records
+
+
+@dataclass
+class BenchConfig:
+    backends: tuple[str, ...] = ("ort",)
+    batches: tuple[int, ...] = (1,)
+    threads: int | None = None
+    warmup_s: float = 1.0
+    min_runs: int = 50
+    min_time_s: float = 3.0
+    provider: str = "cpu"
+
+
+def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, command: str,
+                **fields):  # fmt: skip
+    """A BenchRecord for one timed (variant, backend, batch)."""
+    from tvc.report.schema import BenchRecord, Latency, ModelRef
+    from tvc.runtime.device import board_name, environment
+
+    env = environment()
+    art = variant.artifact
+    metrics = art.meta.get("metrics", {}) if art else {}
+    model = ModelRef(
+        name=variant.model_name,
+        path=str(variant.path) if variant.path else None,
+        artifact_id=art.id if art else None,
+        lineage=[*art.meta.get("lineage", []), {"id": art.id, "kind": art.kind,
+                 "spec": art.meta.get("spec", {})}] if art else [],  # fmt: skip
+        params=metrics.get("params"),
+        macs=metrics.get("macs"),
+    )
+    desc = runner.describe()
+    return BenchRecord(
+        variant=variant.label,
+        model=model,
+        precision=variant.precision,
+        backend=desc["backend"],
+        provider=desc["provider"],
+        threads=desc.get("threads"),
+        batch=batch,
+        latency_ms=Latency(**stats.as_dict()),
+        throughput_ips=batch * 1e3 / stats.mean,
+        size_bytes=variant.size_bytes,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        board=board_name(env),
+        environment=env,
+        command=command,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        extra=variant.extra,
+        **fields,
+    )

@@ -1,0 +1,95 @@
+"""`tvc bench`: open each variant of a target on each backend, time it, make records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tvc.artifact import is_artifact, load_artifact
+from tvc.errors import ConfigError
+from tvc.runtime.bench import BenchConfig, make_record, time_runner
+from tvc.runtime.targets import Variant, onnx_variants
+
+log = logging.getLogger("tvc")
+BACKENDS = ("ort", "torch", "trt")
+
+
+def open_runner(backend: str, variant: Variant, cfg: BenchConfig, loaded=None):
+    """A Runner for `variant` on `backend`."""
+    if backend == "ort":
+        from tvc.runtime.ort import OrtRunner
+
+        return OrtRunner(variant.path, threads=cfg.threads, provider=cfg.provider)
+    if backend == "torch":
+        from tvc.runtime.torch_runner import TorchRunner
+
+        return TorchRunner(loaded, threads=cfg.threads)
+    if backend == "trt":
+        from tvc.runtime.trt import TrtRunner
+
+        return TrtRunner(variant.path)
+    raise ConfigError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
+
+
+def variants_for(target: str, backend: str, model_kwargs: dict[str, Any]):
+    """(variant, loaded torch model or None) pairs that `backend` can run for `target`."""
+    path = Path(target)
+    if backend == "ort":
+        found = onnx_variants(target)
+        if not found:
+            raise ConfigError(
+                f"{target} has no ONNX model to run on ONNX Runtime",
+                f"export it first: tvc export {target} -o OUT, then tvc bench OUT",
+            )
+        return [(v, None) for v in found]
+    if backend == "torch":
+        from tvc.models import load_model
+
+        if path.suffix == ".onnx":
+            raise ConfigError(
+                f"{target} is an ONNX file; the torch backend needs the PyTorch model",
+                "pass the model name or its model artifact, or use --backend ort",
+            )
+        loaded = load_model(target, **model_kwargs)
+        art = loaded.artifact
+        v = Variant(f"{loaded.info.name} fp32", "fp32", None, art, loaded.info.name,
+                    art.size_bytes if art else None)  # fmt: skip
+        if art is None:
+            v.extra["params"] = int(sum(p.numel() for p in loaded.model.parameters()))
+        return [(v, loaded)]
+    if backend == "trt":
+        if not is_artifact(path) or not load_artifact(path).has("model.engine"):
+            raise ConfigError(
+                f"{target} has no TensorRT engine",
+                f"build one on this machine: tvc export {target} --trt -o OUT",
+            )
+        art = load_artifact(path)
+        name = art.meta.get("model", {}).get("name", path.name)
+        prec = art.meta.get("engine", {}).get("precision", "fp32")
+        return [(Variant(f"{name} trt-{prec}", prec, art.path / "model.engine", art, name,
+                         art.meta["files"]["model.engine"]["bytes"]), None)]  # fmt: skip
+    raise ConfigError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
+
+
+def bench_target(target: str, cfg: BenchConfig, *, command: str, model_kwargs: dict[str, Any]):
+    """Benchmark every variant of `target` on every backend and batch; return bench records."""
+    if not Path(target).exists() and "ort" in cfg.backends and len(cfg.backends) == 1:
+        # a model name with the default backend: say what to do rather than guess
+        from tvc.models.registry import resolve
+
+        resolve(target)  # raises a helpful error for unknown names
+        raise ConfigError(
+            f"{target} is a model name; ONNX Runtime needs an exported model",
+            f"run 'tvc export {target} -o OUT' then 'tvc bench OUT', or use --backend torch",
+        )
+    records = []
+    for backend in cfg.backends:
+        for variant, loaded in variants_for(target, backend, model_kwargs):
+            with open_runner(backend, variant, cfg, loaded) as runner:
+                for batch in cfg.batches:
+                    log.info("timing %s on %s, batch %d", variant.label, backend, batch)
+                    stats = time_runner(runner, batch, warmup_s=cfg.warmup_s,
+                                        min_runs=cfg.min_runs, min_time_s=cfg.min_time_s)  # fmt: skip
+                    records.append(make_record(variant, runner, batch, stats, command))
+    return records

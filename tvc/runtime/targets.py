@@ -1,0 +1,53 @@
+"""What `tvc bench` measures: resolve a target (ONNX file, artifact, model name) into variants.
+
+An export artifact can hold several ONNX variants (FP32, INT8 Q/DQ, INT8 dynamic, FP16) and a
+TensorRT engine; each is one benchmark variant. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tvc.artifact import Artifact, is_artifact, load_artifact
+
+# payload file -> precision, for ONNX files the export stages write
+PRECISION_BY_FILE = {
+    "model.onnx": "fp32",
+    "model.fp16.onnx": "fp16",
+    "model.int8.onnx": "int8-qdq",
+    "model.int8dyn.onnx": "int8-dynamic",
+}
+
+
+@dataclass
+class Variant:
+    label: str
+    precision: str
+    path: Path | None  # the payload file (None for a PyTorch model)
+    artifact: Artifact | None
+    model_name: str
+    size_bytes: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def onnx_variants(target: str) -> list[Variant]:
+    """The ONNX variants in an artifact (or the single file given)."""
+    p = Path(target)
+    if p.is_file() and p.suffix == ".onnx":
+        return [Variant(p.stem, "fp32", p, None, p.stem, p.stat().st_size)]
+    if not is_artifact(p):
+        return []
+    art = load_artifact(p)
+    name = art.meta.get("model", {}).get("name", p.name)
+    variants = []
+    for fname, info in art.meta["files"].items():
+        if not fname.endswith(".onnx"):
+            continue
+        precision = (art.meta.get("variants", {}).get(fname, {}).get("precision")
+                     or PRECISION_BY_FILE.get(fname, "fp32"))  # fmt: skip
+        variants.append(Variant(f"{name} {precision}", precision, art.path / fname, art, name,
+                                info["bytes"]))  # fmt: skip
+    return sorted(variants, key=lambda v: list(PRECISION_BY_FILE.values()).index(v.precision)
+                  if v.precision in PRECISION_BY_FILE.values() else 99)  # fmt: skip
