@@ -37,6 +37,10 @@ def _setup_logging(verbose: bool) -> None:
 class TvcGroup(click.Group):
     """The one error boundary: user errors become one line and an exit code, never a traceback."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["tvc.argv"] = list(args)  # kept for records: the exact command that ran
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -62,10 +66,9 @@ class TvcGroup(click.Group):
 
 def command_line() -> str:
     """The command as typed, for records that say how each number was produced."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("tvc", "__main__.py", "cli.py")):
-        argv[0] = "tvc"
-    return " ".join(shlex.quote(a) for a in argv)
+    ctx = click.get_current_context(silent=True)
+    args = ctx.find_root().meta.get("tvc.argv", sys.argv[1:]) if ctx else sys.argv[1:]
+    return shlex.join(["tvc", *args])
 
 
 def parse_int_list(value: str, option: str) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from tvc.deps import require
-from tvc.errors import ModelNotFoundError
+from tvc.errors import ModelNotFoundError, WeightsError
 
 
 class HFClassifier(nn.Module):
@@ -35,8 +35,6 @@ def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
 
 def hf_from_directory(path: Path, *, num_classes: int | None = None):
     from tvc.models.load import LoadedModel, ModelInfo, read_json
-    from tvc.models.weights import load_into, read_state_dict
-
     transformers = require("transformers", "Hugging Face models")
     cfg = read_json(path / "config.json")
     if "model_type" not in cfg:
@@ -46,20 +44,26 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
     config = transformers.AutoConfig.for_model(**cfg)
     if num_classes is not None:
         config.num_labels = num_classes
-    config_dict = config.to_dict()
-    model = hf_build(config_dict)
-    weights = next(
-        (path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()),
-        None,
-    )
-    if weights is None:
+    config._attn_implementation = "eager"
+    if not any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
         raise ModelNotFoundError(
             f"{path} has a config.json but no model.safetensors or pytorch_model.bin",
             "save the weights with save_pretrained() into that directory",
         )
-    state = read_state_dict(weights)
-    load_into(model, {f"inner.{k}": v for k, v in state.items()}, str(weights))
-    model.eval()
+    # from_pretrained maps older checkpoint key names onto the current modules; it reads
+    # safetensors, or .bin with weights_only, never running code (trust_remote_code=False).
+    try:
+        inner = transformers.AutoModelForImageClassification.from_pretrained(
+            str(path), config=config, local_files_only=True, trust_remote_code=False,
+            ignore_mismatched_sizes=num_classes is not None,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(f"cannot load the Hugging Face model in {path}: {first}",
+                           "check that config.json and the weights belong together") from exc
+    model = HFClassifier(inner).eval()
+    config_dict = inner.config.to_dict()
+    weights = path
     pre = path / "preprocessor_config.json"
     proc = read_json(pre) if pre.is_file() else {}
     size = config.image_size

@@ -32,6 +32,11 @@ class TensorSpec:
         """This spec's shape with the first dynamic dimension set to `batch`."""
         dims = []
         for i, d in enumerate(self.shape):
+            if i == 0 and isinstance(d, int) and d > 0 and d != batch:
+                raise ConfigError(
+                    f"input {self.name} has a fixed batch of {d}; batch {batch} cannot run",
+                    f"re-export with --dynamic-batch or --batch {batch}",
+                )
             if isinstance(d, int) and d > 0:
                 dims.append(d)
             elif i == 0:
