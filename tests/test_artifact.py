@@ -92,7 +92,10 @@ def test_corrupt_json(tmp_path):
 def test_refuses_to_overwrite_foreign_directory(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "precious.txt").write_text("keep me")
-    with pytest.raises(ArtifactError, match="not a tvc artifact"), write_artifact(tmp_path / "a", "model"):
+    with (
+        pytest.raises(ArtifactError, match="not a tvc artifact"),
+        write_artifact(tmp_path / "a", "model"),
+    ):
         pass
     assert (tmp_path / "a" / "precious.txt").read_text() == "keep me"
 

@@ -36,8 +36,22 @@ def test_export_and_bench_end_to_end(run, tmp_path):
     r = run("export", "vit_pico", "-o", tmp_path / "e", "--dynamic-batch")
     assert r.exit_code == 0, r.output
     assert "parity vs PyTorch" in r.output
-    r = run("bench", tmp_path / "e", "--batch", "1,2", "--threads", "1", "--min-runs", "5",
-            "--min-time-s", "0", "--warmup-s", "0", "--json", tmp_path / "b.json")
+    r = run(
+        "bench",
+        tmp_path / "e",
+        "--batch",
+        "1,2",
+        "--threads",
+        "1",
+        "--min-runs",
+        "5",
+        "--min-time-s",
+        "0",
+        "--warmup-s",
+        "0",
+        "--json",
+        tmp_path / "b.json",
+    )
     assert r.exit_code == 0, r.output
     records = json.loads((tmp_path / "b.json").read_text())
     assert [rec["batch"] for rec in records] == [1, 2]
@@ -50,8 +64,20 @@ def test_export_and_bench_end_to_end(run, tmp_path):
 
 
 def test_bench_torch_backend(run):
-    r = run("bench", "vit_pico", "--backend", "torch", "--threads", "1", "--min-runs", "3",
-            "--min-time-s", "0", "--warmup-s", "0")
+    r = run(
+        "bench",
+        "vit_pico",
+        "--backend",
+        "torch",
+        "--threads",
+        "1",
+        "--min-runs",
+        "3",
+        "--min-time-s",
+        "0",
+        "--warmup-s",
+        "0",
+    )
     assert r.exit_code == 0, r.output
     assert "torch" in r.output
 
@@ -63,7 +89,9 @@ def test_unknown_model(run, tmp_path):
 def test_missing_file_and_not_an_artifact(run, tmp_path):
     _one_error_line(run("bench", tmp_path / "nope.onnx"), 2, "")
     (tmp_path / "d").mkdir()
-    _one_error_line(run("export", tmp_path / "d", "-o", tmp_path / "o"), 2, "neither a tvc artifact")
+    _one_error_line(
+        run("export", tmp_path / "d", "-o", tmp_path / "o"), 2, "neither a tvc artifact"
+    )
 
 
 def test_corrupt_onnx(run, tmp_path):

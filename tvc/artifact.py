@@ -219,9 +219,7 @@ def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
                 f"artifact {path} is missing its payload file '{name}'",
                 "re-run the step that wrote the artifact",
             )
-        if verify and (
-            f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]
-        ):
+        if verify and (f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]):
             raise ArtifactError(
                 f"payload '{name}' of {path} was changed after it was written (sha256 mismatch)",
                 "re-run the step that wrote the artifact; do not edit artifacts by hand",

@@ -26,9 +26,12 @@ def run_demo(out: Path, *, threads: int | None, command: str) -> None:
     cfg = BenchConfig(backends=("ort",), batches=(1, 8), threads=threads, min_time_s=2.0)
     records = bench_target(str(art.path), cfg, command=command, model_kwargs={})
     cfg_torch = BenchConfig(backends=("torch",), batches=(1, 8), threads=threads, min_time_s=2.0)
-    records += bench_target(DEMO_MODEL, cfg_torch, command=command,
-                            model_kwargs={"weights": None, "num_classes": None,
-                                          "pretrained": False})  # fmt: skip
+    records += bench_target(
+        DEMO_MODEL,
+        cfg_torch,
+        command=command,
+        model_kwargs={"weights": None, "num_classes": None, "pretrained": False},
+    )
     write_records(records, out / "bench.json")
     print_records(records)
     ort1 = next(r for r in records if r.backend == "ort" and r.batch == 1)

@@ -2,10 +2,9 @@ import numpy as np
 import onnx
 import pytest
 
-from tvc.errors import ConfigError
+from tvc.errors import ConfigError, ParityError
 from tvc.export.onnx import OnnxExportConfig, export_onnx
 from tvc.export.parity import compare, require_parity
-from tvc.errors import ParityError
 from tvc.runtime.ort import OrtRunner
 
 

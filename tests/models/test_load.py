@@ -16,7 +16,7 @@ def test_aliases_resolve_to_timm_names():
 
 
 def test_unknown_name_lists_closest():
-    with pytest.raises(ModelNotFoundError, match="did you mean: .*deit_small"):
+    with pytest.raises(ModelNotFoundError, match=r"did you mean: .*deit_small"):
         resolve("deit_smal")
 
 
@@ -106,8 +106,14 @@ def test_onnx_artifact_without_model_parent(pico_onnx):
 def test_hf_vit_directory(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.ViTConfig(
-        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=64, num_labels=5,
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
     )
     hf = transformers.ViTForImageClassification(cfg).eval()
     hf.save_pretrained(tmp_path / "hfvit")

@@ -32,7 +32,6 @@ class OnnxExportConfig:
     opset: int = 17
     batch: int = 1
     dynamic_batch: bool = False
-    input_size: int | None = None  # None: the model's own
     simplify: bool = True
     parity_samples: int = 4
     atol: float = 1e-4
@@ -46,78 +45,79 @@ class OnnxExportConfig:
             )
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}", "use --batch 1")
-        if self.input_size is not None and self.input_size < 8:
-            raise ConfigError(
-                f"--input-size {self.input_size} is too small", "use the model's input size"
-            )
 
 
 def export_onnx(loaded, out: str | Path, config: OnnxExportConfig) -> Artifact:
     """Export `loaded` (a LoadedModel) to an ONNX artifact at `out`."""
-    import torch
-
     config.validate()
-    model, info = loaded.model.eval(), loaded.info
-    chans, height, width = info.input_size
-    if config.input_size is not None and config.input_size != height:
-        raise ConfigError(
-            f"--input-size {config.input_size} differs from the model's {height}x{width}",
-            f"rebuild the model at that size (e.g. 'tvc export {info.name} --input-size "
-            f"{config.input_size}' on a model name) or omit --input-size",
-        )
-    shape = (config.batch, chans, height, width)
     spec = {
         "stage": "export-onnx",
         "opset": config.opset,
         "batch": config.batch,
         "dynamic_batch": config.dynamic_batch,
         "simplify": config.simplify,
-        "source": info.name,
+        "source": loaded.info.name,
     }
-    parent = loaded.artifact
-    with write_artifact(out, "onnx", parent=parent, spec=spec) as w:
-        path = w.path_for(MODEL_FILE)
-        t0 = time.perf_counter()
-        _torch_export(model, torch.zeros(shape), path, config)
-        export_s = time.perf_counter() - t0
-        check_onnx(path)
+    with write_artifact(out, "onnx", parent=loaded.artifact, spec=spec) as w:
+        export_into(w, loaded, config)
+    from tvc.artifact import load_artifact
 
-        # Inputs for parity: a fixed-seed batch at the exported batch size (several batches
-        # of it when the batch is 1, so agreement is measured on more than one sample).
-        rng = np.random.default_rng(0)
-        n_batches = max(1, config.parity_samples // config.batch)
-        xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(n_batches)]
-        if config.dynamic_batch:
-            xs.append(rng.standard_normal((config.batch + 1, chans, height, width)).astype(np.float32))
-        with torch.no_grad():
-            ref = [model(torch.from_numpy(x)).numpy() for x in xs]
-        parity = onnx_parity(path, xs, ref, config)
-        require_parity(parity, "the exported ONNX model")
+    return load_artifact(out)
 
-        simplified = None
-        if config.simplify:
-            simplified = _simplify(path, xs, ref, config)
-        w.meta["model"] = info.to_json()
-        w.meta["precision"] = "fp32"
-        w.meta["io"] = {
-            "inputs": [{"name": INPUT_NAME, "shape": _dims(shape, config), "dtype": "float32"}],
-            "outputs": [{"name": OUTPUT_NAME, "shape": _dims((config.batch, info.num_classes),
-                                                             config), "dtype": "float32"}],
-            "dynamic_axes": {INPUT_NAME: {"0": "batch"}} if config.dynamic_batch else {},
-            "mean": list(info.mean),
-            "std": list(info.std),
-        }
-        w.meta["metrics"] = {
+
+def export_into(w, loaded, config: OnnxExportConfig) -> None:
+    """Export, check, simplify and prove `loaded` into the artifact being staged by `w`."""
+    import torch
+
+    config.validate()
+    model, info = loaded.model.eval(), loaded.info
+    chans, height, width = info.input_size
+    shape = (config.batch, chans, height, width)
+    path = w.path_for(MODEL_FILE)
+    t0 = time.perf_counter()
+    _torch_export(model, torch.zeros(shape), path, config)
+    export_s = time.perf_counter() - t0
+    check_onnx(path)
+
+    # Inputs for parity: a fixed-seed batch at the exported batch size (several batches
+    # of it when the batch is 1, so agreement is measured on more than one sample).
+    rng = np.random.default_rng(0)
+    n_batches = max(1, config.parity_samples // config.batch)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(n_batches)]
+    if config.dynamic_batch:
+        xs.append(rng.standard_normal((config.batch + 1, chans, height, width)).astype(np.float32))
+    with torch.no_grad():
+        ref = [model(torch.from_numpy(x)).numpy() for x in xs]
+    parity = onnx_parity(path, xs, ref, config)
+    require_parity(parity, "the exported ONNX model")
+
+    simplified = _simplify(path, xs, ref, config) if config.simplify else None
+    w.meta["model"] = info.to_json()
+    w.meta["precision"] = "fp32"
+    w.meta["io"] = {
+        "inputs": [{"name": INPUT_NAME, "shape": _dims(shape, config), "dtype": "float32"}],
+        "outputs": [
+            {
+                "name": OUTPUT_NAME,
+                "shape": _dims((config.batch, info.num_classes), config),
+                "dtype": "float32",
+            }
+        ],
+        "dynamic_axes": {INPUT_NAME: {"0": "batch"}} if config.dynamic_batch else {},
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
+    w.meta.setdefault("variants", {})[MODEL_FILE] = {"precision": "fp32"}
+    w.meta["metrics"].update(
+        {
             "parity": (simplified or parity).as_dict(),
             "parity_before_simplify": parity.as_dict(),
             "simplified": simplified is not None,
             "export_seconds": round(export_s, 3),
             "params": int(sum(p.numel() for p in model.parameters())),
         }
-        w.meta["metrics"].update(loaded_metrics(loaded))
-    from tvc.artifact import load_artifact
-
-    return load_artifact(out)
+    )
+    w.meta["metrics"].update(loaded_metrics(loaded))
 
 
 def loaded_metrics(loaded) -> dict[str, Any]:
@@ -182,13 +182,19 @@ def onnx_parity(
     with OrtRunner(path, threads=1) as runner:
         got = [runner.infer(x)[OUTPUT_NAME] for x in xs]
     # Compare per batch: a dynamic-batch export adds a batch of another size.
-    parities = [compare(r, g, atol=config.atol, rtol=config.rtol) for r, g in zip(ref, got,
-                                                                                  strict=True)]
+    parities = [
+        compare(r, g, atol=config.atol, rtol=config.rtol) for r, g in zip(ref, got, strict=True)
+    ]
     worst = max(parities, key=lambda p: p.max_abs_diff - p.tolerance)
     n = sum(p.n for p in parities)
     agree = sum(p.top1_agreement * p.n for p in parities) / n
-    return Parity(worst.max_abs_diff, float(np.mean([p.mean_abs_diff for p in parities])),
-                  agree, n, worst.tolerance)  # fmt: skip
+    return Parity(
+        worst.max_abs_diff,
+        float(np.mean([p.mean_abs_diff for p in parities])),
+        agree,
+        n,
+        worst.tolerance,
+    )
 
 
 def _simplify(path: Path, xs, ref, config: OnnxExportConfig) -> Parity | None:

@@ -35,6 +35,7 @@ def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
 
 def hf_from_directory(path: Path, *, num_classes: int | None = None):
     from tvc.models.load import LoadedModel, ModelInfo, read_json
+
     transformers = require("transformers", "Hugging Face models")
     cfg = read_json(path / "config.json")
     if "model_type" not in cfg:
@@ -54,13 +55,18 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
     # safetensors, or .bin with weights_only, never running code (trust_remote_code=False).
     try:
         inner = transformers.AutoModelForImageClassification.from_pretrained(
-            str(path), config=config, local_files_only=True, trust_remote_code=False,
+            str(path),
+            config=config,
+            local_files_only=True,
+            trust_remote_code=False,
             ignore_mismatched_sizes=num_classes is not None,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise WeightsError(f"cannot load the Hugging Face model in {path}: {first}",
-                           "check that config.json and the weights belong together") from exc
+        raise WeightsError(
+            f"cannot load the Hugging Face model in {path}: {first}",
+            "check that config.json and the weights belong together",
+        ) from exc
     model = HFClassifier(inner).eval()
     config_dict = inner.config.to_dict()
     weights = path

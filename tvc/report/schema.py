@@ -105,7 +105,9 @@ def read_records(path: str | Path) -> list[BenchRecord]:
     except FileNotFoundError as exc:
         raise ConfigError(f"bench record file {path} does not exist", "check the path") from exc
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc})", "pass files from 'tvc bench --json'") from exc
+        raise ConfigError(
+            f"{path} is not valid JSON ({exc})", "pass files from 'tvc bench --json'"
+        ) from exc
     items = data if isinstance(data, list) else [data]
     out = []
     for i, item in enumerate(items):

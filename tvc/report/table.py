@@ -11,8 +11,20 @@ from rich.table import Table
 def print_records(records, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title="tvc bench", show_lines=False)
-    for col in ("variant", "backend", "threads", "batch", "p50 ms", "p90 ms", "p99 ms",
-                "mean±std ms", "n", "img/s", "size MB", "peak RSS MB"):  # fmt: skip
+    for col in (
+        "variant",
+        "backend",
+        "threads",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "mean±std ms",
+        "n",
+        "img/s",
+        "size MB",
+        "peak RSS MB",
+    ):
         table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
     for r in records:
         lat = r.latency_ms

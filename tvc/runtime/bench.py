@@ -99,8 +99,7 @@ class BenchConfig:
     provider: str = "cpu"
 
 
-def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, command: str,
-                **fields):  # fmt: skip
+def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, command: str, **fields):
     """A BenchRecord for one timed (variant, backend, batch)."""
     from tvc.report.schema import BenchRecord, Latency, ModelRef
     from tvc.runtime.device import board_name, environment
@@ -112,8 +111,12 @@ def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, comman
         name=variant.model_name,
         path=str(variant.path) if variant.path else None,
         artifact_id=art.id if art else None,
-        lineage=[*art.meta.get("lineage", []), {"id": art.id, "kind": art.kind,
-                 "spec": art.meta.get("spec", {})}] if art else [],  # fmt: skip
+        lineage=[
+            *art.meta.get("lineage", []),
+            {"id": art.id, "kind": art.kind, "spec": art.meta.get("spec", {})},
+        ]
+        if art
+        else [],
         params=metrics.get("params"),
         macs=metrics.get("macs"),
     )

@@ -53,8 +53,14 @@ def variants_for(target: str, backend: str, model_kwargs: dict[str, Any]):
             )
         loaded = load_model(target, **model_kwargs)
         art = loaded.artifact
-        v = Variant(f"{loaded.info.name} fp32", "fp32", None, art, loaded.info.name,
-                    art.size_bytes if art else None)  # fmt: skip
+        v = Variant(
+            f"{loaded.info.name} fp32",
+            "fp32",
+            None,
+            art,
+            loaded.info.name,
+            art.size_bytes if art else None,
+        )
         if art is None:
             v.extra["params"] = int(sum(p.numel() for p in loaded.model.parameters()))
         return [(v, loaded)]
@@ -67,8 +73,19 @@ def variants_for(target: str, backend: str, model_kwargs: dict[str, Any]):
         art = load_artifact(path)
         name = art.meta.get("model", {}).get("name", path.name)
         prec = art.meta.get("engine", {}).get("precision", "fp32")
-        return [(Variant(f"{name} trt-{prec}", prec, art.path / "model.engine", art, name,
-                         art.meta["files"]["model.engine"]["bytes"]), None)]  # fmt: skip
+        return [
+            (
+                Variant(
+                    f"{name} trt-{prec}",
+                    prec,
+                    art.path / "model.engine",
+                    art,
+                    name,
+                    art.meta["files"]["model.engine"]["bytes"],
+                ),
+                None,
+            )
+        ]
     raise ConfigError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
 
 
@@ -89,7 +106,12 @@ def bench_target(target: str, cfg: BenchConfig, *, command: str, model_kwargs: d
             with open_runner(backend, variant, cfg, loaded) as runner:
                 for batch in cfg.batches:
                     log.info("timing %s on %s, batch %d", variant.label, backend, batch)
-                    stats = time_runner(runner, batch, warmup_s=cfg.warmup_s,
-                                        min_runs=cfg.min_runs, min_time_s=cfg.min_time_s)  # fmt: skip
+                    stats = time_runner(
+                        runner,
+                        batch,
+                        warmup_s=cfg.warmup_s,
+                        min_runs=cfg.min_runs,
+                        min_time_s=cfg.min_time_s,
+                    )
                     records.append(make_record(variant, runner, batch, stats, command))
     return records

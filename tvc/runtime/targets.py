@@ -45,9 +45,17 @@ def onnx_variants(target: str) -> list[Variant]:
     for fname, info in art.meta["files"].items():
         if not fname.endswith(".onnx"):
             continue
-        precision = (art.meta.get("variants", {}).get(fname, {}).get("precision")
-                     or PRECISION_BY_FILE.get(fname, "fp32"))  # fmt: skip
-        variants.append(Variant(f"{name} {precision}", precision, art.path / fname, art, name,
-                                info["bytes"]))  # fmt: skip
-    return sorted(variants, key=lambda v: list(PRECISION_BY_FILE.values()).index(v.precision)
-                  if v.precision in PRECISION_BY_FILE.values() else 99)  # fmt: skip
+        precision = art.meta.get("variants", {}).get(fname, {}).get(
+            "precision"
+        ) or PRECISION_BY_FILE.get(fname, "fp32")
+        variants.append(
+            Variant(f"{name} {precision}", precision, art.path / fname, art, name, info["bytes"])
+        )
+    return sorted(
+        variants,
+        key=lambda v: (
+            list(PRECISION_BY_FILE.values()).index(v.precision)
+            if v.precision in PRECISION_BY_FILE.values()
+            else 99
+        ),
+    )

@@ -20,8 +20,9 @@ class TorchRunner(Runner):
         self.model = loaded.model.eval().to(self.device)
         c, h, w = loaded.info.input_size
         self._inputs = [TensorSpec("input", (None, c, h, w), np.dtype(np.float32))]
-        self._outputs = [TensorSpec("logits", (None, loaded.info.num_classes),
-                                    np.dtype(np.float32))]  # fmt: skip
+        self._outputs = [
+            TensorSpec("logits", (None, loaded.info.num_classes), np.dtype(np.float32))
+        ]
 
     @property
     def inputs(self) -> list[TensorSpec]:

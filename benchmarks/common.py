@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmark scripts: result files with the environment recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def write_result(name: str, data: dict[str, Any], markdown: str) -> Path:
+    """Write benchmarks/results/NAME.json (data + environment) and NAME.md; return the json path."""
+    from tvc.runtime.device import environment
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": environment(),
+        **data,
+    }
+    out = RESULTS / f"{name}.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, out)
+    env = payload["environment"]
+    header = (
+        f"<!-- written by {payload['command']} on {payload['created']} -->\n"
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+        + "\n\n"
+    )
+    (RESULTS / f"{name}.md").write_text(header + markdown + "\n")
+    return out
