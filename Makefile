@@ -9,9 +9,12 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 .PHONY: setup demo test lint format clean
 
 $(STAMP): pyproject.toml
-	@test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || \
-	  { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
-	    echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"; }
+	@# System packages: the real Fashion-MNIST, and chromium for the report's browser test.
+	@if ! test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || ! command -v chromium >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
+	  else echo "note: install Debian's dataset-fashion-mnist and chromium (as root) for the full demo and tests"; fi; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)

@@ -140,8 +140,14 @@ def model_options(f):
 
 @cli.command()
 @click.argument("model")
-@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
-              help="Artifact directory to write.")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Artifact directory to write.",
+)
 @model_options
 @click.option("--opset", default=17, show_default=True, type=int)
 @click.option("--batch", default=1, show_default=True, type=int, help="Fixed batch size.")
@@ -149,33 +155,90 @@ def model_options(f):
 @click.option("--input-size", type=int, default=None, help="Input resolution (model names only).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
 @click.option("--fp16", is_flag=True, help="Also write an FP16 ONNX (norms/softmax kept FP32).")
-@click.option("--int8", type=click.Choice(["static", "dynamic"]), default=None,
-              help="Also write an INT8 ONNX: static (calibrated Q/DQ) or dynamic.")
+@click.option(
+    "--int8",
+    type=click.Choice(["static", "dynamic"]),
+    default=None,
+    help="Also write an INT8 ONNX: static (calibrated Q/DQ) or dynamic.",
+)
 @click.option("--calib", default=None, help="Calibration DATA for static INT8.")
 @click.option("--calib-size", default=512, show_default=True, type=int)
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]),
-              default="minmax", show_default=True)
-@click.option("--int8-budget", default=0.5, show_default=True, type=float,
-              help="Max top-1 points INT8 may lose before layers fall back to float.")
-@click.option("--allow-accuracy-drop", is_flag=True,
-              help="Keep an INT8 model that misses its budget (exit 0, loud warning).")
-@click.option("--int8-ops", type=click.Choice(["safe", "all"]), default="safe", show_default=True,
-              help="safe: only Linear/MatMul inputs; all: every op (the naive setting).")
-@click.option("--eval-data", default=None,
-              help="DATA for the INT8 accuracy gate (default: the calibration set's val split).")
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+)
+@click.option(
+    "--int8-budget",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="Max top-1 points INT8 may lose before layers fall back to float.",
+)
+@click.option(
+    "--allow-accuracy-drop",
+    is_flag=True,
+    help="Keep an INT8 model that misses its budget (exit 0, loud warning).",
+)
+@click.option(
+    "--int8-ops",
+    type=click.Choice(["safe", "all"]),
+    default="safe",
+    show_default=True,
+    help="safe: only Linear/MatMul inputs; all: every op (the naive setting).",
+)
+@click.option(
+    "--eval-data",
+    default=None,
+    help="DATA for the INT8 accuracy gate (default: the calibration set's val split).",
+)
 @click.option("--trt", is_flag=True, help="Build a TensorRT engine on this machine.")
 @click.option("--min-batch", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--opt-batch", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--workspace-mb", default=1024, show_default=True, type=click.IntRange(min=16))
-@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
-              help="Timing cache file, reused across builds.")
-@click.option("--dla", "dla_core", type=click.IntRange(min=0), default=None,
-              help="Jetson DLA core to build for.")
-def export(model, out, weights, num_classes, pretrained, opset, batch, dynamic_batch, input_size,
-           no_simplify, fp16, int8, calib, calib_size, calib_method, int8_budget,
-           allow_accuracy_drop, int8_ops, eval_data, trt, min_batch, opt_batch, max_batch,
-           workspace_mb, timing_cache, dla_core) -> None:
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Timing cache file, reused across builds.",
+)
+@click.option(
+    "--dla",
+    "dla_core",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Jetson DLA core to build for.",
+)
+def export(
+    model,
+    out,
+    weights,
+    num_classes,
+    pretrained,
+    opset,
+    batch,
+    dynamic_batch,
+    input_size,
+    no_simplify,
+    fp16,
+    int8,
+    calib,
+    calib_size,
+    calib_method,
+    int8_budget,
+    allow_accuracy_drop,
+    int8_ops,
+    eval_data,
+    trt,
+    min_batch,
+    opt_batch,
+    max_batch,
+    workspace_mb,
+    timing_cache,
+    dla_core,
+) -> None:
     """Export MODEL (name, HF dir, model or ONNX artifact) to ONNX and optimised variants.
 
     The FP32 ONNX is proven against PyTorch; --fp16 / --int8 add variants to the same artifact;
@@ -191,22 +254,48 @@ def export(model, out, weights, num_classes, pretrained, opset, batch, dynamic_b
         )
     is_path = Path(model).exists()
     req = ExportRequest(
-        onnx=OnnxExportConfig(opset=opset, batch=batch, dynamic_batch=dynamic_batch or
-                              (trt and max_batch > 1), simplify=not no_simplify),
+        onnx=OnnxExportConfig(
+            opset=opset,
+            batch=batch,
+            dynamic_batch=dynamic_batch or (trt and max_batch > 1),
+            simplify=not no_simplify,
+        ),
         fp16=fp16,
-        int8=Int8Request(mode=int8, calib=calib, calib_size=calib_size, calib_method=calib_method,
-                         budget=int8_budget, allow_accuracy_drop=allow_accuracy_drop, ops=int8_ops,
-                         eval_data=eval_data) if int8 else None,
-        trt={"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
-             "workspace_mb": workspace_mb, "timing_cache": Path(timing_cache) if timing_cache
-             else None, "dla_core": dla_core} if trt else None,
+        int8=Int8Request(
+            mode=int8,
+            calib=calib,
+            calib_size=calib_size,
+            calib_method=calib_method,
+            budget=int8_budget,
+            allow_accuracy_drop=allow_accuracy_drop,
+            ops=int8_ops,
+            eval_data=eval_data,
+        )
+        if int8
+        else None,
+        trt={
+            "min_batch": min_batch,
+            "opt_batch": opt_batch,
+            "max_batch": max_batch,
+            "workspace_mb": workspace_mb,
+            "timing_cache": Path(timing_cache) if timing_cache else None,
+            "dla_core": dla_core,
+        }
+        if trt
+        else None,
     )
-    model_kwargs = {"weights": weights, "num_classes": num_classes, "pretrained": pretrained,
-                    "input_size": input_size if not is_path else None}
+    model_kwargs = {
+        "weights": weights,
+        "num_classes": num_classes,
+        "pretrained": pretrained,
+        "input_size": input_size if not is_path else None,
+    }
     art = run_export(model, Path(out), req, model_kwargs)
     if input_size is not None and is_path and art.meta["model"]["input_size"][1] != input_size:
-        log.warning("--input-size is ignored for artifacts and directories (fixed at %s)",
-                    art.meta["model"]["input_size"][1])
+        log.warning(
+            "--input-size is ignored for artifacts and directories (fixed at %s)",
+            art.meta["model"]["input_size"][1],
+        )
     _print_export(art)
 
 
@@ -214,9 +303,11 @@ def _print_export(art) -> None:
     p = art.meta["metrics"].get("parity", {})
     click.echo(f"wrote {art.path} ({art.size_bytes / 1e6:.2f} MB in all)")
     if p:
-        click.echo(f"  model.onnx: parity vs PyTorch max abs diff {p['max_abs_diff']:.2e}, "
-                   f"top-1 agreement {p['top1_agreement']:.0%}, "
-                   f"{'simplified' if art.meta['metrics'].get('simplified') else 'not simplified'}")
+        click.echo(
+            f"  model.onnx: parity vs PyTorch max abs diff {p['max_abs_diff']:.2e}, "
+            f"top-1 agreement {p['top1_agreement']:.0%}, "
+            f"{'simplified' if art.meta['metrics'].get('simplified') else 'not simplified'}"
+        )
     for fname, v in art.meta.get("variants", {}).items():
         if fname == "model.onnx":
             continue
@@ -227,6 +318,120 @@ def _print_export(art) -> None:
         if v.get("float_layers"):
             line += f", {len(v['float_layers'])} layer(s) kept in float"
         click.echo(line)
+
+
+# ----------------------------------------------------------------------------------- compress
+
+_PRUNE_ONLY = ("importance", "global_pruning", "prune_heads", "keep", "steps")
+_DISTILL_ONLY = ("teacher_weights", "epochs", "kd", "temperature", "alpha", "limit")
+
+
+def _given(ctx: click.Context, names) -> list[str]:
+    """The options (as typed, e.g. --global) among parameters `names` the user passed."""
+    from click.core import ParameterSource
+
+    typed = [p for p in ctx.command.params if p.name in names
+             and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]  # fmt: skip
+    return [next(o for o in p.opts if o.startswith("--")) for p in typed]
+
+
+def _lowrank_config(energy: float | None, rank: float | None, round_to: int):
+    from tvc.compress.lowrank import LowRankConfig
+
+    if energy is not None and rank is not None:
+        raise ConfigError("--lowrank and --lowrank-rank choose the rank in two ways",
+                          "pass only one of them")  # fmt: skip
+    if rank is not None and rank >= 1:
+        if rank != int(rank):
+            raise ConfigError(
+                f"--lowrank-rank {rank} is neither a whole rank nor a fraction below 1",
+                "e.g. --lowrank-rank 64 or --lowrank-rank 0.25",
+            )
+        return LowRankConfig(rank=int(rank), round_to=round_to)
+    if rank is not None:
+        return LowRankConfig(rank_ratio=rank, round_to=round_to)
+    return LowRankConfig(energy=energy, round_to=round_to)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Model artifact directory to write.")  # fmt: skip
+@model_options
+@click.option("--prune", "prune_ratio", type=float, default=None,
+              help="Structured pruning: fraction of each width to remove, in (0, 1).")  # fmt: skip
+@click.option("--importance", type=click.Choice(["magnitude", "taylor", "random"]),
+              default="magnitude", show_default=True,
+              help="Channel importance; taylor uses a few batches of --data.")  # fmt: skip
+@click.option("--global", "global_pruning", is_flag=True,
+              help="Rank channels and heads across blocks (default: per block).")  # fmt: skip
+@click.option("--prune-heads", is_flag=True,
+              help="Remove whole attention heads (default: dimensions of every head).")  # fmt: skip
+@click.option("--round-to", type=int, default=8, show_default=True,
+              help="Kept widths and low-rank ranks are multiples of this (alignment).")  # fmt: skip
+@click.option("--keep", multiple=True, default=("head",), show_default=True,
+              help="Leave unpruned: head (the classifier's outputs, always kept), embed (the "
+                   "residual width), attn, mlp, or a block such as blocks.0; repeat or use "
+                   "commas.")  # fmt: skip
+@click.option("--steps", type=int, default=1, show_default=True,
+              help="Iterative pruning: reach the ratio in this many steps.")  # fmt: skip
+@click.option("--lowrank", "lowrank_energy", type=float, default=None,
+              help="Low-rank: spectral energy to keep per layer, in (0, 1].")  # fmt: skip
+@click.option("--lowrank-rank", type=float, default=None,
+              help="Low-rank: a fixed rank (64) or a fraction of full rank (0.25).")  # fmt: skip
+@click.option("--distill", "teacher", default=None,
+              help="Distil from this teacher MODEL after pruning / factorizing.")  # fmt: skip
+@click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
+              help="Weights for a teacher given by architecture name.")  # fmt: skip
+@click.option("--data", default=None,
+              help="Images: distillation data, taylor importance, agreement samples.")  # fmt: skip
+@click.option("--epochs", type=int, default=None, help="Distillation epochs (default 1).")
+@click.option("--kd", type=click.Choice(["soft", "hard", "token"]), default=None,
+              help="Distillation loss (default soft).")  # fmt: skip
+@click.option("--temperature", type=float, default=None, help="Soft KD temperature (default 4).")
+@click.option("--alpha", type=float, default=None, help="Weight of the KD loss (default 0.5).")
+@click.option("--limit", type=int, default=None, help="Use at most N training images to distil.")
+@click.pass_context
+def compress(ctx, model, out, weights, num_classes, pretrained, prune_ratio, importance,
+             global_pruning, prune_heads, round_to, keep, steps, lowrank_energy, lowrank_rank,
+             teacher, teacher_weights, data, epochs, kd, temperature, alpha,
+             limit) -> None:  # fmt: skip
+    """Prune, factorize and/or distil MODEL into a smaller model artifact."""
+    from tvc.compress.pipeline import CompressConfig, compress_model
+    from tvc.compress.prune import PruneConfig
+    from tvc.compress.report import print_compression_report
+    from tvc.models import load_model
+
+    if prune_ratio is None and (stray := _given(ctx, _PRUNE_ONLY)):
+        raise ConfigError(f"{stray[0]} only applies with --prune",
+                          "add --prune RATIO or drop the option")  # fmt: skip
+    if teacher is None and (stray := _given(ctx, _DISTILL_ONLY)):
+        raise ConfigError(f"{stray[0]} only applies with --distill",
+                          "add --distill TEACHER or drop the option")  # fmt: skip
+    prune_cfg = lowrank_cfg = distill_cfg = None
+    if prune_ratio is not None:
+        keep_parts = tuple(k.strip() for item in keep for k in item.split(",") if k.strip())
+        prune_cfg = PruneConfig(ratio=prune_ratio, importance=importance,
+                                global_pruning=global_pruning, prune_heads=prune_heads,
+                                round_to=round_to, keep=keep_parts, steps=steps)  # fmt: skip
+    if lowrank_energy is not None or lowrank_rank is not None:
+        lowrank_cfg = _lowrank_config(lowrank_energy, lowrank_rank, round_to)
+    if teacher is not None:
+        if data is None:
+            raise ConfigError("--distill needs --data to train on",
+                              "e.g. --data fashion-mnist")  # fmt: skip
+        from tvc.compress.distill import DistillConfig
+
+        given = {"epochs": epochs, "kd": kd, "temperature": temperature, "alpha": alpha,
+                 "limit": limit, "teacher_weights": teacher_weights}  # fmt: skip
+        given = {k: v for k, v in given.items() if v is not None}
+        distill_cfg = DistillConfig(teacher=teacher, data=data, **given)
+        distill_cfg.validate()
+    cfg = CompressConfig(prune=prune_cfg, lowrank=lowrank_cfg, distill=distill_cfg)
+    loaded = load_model(model, weights=weights, num_classes=num_classes, pretrained=pretrained)
+    art = compress_model(loaded, cfg, Path(out), data_spec=data)
+    print_compression_report(art.meta["metrics"]["compression"])
+    click.echo(f"wrote {art.path} ({art.size_bytes / 1e6:.2f} MB)")
 
 
 # -------------------------------------------------------------------------------------- bench
@@ -245,9 +450,13 @@ def _print_export(art) -> None:
 @click.option("--min-time-s", default=3.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write bench records (tvc.bench/1) to this file.")  # fmt: skip
+@click.option("--data", default=None,
+              help="Also measure top-1/top-5 on DATA's test split (into the records).")  # fmt: skip
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate on a seeded subset of this many images.")  # fmt: skip
 @model_options
 def bench(target, backend, batches, threads, provider, warmup_s, min_runs, min_time_s, json_out,
-          weights, num_classes, pretrained) -> None:  # fmt: skip
+          data, limit, weights, num_classes, pretrained) -> None:  # fmt: skip
     """Measure latency, throughput, size and memory of TARGET (ONNX, artifact or model)."""
     from tvc.report.schema import write_records
     from tvc.report.table import print_records
@@ -260,11 +469,184 @@ def bench(target, backend, batches, threads, provider, warmup_s, min_runs, min_t
                       min_time_s=min_time_s, provider=provider)  # fmt: skip
     records = bench_target(target, cfg, command=command_line(),
                            model_kwargs={"weights": weights, "num_classes": num_classes,
-                                         "pretrained": pretrained})  # fmt: skip
+                                         "pretrained": pretrained},
+                           data=data, limit=limit)  # fmt: skip
     print_records(records)
     if json_out:
         write_records(records, json_out)
         click.echo(f"wrote {len(records)} record(s) to {json_out}")
+
+
+# -------------------------------------------------------------------------------- train, eval
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", required=True, help="fashion-mnist, fashion-mnist:DIR, or an image folder.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Model artifact directory to write (checkpoints go to OUT.ckpt/).")  # fmt: skip
+@model_options
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Global batch (split over torchrun processes).")  # fmt: skip
+@click.option("--input-size", type=int, default=None, help="Input resolution (model names only).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Train on a seeded subset of this many images.")  # fmt: skip
+@click.option("--eval-limit", type=click.IntRange(min=1), default=None,
+              help="Validate/test on subsets of this many images.")  # fmt: skip
+@click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(min=0))
+@click.option("--warmup-epochs", default=1.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--label-smoothing", default=0.1, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True))  # fmt: skip
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Random crop and horizontal flip.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.ckpt/ after an interruption.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(model, data, out, weights, num_classes, pretrained, epochs, lr, batch_size, input_size,
+          limit, eval_limit, weight_decay, warmup_epochs, label_smoothing, augment, seed, device,
+          resume, no_progress) -> None:  # fmt: skip
+    """Train or fine-tune MODEL on DATA; write a model artifact with its test accuracy.
+
+    Runs on all GPUs of a node with: torchrun --nproc_per_node N -m tvc train ...
+    """
+    from tvc.models import load_model
+    from tvc.train.loop import TrainConfig
+    from tvc.train.train import train_model
+
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                      augment=augment, seed=seed, device=device,
+                      progress=not no_progress)  # fmt: skip
+    cfg.validate()
+    import torch
+
+    torch.manual_seed(seed)  # the same fresh weights in every process
+    is_path = Path(model).exists()
+    loaded = load_model(model, weights=weights, num_classes=num_classes, pretrained=pretrained,
+                        input_size=None if is_path else input_size,
+                        warn_random=False)  # fmt: skip
+    art = train_model(loaded, data, out, cfg, limit=limit, eval_limit=eval_limit, resume=resume,
+                      spec={"command": command_line(), "model": model})  # fmt: skip
+    if art is not None:
+        acc = art.meta["metrics"]["accuracy"]
+        click.echo(f"wrote {art.path}: test top-1 {acc['top1']:.2f}% on {acc['n']} images "
+                   f"({art.meta['metrics']['training']['wall_s']:.0f} s of training)")  # fmt: skip
+
+
+@cli.command("eval")
+@click.argument("target")
+@click.option("--data", required=True, help="fashion-mnist, fashion-mnist:DIR, or an image folder.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate on a seeded subset of this many images.")  # fmt: skip
+@click.option("--split", default="test", show_default=True,
+              type=click.Choice(["train", "val", "test"]))  # fmt: skip
+@click.option("--reference", default=None,
+              help="MODEL or artifact to measure top-1 agreement with (e.g. FP32 source).")  # fmt: skip
+@click.option("--backend", default=None, type=click.Choice(["ort", "torch", "trt"]),
+              help="Default: ort for ONNX files/export artifacts, torch for models.")  # fmt: skip
+@click.option("--variant", "variant_file", default=None,
+              help="Only this file of an export artifact, e.g. model.int8.onnx.")  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--provider", default="cpu", show_default=True, help="ORT provider: cpu, cuda, trt.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results as JSON.")  # fmt: skip
+@model_options
+def eval_cmd(target, data, limit, split, reference, backend, variant_file, threads, provider,
+             batch_size, json_out, weights, num_classes, pretrained) -> None:  # fmt: skip
+    """Top-1/top-5 of TARGET (model, model artifact, ONNX file or export artifact) on DATA."""
+    import json
+
+    from tvc.eval.run import eval_target
+
+    results = eval_target(target, data, backend=backend, limit=limit, split=split,
+                          reference=reference, variant_file=variant_file, threads=threads,
+                          provider=provider, batch_size=batch_size,
+                          model_kwargs={"weights": weights, "num_classes": num_classes,
+                                        "pretrained": pretrained})  # fmt: skip
+    for r in results:
+        top5 = f", top-5 {r['top5']:.2f}%" if r["top5"] is not None else ""
+        agree = f", agreement {r['agreement']:.2f}%" if r["agreement"] is not None else ""
+        click.echo(f"{r['variant']} [{r['backend']}]: top-1 {r['top1']:.2f}%{top5}{agree} on "
+                   f"{r['n']} {r['dataset']} {r['split']} images")  # fmt: skip
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+@cli.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="report.html (one self-contained page) or report.md.")  # fmt: skip
+@click.option("--baseline", default=None,
+              help="Variant to compare against (default: the first fp32 variant).")  # fmt: skip
+@click.option("--title", default=None, help="Report title.")
+def report(records, out, baseline, title) -> None:
+    """Render bench RECORDS (files from 'tvc bench --json', any boards) as HTML or Markdown."""
+    from tvc.report.render import analyse, headline, write_report
+    from tvc.report.schema import read_records
+
+    recs = [r for path in records for r in read_records(path)]
+    path = write_report(recs, out, baseline=baseline, title=title)
+    a = analyse(recs, baseline)
+    click.echo(f"wrote {path} ({len(recs)} records, {len(a.boards)} board(s), "
+               f"baseline {a.baseline})")  # fmt: skip
+    head = headline(a)
+    if head:
+        click.echo(f"headline: {head}")
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+@cli.command("run")
+@click.argument("recipe")
+@click.option("-o", "--output", "out", default=None, type=click.Path(file_okay=False),
+              help="Run directory (default: the recipe's output, else runs/<name>).")  # fmt: skip
+@click.option("--data", default=None, help="Data for every stage that takes data.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Weights for the recipe's model (instead of the recipe's).")  # fmt: skip
+@click.option("--force", is_flag=True, help="Run every stage again, even unchanged ones.")
+@click.option("--dry-run", is_flag=True, help="Check the recipe and print the commands only.")
+def run_cmd(recipe, out, data, weights, force, dry_run) -> None:
+    """Run RECIPE (a YAML file or a shipped recipe name): every stage, skipping unchanged ones."""
+    from tvc.pipeline.recipe import load_recipe
+    from tvc.pipeline.runner import Runner
+
+    rec = load_recipe(recipe)
+    if weights:
+        rec.model.weights = weights
+    run_dir = Path(out or rec.output or Path("runs") / rec.name)
+    runner = Runner(rec, run_dir, data=data, force=force, echo=lambda s: click.echo(s, err=True))
+    if dry_run:
+        click.echo("\n".join(runner.plan_text()))
+        return
+    results = runner.run()
+    ran = sum(r.status == "ran" for r in results)
+    click.echo(f"{rec.name}: {ran} stage(s) ran, {len(results) - ran} unchanged; in {run_dir}")
+    for r in results:
+        if r.step.kind == "report":
+            for fmt in r.step.formats:
+                click.echo(f"report: {r.output / f'report.{fmt}'}")
+
+
+@cli.command()
+@click.option("--show", "show", default=None, metavar="NAME", help="Print one recipe's YAML.")
+def recipes(show) -> None:
+    """Recipes that ship with tvc (run one with 'tvc run NAME')."""
+    from tvc.pipeline.recipe import recipe_path, shipped_recipes
+
+    if show:
+        click.echo(recipe_path(show).read_text(), nl=False)
+        return
+    for name, description in shipped_recipes().items():
+        click.echo(f"{name:<24} {description}")
 
 
 # --------------------------------------------------------------------------------------- demo

@@ -1,9 +1,10 @@
 """Save and rebuild the shapes of a compressed model without pickling modules.
 
 A pruned or factorized model differs from a freshly built one only in the shapes of some modules
-and parameters and in a few attention attributes (num_heads, head_dim). `describe_structure`
-records exactly those differences as JSON; `apply_structure` replays them on a fresh model, after
-which the saved safetensors weights load with strict=True. Loading never runs code from a file.
+and parameters and in a few width attributes (num_heads, head_dim, the attention scale, the
+embedding width). `describe_structure` records exactly those differences as JSON;
+`apply_structure` replays them on a fresh model, after which the saved safetensors weights load
+with strict=True. Loading never runs code from a file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from torch import nn
 
 from tvc.errors import ArtifactError
 
-# Attributes that attention implementations derive from their widths; kept in step with pruning.
+# Integer attributes that models derive from their widths; kept in step with pruning.
+# timm Attention: num_heads, head_dim, attn_dim; timm VisionTransformer: embed_dim,
+# num_features, head_hidden_size; HF ViTAttention: num_attention_heads, head_dim.
 ATTENTION_ATTRS = (
     "num_heads",
     "head_dim",
@@ -24,8 +27,13 @@ ATTENTION_ATTRS = (
     "attention_head_size",
     "all_head_size",
     "embed_dim",
+    "num_features",
+    "head_hidden_size",
     "n_heads",
 )
+# Float attributes: the attention scale (timm `scale`, HF `scaling`), which pruning head
+# dimensions may change.
+FLOAT_ATTRS = ("scale", "scaling")
 
 
 class LowRankLinear(nn.Module):
@@ -105,15 +113,24 @@ def describe_structure(model: nn.Module, reference: nn.Module) -> dict[str, Any]
     ref_modules = dict(reference.named_modules())
     modules: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
+    typed_attrs = [(a, int) for a in ATTENTION_ATTRS] + [(a, float) for a in FLOAT_ATTRS]
     for name, m in model.named_modules():
+        # The two Linears inside a LowRankLinear are rebuilt by their parent.
+        if any(
+            name.startswith(f"{p}.") for p, s in modules.items() if s["type"] == "LowRankLinear"
+        ):
+            continue
         spec = module_spec(m)
         ref = ref_modules.get(name)
         if spec is not None and (ref is None or module_spec(ref) != spec):
             modules[name] = spec
-        for attr in ATTENTION_ATTRS:
-            if ref is not None and hasattr(m, attr) and isinstance(getattr(m, attr), int):
-                if getattr(ref, attr, None) != getattr(m, attr):
-                    attrs.setdefault(name, {})[attr] = getattr(m, attr)
+        if ref is None:
+            continue
+        for attr, kind in typed_attrs:
+            value = getattr(m, attr, None)
+            usable = isinstance(value, kind) and not isinstance(value, bool)
+            if usable and getattr(ref, attr, None) != value:
+                attrs.setdefault(name, {})[attr] = value
     ref_params = dict(reference.named_parameters(recurse=True))
     params = {}
     for name, p in model.named_parameters():

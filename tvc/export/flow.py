@@ -21,6 +21,7 @@ from typing import Any
 from tvc.artifact import Artifact, is_artifact, load_artifact, write_artifact
 from tvc.errors import ConfigError, MissingDependencyError
 from tvc.export.onnx import MODEL_FILE, OnnxExportConfig, export_into
+from tvc.export.tensorrt import TRTEXEC_SCRIPT
 
 log = logging.getLogger("tvc")
 
@@ -28,7 +29,6 @@ FP16_FILE = "model.fp16.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_DYNAMIC_FILE = "model.int8dyn.onnx"
 ENGINE_FILE = "model.engine"
-TRTEXEC_FILE = "trtexec.sh"
 
 
 @dataclass
@@ -101,7 +101,16 @@ def run_export(model: str, out: Path, req: ExportRequest, model_kwargs: dict) ->
             from tvc.export.fp16 import convert_fp16
 
             log.info("writing the FP16 variant")
-            variants[FP16_FILE] = {"precision": "fp16", **convert_fp16(fp32, w.path_for(FP16_FILE))}
+            # Real images make the overflow scan meaningful; random ones are the fallback.
+            sample = None
+            if req.int8 and req.int8.calib:
+                batch = w.meta["io"]["inputs"][0]["shape"][0]
+                n = (
+                    batch if isinstance(batch, int) else 16
+                )  # a fixed-batch model takes only its own
+                sample = next(_model_data(w, req.int8.calib, "train", n).batches(n))[0]
+            report = convert_fp16(fp32, w.path_for(FP16_FILE), sample=sample)
+            variants[FP16_FILE] = {"precision": "fp16", **report}
         if req.int8:
             variants.update(_int8(fp32, w, req.int8))
         if req.trt is not None:
@@ -110,7 +119,7 @@ def run_export(model: str, out: Path, req: ExportRequest, model_kwargs: dict) ->
     if trt_missing is not None:
         raise MissingDependencyError(
             f"{trt_missing.problem}; the ONNX variants are in {out} and a ready trtexec command "
-            f"that builds the same engine is in {out / TRTEXEC_FILE}",
+            f"that builds the same engine is in {out / TRTEXEC_SCRIPT}",
             "run that command on the board, or install TensorRT here: pip install 'tvc[trt]'",
         )
     return art
@@ -179,61 +188,34 @@ def _int8(fp32: Path, w, r: Int8Request) -> dict[str, Any]:
     for v in violations:
         log.warning("TensorRT explicit-quantization rule: %s", v)
     report["trt_readiness"] = {"ok": not violations, "violations": violations}
-    report["calibration"] = {
-        "data": r.calib,
-        "split": "train",
-        "size": len(calib),
-        "method": r.calib_method,
-        "seed": 0,
-    }
+    report["calibration"] = {**report.get("calibration", {}), "data": r.calib, "split": "train"}
     return {INT8_FILE: {"precision": "int8-qdq", **report}}
 
 
 def _engine(w, req: ExportRequest) -> MissingDependencyError | None:
-    """Build the engine from the ONNX variant matching the precision; return the error if no TRT."""
-    from tvc.export.tensorrt import EngineConfig, build_engine, trtexec_command
+    """Build the engine from the ONNX variant matching the precision; return the error if no TRT.
+
+    build_engine checks the engine against ONNX Runtime itself and fails loudly on a mismatch.
+    """
+    from tvc.export.tensorrt import (
+        EngineConfig,
+        build_engine,
+        onnx_input,
+        trtexec_command,
+        write_trtexec_script,
+    )
 
     precision = "int8" if req.int8 and req.int8.mode == "static" else "fp16" if req.fp16 else "fp32"
     source = {"int8": INT8_FILE, "fp16": FP16_FILE, "fp32": MODEL_FILE}[precision]
     cfg = EngineConfig(precision=precision, **req.trt)
-    io = w.meta["io"]["inputs"][0]
-    shape = tuple(io["shape"])
-    # The command runs on the board from inside the artifact directory.
-    cmd = trtexec_command(
-        Path(source), Path(ENGINE_FILE), cfg, input_name=io["name"], input_shape=shape
-    )
-    w.path_for(TRTEXEC_FILE).write_text(
-        f'#!/bin/sh\n# builds {ENGINE_FILE} from {source}\ncd "$(dirname "$0")" && {cmd}\n'
-    )
+    name, shape = onnx_input(w.path_for(source))
+    # The script runs on the board from inside the artifact directory.
+    cmd = trtexec_command(Path(source), Path(ENGINE_FILE), cfg, input_name=name, input_shape=shape)
+    write_trtexec_script(w.staging, f'cd "$(dirname "$0")"\n{cmd}')
     try:
         engine_meta = build_engine(w.path_for(source), w.path_for(ENGINE_FILE), cfg)
     except MissingDependencyError as exc:
         return exc
-    parity = _engine_parity(w.path_for(source), w.path_for(ENGINE_FILE), precision, shape)
-    w.meta["engine"] = {**engine_meta, "source": source, "parity_vs_ort": parity.as_dict()}
+    w.meta["engine"] = {**engine_meta, "source": source}
     w.meta["variants"][ENGINE_FILE] = {"precision": f"trt-{precision}"}
     return None
-
-
-# Tolerance of a TensorRT engine against ONNX Runtime on the same ONNX model, per precision.
-ENGINE_TOLERANCE = {"fp32": (1e-3, 1e-2), "fp16": (1e-2, 5e-2), "int8": (5e-2, 1e-1)}
-
-
-def _engine_parity(onnx_path: Path, engine_path: Path, precision: str, shape: tuple):
-    """Run the engine and ORT on the same inputs; a mismatch is an error (TensorRT has silently
-    miscompiled transformer graphs before)."""
-    import numpy as np
-
-    from tvc.export.parity import compare, require_parity
-    from tvc.runtime.ort import OrtRunner
-    from tvc.runtime.trt import TrtRunner
-
-    batch = shape[0] if isinstance(shape[0], int) else 1
-    with OrtRunner(onnx_path) as ort_runner, TrtRunner(engine_path) as trt_runner:
-        feeds = ort_runner.sample_feeds(batch, seed=1)
-        ref = next(iter(ort_runner.infer(feeds).values()))
-        got = next(iter(trt_runner.infer(feeds).values()))
-    atol, rtol = ENGINE_TOLERANCE[precision]
-    parity = compare(ref, np.asarray(got, dtype=np.float32), atol=atol, rtol=rtol)
-    require_parity(parity, f"the TensorRT {precision} engine")
-    return parity

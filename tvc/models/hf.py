@@ -42,6 +42,10 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
         raise ModelNotFoundError(
             f"{path}/config.json has no model_type", "save the model with save_pretrained()"
         )
+    from tvc.models.detection import DETECTION_TYPES, det_from_directory
+
+    if cfg["model_type"] in DETECTION_TYPES:  # DETR / Deformable DETR
+        return det_from_directory(path, num_classes=num_classes)
     config = transformers.AutoConfig.for_model(**cfg)
     if num_classes is not None:
         config.num_labels = num_classes

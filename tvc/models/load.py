@@ -99,6 +99,11 @@ def load_model(
             "(no artifact.json or config.json)",
             "point at a directory written by tvc or saved with save_pretrained()",
         )
+    from tvc.models.detection import DETECTION_CONFIGS, det_from_name
+
+    if spec in DETECTION_CONFIGS:  # DETR / Deformable DETR small configs
+        return det_from_name(spec, weights=weights, num_classes=num_classes,
+                             input_size=input_size, warn_random=warn_random)  # fmt: skip
     resolved = registry.resolve(spec)
     return timm_from_name(
         resolved,
@@ -195,6 +200,10 @@ def build_from_info(info: ModelInfo):
         from tvc.models.hf import hf_build
 
         model = hf_build(info.kwargs)
+    elif info.family == "hf-det":
+        from tvc.models.detection import det_build
+
+        model = det_build(info.kwargs)
     else:
         raise ArtifactError(
             f"unknown model family '{info.family}' in artifact",

@@ -11,6 +11,7 @@ from rich.table import Table
 def print_records(records, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title="tvc bench", show_lines=False)
+    show_acc = any(r.accuracy is not None for r in records)
     for col in (
         "variant",
         "backend",
@@ -26,8 +27,11 @@ def print_records(records, console: Console | None = None) -> None:
         "peak RSS MB",
     ):
         table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
+    if show_acc:
+        table.add_column("top-1 %", justify="right")
     for r in records:
         lat = r.latency_ms
+        acc = [f"{r.accuracy.top1:.2f}" if r.accuracy else "-"] if show_acc else []
         table.add_row(
             r.variant,
             r.provider if r.backend == "ort" else r.backend,
@@ -41,6 +45,7 @@ def print_records(records, console: Console | None = None) -> None:
             f"{r.throughput_ips:.1f}",
             f"{r.size_bytes / 1e6:.2f}" if r.size_bytes else "-",
             f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-",
+            *acc,
         )
     console.print(table)
     if records:

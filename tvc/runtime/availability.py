@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 
 from tvc.deps import available
 from tvc.runtime.device import environment, jetson_facts, nvidia_gpus
@@ -43,23 +44,55 @@ def backend_report() -> list[tuple[str, bool, str]]:
     elif jetson:
         rows.append(("jetson", True, ", ".join(f"{k} {v}" for k, v in jetson.items())))
     else:
-        rows.append(("nvidia gpu", False, "no NVIDIA driver found (nvidia-smi absent or failing)"))
+        rows.append(("nvidia gpu", False,
+                     "no NVIDIA driver found (NVML and nvidia-smi absent or failing)"))  # fmt: skip
+    rows.append(cuda_row())
     rows.append(trt_row())
+    rows.append(trtexec_row())
     return rows
 
 
 def trt_row() -> tuple[str, bool, str]:
-    """Why TensorRT can or cannot be used here."""
+    """Whether TensorRT can build and run engines here, and if not, why."""
     if not available("tensorrt"):
-        return ("tensorrt", False,
-                "the tensorrt package is not installed: pip install 'tvc[trt]' on a machine with "
-                "an NVIDIA GPU (Jetson: use JetPack's python3-libnvinfer)")  # fmt: skip
+        return ("tensorrt", False, "the tensorrt package is not installed: pip install 'tvc[trt]' "
+                "on a machine with an NVIDIA GPU (Jetson: sudo apt install python3-libnvinfer); "
+                "'tvc export --trt' then writes a trtexec command instead")  # fmt: skip
     try:
         import tensorrt as trt
 
-        version = trt.__version__
-    except Exception as exc:  # the PyPI stub and broken installs fail in many ways
-        return ("tensorrt", False, f"the tensorrt package does not load: {exc}")
+        version = str(trt.__version__)
+    except Exception as exc:  # PyPI's stub and a missing libnvinfer fail in many ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return ("tensorrt", False, f"the tensorrt package is installed but does not load ({first})")
+    cuda = cuda_row()
+    if not cuda[1]:
+        return ("tensorrt", False, f"TensorRT {version} is installed, but {cuda[2]}")
+    return ("tensorrt", True, f"{version} (engines build and run here)")
+
+
+def cuda_row() -> tuple[str, bool, str]:
+    """Whether a CUDA binding (cuda-python or pycuda) sees a GPU."""
     if not available("cuda") and not available("pycuda"):
-        return ("tensorrt", False, f"{version}, but cuda-python is missing: pip install cuda-python")
-    return ("tensorrt", True, version)
+        return ("cuda", False, "cuda-python is missing: pip install 'tvc[trt]'")
+    from tvc.errors import TvcError
+    from tvc.runtime.cuda import cuda_api
+
+    try:
+        api = cuda_api()
+        facts = api.device_facts()
+    except TvcError as exc:
+        return ("cuda", False, exc.problem)
+    return ("cuda", True, f"{api.name}: {facts['name']}, sm {facts['compute_capability']}")
+
+
+def trtexec_row() -> tuple[str, bool, str]:
+    """trtexec builds engines without Python, from the command 'tvc export --trt' writes."""
+    import shutil
+
+    path = shutil.which("trtexec") or next(
+        (p for p in ("/usr/src/tensorrt/bin/trtexec",) if Path(p).is_file()), None
+    )
+    if path:
+        return ("trtexec", True, path)
+    return ("trtexec", False, "not found (JetPack: /usr/src/tensorrt/bin/trtexec)")

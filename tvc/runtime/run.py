@@ -89,8 +89,19 @@ def variants_for(target: str, backend: str, model_kwargs: dict[str, Any]):
     raise ConfigError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
 
 
-def bench_target(target: str, cfg: BenchConfig, *, command: str, model_kwargs: dict[str, Any]):
-    """Benchmark every variant of `target` on every backend and batch; return bench records."""
+def bench_target(
+    target: str,
+    cfg: BenchConfig,
+    *,
+    command: str,
+    model_kwargs: dict[str, Any],
+    data: str | None = None,
+    limit: int | None = None,
+):
+    """Benchmark every variant of `target` on every backend and batch; return bench records.
+
+    With `data`, each variant's top-1/top-5 on that dataset's test split goes into its records.
+    """
     if not Path(target).exists() and "ort" in cfg.backends and len(cfg.backends) == 1:
         # a model name with the default backend: say what to do rather than guess
         from tvc.models.registry import resolve
@@ -101,9 +112,15 @@ def bench_target(target: str, cfg: BenchConfig, *, command: str, model_kwargs: d
             f"run 'tvc export {target} -o OUT' then 'tvc bench OUT', or use --backend torch",
         )
     records = []
+    images = None
+    if data is not None:
+        from tvc.eval.run import DataCache
+
+        images = DataCache(data, limit=limit)
     for backend in cfg.backends:
         for variant, loaded in variants_for(target, backend, model_kwargs):
             with open_runner(backend, variant, cfg, loaded) as runner:
+                accuracy = _accuracy(runner, images, variant, loaded) if images else None
                 for batch in cfg.batches:
                     log.info("timing %s on %s, batch %d", variant.label, backend, batch)
                     stats = time_runner(
@@ -113,5 +130,16 @@ def bench_target(target: str, cfg: BenchConfig, *, command: str, model_kwargs: d
                         min_runs=cfg.min_runs,
                         min_time_s=cfg.min_time_s,
                     )
-                    records.append(make_record(variant, runner, batch, stats, command))
+                    records.append(
+                        make_record(variant, runner, batch, stats, command, accuracy=accuracy)
+                    )
     return records
+
+
+def _accuracy(runner, images, variant, loaded):
+    """The variant's accuracy on the bench data (test split), as the record's Accuracy."""
+    from tvc.eval.run import accuracy_of
+    from tvc.report.schema import Accuracy
+
+    log.info("evaluating %s on %s", variant.label, images.spec)
+    return Accuracy(**accuracy_of(runner, images, variant=variant, loaded=loaded))

@@ -1,0 +1,72 @@
+"""`tvc eval` and `tvc bench --data`: accuracy of PyTorch models and ONNX artifacts."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tvc.cli import cli
+from tvc.data import load_images
+from tvc.data.synthetic import write_fake_fashion_mnist
+from tvc.eval import evaluate
+from tvc.eval.run import eval_target
+
+
+@pytest.fixture(scope="module")
+def fm(tmp_path_factory):
+    return f"fashion-mnist:{write_fake_fashion_mnist(tmp_path_factory.mktemp('fm'), 20, 24)}"
+
+
+def _by_hand(pico, fm):
+    import torch
+
+    data = load_images(fm, "test", input_size=pico.info.input_size, mean=pico.info.mean,
+                       std=pico.info.std)  # fmt: skip
+    x, y = data.take(range(len(data)))
+    with torch.no_grad():
+        pred = pico.model(torch.from_numpy(x)).argmax(1).numpy()
+    return 100.0 * float(np.mean(pred == y))
+
+
+def test_onnx_artifact_and_torch_model_give_the_same_accuracy(pico, pico_onnx, fm, tmp_path):
+    want = _by_hand(pico, fm)
+    [onnx] = eval_target(str(pico_onnx.path), fm, reference=str(pico_onnx.path), threads=1)
+    assert onnx["backend"] == "ort" and onnx["precision"] == "fp32"
+    assert onnx["top1"] == pytest.approx(want) and onnx["agreement"] == 100.0 and onnx["n"] == 24
+    r = CliRunner().invoke(cli, ["eval", str(pico_onnx.path), "--data", fm, "--limit", "10",
+                                 "--threads", "1", "--json", str(tmp_path / "e.json")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "[ort]: top-1" in r.output and "on 10 fashion-mnist test images" in r.output
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved[0]["n"] == 10
+
+
+def test_eval_errors_are_one_line(pico_onnx, fm, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["eval", str(pico_onnx.path), "--data", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "error: dataset" in r.output
+    r = runner.invoke(cli, ["eval", str(pico_onnx.path), "--data", fm, "--variant", "x.onnx"])
+    assert r.exit_code == 2 and "no variant 'x.onnx'" in r.output
+
+
+def test_bench_records_accuracy(pico_onnx, fm, tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(cli, ["bench", str(pico_onnx.path), "--data", fm, "--limit", "12",
+                                 "--threads", "1", "--min-runs", "2", "--min-time-s", "0",
+                                 "--warmup-s", "0", "--json", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    [rec] = json.loads(out.read_text())
+    acc = rec["accuracy"]
+    assert acc["n"] == 12 and acc["dataset"] == "fashion-mnist" and acc["split"] == "test"
+    assert 0.0 <= acc["top1"] <= 100.0
+
+
+def test_evaluate_matches_by_hand_on_real_runner(pico, fm):
+    from tvc.eval import runner_predict
+    from tvc.runtime.torch_runner import TorchRunner
+
+    data = load_images(fm, "test", input_size=(3, 32, 32), mean=pico.info.mean,
+                       std=pico.info.std)  # fmt: skip
+    r = evaluate(runner_predict(TorchRunner(pico)), data, batch_size=7)
+    assert r["top1"] == pytest.approx(_by_hand(pico, fm))

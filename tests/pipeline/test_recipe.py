@@ -1,0 +1,189 @@
+"""Recipe validation: errors name the key and line; stage order and references are checked first."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from tvc.cli import cli
+from tvc.errors import ConfigError
+from tvc.pipeline.recipe import parse_recipe, plan, shipped_recipes
+from tvc.pipeline.runner import check_commands
+
+GOOD = """\
+name: pico
+model: vit_pico
+data: fashion-mnist
+stages:
+  - export:
+      id: base
+      dynamic_batch: true
+  - compress:
+      prune: 0.5
+      distill: "@model"
+  - export:
+      int8: static
+  - bench:
+      batch: "1,8"
+      backend: ort
+  - report:
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        plan(parse_recipe(text, "r.yaml"))
+    return info.value.message
+
+
+def test_a_good_recipe_plans_ids_inputs_and_data_defaults():
+    steps = plan(parse_recipe(GOOD, "r.yaml"))
+    assert [(s.kind, s.id, s.inputs) for s in steps] == [
+        ("export", "base", ["@model"]),
+        ("compress", "compress", ["@model"]),
+        ("export", "export-2", ["@compress"]),
+        ("bench", "bench", ["@base", "@export-2"]),
+        ("report", "report", ["@bench"]),
+    ]
+    compress, int8, bench = steps[1], steps[2], steps[3]
+    assert compress.options == {"prune": 0.5, "distill": "@model", "data": "fashion-mnist"}
+    assert compress.refs == {"distill": "@model"}
+    assert int8.options == {"int8": "static", "calib": "fashion-mnist"}
+    assert bench.options == {"backend": ["ort"], "batch": [1, 8], "data": "fashion-mnist"}
+    assert steps[4].formats == ["html", "md"]
+    # --data on the command line wins over the recipe's
+    assert plan(parse_recipe(GOOD, "r.yaml"), data="/imgs")[2].options["calib"] == "/imgs"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ("prune: 0.5", "prune: 0.5\n      prnue: 0.3"),
+            "r.yaml line 10: stages[1].compress.prnue: unknown key; did you mean 'prune'?",
+        ),
+        (
+            ("prune: 0.5", "prune: 1.5"),
+            "r.yaml line 9: stages[1].compress.prune: Input should be less than 1 (got 1.5)",
+        ),
+        (
+            ("int8: static", "int8: yes"),
+            "r.yaml line 12: stages[2].export.int8: Input should be 'static' or 'dynamic'",
+        ),
+        (
+            ("dynamic_batch: true", "dynamic_batch: 'true'"),
+            "r.yaml line 7: stages[0].export.dynamic_batch: Input should be a valid boolean",
+        ),
+        (
+            ('batch: "1,8"', "batch: [1, eight]"),
+            "r.yaml line 14: stages[3].bench.batch[1]: Input should be a valid integer",
+        ),
+        (
+            ("  - report:\n", "  - reprot:\n"),
+            "r.yaml line 16: stages[4].reprot: unknown key; did you mean 'report'?",
+        ),
+        (
+            ("model: vit_pico", "model: {name: vit_pico, wieghts: w.safetensors}"),
+            "r.yaml line 2: model.wieghts: unknown key; did you mean 'weights'?",
+        ),
+        (
+            ("stages:", "stagse:"),
+            "r.yaml line 4: stagse: unknown key (and 1 more problem(s)); did you mean 'stages'?",
+        ),
+        (("name: pico\n", ""), "r.yaml line 1: name: required key is missing"),
+        (("name: pico", "name: pico\nname: other"), "r.yaml line 2: key 'name' appears twice"),
+        (
+            ("  - report:\n", "  - report: {}\n    bench: {}\n"),
+            "r.yaml line 16: stages[4]: one stage has several kinds (report, bench)",
+        ),
+        (("id: base", "id: base\n  - oops"), "r.yaml line 8: not valid YAML"),
+    ],
+)
+def test_mistakes_name_the_key_and_the_line(change, expected):
+    message = error_of(GOOD.replace(*change))
+    assert message.startswith(expected), message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("  - bench:\n", "  - report:\n  - bench:\n"), "line 13: report needs a bench stage"),
+        (('"@model"', '"@export-2"'), "line 10: distill '@export-2' names a later stage"),
+        (('"@model"', '"@base"'), "distill '@base' names the export stage 'base'"),
+        (("      id: base\n", "      id: bench\n"), "stage id 'bench' is used twice"),
+        (("data: fashion-mnist\n", ""), "compress needs `data:` and the recipe sets no `data:`"),
+        (
+            ('      prune: 0.5\n      distill: "@model"\n', "      id: c\n"),
+            "compress has nothing to do",
+        ),
+    ],
+)
+def test_stage_order_and_references_are_checked_before_any_work(change, expected):
+    message = error_of(GOOD.replace(*change))
+    assert expected in message, message
+
+
+def test_bench_without_an_export_is_an_order_error():
+    text = "name: x\nmodel: vit_pico\nstages:\n  - bench: {}\n  - export: {}\n"
+    assert error_of(text).startswith("r.yaml line 4: bench needs an export stage before it")
+
+
+def test_options_unknown_to_this_tvc_are_caught_before_work(monkeypatch):
+    # a recipe written for a newer tvc: its bench has --limit, this one (pretend) has not
+    import tvc.pipeline.runner as runner
+
+    known = {"bench": {"--batch", "--backend", "--data", "--json"}, "report": {"--output"}}
+    monkeypatch.setattr(runner, "_cli_options", lambda kind: known.get(kind))
+    recipe = parse_recipe(GOOD.replace("backend: ort", "backend: ort\n      limit: 5"), "r.yaml")
+    steps = plan(recipe)
+    with pytest.raises(ConfigError) as info:
+        check_commands(recipe, [s for s in steps if s.kind == "bench"])
+    assert "r.yaml line 16: 'tvc bench' in this tvc has no --limit option" in info.value.message
+    with pytest.raises(ConfigError, match="line 5: this tvc has no 'export' command"):
+        check_commands(recipe, steps)
+
+
+def test_shipped_recipes_are_valid_and_listed():
+    names = shipped_recipes()
+    assert {"vit-edge-int8", "deit-prune30-distill", "fmnist-demo"} <= set(names)
+    res = CliRunner().invoke(cli, ["recipes"])
+    assert res.exit_code == 0
+    for name, description in names.items():
+        assert description and f"{name}" in res.output and description in res.output
+        from tvc.pipeline.recipe import load_recipe
+
+        steps = plan(load_recipe(name), data="/some/images")
+        assert steps[-1].kind == "report"
+    res = CliRunner().invoke(cli, ["recipes", "--show", "fmnist-demo"])
+    assert res.exit_code == 0 and "name: fmnist-demo" in res.output
+    res = CliRunner().invoke(cli, ["run", "fmnist-dmeo"])
+    assert res.exit_code == 2 and "did you mean: fmnist-demo?" in res.output
+
+
+def test_shipped_recipes_use_only_options_this_tvc_has():
+    """Guards against a recipe key that no `tvc` command accepts (once every command exists)."""
+    from tvc.pipeline.recipe import load_recipe
+    from tvc.pipeline.runner import _cli_options
+
+    for name in shipped_recipes():
+        recipe = load_recipe(name)
+        steps = plan(recipe, data="/some/images")
+        missing = sorted({s.kind for s in steps if _cli_options(s.kind) is None})
+        if missing:
+            pytest.skip(f"this tree has no 'tvc {', '.join(missing)}' command yet")
+        check_commands(recipe, steps)
+
+
+def test_run_dry_run_prints_every_command(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: pico\nmodel: vit_pico\nstages:\n  - export: {dynamic_batch: true}\n"
+        "  - bench: {batch: [1, 2]}\n  - report: {formats: [md]}\n"
+    )
+    res = CliRunner().invoke(cli, ["run", str(recipe), "-o", str(tmp_path / "run"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    assert f"tvc export vit_pico -o {run}/export --dynamic-batch" in res.output
+    assert f"tvc bench {run}/export --json {run}/bench/export.json --batch 1,2" in res.output
+    assert f"tvc report {run}/bench/records.json -o {run}/report/report.md" in res.output
+    assert not run.exists()  # nothing ran

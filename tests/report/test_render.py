@@ -1,0 +1,180 @@
+"""Reports from fixed records: comparisons, tables, plots, provenance, and the `tvc report` CLI."""
+
+from __future__ import annotations
+
+import base64
+import re
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from tvc.cli import cli
+from tvc.errors import ConfigError
+from tvc.report.plots import make_plots, pareto_front
+from tvc.report.render import analyse, headline, render_html, render_markdown, write_report
+from tvc.report.schema import write_records
+
+CPU = "AMD EPYC 7B13 x2"
+NANO = "NVIDIA Jetson Orin Nano Developer Kit"
+
+
+def _row(analysis, variant, board, batch=1):
+    return next(
+        r
+        for r in analysis.rows
+        if (r.rec.variant, r.rec.board, r.rec.batch) == (variant, board, batch)
+    )
+
+
+def test_comparisons_use_the_baseline_on_the_same_board_and_batch(records):
+    a = analyse(records)
+    assert a.baseline == "teacher fp32"  # the first fp32 variant
+    assert a.boards == [CPU, NANO, "NVIDIA Jetson AGX Orin Developer Kit"]
+    int8 = _row(a, "student int8-qdq", CPU)
+    assert int8.speedup == pytest.approx(4.0)  # 4.0 ms / 1.0 ms
+    assert int8.size_ratio == pytest.approx(7.2)
+    assert int8.d_top1 == pytest.approx(-1.5)
+    assert _row(a, "student int8-qdq", CPU, batch=8).speedup == pytest.approx(4.0)  # 24 / 6
+    nano = _row(a, "student int8-qdq", NANO)
+    assert nano.speedup == pytest.approx(4.0)  # 2.0 / 0.5 on the Nano, not against the CPU
+    assert nano.size_ratio == pytest.approx(7.3 / 1.1)
+    assert nano.d_top1 == pytest.approx(-1.6)
+    # no baseline at batch 8 on the Orins: no speed-up rather than a wrong one
+    assert _row(a, "student fp32", CPU).speedup == pytest.approx(2.0)
+    assert headline(a).startswith("student int8-qdq vs teacher fp32 on AMD EPYC 7B13 x2")
+    assert "4.00x faster" in headline(a) and "7.20x smaller" in headline(a)
+    assert "top-1 -1.50 pts (88.50%)" in headline(a)
+    assert "student fp32 vs teacher fp32" in headline(a, "student fp32")
+    assert "2.00x faster" in headline(a, "student fp32")
+
+
+def test_baseline_can_be_chosen_and_unknown_ones_are_named(records):
+    a = analyse(records, "student fp32")
+    assert _row(a, "student int8-qdq", CPU).speedup == pytest.approx(2.0)
+    assert _row(a, "teacher fp32", CPU).speedup == pytest.approx(0.5)
+    assert "2.00x slower" in headline(analyse(records[:2], "student fp32"))
+    with pytest.raises(ConfigError, match="did you mean 'student fp32'"):
+        analyse(records, "studnet fp32")
+
+
+def test_markdown_has_board_tables_cross_board_table_and_commands(records):
+    md = render_markdown(records)
+    sections = re.findall(r"^## (.+)$", md, re.M)
+    assert sections[:3] == [CPU, NANO, "NVIDIA Jetson AGX Orin Developer Kit"]
+    assert "All boards: p50 latency at batch 1" in sections
+    int8_row = next(line for line in md.splitlines() if line.startswith("| 3 |"))
+    cells = [c.strip() for c in int8_row.strip("|").split("|")]
+    assert cells[:4] == ["3", "student int8-qdq", "int8-qdq", "ort CPU, 2 thr"]
+    assert {"4.00x", "7.20x", "88.50", "-1.50", "1", "1.1"} <= set(cells)
+    # energy columns appear for the board that measured power, not for the others
+    nano_table = md.split(f"## {NANO}")[1].split("## ")[0]
+    assert "mJ/img" in nano_table and "| 4.00 |" in nano_table
+    assert "mJ/img" not in md.split(f"## {CPU}")[1].split("## ")[0]
+    # cross-board row: the int8 student on the CPU, the Nano and the AGX
+    cross = md.split("## All boards")[1]
+    assert re.search(
+        r"\| student int8-qdq \| 1 ms \(ort, 4\.00x\) \[#3\] \| 0\.5 ms \(trt, "
+        r"4\.00x\) \[#7\] \| 0\.25 ms \(trt, 3\.20x\) \[#9\]",
+        cross,
+    )
+    # provenance: the command and versions of every number
+    assert "tvc bench runs/student-onnx --batch 8" in md
+    assert "tensorrt 10.3.0" in md and "power_mode 15W" in md
+
+
+def test_html_is_self_contained_with_three_inline_plots(records):
+    page = render_html(records, title="Orin & CPU <comparison>")
+    assert "<title>Orin &amp; CPU &lt;comparison&gt;</title>" in page
+    assert not re.search(r"""(src|href)=["'](https?:|//)""", page)  # nothing fetched
+    assert "<script" not in page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 3
+    for data in images:
+        png = base64.b64decode(data)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert width > 400 and height > 100
+    assert 'id="rec-9"' in page and '<a href="#rec-3">3</a>' in page
+    assert '<td class="num">4.00x</td>' in page
+    assert "Headline:" in page
+
+
+def test_plots_follow_the_data(records):
+    plots, notes = make_plots(analyse(records))
+    assert [p.name for p in plots] == [
+        "latency_vs_accuracy",
+        "size_per_variant",
+        "latency_per_board",
+    ]
+    assert notes == []
+    no_acc = [r.model_copy(update={"accuracy": None}) for r in records]
+    plots, notes = make_plots(analyse(no_acc))
+    assert [p.name for p in plots] == ["size_per_variant", "latency_per_board"]
+    assert notes and "no record has accuracy" in notes[0]
+
+
+def test_plots_are_left_out_with_a_note_without_matplotlib(records, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    page = render_html(records)
+    assert "data:image/png" not in page
+    assert "pip install &#x27;tvc[report]&#x27;" in page
+    assert "| 4.00x |" in render_markdown(records, notes=make_plots(analyse(records))[1])
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(4.0, 90.0), (2.0, 89.0), (1.0, 88.5), (3.0, 85.0), (2.0, 80.0)]
+    assert pareto_front(pts) == [2, 1, 0]
+
+
+def test_markdown_report_writes_its_plots_beside_it(records, tmp_path):
+    out = write_report(records, tmp_path / "r.md")
+    text = out.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links == [
+        "r_plots/latency_vs_accuracy.png",
+        "r_plots/size_per_variant.png",
+        "r_plots/latency_per_board.png",
+    ]
+    assert all((tmp_path / link).read_bytes()[:4] == b"\x89PNG" for link in links)
+    with pytest.raises(ConfigError, match=r"report\.html"):
+        write_report(records, tmp_path / "r.pdf")
+
+
+def test_report_cli_merges_files_from_several_boards(records, tmp_path):
+    write_records(records[:5], tmp_path / "cpu.json")
+    write_records(records[5:], tmp_path / "orin.json")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            str(tmp_path / "cpu.json"),
+            str(tmp_path / "orin.json"),
+            "-o",
+            str(tmp_path / "r.html"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "9 records, 3 board(s), baseline teacher fp32" in res.output
+    assert "headline: student int8-qdq vs teacher fp32" in res.output
+    page = (tmp_path / "r.html").read_text()
+    assert NANO in page and CPU in page
+
+    res = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            str(tmp_path / "cpu.json"),
+            "-o",
+            str(tmp_path / "x.html"),
+            "--baseline",
+            "nope",
+        ],
+    )
+    assert res.exit_code == 2 and "error: --baseline 'nope' is not a variant" in res.output
+    (tmp_path / "bad.json").write_text('{"schema": "tvc.bench/1", "variant": 3}')
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "bad.json"), "-o", "x.html"])
+    assert res.exit_code == 2 and "bad.json record 0: field" in res.output
+    assert not (tmp_path / "x.html").exists()

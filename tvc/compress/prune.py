@@ -1,0 +1,623 @@
+"""Structured pruning of vision transformers: the result is a smaller dense model, not a masked one.
+
+What gets smaller, per transformer block: the attention (whole heads with `prune_heads`, else the
+dimensions of every head) and the MLP hidden width; and, shared by all blocks, the embedding
+(residual) width unless `keep` names "embed". The classifier's outputs are never touched.
+
+How: torch-pruning's DependencyGraph finds every tensor coupled to a channel (q, k and v of a head,
+the norms and position embedding of the residual stream, the classifier's inputs), and its group
+importances (GroupMagnitudeImportance, GroupTaylorImportance, RandomImportance) score them. Which
+channels to remove is decided here rather than by torch-pruning's MetaPruner, because a ViT has a
+known layout: counts are exact, rounded to `round_to` for hardware alignment, whole heads stay
+whole, and a ratio that would empty a layer is refused before anything changes. Afterwards the
+attention bookkeeping (num_heads, head_dim, attn_dim, scale) is fixed so forward, ONNX export and
+fused attention stay correct.
+
+Supported: timm VisionTransformer (ViT, DeiT, DeiT distilled with dist_token/head_dist) and
+Hugging Face ViTForImageClassification (wrapped by tvc.models.hf.HFClassifier). Anything else is
+refused with the names of the layers that are not understood.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from tvc.compress.structure import LowRankLinear
+from tvc.deps import require
+from tvc.errors import ConfigError, UnsupportedModelError
+
+log = logging.getLogger("tvc")
+
+IMPORTANCES = ("magnitude", "taylor", "random")
+# Parts `keep` can name; anything else in `keep` is a block name such as "blocks.3" or
+# "blocks.3.mlp" (a prefix of the attention / MLP module names).
+KEEP_PARTS = ("head", "embed", "attn", "mlp")
+
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+@dataclass
+class PruneConfig:
+    """How to prune. Validated on construction; every error names the valid range."""
+
+    ratio: float  # fraction of each width to remove, in (0, 1)
+    importance: str = "magnitude"  # magnitude | taylor | random
+    global_pruning: bool = False  # rank channels / heads across blocks instead of per block
+    prune_heads: bool = False  # remove whole heads (else: dimensions of every head)
+    round_to: int = 8  # kept channel counts are multiples of this (heads stay whole)
+    keep: tuple[str, ...] = ("head",)  # parts or blocks left unpruned
+    steps: int = 1  # iterative pruning: reach `ratio` in this many steps
+    seed: int = 0  # for random importance
+
+    def __post_init__(self) -> None:
+        if isinstance(self.keep, str):
+            self.keep = tuple(k for k in self.keep.split(",") if k.strip())
+        self.keep = tuple(k.strip() for k in self.keep)
+        if not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:
+            raise ConfigError(
+                f"prune ratio must be in (0, 1), got {self.ratio}",
+                "e.g. --prune 0.3 removes 30% of each width",
+            )
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(
+                f"unknown importance '{self.importance}'", f"use one of: {', '.join(IMPORTANCES)}"
+            )
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(
+                f"round_to must be an integer >= 1, got {self.round_to}",
+                "use --round-to 8 (GPUs/NPUs) or --round-to 1 (no rounding)",
+            )
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {self.steps}", "use --steps 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
+        """Build from a mapping (a recipe); unknown keys are an error, not ignored."""
+        return cls(**_known_keys(cls, d, "prune"))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep"] = list(self.keep)
+        return d
+
+
+def _known_keys(cls, d: dict[str, Any], what: str) -> dict[str, Any]:
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown {what} option(s): {', '.join(unknown)}", f"valid: {', '.join(names)}"
+        )
+    return dict(d)
+
+
+# ----------------------------------------------------------------------------------- layout
+
+
+@dataclass
+class AttnUnit:
+    """One attention module and the Linear whose channels index its pruning group."""
+
+    name: str
+    module: nn.Module
+    root: nn.Linear
+    root_dim: str  # "in" or "out": which channels of `root` the group is indexed by
+    style: str  # "timm" (fused qkv, scale attribute) or "hf" (q/k/v projections, scaling)
+
+    @property
+    def heads(self) -> int:
+        return int(
+            self.module.num_heads if self.style == "timm" else self.module.num_attention_heads
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.module.head_dim)
+
+    def linears(self) -> list[tuple[str, nn.Module]]:
+        names = (
+            ("qkv", "proj") if self.style == "timm" else ("q_proj", "k_proj", "v_proj", "o_proj")
+        )
+        return [(f"{self.name}.{n}", getattr(self.module, n)) for n in names]
+
+
+@dataclass
+class MlpUnit:
+    name: str
+    fc1: nn.Module
+    fc2: nn.Module
+
+    @property
+    def root(self) -> nn.Linear:
+        return _out_linear(self.fc1)
+
+    @property
+    def hidden(self) -> int:
+        return int(self.fc1.out_features)
+
+    def linears(self) -> list[tuple[str, nn.Module]]:
+        return [(f"{self.name}.fc1", self.fc1), (f"{self.name}.fc2", self.fc2)]
+
+
+@dataclass
+class VitLayout:
+    """Where the prunable widths of a supported ViT live."""
+
+    family: str  # "timm" or "hf"
+    model: nn.Module
+    embed: nn.Conv2d  # patch projection: its output channels are the embedding width
+    attn: list[AttnUnit]
+    mlp: list[MlpUnit]
+    classifiers: list[tuple[str, nn.Module]] = field(default_factory=list)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.embed.out_channels)
+
+    def widths(self) -> dict[str, Any]:
+        """Embedding width and per-block heads / head_dim / MLP hidden width."""
+        return {
+            "embed": self.embed_dim,
+            "blocks": [
+                {
+                    "heads": a.heads,
+                    "head_dim": a.head_dim,
+                    "attn_width": a.heads * a.head_dim,
+                    "mlp": m.hidden,
+                }
+                for a, m in zip(self.attn, self.mlp, strict=True)
+            ],
+        }
+
+
+def _out_linear(m: nn.Module) -> nn.Linear:
+    """The Linear that produces `m`'s outputs (the second half of a factorized layer)."""
+    return m.second if isinstance(m, LowRankLinear) else m
+
+
+def _in_linear(m: nn.Module) -> nn.Linear:
+    """The Linear that consumes `m`'s inputs (the first half of a factorized layer)."""
+    return m.first if isinstance(m, LowRankLinear) else m
+
+
+_GENERIC_OK = {
+    "Linear", "LowRankLinear", "Conv2d", "LayerNorm", "Identity", "Dropout", "DropPath",
+    "GELU", "GELUTanh", "QuickGELU", "SiLU", "ReLU", "Tanh", "Sequential", "ModuleList",
+}  # fmt: skip
+_TIMM_OK = {
+    "VisionTransformer", "VisionTransformerDistilled", "PatchEmbed", "Block", "Attention", "Mlp",
+    "LayerScale", "PatchDropout",
+}  # fmt: skip
+_HF_OK = {
+    "HFClassifier", "ViTForImageClassification", "ViTModel", "ViTEmbeddings",
+    "ViTPatchEmbeddings", "ViTLayer", "ViTAttention", "ViTMLP", "GELUActivation",
+}  # fmt: skip
+
+
+def vit_layout(model: nn.Module) -> VitLayout:
+    """The layout of a supported ViT; UnsupportedModelError names what is not understood."""
+    kind = type(model).__name__
+    if kind in ("VisionTransformer", "VisionTransformerDistilled"):
+        layout = _timm_layout(model)
+        allowed = _GENERIC_OK | _TIMM_OK
+    elif kind == "HFClassifier" and type(model.inner).__name__ == "ViTForImageClassification":
+        layout = _hf_layout(model)
+        allowed = _GENERIC_OK | _HF_OK
+    else:
+        inner = getattr(model, "inner", None)
+        what = f"{kind} ({type(inner).__name__})" if inner is not None else kind
+        raise UnsupportedModelError(
+            f"cannot prune or factorize {what}: tvc understands timm VisionTransformer (ViT, "
+            "DeiT) and Hugging Face ViTForImageClassification",
+            "use one of those architectures",
+        )
+    unknown = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+               if type(m).__name__ not in allowed]  # fmt: skip
+    if layout.family == "timm":
+        for a in layout.attn:
+            extras = {"q_norm": a.module.q_norm, "k_norm": a.module.k_norm,
+                      "norm": getattr(a.module, "norm", None)}  # fmt: skip
+            for leaf, sub in extras.items():
+                if sub is not None and not isinstance(sub, nn.Identity):
+                    unknown.append(f"{a.name}.{leaf} (qk/scale norm over head dims)")
+            if getattr(a.module, "gate", None) is not None:
+                unknown.append(f"{a.name}.gate (gated attention)")
+    if unknown:
+        shown = ", ".join(unknown[:6]) + (
+            f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
+        )
+        raise UnsupportedModelError(
+            f"cannot prune or factorize {kind}: it has {len(unknown)} layer(s) tvc does not "
+            f"understand: {shown}",
+            "use a plain ViT/DeiT (timm) or ViTForImageClassification (Hugging Face)",
+        )
+    return layout
+
+
+def _timm_layout(model: nn.Module) -> VitLayout:
+    attn, mlp = [], []
+    for i, block in enumerate(model.blocks):
+        name = f"blocks.{i}"
+        a, m = getattr(block, "attn", None), getattr(block, "mlp", None)
+        if type(a).__name__ != "Attention" or not hasattr(m, "fc1") or not hasattr(m, "fc2"):
+            raise UnsupportedModelError(
+                f"cannot prune {type(model).__name__}: block {name} has attention "
+                f"{type(a).__name__} and MLP {type(m).__name__}, tvc understands timm Attention "
+                "and Mlp",
+                "use a plain ViT/DeiT architecture",
+            )
+        attn.append(AttnUnit(f"{name}.attn", a, _in_linear(a.proj), "in", "timm"))
+        mlp.append(MlpUnit(f"{name}.mlp", m.fc1, m.fc2))
+    heads = [("head", model.head)]
+    if getattr(model, "head_dist", None) is not None:
+        heads.append(("head_dist", model.head_dist))
+    return VitLayout("timm", model, model.patch_embed.proj, attn, mlp, heads)
+
+
+def _hf_layout(model: nn.Module) -> VitLayout:
+    vit = model.inner.vit
+    layers = getattr(vit, "layers", None)
+    if layers is None:  # older transformers: vit.encoder.layer with ViTSelfAttention
+        layers = getattr(getattr(vit, "encoder", None), "layer", [])
+    attn, mlp = [], []
+    prefix = "inner.vit.layers" if hasattr(vit, "layers") else "inner.vit.encoder.layer"
+    for i, layer in enumerate(layers):
+        name = f"{prefix}.{i}"
+        a, m = layer.attention, getattr(layer, "mlp", None)
+        if not all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or m is None:
+            raise UnsupportedModelError(
+                f"cannot prune this ViTForImageClassification: {name} has the attention layout "
+                "of another transformers version",
+                "use transformers >= 5 (q_proj/k_proj/v_proj/o_proj attention)",
+            )
+        # The group is rooted at v_proj's outputs: torch-pruning traces q, k, v and o_proj from
+        # there (from o_proj's inputs it loses the trail at the attention reshape).
+        attn.append(AttnUnit(f"{name}.attention", a, _out_linear(a.v_proj), "out", "hf"))
+        mlp.append(MlpUnit(f"{name}.mlp", m.fc1, m.fc2))
+    emb = vit.embeddings.patch_embeddings.projection
+    return VitLayout("hf", model, emb, attn, mlp, [("inner.classifier", model.inner.classifier)])
+
+
+# ---------------------------------------------------------------------------------- pruning
+
+
+def prune(
+    model: nn.Module,
+    cfg: PruneConfig,
+    *,
+    example_input: torch.Tensor,
+    batches: Batches | None = None,
+    between_steps: Callable[[nn.Module, int], None] | None = None,
+) -> dict[str, Any]:
+    """Prune `model` in place to `cfg` and return a summary of what was removed.
+
+    `example_input` is one input batch for tracing; `batches` are (images, labels) tensors for
+    taylor importance; `between_steps(model, step)` runs after every step but the last (e.g. a
+    short fine-tune) when `cfg.steps > 1`. On error the model may be half-pruned: prune a copy.
+    """
+    tp = require("torch_pruning", "structured pruning")
+    layout = vit_layout(model)
+    _check_keep(layout, cfg.keep)
+    _check_classifier(layout, cfg)
+    if cfg.importance == "taylor" and not batches:
+        raise ConfigError(
+            "taylor importance needs a few batches of labelled images",
+            "pass --data DATA, or use --importance magnitude",
+        )
+    original = _unit_widths(layout)
+    _uniform_targets(layout, original, cfg, cfg.ratio)  # refuses a ratio that empties a layer
+    model.eval()
+    num_classes = _num_outputs(model, example_input)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), torch.enable_grad():
+        # torch-pruning warns about the class/position tokens it detects as "unwrapped"
+        # parameters; it prunes their last dimension, which is the embedding width: right.
+        warnings.simplefilter("ignore")
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    for step in range(1, cfg.steps + 1):
+        ratio = cfg.ratio * step / cfg.steps
+        if cfg.importance == "taylor":
+            _taylor_gradients(model, batches or [], num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + step)  # random importance is reproducible
+            ops, attn_shapes = _plan(layout, graph, tp, cfg, original, ratio)
+        embed_before = layout.embed_dim
+        for root, fn, idxs in ops:
+            group = graph.get_pruning_group(root, fn, idxs)
+            if not graph.check_pruning_group(group):
+                raise ConfigError(
+                    f"pruning would empty a layer coupled to {_name_of(model, root)}",
+                    "use a smaller ratio or a smaller --round-to",
+                )
+            group.prune()
+        _fix_bookkeeping(layout, attn_shapes, embed_before)
+        model.zero_grad(set_to_none=True)
+        if between_steps is not None and step < cfg.steps:
+            between_steps(model, step)
+            model.eval()
+    _check_output(model, example_input, num_classes)
+    final = _unit_widths(layout)
+    return {
+        **cfg.as_dict(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "heads_removed": sum(
+            o[0] - f[0] for o, f in zip(original["attn"], final["attn"], strict=True)
+        ),
+        "embed": {"before": original["embed"], "after": final["embed"]},
+    }
+
+
+def _importance(name: str):
+    tp = require("torch_pruning", "structured pruning")
+    if name == "magnitude":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.RandomImportance()
+
+
+def _name_of(model: nn.Module, module: nn.Module) -> str:
+    return next((n for n, m in model.named_modules() if m is module), type(module).__name__)
+
+
+def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x).shape[-1])
+
+
+def _check_output(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    with torch.no_grad():
+        y = model(x)
+    if y.shape != (x.shape[0], num_classes):
+        raise UnsupportedModelError(
+            f"after pruning the model outputs {tuple(y.shape)} instead of "
+            f"{(x.shape[0], num_classes)}",
+            "this architecture is not pruned correctly by tvc; report it",
+        )
+
+
+def _taylor_gradients(model: nn.Module, batches: Batches, num_classes: int) -> None:
+    """Accumulate loss gradients on `batches`: taylor importance is |weight * gradient|."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for x, y in batches:
+            if int(y.max()) >= num_classes:
+                raise ConfigError(
+                    f"the data has label {int(y.max())} but the model has {num_classes} classes",
+                    "use data with the model's classes, or --importance magnitude",
+                )
+            nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _check_keep(layout: VitLayout, keep: Sequence[str]) -> None:
+    names = [u.name for u in (*layout.attn, *layout.mlp)]
+    for k in keep:
+        if k in KEEP_PARTS:
+            continue
+        if not any(n == k or n.startswith(k + ".") for n in names):
+            raise ConfigError(
+                f"--keep '{k}' names no part or block of this model",
+                f"use {', '.join(KEEP_PARTS)} or a block such as "
+                f"{names[0].rsplit('.', 1)[0]} or {names[0]}",
+            )
+
+
+def _kept(unit_name: str, part: str, keep: Sequence[str]) -> bool:
+    return part in keep or any(unit_name == k or unit_name.startswith(k + ".") for k in keep)
+
+
+def _check_classifier(layout: VitLayout, cfg: PruneConfig) -> None:
+    """The classifier's outputs stay; refuse a prune whose result could not classify."""
+    for name, head in layout.classifiers:
+        if isinstance(head, nn.Linear):
+            continue
+        if not isinstance(head, nn.Identity):
+            raise UnsupportedModelError(
+                f"the classifier {name} is a {type(head).__name__}, not a Linear; pruning its "
+                "inputs would break it",
+                "prune a model whose head is a plain Linear layer",
+            )
+        if "embed" not in cfg.keep:
+            raise ConfigError(
+                f"the model has no classifier ({name} is Identity, num_classes=0): its output is "
+                "the embedding, which pruning would narrow",
+                "build it with --num-classes N, or pass --keep embed",
+            )
+
+
+def _unit_widths(layout: VitLayout) -> dict[str, Any]:
+    return {
+        "embed": layout.embed_dim,
+        "attn": [(a.heads, a.head_dim) for a in layout.attn],
+        "mlp": [m.hidden for m in layout.mlp],
+    }
+
+
+def _round_count(n: float, multiple: int) -> int:
+    """`n` rounded to the nearest multiple of `multiple` (halves round up)."""
+    return math.floor(n / multiple + 0.5) * multiple
+
+
+def _uniform_targets(
+    layout: VitLayout, original: dict[str, Any], cfg: PruneConfig, ratio: float
+) -> dict[str, Any]:
+    """Widths after removing `ratio` of each original width; refuses to empty a layer."""
+
+    def target(width: int, multiple: int, what: str, unit: str) -> int:
+        kept = min(width, _round_count(width * (1.0 - ratio), multiple))
+        if kept <= 0:
+            rounding = f" after rounding to multiples of {multiple}" if multiple > 1 else ""
+            raise ConfigError(
+                f"prune ratio {cfg.ratio} would remove every {what} of {unit} "
+                f"({width} -> 0{rounding})",
+                "use a smaller ratio" + (" or a smaller --round-to" if multiple > 1 else ""),
+            )
+        return kept
+
+    r = cfg.round_to
+    embed = original["embed"]
+    if "embed" not in cfg.keep:
+        embed = target(embed, r, "channel", "the embedding")
+    attn = []
+    for unit, (heads, dim) in zip(layout.attn, original["attn"], strict=True):
+        if _kept(unit.name, "attn", cfg.keep):
+            attn.append((heads, dim))
+        elif cfg.prune_heads:
+            attn.append((target(heads, 1, "head", unit.name), dim))
+        else:
+            attn.append((heads, target(dim, r, "head dimension", unit.name)))
+    mlp = []
+    for unit, hidden in zip(layout.mlp, original["mlp"], strict=True):
+        kept = _kept(unit.name, "mlp", cfg.keep)
+        mlp.append(hidden if kept else target(hidden, r, "channel", unit.name))
+    return {"embed": embed, "attn": attn, "mlp": mlp}
+
+
+def _scores(graph, tp, scorer, root: nn.Module, dim: str):
+    """Importance of every input or output channel of `root`, scored over its whole group."""
+    if isinstance(root, nn.Conv2d):
+        fn, n = tp.prune_conv_out_channels, root.out_channels
+    elif dim == "out":
+        fn, n = tp.prune_linear_out_channels, root.out_features
+    else:
+        fn, n = tp.prune_linear_in_channels, root.in_features
+    imp = scorer(graph.get_pruning_group(root, fn, list(range(n))))
+    if imp is None or len(imp) != n:
+        raise UnsupportedModelError(
+            f"torch-pruning could not score the channels of a {type(root).__name__}",
+            "this model's graph is not traceable for pruning; report it",
+        )
+    return imp.detach().float().cpu(), fn
+
+
+def _lowest(scores: torch.Tensor, n_remove: int) -> list[int]:
+    if n_remove <= 0:
+        return []
+    return torch.argsort(scores, stable=True)[:n_remove].tolist()
+
+
+def _global_counts(
+    scores: list[torch.Tensor], originals: list[int], ratio: float, multiple: int
+) -> list[int]:
+    """Kept count per unit when one threshold is applied to the pooled scores of all units.
+
+    Each unit keeps at least one `multiple` (one head): global ranking never empties a layer.
+    """
+    if not scores:
+        return []
+    pooled = torch.cat(scores)
+    total_keep = round(sum(originals) * (1.0 - ratio))
+    if total_keep >= len(pooled):
+        return [len(s) for s in scores]
+    threshold = torch.topk(pooled, max(total_keep, 1)).values[-1]
+    counts = []
+    for s in scores:
+        kept = _round_count(int((s >= threshold).sum()), multiple)
+        counts.append(min(len(s), max(min(multiple, len(s)), kept)))
+    return counts
+
+
+def _plan(layout: VitLayout, graph, tp, cfg: PruneConfig, original: dict[str, Any], ratio: float):
+    """The (root, pruning fn, channel indices) to remove in this step, and each attention's
+    (heads, head_dim) afterwards. All scores are taken before anything is pruned."""
+    scorer = _importance(cfg.importance)
+    uniform = _uniform_targets(layout, original, cfg, ratio)
+    ops = []
+
+    if "embed" not in cfg.keep:
+        scores, fn = _scores(graph, tp, scorer, layout.embed, "out")
+        ops.append((layout.embed, fn, _lowest(scores, layout.embed_dim - uniform["embed"])))
+
+    # Attention: scores per (head, dim) of each unit that is pruned.
+    attn_shapes = [(a.heads, a.head_dim) for a in layout.attn]
+    live = [i for i, a in enumerate(layout.attn) if not _kept(a.name, "attn", cfg.keep)]
+    per_unit = {}
+    for i in live:
+        a = layout.attn[i]
+        scores, fn = _scores(graph, tp, scorer, a.root, a.root_dim)
+        per_unit[i] = (scores.view(a.heads, a.head_dim), fn)
+    if cfg.prune_heads:
+        if cfg.global_pruning:
+            head_scores = [per_unit[i][0].mean(1) for i in live]
+            counts = _global_counts(head_scores, [original["attn"][i][0] for i in live], ratio, 1)
+        else:
+            counts = [uniform["attn"][i][0] for i in live]
+        for i, kept_heads in zip(live, counts, strict=True):
+            grid, fn = per_unit[i]
+            heads, dim = grid.shape
+            drop = sorted(_lowest(grid.mean(1), heads - kept_heads))
+            idxs = [h * dim + j for h in drop for j in range(dim)]
+            ops.append((layout.attn[i].root, fn, idxs))
+            attn_shapes[i] = (kept_heads, dim)
+    else:
+        if cfg.global_pruning:
+            dim_scores = [per_unit[i][0].mean(0) for i in live]
+            originals = [original["attn"][i][1] for i in live]
+            counts = _global_counts(dim_scores, originals, ratio, cfg.round_to)
+        else:
+            counts = [uniform["attn"][i][1] for i in live]
+        for i, kept_dim in zip(live, counts, strict=True):
+            grid, fn = per_unit[i]
+            heads, dim = grid.shape
+            # Every head keeps its own best dimensions; all heads keep the same number.
+            idxs = [h * dim + j for h in range(heads) for j in _lowest(grid[h], dim - kept_dim)]
+            ops.append((layout.attn[i].root, fn, sorted(idxs)))
+            attn_shapes[i] = (heads, kept_dim)
+
+    # MLP hidden channels.
+    live = [i for i, m in enumerate(layout.mlp) if not _kept(m.name, "mlp", cfg.keep)]
+    mlp_scores = {i: _scores(graph, tp, scorer, layout.mlp[i].root, "out") for i in live}
+    if cfg.global_pruning:
+        originals = [original["mlp"][i] for i in live]
+        counts = _global_counts([mlp_scores[i][0] for i in live], originals, ratio, cfg.round_to)
+    else:
+        counts = [uniform["mlp"][i] for i in live]
+    for i, kept in zip(live, counts, strict=True):
+        scores, fn = mlp_scores[i]
+        ops.append((layout.mlp[i].root, fn, _lowest(scores, layout.mlp[i].hidden - kept)))
+    return [op for op in ops if op[2]], attn_shapes
+
+
+def _fix_bookkeeping(layout: VitLayout, attn_shapes: list[tuple[int, int]], old_embed: int) -> None:
+    """Bring the attributes that forward() reads in line with the pruned weights."""
+    for m in layout.model.modules():
+        if isinstance(m, LowRankLinear):
+            m.in_features, m.rank = m.first.in_features, m.first.out_features
+            m.out_features = m.second.out_features
+    for a, (heads, dim) in zip(layout.attn, attn_shapes, strict=True):
+        if layout.family == "hf":
+            # HF passes `scaling` to the attention explicitly: it keeps the trained value.
+            a.module.num_attention_heads, a.module.head_dim = heads, dim
+            continue
+        m = a.module
+        if dim != m.head_dim:
+            # timm's fused attention (scaled_dot_product_attention, and its ONNX export) scales
+            # by 1/sqrt(head_dim) and ignores `scale`; fold the trained scale into q instead.
+            factor = m.scale * math.sqrt(dim)
+            q_rows = heads * dim
+            out = _out_linear(m.qkv)
+            with torch.no_grad():
+                out.weight[:q_rows] *= factor
+                if out.bias is not None:
+                    out.bias[:q_rows] *= factor
+            m.scale = dim**-0.5
+        m.num_heads, m.head_dim = heads, dim
+        if hasattr(m, "attn_dim"):
+            m.attn_dim = heads * dim
+    if layout.family == "timm":
+        new = layout.embed_dim
+        for attr in ("embed_dim", "num_features", "head_hidden_size"):
+            if getattr(layout.model, attr, None) == old_embed:
+                setattr(layout.model, attr, new)

@@ -1,0 +1,169 @@
+"""What a compression run did: parameters, MACs, size, widths and output agreement, before/after.
+
+MACs are counted by running the model once under torch.utils.flop_counter.FlopCounterMode (MACs =
+FLOPs / 2), which sees the two matmuls of a factorized layer as they really run. On the CPU,
+PyTorch's fused scaled_dot_product_attention has no FLOP formula, so timm attention is counted on
+its unfused path (same maths, the attention matmuls become visible).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from tvc.errors import UnsupportedModelError
+
+
+def count_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer: the size of the saved weights, give or take headers."""
+    return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+
+
+@contextlib.contextmanager
+def _unfused_attention(model: nn.Module) -> Iterator[None]:
+    """Temporarily turn off timm's fused attention so its matmuls are counted."""
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
+    for m in fused:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m in fused:
+            m.fused_attn = True
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass at batch 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *input_size)
+    counter = FlopCounterMode(display=False)
+    with _unfused_attention(model), counter, torch.no_grad():
+        model.eval()(x)
+    return int(counter.get_total_flops() // 2)
+
+
+def widths(model: nn.Module) -> dict[str, Any] | None:
+    """Embedding width and per-block heads, head_dim and MLP width; None for other models."""
+    from tvc.compress.prune import vit_layout
+
+    try:
+        return vit_layout(model).widths()
+    except UnsupportedModelError:
+        return None
+
+
+def summarize(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Any]:
+    return {
+        "params": count_params(model),
+        "macs": count_macs(model, input_size),
+        "size_bytes": weight_bytes(model),
+        "widths": widths(model),
+    }
+
+
+def output_agreement(
+    reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor, *, source: str
+) -> dict[str, Any]:
+    """How closely `candidate`'s logits follow `reference`'s on the same inputs."""
+    with torch.no_grad():
+        ref = reference.eval()(inputs).double()
+        got = candidate.eval()(inputs).double()
+    diff = (got - ref).abs()
+    rel = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
+    return {
+        "inputs": source,
+        "n": int(inputs.shape[0]),
+        "top1_agreement": float((got.argmax(1) == ref.argmax(1)).double().mean()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "rel_error": rel,
+    }
+
+
+def ratio(after: float, before: float) -> float | None:
+    return round(after / before, 4) if before else None
+
+
+# --------------------------------------------------------------------------------- printing
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def _g(n: int) -> str:
+    return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def print_compression_report(report: dict[str, Any], console=None) -> None:
+    """The report of `compress_model` as rich tables on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
+    before, after = report["before"], report["after"]
+    table = Table(title="tvc compress")
+    for col in ("", "before", "after", "after / before"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row("params", _m(before["params"]), _m(after["params"]),
+                  f"{after['params'] / before['params']:.3f}")  # fmt: skip
+    table.add_row("MACs", _g(before["macs"]), _g(after["macs"]),
+                  f"{after['macs'] / before['macs']:.3f}")  # fmt: skip
+    table.add_row("size", f"{before['size_bytes'] / 1e6:.2f} MB",
+                  f"{after['size_bytes'] / 1e6:.2f} MB",
+                  f"{after['size_bytes'] / before['size_bytes']:.3f}")  # fmt: skip
+    console.print(table)
+
+    wb, wa = before.get("widths"), after.get("widths")
+    if wb and wa and wb != wa:
+        blocks = Table(title=f"widths (embedding {wb['embed']} -> {wa['embed']})")
+        for col in ("block", "heads", "head dim", "attn width", "mlp width"):
+            blocks.add_column(col, justify="right")
+        for i, (b, a) in enumerate(zip(wb["blocks"], wa["blocks"], strict=True)):
+            cells = [f"{b[k]} -> {a[k]}" if b[k] != a[k] else str(a[k])
+                     for k in ("heads", "head_dim", "attn_width", "mlp")]  # fmt: skip
+            blocks.add_row(str(i), *cells)
+        console.print(blocks)
+
+    lowrank = report.get("lowrank")
+    if lowrank:
+        layers = Table(title=f"low-rank: {lowrank['factorized']} layers factorized, "
+                       f"{lowrank['skipped']} kept whole")  # fmt: skip
+        for col in ("layer", "shape", "rank", "energy", "rel. output error"):
+            layers.add_column(col, justify="left" if col == "layer" else "right")
+        for e in lowrank["layers"]:
+            if e["factorized"]:
+                layers.add_row(e["name"], "x".join(map(str, e["shape"])),
+                               f"{e['rank']}/{e['full_rank']}", f"{e['energy']:.3f}",
+                               f"{e['rel_error']:.2e}")  # fmt: skip
+        if lowrank["factorized"]:
+            console.print(layers)
+        else:
+            reasons = sorted({e.get("reason", "") for e in lowrank["layers"]})
+            console.print(f"low-rank: no layer factorized ({'; '.join(reasons)})")
+
+    agree = report.get("agreement")
+    if agree:
+        console.print(
+            f"output vs original on {agree['n']} {agree['inputs']}: top-1 agreement "
+            f"{agree['top1_agreement']:.1%}, relative error {agree['rel_error']:.3g}, "
+            f"max abs diff {agree['max_abs_diff']:.3g}"
+        )
+    distill = report.get("distill")
+    if distill:
+        parts = [f"{who} top-1 {distill[key]['top1']:.2f}%"
+                 for who, key in (("student", "accuracy"), ("teacher", "teacher_accuracy"))
+                 if isinstance(distill.get(key), dict) and "top1" in distill[key]]  # fmt: skip
+        if isinstance(distill.get("wall_s"), (int, float)):
+            parts.append(f"{distill['wall_s']:.0f} s")
+        console.print(f"distillation: {', '.join(parts) or 'done'}")

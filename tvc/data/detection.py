@@ -1,0 +1,350 @@
+"""Detection data: tvc's built-in Fashion-MNIST detection set and COCO-format datasets.
+
+The built-in set (`fashion-mnist-det`) is made in code from real Fashion-MNIST objects: each
+96x96 canvas holds 1-4 garments, each cropped to its pixels, scaled by 0.6-1.6 and pasted at a
+random place (overlaps kept small). Boxes are exact: they are the bounds of the pasted pixels.
+Scenes are deterministic in (seed, split, index), so `limit` simply takes the first scenes.
+Train scenes use Fashion-MNIST's train objects, val its hold-out, test its test images.
+
+DATA specs:
+- `fashion-mnist-det` (alias `fmnist-det`), or `fashion-mnist-det:/dir/with/idx/files`;
+- a COCO-format JSON file (images found beside it, or under `images/`);
+- a directory holding `annotations.json` or `<split>.json` plus the images (what `write_coco`
+  writes).
+
+Boxes are kept as COCO does, [x, y, w, h] in pixels; `batches` turns them into what DETR trains
+on, normalised [cx, cy, w, h] in [0, 1]. numpy only (Pillow to read and write image files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tvc.errors import DataError, MissingDependencyError
+
+BUILTIN = "fashion-mnist-det"
+ALIASES = (BUILTIN, "fmnist-det")
+CANVAS = 96
+SPLIT_SIZES = {"train": 4000, "val": 500, "test": 500}
+MAX_OBJECTS = 4
+SCALE_RANGE = (0.6, 1.6)
+MAX_IOU = 0.15  # between pasted objects, so every garment stays visible
+_OBJECT_THRESHOLD = 16  # grey level that counts as part of a garment (background is 0)
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class DetectionSet:
+    """Images (H, W, 3) uint8 with COCO-style targets: boxes (n, 4) [x, y, w, h] px, labels (n,)."""
+
+    name: str
+    split: str
+    class_names: list[str]
+    images: list[np.ndarray]
+    targets: list[dict[str, np.ndarray]]
+    image_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.image_ids:
+            self.image_ids = list(range(1, len(self.images) + 1))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_objects(self) -> int:
+        return int(sum(len(t["labels"]) for t in self.targets))
+
+    def subset(self, n: int) -> DetectionSet:
+        """The first `n` images."""
+        return DetectionSet(self.name, self.split, self.class_names, self.images[:n],
+                            self.targets[:n], self.image_ids[:n])  # fmt: skip
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        input_size: tuple[int, int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle_seed: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, list[dict[str, np.ndarray]], list[int]]]:
+        """(x float32 NCHW, targets with normalised cxcywh boxes, positions) per batch.
+
+        Images are resized to the model's fixed input (a plain stretch: normalised boxes do not
+        change). With `shuffle_seed`, the order is a seeded permutation (for training).
+        """
+        order = np.arange(len(self))
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(len(self))
+        for start in range(0, len(order), batch_size):
+            pos = [int(i) for i in order[start : start + batch_size]]
+            x = np.stack([preprocess(self.images[i], input_size, mean, std) for i in pos])
+            yield x, [normalised_target(self.images[i], self.targets[i]) for i in pos], pos
+
+    def to_coco(self) -> dict[str, Any]:
+        """The ground truth as a COCO dictionary (category ids 1..K in class order)."""
+        images, anns = [], []
+        for img_id, img, tgt in zip(self.image_ids, self.images, self.targets, strict=True):
+            images.append({"id": img_id, "file_name": f"{img_id:06d}.png",
+                           "height": int(img.shape[0]), "width": int(img.shape[1])})  # fmt: skip
+            for box, label in zip(tgt["boxes"], tgt["labels"], strict=True):
+                x, y, w, h = (float(v) for v in box)
+                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": int(label) + 1,
+                             "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
+        cats = [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]
+        return {"images": images, "annotations": anns, "categories": cats}
+
+
+def normalised_target(image: np.ndarray, target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Boxes as [cx, cy, w, h] divided by the image's width and height, as DETR predicts them."""
+    h, w = image.shape[:2]
+    b = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
+    cxcywh = np.stack([(b[:, 0] + b[:, 2] / 2) / w, (b[:, 1] + b[:, 3] / 2) / h,
+                       b[:, 2] / w, b[:, 3] / h], axis=1)  # fmt: skip
+    return {"boxes": cxcywh.astype(np.float32), "labels": np.asarray(target["labels"], np.int64)}
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def is_detection_spec(spec: str) -> bool:
+    """True when `spec` names detection data (the built-in set or COCO-format annotations)."""
+    text = spec.strip()
+    if text.lower().split(":", 1)[0] in ALIASES:
+        return True
+    path = Path(text).expanduser()
+    return path.suffix.lower() == ".json" or (
+        path.is_dir() and _coco_json(path, "test") is not None
+    )
+
+
+def load_detection(
+    spec: str, split: str = "test", *, limit: int | None = None, seed: int = 0
+) -> DetectionSet:
+    """Load split `split` of detection DATA `spec` (see the module docstring)."""
+    if split not in _SPLIT_CODE:
+        raise DataError(f"unknown split '{split}'", "use one of: train, val, test")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be >= 1, got {limit}", "e.g. --limit 200")
+    text = spec.strip()
+    head, _, rest = text.partition(":")
+    if head.lower() in ALIASES:
+        from tvc.data import fashion_mnist
+
+        directory = Path(rest).expanduser() if rest else fashion_mnist.DEFAULT_DIR
+        n = SPLIT_SIZES[split] if limit is None else limit
+        return make_builtin(split, n, seed=seed, directory=directory)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        found = _coco_json(path, split)
+        if found is None:
+            raise DataError(
+                f"{path} holds no annotations.json or {split}.json",
+                "pass a COCO-format JSON file, or a directory written by tvc's write_coco",
+            )
+        path = found
+    if not path.is_file():
+        raise DataError(
+            f"detection dataset '{spec}' not found",
+            f"pass '{BUILTIN}', a COCO-format JSON file, or a directory holding one",
+        )
+    data = load_coco(path, split=split)
+    return data.subset(limit) if limit is not None else data
+
+
+def _coco_json(directory: Path, split: str) -> Path | None:
+    for name in (f"{split}.json", "annotations.json"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+# ------------------------------------------------------------------------------- built-in set
+
+
+def make_builtin(
+    split: str, n: int, *, seed: int = 0, directory: Path | None = None
+) -> DetectionSet:
+    """`n` canvases of pasted Fashion-MNIST objects; deterministic in (seed, split, index)."""
+    from tvc.data import fashion_mnist
+
+    objects, labels = fashion_mnist.load_split(directory or fashion_mnist.DEFAULT_DIR, split)
+    images, targets = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
+        canvas, boxes, classes = _scene(rng, objects, labels)
+        images.append(np.repeat(canvas[:, :, None], 3, axis=2))
+        targets.append({"boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+                        "labels": np.asarray(classes, np.int64)})  # fmt: skip
+    return DetectionSet(BUILTIN, split, list(fashion_mnist.CLASS_NAMES), images, targets)
+
+
+def _scene(rng: np.random.Generator, objects: np.ndarray, labels: np.ndarray):
+    """One canvas with 1..MAX_OBJECTS garments; returns (canvas, xywh boxes, labels)."""
+    canvas = np.zeros((CANVAS, CANVAS), np.uint8)
+    boxes: list[list[float]] = []
+    classes: list[int] = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        k = int(rng.integers(len(labels)))
+        obj = _tight_crop(objects[k])
+        scale = rng.uniform(*SCALE_RANGE)
+        h = max(4, round(obj.shape[0] * scale))
+        w = max(4, round(obj.shape[1] * scale))
+        obj = _tight_crop(resize_bilinear(obj, h, w))
+        h, w = obj.shape
+        if h > CANVAS or w > CANVAS:
+            continue
+        for _attempt in range(20):
+            y, x = int(rng.integers(0, CANVAS - h + 1)), int(rng.integers(0, CANVAS - w + 1))
+            box = [float(x), float(y), float(w), float(h)]
+            if all(_iou_xywh(box, b) <= MAX_IOU for b in boxes):
+                region = canvas[y : y + h, x : x + w]
+                np.maximum(region, obj, out=region)
+                boxes.append(box)
+                classes.append(int(labels[k]))
+                break
+    return canvas, boxes, classes
+
+
+def _tight_crop(img: np.ndarray) -> np.ndarray:
+    """`img` cut to the rows and columns that hold object pixels (an exact box)."""
+    mask = img >= _OBJECT_THRESHOLD
+    if not mask.any():
+        return img
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    out = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy()
+    out[out < _OBJECT_THRESHOLD] = 0  # faint fringe would sit outside the box
+    return out
+
+
+def _iou_xywh(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+# ---------------------------------------------------------------------------- preprocessing
+
+
+def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of an (H, W[, C]) uint8 image with half-pixel centres (like PIL/cv2)."""
+    in_h, in_w = img.shape[:2]
+    if (in_h, in_w) == (h, w):
+        return img.copy()
+
+    def axis(n_out: int, n_in: int):
+        pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    y0, y1, wy = axis(h, in_h)
+    x0, x1, wx = axis(w, in_w)
+    f = img.astype(np.float32)
+    if f.ndim == 3:
+        wy, wx = wy[:, None, None], wx[None, :, None]
+    else:
+        wy, wx = wy[:, None], wx[None, :]
+    top = f[y0][:, x0] * (1 - wx) + f[y0][:, x1] * wx
+    bottom = f[y1][:, x0] * (1 - wx) + f[y1][:, x1] * wx
+    return np.clip(top * (1 - wy) + bottom * wy + 0.5, 0, 255).astype(np.uint8)
+
+
+def preprocess(
+    image: np.ndarray, input_size: tuple[int, int, int], mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> np.ndarray:  # fmt: skip
+    """One (H, W[, 3]) uint8 image -> (C, H, W) float32, resized and normalised."""
+    c, h, w = input_size
+    img = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+    img = resize_bilinear(img, h, w)[:, :, :c].astype(np.float32) / 255.0
+    img = (img - np.asarray(mean, np.float32)[:c]) / np.asarray(std, np.float32)[:c]
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------------ COCO format
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "reading and writing COCO images needs Pillow, which is not installed",
+            "install it with: pip install pillow",
+        ) from exc
+    return Image
+
+
+def write_coco(data: DetectionSet, out: str | os.PathLike) -> Path:
+    """Write `data` as COCO: OUT/images/<id>.png and OUT/<split>.json. Returns the JSON path."""
+    image_mod = _pil()
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    coco = data.to_coco()
+    for entry, img in zip(coco["images"], data.images, strict=True):
+        entry["file_name"] = f"images/{entry['file_name']}"
+        image_mod.fromarray(img).save(out / entry["file_name"])
+    path = out / f"{data.split}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(coco) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
+    """Read a COCO-format detection JSON and its images (relative to the JSON or images/).
+
+    Category ids map to labels 0..K-1 in id order; crowd annotations are left out.
+    """
+    image_mod = _pil()
+    path = Path(path)
+    try:
+        coco = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read COCO annotations {path} ({exc})", "check the file") from exc
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise DataError(f"{path} has no '{key}' list", "pass COCO-format detection annotations")
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    label_of = {c["id"]: i for i, c in enumerate(cats)}
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        if ann["category_id"] not in label_of:
+            raise DataError(f"{path}: annotation {ann.get('id')} has an unknown category_id "
+                            f"{ann['category_id']}", "list every category in 'categories'")  # fmt: skip
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    images, targets, ids = [], [], []
+    for entry in coco["images"]:
+        file = _find_image(path.parent, entry["file_name"])
+        with image_mod.open(file) as im:
+            images.append(np.asarray(im.convert("RGB")))
+        anns = by_image.get(entry["id"], [])
+        targets.append({
+            "boxes": np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4),
+            "labels": np.asarray([label_of[a["category_id"]] for a in anns], np.int64),
+        })  # fmt: skip
+        ids.append(int(entry["id"]))
+    if not images:
+        raise DataError(f"{path} lists no images", "pass annotations with an 'images' list")
+    return DetectionSet(path.stem if path.stem != "annotations" else path.parent.name, split,
+                        [c["name"] for c in cats], images, targets, ids)  # fmt: skip
+
+
+def _find_image(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / "images" / name, root / "images" / Path(name).name):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"image {name} listed in the annotations is not under {root}",
+                    "keep the images beside the JSON file or in images/")  # fmt: skip

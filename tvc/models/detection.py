@@ -1,0 +1,337 @@
+"""Detection transformers: DETR and Deformable DETR from Hugging Face `transformers`.
+
+Both come wrapped in `HFDetector`, whose forward(pixel_values[, pixel_mask]) returns
+`(logits, boxes)`: class logits per query and normalised (cx, cy, w, h) boxes in [0, 1].
+DETR's logits have one extra last column, "no object" (softmax); Deformable DETR's do not
+(sigmoid per class). `no_object_class` tells the two apart for the loss, decoding and evaluation.
+
+A detector comes from a Hugging Face directory (config.json + weights, as save_pretrained writes
+it), from one of tvc's small configurations below (random weights, built offline with a small
+ResNet backbone from `transformers` itself, never a downloaded one), or from a tvc artifact
+(family "hf-det", rebuilt from the recorded config by `det_build`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tvc.deps import require
+from tvc.errors import ModelNotFoundError, WeightsError
+
+log = logging.getLogger("tvc")
+
+DETECTION_TYPES = ("detr", "deformable_detr")
+FAMILY = "hf-det"
+# HF detectors are trained with ImageNet statistics; tvc's small configs use 0.5/0.5.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class HFDetector(nn.Module):
+    """forward(pixel_values, pixel_mask=None) -> (logits, boxes), like a timm model's logits.
+
+    `pixel_mask` (B, H, W) marks real pixels with 1 and padding with 0; None means all real.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.model_type = inner.config.model_type
+        self.num_classes = int(inner.config.num_labels)
+        self.num_queries = int(inner.config.num_queries)
+        self.no_object_class = self.model_type == "detr"
+
+    def forward(self, pixel_values, pixel_mask=None):
+        out = self.inner(pixel_values=pixel_values, pixel_mask=pixel_mask, return_dict=True)
+        return out.logits, out.pred_boxes
+
+    def forward_all_layers(self, pixel_values) -> list:
+        """(logits, boxes) after every decoder layer, the last equal to forward()'s.
+
+        Training supervises every layer (DETR's auxiliary losses), which speeds up learning
+        severalfold; the prediction heads are shared (DETR) or per layer (Deformable DETR).
+        """
+        import torch
+
+        inner = self.inner
+        if self.model_type == "detr":
+            old = inner.config.auxiliary_loss
+            inner.config.auxiliary_loss = True  # makes the decoder keep every layer's output
+            try:
+                hidden = inner.model(pixel_values=pixel_values).intermediate_hidden_states
+            finally:
+                inner.config.auxiliary_loss = old
+            return [(inner.class_labels_classifier(h), inner.bbox_predictor(h).sigmoid())
+                    for h in hidden]  # fmt: skip
+        from transformers.models.deformable_detr.modeling_deformable_detr import inverse_sigmoid
+
+        out = inner(pixel_values=pixel_values, return_dict=True)
+        hidden = out.intermediate_hidden_states
+        outputs = []
+        for level in range(hidden.shape[1]):  # as DeformableDetrForObjectDetection.forward
+            ref = out.init_reference_points if level == 0 else (
+                out.intermediate_reference_points[:, level - 1])  # fmt: skip
+            ref = inverse_sigmoid(ref)
+            delta = inner.bbox_embed[level](hidden[:, level])
+            if ref.shape[-1] == 4:
+                coord = delta + ref
+            else:
+                coord = torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1)
+            outputs.append((inner.class_embed[level](hidden[:, level]), coord.sigmoid()))
+        return outputs
+
+
+# ------------------------------------------------------------------------------ small configs
+
+
+@dataclass(frozen=True)
+class DetSmallConfig:
+    """A detector small enough to train on a CPU, for tvc's 96x96 Fashion-MNIST canvases."""
+
+    model_type: str
+    config: dict[str, Any]
+    description: str
+    input_size: int = 96
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _resnet(hidden: list[int], out: list[str], embed: int = 16) -> dict[str, Any]:
+    """A small ResNet backbone config (basic blocks, one per stage); strides 4, 8, 16 by stage."""
+    return {
+        "model_type": "resnet",
+        "num_channels": 3,
+        "embedding_size": embed,
+        "hidden_sizes": hidden,
+        "depths": [1] * len(hidden),
+        "layer_type": "basic",
+        "out_features": out,
+    }
+
+
+_DETR_COMMON = {"num_labels": 10, "num_queries": 10, "dropout": 0.0, "auxiliary_loss": False}
+DETECTION_CONFIGS: dict[str, DetSmallConfig] = {
+    "detr_pico": DetSmallConfig(
+        "detr",
+        {
+            **_DETR_COMMON,
+            "backbone_config": _resnet([16, 32], ["stage2"]),
+            "d_model": 64,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+        },
+        "DETR, ResNet(16,32) stride 8, width 64, 2+2 layers, 10 queries: ~0.15 M params; tests",
+    ),
+    "detr_nano": DetSmallConfig(
+        "detr",
+        {
+            **_DETR_COMMON,
+            "backbone_config": _resnet([32, 64], ["stage2"], embed=32),
+            "d_model": 128,
+            "encoder_layers": 3,
+            "decoder_layers": 3,
+            "encoder_attention_heads": 8,
+            "decoder_attention_heads": 8,
+            "encoder_ffn_dim": 256,
+            "decoder_ffn_dim": 256,
+        },
+        "DETR, ResNet(32,64) stride 8, width 128, 3+3 layers, 10 queries: ~0.9 M params",
+    ),
+    "deformable_detr_pico": DetSmallConfig(
+        "deformable_detr",
+        {
+            **_DETR_COMMON,
+            "backbone_config": _resnet([16, 32, 64], ["stage1", "stage2", "stage3"]),
+            "num_feature_levels": 3,
+            "d_model": 64,  # GroupNorm(32, d_model) in the input projections
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "encoder_n_points": 2,
+            "decoder_n_points": 2,
+        },
+        "Deformable DETR, 3 levels (strides 4/8/16), width 64, 2+2 layers: ~0.25 M params",
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def _normalise_config(config) -> None:
+    """Settings every tvc detector gets, whatever the checkpoint said.
+
+    Eager attention exports and prunes predictably; untied prediction heads save to safetensors
+    (which refuses tensors that share memory); pure-PyTorch deformable attention exports to ONNX.
+    """
+    config._attn_implementation = "eager"
+    if config.model_type == "deformable_detr":
+        config.tie_word_embeddings = False
+        config.disable_custom_kernels = True
+
+
+def det_config(config_dict: dict[str, Any]):
+    """A transformers config object from a plain dict (as stored in artifacts)."""
+    transformers = require("transformers", "detection transformers")
+    cfg = dict(config_dict)
+    model_type = cfg.pop("model_type", None)
+    if model_type not in DETECTION_TYPES:
+        raise ModelNotFoundError(
+            f"model_type '{model_type}' is not a detection transformer tvc supports",
+            f"use one of: {', '.join(DETECTION_TYPES)}",
+        )
+    # A legacy timm backbone would need timm's resnet50 and maybe a download; tvc configs and
+    # current checkpoints carry a transformers backbone config instead.
+    return transformers.AutoConfig.for_model(model_type, **cfg)
+
+
+def det_build(config_dict: dict[str, Any]) -> HFDetector:
+    """A freshly initialised detector of `config_dict`'s architecture (no download, ever)."""
+    transformers = require("transformers", "detection transformers")
+    config = det_config(config_dict)
+    _normalise_config(config)
+    inner = transformers.AutoModelForObjectDetection.from_config(config)
+    return HFDetector(inner)
+
+
+def _info(name: str, config, *, input_size: int, mean, std, weights: str, model: HFDetector):
+    from tvc.models.load import ModelInfo
+
+    return ModelInfo(
+        name=name,
+        family=FAMILY,
+        arch=config.model_type,
+        kwargs=config.to_dict(),
+        num_classes=int(config.num_labels),
+        input_size=(int(config.num_channels), int(input_size), int(input_size)),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        weights=weights,
+        extra={
+            "task": "detection",
+            "num_queries": model.num_queries,
+            "no_object_class": model.no_object_class,
+        },
+    )
+
+
+def det_from_name(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    warn_random: bool = True,
+):
+    """One of DETECTION_CONFIGS, randomly initialised or with a weights file for it."""
+    from tvc.models.load import LoadedModel
+    from tvc.models.weights import load_into, read_state_dict
+
+    small = DETECTION_CONFIGS[name]
+    cfg = {"model_type": small.model_type, **small.config}
+    if num_classes is not None:
+        cfg["num_labels"] = num_classes
+    model = det_build(cfg)
+    if weights is not None:
+        state = read_state_dict(weights)
+        if not any(k.startswith("inner.") for k in state):
+            state = {f"inner.{k}": v for k, v in state.items()}
+        load_into(model, state, str(weights))
+    elif warn_random:
+        log.warning(
+            "%s is randomly initialised (no --weights given); mAP numbers will be meaningless, "
+            "latency and size are still valid",
+            name,
+        )
+    model.eval()
+    config = model.inner.config
+    info = _info(name, config, input_size=input_size or small.input_size, mean=small.mean,
+                 std=small.std, weights=str(weights) if weights else "random", model=model)  # fmt: skip
+    return LoadedModel(model, info)
+
+
+def det_from_directory(
+    path: Path, *, num_classes: int | None = None, input_size: int | None = None
+):
+    """A Hugging Face detection directory (config.json + model.safetensors/pytorch_model.bin).
+
+    With `num_classes` different from the checkpoint's, the class head is re-initialised (for
+    fine-tuning on another label set); everything else loads.
+    """
+    from tvc.models.load import LoadedModel, read_json
+    from tvc.models.weights import load_into
+
+    transformers = require("transformers", "detection transformers")
+    if not any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+        raise ModelNotFoundError(
+            f"{path} has a config.json but no model.safetensors or pytorch_model.bin",
+            "save the weights with save_pretrained() into that directory",
+        )
+    config = det_config(read_json(path / "config.json"))
+    changed = num_classes is not None and num_classes != config.num_labels
+    if changed:
+        config.num_labels = num_classes
+    _normalise_config(config)
+    try:
+        # Local directory only: transformers reads safetensors, or .bin with weights_only=True,
+        # and maps legacy parameter names of older DETR checkpoints.
+        hf = transformers.AutoModelForObjectDetection.from_pretrained(
+            str(path), config=config, local_files_only=True, ignore_mismatched_sizes=changed
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise WeightsError(
+            f"cannot load the detector in {path} ({first})",
+            "check that config.json and the weights were saved together by save_pretrained()",
+        ) from exc
+    model = det_build(config.to_dict())
+    # hf's state dict lists tied heads under every name, which fills the untied copies.
+    load_into(model.inner, hf.state_dict(), str(path))
+    model.eval()
+    pre = path / "preprocessor_config.json"
+    proc = read_json(pre) if pre.is_file() else {}
+    if input_size is None:
+        input_size = _size_from_processor(proc.get("size", {}))
+    info = _info(path.name, model.inner.config, input_size=input_size,
+                 mean=proc.get("image_mean", IMAGENET_MEAN), std=proc.get("image_std", IMAGENET_STD),
+                 weights=str(path), model=model)  # fmt: skip
+    return LoadedModel(model, info)
+
+
+def _size_from_processor(size: dict[str, Any]) -> int:
+    """The square export size from a preprocessor config (DETR's own: shortest edge 800)."""
+    for key in ("height", "shortest_edge"):
+        if isinstance(size.get(key), int):
+            return int(size[key])
+    return 800
+
+
+def is_detector(loaded_or_info) -> bool:
+    """True for a LoadedModel or ModelInfo of a detection model."""
+    info = getattr(loaded_or_info, "info", loaded_or_info)
+    return info.family == FAMILY or info.extra.get("task") == "detection"
+
+
+def torch_predictor(model: nn.Module, device: str = "cpu"):
+    """predict(x: np.ndarray) -> (logits, boxes) as numpy, for tvc.eval.detection."""
+    import torch
+
+    def predict(x):
+        with torch.inference_mode():
+            logits, boxes = model(torch.from_numpy(x).to(device))
+        return logits.float().cpu().numpy(), boxes.float().cpu().numpy()
+
+    return predict

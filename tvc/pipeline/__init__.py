@@ -1,0 +1,1 @@
+"""Recipes (validated YAML pipelines) and the runner behind `tvc run`."""

@@ -1,0 +1,479 @@
+"""`tvc run`: run a recipe's stages in order, each as its own `tvc` command, skipping what is done.
+
+Layout of a run directory::
+
+    runs/fmnist-demo/
+      run.json            state: per stage its settings hash, status, commands, output id
+      teacher/            a train/compress/export stage's artifact (written atomically by tvc)
+      bench/records.json  a bench stage's records (one `<target>.json` per target beside it)
+      report/report.html  a report stage's output
+
+Each stage runs as `python -m tvc <kind> ...`, so stages are isolated from each other, the exact
+command behind every number is known (it is stored in run.json and in the bench records), and a
+killed run leaves finished stages intact. A stage counts as done only once its command exited
+cleanly and its output is complete; then run.json records a hash of the stage's settings and of
+its inputs' content ids. On the next run a stage is skipped when that hash is unchanged and its
+output is still the one recorded; anything else (a changed option, a changed upstream artifact, an
+interrupted or failed stage) runs again. Files named inside options (a calibration directory, a
+timing cache) are identified by name, not content: use `--force` after changing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tvc.artifact import is_artifact, load_artifact, sha256_file
+from tvc.errors import ConfigError, TvcError
+from tvc.pipeline.recipe import Recipe, Step, plan
+
+STATE_FILE = "run.json"
+RECORDS_FILE = "records.json"
+NOT_HASHED = {"no_progress"}  # options that do not change a stage's result
+TOGGLES = {"augment"}  # flags with a --no-<name> form: false is written out
+
+Echo = Callable[[str], None]
+
+
+class StageFailedError(TvcError):
+    """A stage's command exited with an error; finished stages stay done."""
+
+    def __init__(self, problem: str, fix: str, exit_code: int) -> None:
+        super().__init__(problem, fix)
+        self.exit_code = exit_code
+
+
+@dataclass
+class StageResult:
+    step: Step
+    status: str  # "ran" | "skipped" | "planned"
+    seconds: float
+    output: Path
+    commands: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def option_args(options: dict[str, Any]) -> list[str]:
+    """Recipe options as command-line arguments (true -> flag, list -> comma-separated)."""
+    args: list[str] = []
+    for key, value in options.items():
+        if value is True:
+            args.append(flag(key))
+        elif value is False and key in TOGGLES:
+            args.append(flag(f"no_{key}"))
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            args += [flag(key), ",".join(str(v) for v in value)]
+        else:
+            args += [flag(key), str(value)]
+    return args
+
+
+def _cli_options(kind: str) -> set[str] | None:
+    """The long options of `tvc <kind>`, or None when this tvc has no such command."""
+    from tvc.cli import cli
+
+    cmd = cli.commands.get(kind)
+    if cmd is None:
+        return None
+    return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+
+
+def check_commands(recipe: Recipe, steps: list[Step]) -> None:
+    """Every stage's command and option exist in this tvc, before any stage runs."""
+    for step in steps:
+        known = _cli_options(step.kind)
+        where = recipe.where("stages", step.index, step.kind)
+        if known is None:
+            raise ConfigError(
+                f"{where}: this tvc has no '{step.kind}' command",
+                "upgrade tvc, or remove the stage",
+            )
+        used = dict(step.options)
+        if step.inputs == ["@model"] and step.kind in ("train", "compress", "export"):
+            used.update(_model_options(recipe))
+        for key in used:
+            if flag(key) not in known:
+                raise ConfigError(
+                    f"{recipe.where('stages', step.index, step.kind, key)}: "
+                    f"'tvc {step.kind}' in this tvc has no {flag(key)} option",
+                    f"remove `{key}:` (see tvc {step.kind} --help)",
+                )
+
+
+def _model_options(recipe: Recipe) -> dict[str, Any]:
+    m = recipe.model
+    return {k: v for k, v in (("weights", m.weights), ("num_classes", m.num_classes)) if v}
+
+
+def as_text(args: list[str]) -> str:
+    """A command as a person would type it."""
+    return "tvc " + shlex.join(args)
+
+
+class _Commands:
+    """Builds each stage's `tvc` argument lists, with references turned into paths."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path) -> None:
+        self.recipe, self.run_dir = recipe, run_dir
+
+    def path(self, ref: str) -> str:
+        return self.recipe.model.name if ref == "@model" else str(self.run_dir / ref[1:])
+
+    def for_step(self, step: Step) -> list[list[str]]:
+        out = self.run_dir / step.id
+        options = {k: (self.path(v) if k in step.refs else v) for k, v in step.options.items()}
+        if step.kind in ("train", "compress", "export"):
+            src = step.inputs[0]
+            extra = _model_options(self.recipe) if src == "@model" else {}
+            return [[step.kind, self.path(src), "-o", str(out), *option_args({**options, **extra})]]
+        if step.kind == "bench":
+            return [
+                ["bench", self.path(t), "--json", str(out / f"{t[1:]}.json"), *option_args(options)]
+                for t in step.inputs
+            ]
+        records = [str(self.run_dir / b[1:] / RECORDS_FILE) for b in step.inputs]
+        return [
+            ["report", *records, "-o", str(out / f"report.{fmt}"), *option_args(options)]
+            for fmt in step.formats
+        ]
+
+
+# ---------------------------------------------------------------------------------- state
+
+
+class RunState:
+    """run.json: what each stage last did. Rewritten atomically after every change."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / STATE_FILE
+        self.data: dict[str, Any] = {"stages": {}}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError:
+                self.data = {"stages": {}}  # unreadable state: everything runs again
+            self.data.setdefault("stages", {})
+
+    def stage(self, sid: str) -> dict[str, Any]:
+        return self.data["stages"].get(sid, {})
+
+    def set_stage(self, sid: str, **values: Any) -> None:
+        self.data["stages"][sid] = values
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _sha_text(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def output_id(step: Step, out: Path) -> str | None:
+    """The content id of a stage's finished output, or None when it is missing or incomplete."""
+    if step.kind in ("train", "compress", "export"):
+        return load_artifact(out, verify=False).id if is_artifact(out) else None
+    names = [RECORDS_FILE] if step.kind == "bench" else [f"report.{f}" for f in step.formats]
+    if not all((out / n).is_file() for n in names):
+        return None
+    return _sha_text({n: sha256_file(out / n) for n in names})
+
+
+# ----------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class Runner:
+    """Runs one recipe in one run directory. See the module docstring."""
+
+    recipe: Recipe
+    run_dir: Path
+    data: str | None = None
+    force: bool = False
+    echo: Echo = print
+    steps: list[Step] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir).absolute()
+        # every check that can fail happens here, before any stage runs
+        self.steps = plan(self.recipe, data=self.data)
+        check_commands(self.recipe, self.steps)
+        weights = self.recipe.model.weights
+        if weights and not Path(weights).is_file():
+            raise ConfigError(
+                f"{self.recipe.where('model')}: weights file {weights} does not exist",
+                "fix the path in the recipe or pass tvc run --weights FILE",
+            )
+        self.commands = _Commands(self.recipe, self.run_dir)
+        self._weights_id: str | None = None
+
+    # -- what a stage depends on
+
+    def _identity(self, ref: str, state: RunState) -> Any:
+        if ref == "@model":
+            m = self.recipe.model
+            if m.weights and self._weights_id is None:
+                self._weights_id = sha256_file(Path(m.weights))
+            return {"model": m.name, "weights": self._weights_id, "num_classes": m.num_classes}
+        return state.stage(ref[1:]).get("output_id")
+
+    def stage_hash(self, step: Step, state: RunState) -> str:
+        return _sha_text(
+            {
+                "kind": step.kind,
+                "options": {k: v for k, v in step.options.items() if k not in NOT_HASHED},
+                "formats": step.formats,
+                "inputs": [self._identity(r, state) for r in step.inputs],
+                "refs": {k: self._identity(v, state) for k, v in step.refs.items()},
+            }
+        )
+
+    def upstream(self, step: Step) -> list[Step]:
+        """The stages whose outputs went into `step`, in run order."""
+        by_id = {s.id: s for s in self.steps}
+        seen: dict[str, Step] = {}
+        todo = [step]
+        while todo:
+            s = todo.pop()
+            for ref in [*s.inputs, *s.refs.values()]:
+                if ref != "@model" and ref[1:] not in seen:
+                    seen[ref[1:]] = by_id[ref[1:]]
+                    todo.append(by_id[ref[1:]])
+        return sorted(seen.values(), key=lambda s: s.index)
+
+    # -- running
+
+    def plan_text(self) -> list[str]:
+        lines = []
+        for n, step in enumerate(self.steps, 1):
+            lines.append(f"[{n}/{len(self.steps)}] {step.title} -> {self.run_dir / step.id}")
+            lines += [f"    {as_text(a)}" for a in self.commands.for_step(step)]
+        return lines
+
+    def run(self) -> list[StageResult]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        with _run_lock(self.run_dir), _sigterm_as_interrupt():
+            state = RunState(self.run_dir)
+            state.data.update(recipe=self.recipe.name, recipe_file=self.recipe.origin)
+            for n, step in enumerate(self.steps, 1):
+                results.append(self._run_step(step, state, f"[{n}/{len(self.steps)}]"))
+        return results
+
+    def _run_step(self, step: Step, state: RunState, counter: str) -> StageResult:
+        out = self.run_dir / step.id
+        digest = self.stage_hash(step, state)
+        before = state.stage(step.id)
+        if not self.force and _still_done(before, digest, step, out):
+            self.echo(f"{counter} {step.title}: unchanged, skipped ({out})")
+            return StageResult(step, "skipped", 0.0, out, before.get("commands", []))
+        argvs = self.commands.for_step(step)
+        if before.get("status") in ("running", "failed") and before.get("hash") == digest:
+            if step.kind == "train" and "--resume" in (_cli_options("train") or ()):
+                # same settings: continue from the checkpoint the last attempt left
+                argvs = [[*argvs[0], "--resume"]]
+                self.echo(f"{counter} {step.title}: interrupted last time, resuming it")
+            elif before["status"] == "running":
+                self.echo(f"{counter} {step.title}: interrupted last time, running it again")
+        texts = [as_text(a) for a in argvs]
+        _clear_leftovers(self.run_dir, step, out)
+        started = time.time()
+        state.set_stage(
+            step.id,
+            kind=step.kind,
+            status="running",
+            hash=digest,
+            commands=texts,
+            output=step.id,
+            started=_now(),
+        )
+        for i, (argv, text) in enumerate(zip(argvs, texts, strict=True)):
+            part = f" ({i + 1}/{len(argvs)})" if len(argvs) > 1 else ""
+            self.echo(f"{counter} {step.title}{part}: {text}")
+            code = _call([sys.executable, "-m", "tvc", *argv])
+            if code != 0:
+                state.set_stage(step.id, **{**state.stage(step.id), "status": "failed"})
+                raise StageFailedError(
+                    f"stage {step.title} failed (exit {code}) running: {text}",
+                    "see its error above; fix it and re-run 'tvc run': finished stages are skipped",
+                    exit_code=code if code > 0 else 128 - code,  # killed by signal N: 128 + N
+                )
+        if step.kind == "bench":
+            self._merge_records(step, out, texts)
+        oid = output_id(step, out)
+        if oid is None:
+            raise StageFailedError(
+                f"stage {step.title} exited cleanly but left no complete output in {out}",
+                "this is a bug in tvc; re-run with --force and report it",
+                exit_code=70,
+            )
+        seconds = time.time() - started
+        state.set_stage(
+            step.id,
+            **{
+                **state.stage(step.id),
+                "status": "done",
+                "output_id": oid,
+                "finished": _now(),
+                "seconds": round(seconds, 2),
+            },
+        )
+        self.echo(f"{counter} {step.title}: done in {seconds:.1f} s -> {out}")
+        return StageResult(step, "ran", seconds, out, texts)
+
+    def _merge_records(self, step: Step, out: Path, texts: list[str]) -> None:
+        """One records.json for the stage: variants named after the stage they came from, each
+        carrying the commands of the stages upstream of it."""
+        from tvc.report.schema import read_records, write_records
+
+        by_id = {s.id: s for s in self.steps}
+        labels = [self._label(by_id[t[1:]]) for t in step.inputs]
+        merged = []
+        for target, label, bench_cmd in zip(step.inputs, labels, texts, strict=True):
+            export = by_id[target[1:]]
+            if labels.count(label) > 1:
+                label = export.id  # two exports of one model: tell them apart by stage id
+            chain = [*self.upstream(export), export]
+            pipeline = [c for s in chain for c in as_texts(self.commands.for_step(s))]
+            for rec in read_records(out / f"{target[1:]}.json"):
+                suffix = rec.variant.removeprefix(f"{rec.model.name} ")
+                suffix = suffix if suffix != rec.variant else rec.precision
+                rec.extra = {
+                    **rec.extra,
+                    "bench_variant": rec.variant,
+                    "recipe": self.recipe.name,
+                    "stage": export.id,
+                    "pipeline": [*pipeline, bench_cmd],
+                }
+                rec.variant = f"{label} {suffix}"
+                merged.append(rec)
+        write_records(merged, out / RECORDS_FILE)
+
+    def _label(self, export: Step) -> str:
+        """A variant's name: the model stage it was exported from, or the recipe's model."""
+        src = export.inputs[0]
+        return self.recipe.model.name if src == "@model" else src[1:]
+
+
+def _still_done(before: dict[str, Any], digest: str, step: Step, out: Path) -> bool:
+    """Finished with the same settings and inputs, and its output is the one it made."""
+    if before.get("status") != "done" or before.get("hash") != digest:
+        return False
+    return bool(before.get("output_id")) and output_id(step, out) == before["output_id"]
+
+
+def as_texts(argvs: list[list[str]]) -> list[str]:
+    return [as_text(a) for a in argvs]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _call(argv: list[str]) -> int:
+    """Run one stage command, its output going straight to the terminal (progress included)."""
+    proc = subprocess.Popen(argv)
+    try:
+        return proc.wait()
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM): stop the stage; its artifact is never half-written
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (dead, not yet reaped) holds nothing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _clear_leftovers(run_dir: Path, step: Step, out: Path) -> None:
+    """Remove what a killed attempt of this stage left: staging dirs, partial bench/report files.
+    The run lock guarantees that no other run is writing them."""
+    for p in run_dir.glob(f".{step.id}.*-*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+    if step.kind in ("bench", "report"):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """One `tvc run` per run directory at a time; a lock left by a killed run is taken over."""
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                raise ConfigError(
+                    f"another 'tvc run' (pid {pid}) is using {run_dir}",
+                    "wait for it to finish, or choose another run directory with -o",
+                ) from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise ConfigError(f"cannot lock {run_dir}", "check that the directory is writable")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` stops the run like Ctrl-C does: the running stage is stopped, state kept."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside some test runners)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

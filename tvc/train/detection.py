@@ -1,0 +1,399 @@
+"""Training and distillation of detection transformers with DETR's set loss.
+
+A DETR predicts a fixed set of queries; the loss first pairs queries with ground-truth objects
+one-to-one (Hungarian matching with scipy's linear_sum_assignment over a class + L1 + GIoU cost),
+then adds, over the matched pairs, L1 and GIoU box losses, and over all queries a class loss:
+cross-entropy with a down-weighted "no object" class (DETR, softmax) or a sigmoid focal loss
+(Deformable DETR, which has no "no object" column).
+
+Distillation trains a (compressed) student against its teacher: the teacher's confident
+detections are the targets of the set loss, and on the matched queries the student also
+imitates the teacher's class distribution (KL at a temperature) and boxes (L1).
+
+Boxes are normalised [cx, cy, w, h] throughout, as the models predict them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tvc.deps import require
+from tvc.errors import ConfigError
+
+log = logging.getLogger("tvc")
+
+
+# --------------------------------------------------------------------------------- box maths
+
+
+def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = b.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise IoU and union of xyxy boxes: (len(a), len(b)) each."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return inter / union.clamp(min=1e-9), union
+
+
+def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise GIoU of xyxy boxes, in [-1, 1]: IoU minus the empty share of the enclosing box."""
+    iou, union = box_iou(a, b)
+    lt = torch.min(a[:, None, :2], b[None, :, :2])
+    rb = torch.max(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    enclosing = (wh[..., 0] * wh[..., 1]).clamp(min=1e-9)
+    return iou - (enclosing - union) / enclosing
+
+
+# ---------------------------------------------------------------------------------- matching
+
+
+@dataclass
+class SetLossConfig:
+    """Weights of DETR's matching cost and loss (the paper's: class 1, L1 5, GIoU 2)."""
+
+    class_weight: float = 1.0
+    bbox_weight: float = 5.0
+    giou_weight: float = 2.0
+    eos_coef: float = 0.1  # weight of the "no object" class in the cross-entropy (DETR)
+    focal_alpha: float = 0.25  # sigmoid focal loss (Deformable DETR)
+    focal_gamma: float = 2.0
+
+
+def _class_cost(logits: torch.Tensor, labels: torch.Tensor, no_object_class: bool,
+                cfg: SetLossConfig) -> torch.Tensor:  # fmt: skip
+    """(Q, T) cost of giving query q the class of target t: low when q is confident in it."""
+    if no_object_class:
+        return -logits.softmax(-1)[:, labels]
+    # Deformable DETR's focal cost: the focal loss of calling it positive minus negative.
+    p = logits.sigmoid()[:, labels]
+    a, g = cfg.focal_alpha, cfg.focal_gamma
+    pos = a * (1 - p) ** g * -(p + 1e-8).log()
+    neg = (1 - a) * p**g * -(1 - p + 1e-8).log()
+    return pos - neg
+
+
+def match_cost(logits: torch.Tensor, boxes: torch.Tensor, target: dict[str, torch.Tensor], *,
+               no_object_class: bool, cfg: SetLossConfig) -> torch.Tensor:  # fmt: skip
+    """The (Q, T) matching cost of one image's queries against its targets."""
+    labels, tboxes = target["labels"], target["boxes"]
+    cost_bbox = torch.cdist(boxes, tboxes, p=1)
+    cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(tboxes))
+    return (cfg.class_weight * _class_cost(logits, labels, no_object_class, cfg)
+            + cfg.bbox_weight * cost_bbox + cfg.giou_weight * cost_giou)  # fmt: skip
+
+
+@torch.no_grad()
+def hungarian_match(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+    *,
+    no_object_class: bool,
+    cfg: SetLossConfig | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image, (query indices, target indices) of the minimum-cost one-to-one assignment."""
+    scipy_opt = require("scipy.optimize", "Hungarian matching for detection training")
+    cfg = cfg or SetLossConfig()
+    out = []
+    for lg, bx, tgt in zip(logits.float(), boxes.float(), targets, strict=True):
+        if len(tgt["labels"]) == 0:
+            out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            continue
+        cost = match_cost(lg, bx, tgt, no_object_class=no_object_class, cfg=cfg)
+        rows, cols = scipy_opt.linear_sum_assignment(cost.cpu().numpy())
+        out.append((rows.astype(np.int64), cols.astype(np.int64)))
+    return out
+
+
+# --------------------------------------------------------------------------------- set loss
+
+
+def set_loss(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+    *,
+    no_object_class: bool,
+    cfg: SetLossConfig | None = None,
+    matches: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[torch.Tensor, dict[str, float], list[tuple[np.ndarray, np.ndarray]]]:
+    """DETR's loss for a batch: (total, its parts, the matches used).
+
+    logits (B, Q, K+1 with "no object" last, or K for sigmoid models), boxes (B, Q, 4) normalised
+    cxcywh; targets: per image {"labels" (T,) int64, "boxes" (T, 4)}. Box losses are averaged
+    over the batch's targets, as in DETR.
+    """
+    cfg = cfg or SetLossConfig()
+    if matches is None:
+        matches = hungarian_match(logits, boxes, targets, no_object_class=no_object_class, cfg=cfg)
+    n_boxes = max(1, sum(len(t["labels"]) for t in targets))
+    batch_idx = torch.cat([torch.full((len(q),), i, dtype=torch.long)
+                           for i, (q, _) in enumerate(matches)])  # fmt: skip
+    query_idx = torch.cat([torch.as_tensor(q, dtype=torch.long) for q, _ in matches])
+    matched_labels = torch.cat([t["labels"][torch.as_tensor(c, dtype=torch.long)]
+                                for t, (_, c) in zip(targets, matches, strict=True)])  # fmt: skip
+    matched_boxes = torch.cat([t["boxes"][torch.as_tensor(c, dtype=torch.long)]
+                               for t, (_, c) in zip(targets, matches, strict=True)])  # fmt: skip
+    batch, queries, n_logits = logits.shape
+    if no_object_class:
+        # Every query is "no object" unless matched; that class weighs eos_coef.
+        target_classes = torch.full((batch, queries), n_logits - 1, dtype=torch.long)
+        target_classes[batch_idx, query_idx] = matched_labels
+        weight = torch.ones(n_logits, device=logits.device)
+        weight[-1] = cfg.eos_coef
+        loss_class = F.cross_entropy(logits.transpose(1, 2), target_classes.to(logits.device),
+                                     weight=weight)  # fmt: skip
+    else:
+        onehot = torch.zeros_like(logits)
+        onehot[batch_idx, query_idx, matched_labels] = 1.0
+        loss_class = sigmoid_focal_loss(logits, onehot, cfg) / n_boxes
+    pred = boxes[batch_idx, query_idx]
+    matched_boxes = matched_boxes.to(pred)
+    loss_bbox = F.l1_loss(pred, matched_boxes, reduction="sum") / n_boxes
+    giou = generalized_box_iou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(matched_boxes))
+    loss_giou = (1 - torch.diag(giou)).sum() / n_boxes
+    total = (
+        cfg.class_weight * loss_class + cfg.bbox_weight * loss_bbox + cfg.giou_weight * loss_giou
+    )
+    parts = {"class": loss_class.item(), "bbox": loss_bbox.item(), "giou": loss_giou.item()}
+    return total, parts, matches
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: SetLossConfig):
+    """Summed focal loss (Lin et al.), the class loss of Deformable DETR."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** cfg.focal_gamma
+    alpha_t = cfg.focal_alpha * targets + (1 - cfg.focal_alpha) * (1 - targets)
+    return (alpha_t * loss).sum()
+
+
+def targets_to_torch(targets: list[dict[str, np.ndarray]], device="cpu"):
+    return [{"labels": torch.as_tensor(t["labels"], dtype=torch.long, device=device),
+             "boxes": torch.as_tensor(t["boxes"], dtype=torch.float32, device=device)}
+            for t in targets]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+@dataclass
+class DetTrainConfig:
+    epochs: int = 10
+    lr: float = 2e-4
+    batch_size: int = 16
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1  # DETR's max gradient norm
+    warmup_steps: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    train_backbone_stem: bool = True  # HF freezes the ResNet stem (for pretrained weights)
+    aux_loss: bool = True  # supervise every decoder layer, as DETR does
+    loss: SetLossConfig | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}", "e.g. --epochs 10")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}", "e.g. --lr 2e-4")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}",
+                              "e.g. --batch-size 16")  # fmt: skip
+
+
+def _optimizer(model: torch.nn.Module, cfg: DetTrainConfig):
+    if cfg.train_backbone_stem:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
+    """The shared optimisation loop; step_loss(x, targets) -> (loss, parts)."""
+    torch.manual_seed(cfg.seed)
+    opt = _optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, cfg.warmup_steps))
+    model.train()
+    history, t0, step = [], time.perf_counter(), 0
+    try:
+        for epoch in range(cfg.epochs):
+            sums: dict[str, float] = {}
+            for x, targets, _ in data.batches(cfg.batch_size, input_size=info.input_size,
+                                              mean=info.mean, std=info.std,
+                                              shuffle_seed=cfg.seed * 1000 + epoch):  # fmt: skip
+                loss, parts = step_loss(torch.from_numpy(x).to(cfg.device),
+                                        targets_to_torch(targets, cfg.device))  # fmt: skip
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"the detection loss became {float(loss)} at step {step}",
+                                      "lower --lr")  # fmt: skip
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                step += 1
+                for k, v in {"loss": loss.item(), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            epoch_means = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
+            history.append(epoch_means)
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                     ", ".join(f"{k} {v:.3f}" for k, v in epoch_means.items()))  # fmt: skip
+    finally:
+        model.eval()
+    return {"epochs": cfg.epochs, "steps": step, "images": len(data),
+            "seconds": round(time.perf_counter() - t0, 1), "history": history}  # fmt: skip
+
+
+def train_detector(loaded, data, cfg: DetTrainConfig | None = None) -> dict:
+    """Fine-tune (or train) `loaded` (a detector LoadedModel) in place on a DetectionSet."""
+    cfg = cfg or DetTrainConfig()
+    cfg.validate()
+    model = loaded.model.to(cfg.device)
+    loss_cfg = cfg.loss or SetLossConfig()
+    no_obj = model.no_object_class
+    _check_classes(loaded, data)
+
+    def step_loss(x, targets):
+        layers = _outputs(model, x, cfg.aux_loss)
+        loss, parts = 0.0, {}
+        for logits, boxes in layers:  # the last layer's parts are the ones reported
+            layer_loss, parts, _ = set_loss(logits, boxes, targets, no_object_class=no_obj,
+                                            cfg=loss_cfg)  # fmt: skip
+            loss = loss + layer_loss
+        return loss, parts
+
+    metrics = _loop(model, data, loaded.info, cfg, step_loss)
+    return {"stage": "train-detection", "config": asdict(cfg), **metrics}
+
+
+def _outputs(model, x, all_layers: bool) -> list:
+    """[(logits, boxes)] of the final layer, or of every decoder layer (auxiliary losses)."""
+    return model.forward_all_layers(x) if all_layers else [model(x)]
+
+
+def _check_classes(loaded, data) -> None:
+    if len(data.class_names) > loaded.info.num_classes:
+        raise ConfigError(
+            f"the data has {len(data.class_names)} classes but the detector predicts "
+            f"{loaded.info.num_classes}",
+            f"load the model with --num-classes {len(data.class_names)}",
+        )
+
+
+# ------------------------------------------------------------------------------ distillation
+
+
+@dataclass
+class DetDistillConfig(DetTrainConfig):
+    kd_weight: float = 1.0  # weight of the logit + box imitation on matched queries
+    temperature: float = 2.0
+    score_threshold: float = 0.5  # teacher detections at least this confident become targets
+
+
+def teacher_targets(
+    logits: torch.Tensor, boxes: torch.Tensor, *, no_object_class: bool, threshold: float
+) -> list[dict[str, torch.Tensor]]:
+    """The teacher's confident detections as set-loss targets; "query" keeps which query."""
+    if no_object_class:
+        prob = logits.softmax(-1)[..., :-1]
+    else:
+        prob = logits.sigmoid()
+    scores, labels = prob.max(-1)
+    out = []
+    for s, lab, bx in zip(scores, labels, boxes, strict=True):
+        keep = torch.nonzero(s >= threshold).flatten()
+        out.append({"labels": lab[keep], "boxes": bx[keep], "query": keep})
+    return out
+
+
+def kd_loss(student_logits, student_boxes, teacher_logits, teacher_boxes, matches, targets, *,
+            no_object_class: bool, temperature: float) -> torch.Tensor:  # fmt: skip
+    """Logit and box imitation on student queries matched to teacher queries."""
+    s_idx, t_idx = [], []
+    for i, ((q, c), tgt) in enumerate(zip(matches, targets, strict=True)):
+        s_idx += [(i, int(j)) for j in q]
+        t_idx += [(i, int(tgt["query"][int(k)])) for k in c]
+    if not s_idx:
+        return student_logits.sum() * 0.0
+    sb, sq = torch.tensor(s_idx).T
+    tb, tq = torch.tensor(t_idx).T
+    s_log, t_log = student_logits[sb, sq], teacher_logits[tb, tq]
+    temp = temperature
+    if no_object_class:
+        logit_kd = F.kl_div(F.log_softmax(s_log / temp, -1), F.softmax(t_log / temp, -1),
+                            reduction="batchmean") * temp**2  # fmt: skip
+    else:
+        logit_kd = (
+            F.binary_cross_entropy_with_logits(s_log / temp, torch.sigmoid(t_log / temp)) * temp**2
+        )
+    box_kd = F.l1_loss(student_boxes[sb, sq], teacher_boxes[tb, tq])
+    return logit_kd + box_kd
+
+
+def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None) -> dict:
+    """Train `student` in place to reproduce `teacher`'s detections on `data` (labels unused)."""
+    cfg = cfg or DetDistillConfig()
+    cfg.validate()
+    if not 0 < cfg.score_threshold < 1:
+        raise ConfigError(f"score threshold must be in (0, 1), got {cfg.score_threshold}",
+                          "e.g. 0.5")  # fmt: skip
+    s_model = student.model.to(cfg.device)
+    t_model = teacher.model.to(cfg.device).eval()
+    if s_model.no_object_class != t_model.no_object_class or (
+        student.info.num_classes != teacher.info.num_classes
+    ):
+        raise ConfigError(
+            "the student and teacher detectors predict different class sets",
+            "distil a student made from this teacher (same classes and head type)",
+        )
+    loss_cfg = cfg.loss or SetLossConfig()
+    no_obj = s_model.no_object_class
+
+    def step_loss(x, _targets):
+        with torch.no_grad():
+            t_logits, t_boxes = t_model(x)
+        pseudo = teacher_targets(t_logits, t_boxes, no_object_class=no_obj,
+                                 threshold=cfg.score_threshold)  # fmt: skip
+        layers = _outputs(s_model, x, cfg.aux_loss)
+        loss = 0.0
+        for logits, boxes in layers[:-1]:  # auxiliary layers: the set loss only
+            loss = loss + set_loss(logits, boxes, pseudo, no_object_class=no_obj, cfg=loss_cfg)[0]
+        logits, boxes = layers[-1]
+        final, parts, matches = set_loss(logits, boxes, pseudo, no_object_class=no_obj,
+                                         cfg=loss_cfg)  # fmt: skip
+        kd = kd_loss(logits, boxes, t_logits, t_boxes, matches, pseudo, no_object_class=no_obj,
+                     temperature=cfg.temperature)  # fmt: skip
+        parts["kd"] = kd.item()
+        return loss + final + cfg.kd_weight * kd, parts
+
+    metrics = _loop(s_model, data, student.info, cfg, step_loss)
+    return {"stage": "distill-detection", "config": asdict(cfg), **metrics}
