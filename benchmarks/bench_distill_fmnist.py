@@ -14,7 +14,7 @@ Steps, all on the real Fashion-MNIST (train on the 55k 'train' split, 5k 'val' h
     # full run (GPU; see the results file for the exact command and machine)
     PYTHONPATH=. python benchmarks/bench_distill_fmnist.py --artifacts benchmarks/artifacts
     # cost per epoch on this machine's CPU, 1 epoch on a subset, reusing the trained teacher
-    .venv/bin/python benchmarks/bench_distill_fmnist.py --cpu-probe --limit 2000 \
+    .venv/bin/python benchmarks/bench_distill_fmnist.py --cost-probe --limit 2000 \
         --teacher benchmarks/artifacts/fmnist_teacher
     # smoke run on synthetic data (seconds)
     .venv/bin/python benchmarks/bench_distill_fmnist.py --tiny
@@ -80,7 +80,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--artifacts", default=None, help="write the teacher and student here")
     ap.add_argument("--results-dir", default=str(common.RESULTS))
     ap.add_argument("--name", default=None, help="results file name (default by mode)")
-    ap.add_argument("--cpu-probe", action="store_true", help="1-epoch costs on this CPU")
+    ap.add_argument("--cost-probe", action="store_true", help="seconds per epoch of each run")
+    ap.add_argument("--probe-epochs", type=int, default=1)
     ap.add_argument("--tiny", action="store_true", help="synthetic data, tiny models")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
@@ -295,7 +296,7 @@ def full_run(b: Bench) -> tuple[dict[str, Any], str]:
     data = {
         "device": str(b.device),
         "amp": str(b.dtype).replace("torch.", "") if b.dtype else None,
-        "settings": {k: v for k, v in vars(a).items() if k not in ("tiny", "cpu_probe")},
+        "settings": {k: v for k, v in vars(a).items() if k not in ("tiny", "cost_probe")},
         "kd_selected_by_val": best[0]["name"],
         "teacher_artifact": teacher_path.name,
         "student_artifact": student_path.name if student_path else None,
@@ -359,49 +360,61 @@ def common_env() -> dict[str, Any]:
     return environment()
 
 
-def cpu_probe(b: Bench) -> tuple[dict[str, Any], str]:
-    """One epoch of each kind of run on a --limit subset, to state costs for this CPU honestly."""
+def cost_probe(b: Bench) -> tuple[dict[str, Any], str]:
+    """Seconds per epoch of each kind of run (on a --limit subset on slow machines).
+
+    With --probe-epochs N > 1 the first epoch (start-up: allocator, kernels) is left out.
+    """
     a = b.args
     if not a.teacher:
-        raise SystemExit("--cpu-probe needs --teacher ARTIFACT (the trained teacher)")
+        raise SystemExit("--cost-probe needs --teacher ARTIFACT (the trained teacher)")
     teacher = load_model(a.teacher)
     n_train = len(b.images(teacher.info, "train", a.limit))
     full = len(b.images(teacher.info, "train", None))
-    rows = {}
+    n = a.probe_epochs
+    rows: dict[str, Any] = {}
+
+    def per_epoch(history):
+        times = [h["train_s"] for h in history]
+        return round(float(np.median(times[1:] if len(times) > 1 else times)), 3)
+
     torch.manual_seed(0)
     scratch = load_model(teacher.info.name, warn_random=False)  # the teacher's architecture
-    cfg = TrainConfig(epochs=1, lr=a.teacher_lr, batch_size=a.batch_size, augment=True,
+    cfg = TrainConfig(epochs=n, lr=a.teacher_lr, batch_size=a.batch_size, augment=True,
                       device=a.device, progress=False)  # fmt: skip
     res = fit(scratch.model, b.images(scratch.info, "train", a.limit), cfg)
-    rows["teacher_train_epoch_s"] = res["history"][0]["train_s"]
+    rows["teacher_train_epoch_s"] = per_epoch(res["history"])
     pruned, _ = prune_teacher(b, teacher)
     res = fit(copy.deepcopy(pruned.model), b.images(pruned.info, "train", a.limit),
-              TrainConfig(**b.recovery_config(1)))  # fmt: skip
-    rows["finetune_epoch_s"] = res["history"][0]["train_s"]
+              TrainConfig(**b.recovery_config(n)))  # fmt: skip
+    rows["finetune_epoch_s"] = per_epoch(res["history"])
     for cache in (True, False):
         row, _ = run_kd(b, pruned, Path(a.teacher), "kd_soft_a0.5_T4", "soft", 0.5, 4.0,
-                        cache=cache, epochs=1)  # fmt: skip
-        key = "kd_cached" if cache else "kd_live"
-        rows[f"{key}_epoch_s"] = row["epoch_s"][0]
+                        cache=cache, epochs=n)  # fmt: skip
+        rows["kd_cached_epoch_s" if cache else "kd_live_epoch_s"] = per_epoch(row["history"])
         if cache:
             rows["teacher_pass_s"] = row["cache"].get("teacher_pass_s")
     scale = full / n_train
+    env = common_env()
+    where = env["gpus"][0]["name"] if env.get("gpus") and b.device.type == "cuda" else (
+        f"{env['cpu']}, {torch.get_num_threads()} torch threads")  # fmt: skip
     data = {"device": str(b.device), "threads": torch.get_num_threads(), "train_images": n_train,
-            "full_train_images": full, "measured_s": rows,
-            "extrapolated_full_epoch_s": {k: round(v * scale, 1) for k, v in rows.items()
-                                          if v is not None}}  # fmt: skip
+            "full_train_images": full, "probe_epochs": n, "measured_s": rows,
+            "full_epoch_s": {k: round(v * scale, 2) for k, v in rows.items()
+                             if v is not None}}  # fmt: skip
     lines = [
-        "# Cost per epoch on this CPU (Fashion-MNIST, distillation benchmark models)",
+        f"# Cost per epoch on {where}: Fashion-MNIST distillation benchmark models",
         "",
-        f"One epoch on a seeded {n_train}-image subset, {torch.get_num_threads()} torch threads, "
-        f"scaled by {scale:.1f} to the {full}-image train split (linear in the image count).",
+        f"{n} epoch(s) of each run on {n_train} training images"
+        + (" (first epoch left out)" if n > 1 else "")
+        + (f", scaled by {scale:.1f} to the {full}-image train split." if scale != 1 else "."),
         "",
-        "| run | measured s | full epoch s (extrapolated) |",
+        "| run | measured s | full-train-split epoch s |",
         "| --- | ---: | ---: |",
     ]
     for k, v in rows.items():
         if v is not None:
-            lines.append(f"| {k.removesuffix('_s')} | {v:.1f} | {v * scale:.0f} |")
+            lines.append(f"| {k.removesuffix('_s')} | {v:.2f} | {v * scale:.1f} |")
     return data, "\n".join(lines)
 
 
@@ -423,9 +436,9 @@ def main() -> None:
         args.results_dir = tempfile.mkdtemp()
     common.RESULTS = Path(args.results_dir)
     b = Bench(args)
-    if args.cpu_probe:
-        data, md = cpu_probe(b)
-        name = args.name or "distill_fmnist_cpu"
+    if args.cost_probe:
+        data, md = cost_probe(b)
+        name = args.name or f"distill_fmnist_cost_{b.device.type}"
     else:
         data, md = full_run(b)
         name = args.name or ("distill_fmnist_tiny" if args.tiny else "distill_fmnist")

@@ -129,12 +129,21 @@ def models(show_all: bool) -> None:
 
 def model_options(f):
     """Options shared by every command that takes a MODEL."""
-    f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="Weights for a named architecture (.safetensors or .pth state dict).")(f)  # fmt: skip
-    f = click.option("--num-classes", type=click.IntRange(min=1), default=None,
-                     help="Classifier size (default: the model's or the weights').")(f)  # fmt: skip
-    f = click.option("--pretrained", is_flag=True,
-                     help="Require pretrained weights (error if none are on disk).")(f)  # fmt: skip
+    f = click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Weights for a named architecture (.safetensors or .pth state dict).",
+    )(f)
+    f = click.option(
+        "--num-classes",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Classifier size (default: the model's or the weights').",
+    )(f)
+    f = click.option(
+        "--pretrained", is_flag=True, help="Require pretrained weights (error if none are on disk)."
+    )(f)
     return f
 
 
@@ -249,7 +258,8 @@ def export(
 
     if trt and not (min_batch <= opt_batch <= max_batch):
         raise ConfigError(
-            f"batch profile must satisfy min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}",
+            f"batch profile must satisfy min <= opt <= max, got "
+            f"{min_batch}/{opt_batch}/{max_batch}",
             "e.g. --min-batch 1 --opt-batch 1 --max-batch 8",
         )
     is_path = Path(model).exists()
@@ -330,8 +340,11 @@ def _given(ctx: click.Context, names) -> list[str]:
     """The options (as typed, e.g. --global) among parameters `names` the user passed."""
     from click.core import ParameterSource
 
-    typed = [p for p in ctx.command.params if p.name in names
-             and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]  # fmt: skip
+    typed = [
+        p
+        for p in ctx.command.params
+        if p.name in names and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    ]
     return [next(o for o in p.opts if o.startswith("--")) for p in typed]
 
 
@@ -339,8 +352,9 @@ def _lowrank_config(energy: float | None, rank: float | None, round_to: int):
     from tvc.compress.lowrank import LowRankConfig
 
     if energy is not None and rank is not None:
-        raise ConfigError("--lowrank and --lowrank-rank choose the rank in two ways",
-                          "pass only one of them")  # fmt: skip
+        raise ConfigError(
+            "--lowrank and --lowrank-rank choose the rank in two ways", "pass only one of them"
+        )
     if rank is not None and rank >= 1:
         if rank != int(rank):
             raise ConfigError(
@@ -355,47 +369,127 @@ def _lowrank_config(energy: float | None, rank: float | None, round_to: int):
 
 @cli.command()
 @click.argument("model")
-@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
-              help="Model artifact directory to write.")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model artifact directory to write.",
+)
 @model_options
-@click.option("--prune", "prune_ratio", type=float, default=None,
-              help="Structured pruning: fraction of each width to remove, in (0, 1).")  # fmt: skip
-@click.option("--importance", type=click.Choice(["magnitude", "taylor", "random"]),
-              default="magnitude", show_default=True,
-              help="Channel importance; taylor uses a few batches of --data.")  # fmt: skip
-@click.option("--global", "global_pruning", is_flag=True,
-              help="Rank channels and heads across blocks (default: per block).")  # fmt: skip
-@click.option("--prune-heads", is_flag=True,
-              help="Remove whole attention heads (default: dimensions of every head).")  # fmt: skip
-@click.option("--round-to", type=int, default=8, show_default=True,
-              help="Kept widths and low-rank ranks are multiples of this (alignment).")  # fmt: skip
-@click.option("--keep", multiple=True, default=("head",), show_default=True,
-              help="Leave unpruned: head (the classifier's outputs, always kept), embed (the "
-                   "residual width), attn, mlp, or a block such as blocks.0; repeat or use "
-                   "commas.")  # fmt: skip
-@click.option("--steps", type=int, default=1, show_default=True,
-              help="Iterative pruning: reach the ratio in this many steps.")  # fmt: skip
-@click.option("--lowrank", "lowrank_energy", type=float, default=None,
-              help="Low-rank: spectral energy to keep per layer, in (0, 1].")  # fmt: skip
-@click.option("--lowrank-rank", type=float, default=None,
-              help="Low-rank: a fixed rank (64) or a fraction of full rank (0.25).")  # fmt: skip
-@click.option("--distill", "teacher", default=None,
-              help="Distil from this teacher MODEL after pruning / factorizing.")  # fmt: skip
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
-              help="Weights for a teacher given by architecture name.")  # fmt: skip
-@click.option("--data", default=None,
-              help="Images: distillation data, taylor importance, agreement samples.")  # fmt: skip
+@click.option(
+    "--prune",
+    "prune_ratio",
+    type=float,
+    default=None,
+    help="Structured pruning: fraction of each width to remove, in (0, 1).",
+)
+@click.option(
+    "--importance",
+    type=click.Choice(["magnitude", "taylor", "random"]),
+    default="magnitude",
+    show_default=True,
+    help="Channel importance; taylor uses a few batches of --data.",
+)
+@click.option(
+    "--global",
+    "global_pruning",
+    is_flag=True,
+    help="Rank channels and heads across blocks (default: per block).",
+)
+@click.option(
+    "--prune-heads",
+    is_flag=True,
+    help="Remove whole attention heads (default: dimensions of every head).",
+)
+@click.option(
+    "--round-to",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Kept widths and low-rank ranks are multiples of this (alignment).",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    default=("head",),
+    show_default=True,
+    help="Leave unpruned: head (the classifier's outputs, always kept), embed (the "
+    "residual width), attn, mlp, or a block such as blocks.0; repeat or use "
+    "commas.",
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Iterative pruning: reach the ratio in this many steps.",
+)
+@click.option(
+    "--lowrank",
+    "lowrank_energy",
+    type=float,
+    default=None,
+    help="Low-rank: spectral energy to keep per layer, in (0, 1].",
+)
+@click.option(
+    "--lowrank-rank",
+    type=float,
+    default=None,
+    help="Low-rank: a fixed rank (64) or a fraction of full rank (0.25).",
+)
+@click.option(
+    "--distill",
+    "teacher",
+    default=None,
+    help="Distil from this teacher MODEL after pruning / factorizing.",
+)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Weights for a teacher given by architecture name.",
+)
+@click.option(
+    "--data", default=None, help="Images: distillation data, taylor importance, agreement samples."
+)
 @click.option("--epochs", type=int, default=None, help="Distillation epochs (default 1).")
-@click.option("--kd", type=click.Choice(["soft", "hard", "token"]), default=None,
-              help="Distillation loss (default soft).")  # fmt: skip
+@click.option(
+    "--kd",
+    type=click.Choice(["soft", "hard", "token"]),
+    default=None,
+    help="Distillation loss (default soft).",
+)
 @click.option("--temperature", type=float, default=None, help="Soft KD temperature (default 4).")
 @click.option("--alpha", type=float, default=None, help="Weight of the KD loss (default 0.5).")
 @click.option("--limit", type=int, default=None, help="Use at most N training images to distil.")
 @click.pass_context
-def compress(ctx, model, out, weights, num_classes, pretrained, prune_ratio, importance,
-             global_pruning, prune_heads, round_to, keep, steps, lowrank_energy, lowrank_rank,
-             teacher, teacher_weights, data, epochs, kd, temperature, alpha,
-             limit) -> None:  # fmt: skip
+def compress(
+    ctx,
+    model,
+    out,
+    weights,
+    num_classes,
+    pretrained,
+    prune_ratio,
+    importance,
+    global_pruning,
+    prune_heads,
+    round_to,
+    keep,
+    steps,
+    lowrank_energy,
+    lowrank_rank,
+    teacher,
+    teacher_weights,
+    data,
+    epochs,
+    kd,
+    temperature,
+    alpha,
+    limit,
+) -> None:
     """Prune, factorize and/or distil MODEL into a smaller model artifact."""
     from tvc.compress.pipeline import CompressConfig, compress_model
     from tvc.compress.prune import PruneConfig
@@ -403,27 +497,40 @@ def compress(ctx, model, out, weights, num_classes, pretrained, prune_ratio, imp
     from tvc.models import load_model
 
     if prune_ratio is None and (stray := _given(ctx, _PRUNE_ONLY)):
-        raise ConfigError(f"{stray[0]} only applies with --prune",
-                          "add --prune RATIO or drop the option")  # fmt: skip
+        raise ConfigError(
+            f"{stray[0]} only applies with --prune", "add --prune RATIO or drop the option"
+        )
     if teacher is None and (stray := _given(ctx, _DISTILL_ONLY)):
-        raise ConfigError(f"{stray[0]} only applies with --distill",
-                          "add --distill TEACHER or drop the option")  # fmt: skip
+        raise ConfigError(
+            f"{stray[0]} only applies with --distill", "add --distill TEACHER or drop the option"
+        )
     prune_cfg = lowrank_cfg = distill_cfg = None
     if prune_ratio is not None:
         keep_parts = tuple(k.strip() for item in keep for k in item.split(",") if k.strip())
-        prune_cfg = PruneConfig(ratio=prune_ratio, importance=importance,
-                                global_pruning=global_pruning, prune_heads=prune_heads,
-                                round_to=round_to, keep=keep_parts, steps=steps)  # fmt: skip
+        prune_cfg = PruneConfig(
+            ratio=prune_ratio,
+            importance=importance,
+            global_pruning=global_pruning,
+            prune_heads=prune_heads,
+            round_to=round_to,
+            keep=keep_parts,
+            steps=steps,
+        )
     if lowrank_energy is not None or lowrank_rank is not None:
         lowrank_cfg = _lowrank_config(lowrank_energy, lowrank_rank, round_to)
     if teacher is not None:
         if data is None:
-            raise ConfigError("--distill needs --data to train on",
-                              "e.g. --data fashion-mnist")  # fmt: skip
+            raise ConfigError("--distill needs --data to train on", "e.g. --data fashion-mnist")
         from tvc.compress.distill import DistillConfig
 
-        given = {"epochs": epochs, "kd": kd, "temperature": temperature, "alpha": alpha,
-                 "limit": limit, "teacher_weights": teacher_weights}  # fmt: skip
+        given = {
+            "epochs": epochs,
+            "kd": kd,
+            "temperature": temperature,
+            "alpha": alpha,
+            "limit": limit,
+            "teacher_weights": teacher_weights,
+        }
         given = {k: v for k, v in given.items() if v is not None}
         distill_cfg = DistillConfig(teacher=teacher, data=data, **given)
         distill_cfg.validate()
@@ -439,24 +546,53 @@ def compress(ctx, model, out, weights, num_classes, pretrained, prune_ratio, imp
 
 @cli.command()
 @click.argument("target")
-@click.option("--backend", default="ort", show_default=True,
-              help="Comma-separated: ort, torch (trt where TensorRT is installed).")  # fmt: skip
+@click.option(
+    "--backend",
+    default="ort",
+    show_default=True,
+    help="Comma-separated: ort, torch (trt where TensorRT is installed).",
+)
 @click.option("--batch", "batches", default="1", show_default=True, help="e.g. 1,8")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads (default: all cores).")  # fmt: skip
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores)."
+)
 @click.option("--provider", default="cpu", show_default=True, help="ORT provider: cpu, cuda, trt.")
 @click.option("--warmup-s", default=1.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--min-runs", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--min-time-s", default=3.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
-              help="Write bench records (tvc.bench/1) to this file.")  # fmt: skip
-@click.option("--data", default=None,
-              help="Also measure top-1/top-5 on DATA's test split (into the records).")  # fmt: skip
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Evaluate on a seeded subset of this many images.")  # fmt: skip
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write bench records (tvc.bench/1) to this file.",
+)
+@click.option(
+    "--data", default=None, help="Also measure top-1/top-5 on DATA's test split (into the records)."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evaluate on a seeded subset of this many images.",
+)
 @model_options
-def bench(target, backend, batches, threads, provider, warmup_s, min_runs, min_time_s, json_out,
-          data, limit, weights, num_classes, pretrained) -> None:  # fmt: skip
+def bench(
+    target,
+    backend,
+    batches,
+    threads,
+    provider,
+    warmup_s,
+    min_runs,
+    min_time_s,
+    json_out,
+    data,
+    limit,
+    weights,
+    num_classes,
+    pretrained,
+) -> None:
     """Measure latency, throughput, size and memory of TARGET (ONNX, artifact or model)."""
     from tvc.report.schema import write_records
     from tvc.report.table import print_records
@@ -464,13 +600,23 @@ def bench(target, backend, batches, threads, provider, warmup_s, min_runs, min_t
     from tvc.runtime.run import bench_target
 
     backends = tuple(b.strip() for b in backend.split(",") if b.strip())
-    cfg = BenchConfig(backends=backends, batches=parse_int_list(batches, "--batch"),
-                      threads=threads, warmup_s=warmup_s, min_runs=min_runs,
-                      min_time_s=min_time_s, provider=provider)  # fmt: skip
-    records = bench_target(target, cfg, command=command_line(),
-                           model_kwargs={"weights": weights, "num_classes": num_classes,
-                                         "pretrained": pretrained},
-                           data=data, limit=limit)  # fmt: skip
+    cfg = BenchConfig(
+        backends=backends,
+        batches=parse_int_list(batches, "--batch"),
+        threads=threads,
+        warmup_s=warmup_s,
+        min_runs=min_runs,
+        min_time_s=min_time_s,
+        provider=provider,
+    )
+    records = bench_target(
+        target,
+        cfg,
+        command=command_line(),
+        model_kwargs={"weights": weights, "num_classes": num_classes, "pretrained": pretrained},
+        data=data,
+        limit=limit,
+    )
     print_records(records)
     if json_out:
         write_records(records, json_out)
@@ -483,31 +629,74 @@ def bench(target, backend, batches, threads, provider, warmup_s, min_runs, min_t
 @cli.command()
 @click.argument("model")
 @click.option("--data", required=True, help="fashion-mnist, fashion-mnist:DIR, or an image folder.")
-@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
-              help="Model artifact directory to write (checkpoints go to OUT.ckpt/).")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model artifact directory to write (checkpoints go to OUT.ckpt/).",
+)
 @model_options
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak learning rate.")
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
-              help="Global batch (split over torchrun processes).")  # fmt: skip
+@click.option(
+    "--batch-size",
+    default=128,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Global batch (split over torchrun processes).",
+)
 @click.option("--input-size", type=int, default=None, help="Input resolution (model names only).")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Train on a seeded subset of this many images.")  # fmt: skip
-@click.option("--eval-limit", type=click.IntRange(min=1), default=None,
-              help="Validate/test on subsets of this many images.")  # fmt: skip
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train on a seeded subset of this many images.",
+)
+@click.option(
+    "--eval-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validate/test on subsets of this many images.",
+)
 @click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(min=0))
 @click.option("--warmup-epochs", default=1.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--label-smoothing", default=0.1, show_default=True,
-              type=click.FloatRange(0, 1, max_open=True))  # fmt: skip
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Random crop and horizontal flip.")  # fmt: skip
+@click.option(
+    "--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True)
+)
+@click.option(
+    "--augment/--no-augment",
+    default=True,
+    show_default=True,
+    help="Random crop and horizontal flip.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.ckpt/ after an interruption.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(model, data, out, weights, num_classes, pretrained, epochs, lr, batch_size, input_size,
-          limit, eval_limit, weight_decay, warmup_epochs, label_smoothing, augment, seed, device,
-          resume, no_progress) -> None:  # fmt: skip
+def train(
+    model,
+    data,
+    out,
+    weights,
+    num_classes,
+    pretrained,
+    epochs,
+    lr,
+    batch_size,
+    input_size,
+    limit,
+    eval_limit,
+    weight_decay,
+    warmup_epochs,
+    label_smoothing,
+    augment,
+    seed,
+    device,
+    resume,
+    no_progress,
+) -> None:
     """Train or fine-tune MODEL on DATA; write a model artifact with its test accuracy.
 
     Runs on all GPUs of a node with: torchrun --nproc_per_node N -m tvc train ...
@@ -516,62 +705,130 @@ def train(model, data, out, weights, num_classes, pretrained, epochs, lr, batch_
     from tvc.train.loop import TrainConfig
     from tvc.train.train import train_model
 
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                      augment=augment, seed=seed, device=device,
-                      progress=not no_progress)  # fmt: skip
+    cfg = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        seed=seed,
+        device=device,
+        progress=not no_progress,
+    )
     cfg.validate()
     import torch
 
     torch.manual_seed(seed)  # the same fresh weights in every process
     is_path = Path(model).exists()
-    loaded = load_model(model, weights=weights, num_classes=num_classes, pretrained=pretrained,
-                        input_size=None if is_path else input_size,
-                        warn_random=False)  # fmt: skip
-    art = train_model(loaded, data, out, cfg, limit=limit, eval_limit=eval_limit, resume=resume,
-                      spec={"command": command_line(), "model": model})  # fmt: skip
+    loaded = load_model(
+        model,
+        weights=weights,
+        num_classes=num_classes,
+        pretrained=pretrained,
+        input_size=None if is_path else input_size,
+        warn_random=False,
+    )
+    art = train_model(
+        loaded,
+        data,
+        out,
+        cfg,
+        limit=limit,
+        eval_limit=eval_limit,
+        resume=resume,
+        spec={"command": command_line(), "model": model},
+    )
     if art is not None:
         acc = art.meta["metrics"]["accuracy"]
-        click.echo(f"wrote {art.path}: test top-1 {acc['top1']:.2f}% on {acc['n']} images "
-                   f"({art.meta['metrics']['training']['wall_s']:.0f} s of training)")  # fmt: skip
+        click.echo(
+            f"wrote {art.path}: test top-1 {acc['top1']:.2f}% on {acc['n']} images "
+            f"({art.meta['metrics']['training']['wall_s']:.0f} s of training)"
+        )
 
 
 @cli.command("eval")
 @click.argument("target")
 @click.option("--data", required=True, help="fashion-mnist, fashion-mnist:DIR, or an image folder.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Evaluate on a seeded subset of this many images.")  # fmt: skip
-@click.option("--split", default="test", show_default=True,
-              type=click.Choice(["train", "val", "test"]))  # fmt: skip
-@click.option("--reference", default=None,
-              help="MODEL or artifact to measure top-1 agreement with (e.g. FP32 source).")  # fmt: skip
-@click.option("--backend", default=None, type=click.Choice(["ort", "torch", "trt"]),
-              help="Default: ort for ONNX files/export artifacts, torch for models.")  # fmt: skip
-@click.option("--variant", "variant_file", default=None,
-              help="Only this file of an export artifact, e.g. model.int8.onnx.")  # fmt: skip
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evaluate on a seeded subset of this many images.",
+)
+@click.option(
+    "--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"])
+)
+@click.option(
+    "--reference",
+    default=None,
+    help="MODEL or artifact to measure top-1 agreement with (e.g. FP32 source).",
+)
+@click.option(
+    "--backend",
+    default=None,
+    type=click.Choice(["ort", "torch", "trt"]),
+    help="Default: ort for ONNX files/export artifacts, torch for models.",
+)
+@click.option(
+    "--variant",
+    "variant_file",
+    default=None,
+    help="Only this file of an export artifact, e.g. model.int8.onnx.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--provider", default="cpu", show_default=True, help="ORT provider: cpu, cuda, trt.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the results as JSON.")  # fmt: skip
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the results as JSON.",
+)
 @model_options
-def eval_cmd(target, data, limit, split, reference, backend, variant_file, threads, provider,
-             batch_size, json_out, weights, num_classes, pretrained) -> None:  # fmt: skip
+def eval_cmd(
+    target,
+    data,
+    limit,
+    split,
+    reference,
+    backend,
+    variant_file,
+    threads,
+    provider,
+    batch_size,
+    json_out,
+    weights,
+    num_classes,
+    pretrained,
+) -> None:
     """Top-1/top-5 of TARGET (model, model artifact, ONNX file or export artifact) on DATA."""
     import json
 
     from tvc.eval.run import eval_target
 
-    results = eval_target(target, data, backend=backend, limit=limit, split=split,
-                          reference=reference, variant_file=variant_file, threads=threads,
-                          provider=provider, batch_size=batch_size,
-                          model_kwargs={"weights": weights, "num_classes": num_classes,
-                                        "pretrained": pretrained})  # fmt: skip
+    results = eval_target(
+        target,
+        data,
+        backend=backend,
+        limit=limit,
+        split=split,
+        reference=reference,
+        variant_file=variant_file,
+        threads=threads,
+        provider=provider,
+        batch_size=batch_size,
+        model_kwargs={"weights": weights, "num_classes": num_classes, "pretrained": pretrained},
+    )
     for r in results:
         top5 = f", top-5 {r['top5']:.2f}%" if r["top5"] is not None else ""
         agree = f", agreement {r['agreement']:.2f}%" if r["agreement"] is not None else ""
-        click.echo(f"{r['variant']} [{r['backend']}]: top-1 {r['top1']:.2f}%{top5}{agree} on "
-                   f"{r['n']} {r['dataset']} {r['split']} images")  # fmt: skip
+        click.echo(
+            f"{r['variant']} [{r['backend']}]: top-1 {r['top1']:.2f}%{top5}{agree} on "
+            f"{r['n']} {r['dataset']} {r['split']} images"
+        )
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
@@ -582,10 +839,17 @@ def eval_cmd(target, data, limit, split, reference, backend, variant_file, threa
 
 @cli.command()
 @click.argument("records", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="report.html (one self-contained page) or report.md.")  # fmt: skip
-@click.option("--baseline", default=None,
-              help="Variant to compare against (default: the first fp32 variant).")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="report.html (one self-contained page) or report.md.",
+)
+@click.option(
+    "--baseline", default=None, help="Variant to compare against (default: the first fp32 variant)."
+)
 @click.option("--title", default=None, help="Report title.")
 def report(records, out, baseline, title) -> None:
     """Render bench RECORDS (files from 'tvc bench --json', any boards) as HTML or Markdown."""
@@ -595,8 +859,9 @@ def report(records, out, baseline, title) -> None:
     recs = [r for path in records for r in read_records(path)]
     path = write_report(recs, out, baseline=baseline, title=title)
     a = analyse(recs, baseline)
-    click.echo(f"wrote {path} ({len(recs)} records, {len(a.boards)} board(s), "
-               f"baseline {a.baseline})")  # fmt: skip
+    click.echo(
+        f"wrote {path} ({len(recs)} records, {len(a.boards)} board(s), baseline {a.baseline})"
+    )
     head = headline(a)
     if head:
         click.echo(f"headline: {head}")
@@ -607,11 +872,21 @@ def report(records, out, baseline, title) -> None:
 
 @cli.command("run")
 @click.argument("recipe")
-@click.option("-o", "--output", "out", default=None, type=click.Path(file_okay=False),
-              help="Run directory (default: the recipe's output, else runs/<name>).")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Run directory (default: the recipe's output, else runs/<name>).",
+)
 @click.option("--data", default=None, help="Data for every stage that takes data.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Weights for the recipe's model (instead of the recipe's).")  # fmt: skip
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Weights for the recipe's model (instead of the recipe's).",
+)
 @click.option("--force", is_flag=True, help="Run every stage again, even unchanged ones.")
 @click.option("--dry-run", is_flag=True, help="Check the recipe and print the commands only.")
 def run_cmd(recipe, out, data, weights, force, dry_run) -> None:
@@ -653,14 +928,26 @@ def recipes(show) -> None:
 
 
 @cli.command()
-@click.option("-o", "--output", "out", default="runs/demo", show_default=True,
-              type=click.Path(file_okay=False))  # fmt: skip
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    default="runs/demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Run directory (reused on a re-run).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for the benchmarks (default: all cores).",
+)
 def demo(out, threads) -> None:
-    """The built-in end-to-end run: export a small ViT, benchmark it against PyTorch."""
+    """The main job on the built-in default: Fashion-MNIST ViT, pruned, distilled, INT8, report."""
     from tvc.demo import run_demo
 
-    run_demo(Path(out), threads=threads, command=command_line())
+    run_demo(Path(out), threads=threads)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from tvc.data import load_images
 from tvc.data.synthetic import write_fake_fashion_mnist
 from tvc.errors import ConfigError
 from tvc.models import load_model
-from tvc.train.loop import TrainConfig, augment, fit, lr_factor
+from tvc.train.loop import TrainConfig, augment, epoch_crops, fit, lr_factor
 
 VIEW = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
@@ -45,9 +45,12 @@ def test_schedule_warms_up_then_decays():
 def test_augment_is_a_fixed_crop_and_flip_per_image():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     idx = np.array([5, 9])
-    a, b = augment(x, 0, 1, idx), augment(x, 0, 1, idx)
-    assert torch.equal(a, b) and a.shape == x.shape
-    assert not torch.equal(augment(x, 0, 2, idx), a)  # another epoch, other crops
+    a = augment(x, *epoch_crops(0, 1, idx, 8, "cpu"))
+    assert torch.equal(a, augment(x, *epoch_crops(0, 1, idx, 8, "cpu"))) and a.shape == x.shape
+    assert not torch.equal(augment(x, *epoch_crops(0, 2, idx, 8, "cpu")), a)  # other epoch
+    # offsets (pad, pad) without a flip give the image back; a flip mirrors it
+    same = augment(x, torch.tensor([1, 1]), torch.tensor([1, 1]), torch.tensor([False, True]))
+    assert torch.equal(same[0], x[0]) and torch.equal(same[1], x[1].flip(-1))
     # each output is a shifted (and maybe mirrored) window of its own image
     for i in range(2):
         img = a[i, 0]

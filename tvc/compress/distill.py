@@ -173,7 +173,7 @@ def distill(student, cfg: DistillConfig) -> dict[str, Any]:
         logits, cache_info = teacher_logits(teacher, teacher_set, ctx, cfg)
 
         def loss_fn(out, x, y, idx):
-            return base(out, y, logits[torch.as_tensor(idx, device=device)])
+            return base(out, y, logits[idx])
     else:
         from tvc.train.loop import DeviceData
 

@@ -7,8 +7,9 @@ cross-entropy with a down-weighted "no object" class (DETR, softmax) or a sigmoi
 (Deformable DETR, which has no "no object" column).
 
 Distillation trains a (compressed) student against its teacher: the teacher's confident
-detections are the targets of the set loss, and on the matched queries the student also
-imitates the teacher's class distribution (KL at a temperature) and boxes (L1).
+detections are the targets of the set loss, and student queries matched one-to-one to teacher
+queries (Hungarian again) also imitate the teacher's class distribution (KL at a temperature)
+and, where the teacher sees an object, its box (L1).
 
 Boxes are normalised [cx, cy, w, h] throughout, as the models predict them.
 """
@@ -335,27 +336,59 @@ def teacher_targets(
     return out
 
 
-def kd_loss(student_logits, student_boxes, teacher_logits, teacher_boxes, matches, targets, *,
+def _probs(logits: torch.Tensor, no_object_class: bool) -> torch.Tensor:
+    return logits.softmax(-1) if no_object_class else logits.sigmoid()
+
+
+def _foreground(logits: torch.Tensor, no_object_class: bool) -> torch.Tensor:
+    """How likely each query holds an object: 1 - p(no object), or the best class's sigmoid."""
+    if no_object_class:
+        return 1 - logits.softmax(-1)[..., -1]
+    return logits.sigmoid().max(-1).values
+
+
+@torch.no_grad()
+def match_queries(student_logits, student_boxes, teacher_logits, teacher_boxes, *,
+                  no_object_class: bool) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Per image, a one-to-one pairing of student and teacher queries (Hungarian) by how alike
+    their class distributions (L1) and boxes (L1 + GIoU, weighted by the teacher's objectness)
+    are. A compressed student's query i is usually still the teacher's query i; matching does
+    not rely on it."""
+    scipy_opt = require("scipy.optimize", "Hungarian matching for detection distillation")
+    out = []
+    for sl, sb, tl, tb in zip(student_logits.float(), student_boxes.float(),
+                              teacher_logits.float(), teacher_boxes.float(), strict=True):  # fmt: skip
+        cost_class = torch.cdist(_probs(sl, no_object_class), _probs(tl, no_object_class), p=1)
+        giou = generalized_box_iou(cxcywh_to_xyxy(sb), cxcywh_to_xyxy(tb))
+        cost_box = 5 * torch.cdist(sb, tb, p=1) - 2 * giou
+        cost = cost_class + _foreground(tl, no_object_class)[None, :] * cost_box
+        rows, cols = scipy_opt.linear_sum_assignment(cost.cpu().numpy())
+        out.append((rows.astype(np.int64), cols.astype(np.int64)))
+    return out
+
+
+def kd_loss(student_logits, student_boxes, teacher_logits, teacher_boxes, *,
             no_object_class: bool, temperature: float) -> torch.Tensor:  # fmt: skip
-    """Logit and box imitation on student queries matched to teacher queries."""
-    s_idx, t_idx = [], []
-    for i, ((q, c), tgt) in enumerate(zip(matches, targets, strict=True)):
-        s_idx += [(i, int(j)) for j in q]
-        t_idx += [(i, int(tgt["query"][int(k)])) for k in c]
-    if not s_idx:
-        return student_logits.sum() * 0.0
-    sb, sq = torch.tensor(s_idx).T
-    tb, tq = torch.tensor(t_idx).T
-    s_log, t_log = student_logits[sb, sq], teacher_logits[tb, tq]
+    """Imitation of the teacher on matched queries: the class distribution (KL at a
+    temperature, binary for sigmoid heads) on every query, and the box (L1) weighted by the
+    teacher's confidence that the query holds an object."""
+    pairs = match_queries(student_logits, student_boxes, teacher_logits, teacher_boxes,
+                          no_object_class=no_object_class)  # fmt: skip
+    b = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, (r, _) in enumerate(pairs)])
+    sq = torch.cat([torch.as_tensor(r) for r, _ in pairs])
+    tq = torch.cat([torch.as_tensor(c) for _, c in pairs])
+    s_log, t_log = student_logits[b, sq], teacher_logits[b, tq]
     temp = temperature
     if no_object_class:
         logit_kd = F.kl_div(F.log_softmax(s_log / temp, -1), F.softmax(t_log / temp, -1),
                             reduction="batchmean") * temp**2  # fmt: skip
     else:
-        logit_kd = (
-            F.binary_cross_entropy_with_logits(s_log / temp, torch.sigmoid(t_log / temp)) * temp**2
-        )
-    box_kd = F.l1_loss(student_boxes[sb, sq], teacher_boxes[tb, tq])
+        logit_kd = F.binary_cross_entropy_with_logits(
+            s_log / temp, torch.sigmoid(t_log / temp)
+        ) * temp**2
+    weight = _foreground(t_log, no_object_class)
+    box_l1 = (student_boxes[b, sq] - teacher_boxes[b, tq]).abs().sum(-1)
+    box_kd = (weight * box_l1).sum() / weight.sum().clamp(min=1e-6)
     return logit_kd + box_kd
 
 
@@ -388,9 +421,8 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
         for logits, boxes in layers[:-1]:  # auxiliary layers: the set loss only
             loss = loss + set_loss(logits, boxes, pseudo, no_object_class=no_obj, cfg=loss_cfg)[0]
         logits, boxes = layers[-1]
-        final, parts, matches = set_loss(logits, boxes, pseudo, no_object_class=no_obj,
-                                         cfg=loss_cfg)  # fmt: skip
-        kd = kd_loss(logits, boxes, t_logits, t_boxes, matches, pseudo, no_object_class=no_obj,
+        final, parts, _ = set_loss(logits, boxes, pseudo, no_object_class=no_obj, cfg=loss_cfg)
+        kd = kd_loss(logits, boxes, t_logits, t_boxes, no_object_class=no_obj,
                      temperature=cfg.temperature)  # fmt: skip
         parts["kd"] = kd.item()
         return loss + final + cfg.kd_weight * kd, parts

@@ -31,7 +31,8 @@ from tvc.train import dist
 
 log = logging.getLogger("tvc")
 
-# loss_fn(outputs, x, y, indices) -> (loss, {name: detached scalar tensor}) for logging
+# loss_fn(outputs, x, y, indices) -> (loss, {name: detached scalar tensor}) for logging;
+# indices: the batch's positions in the training set, a LongTensor on the training device
 LossFn = Callable[[Any, Any, Any, Any], tuple[Any, dict[str, Any]]]
 
 
@@ -108,22 +109,33 @@ def augment_params(seed: int, epoch: int, indices: np.ndarray, pad: int):
     return dy, dx, flip
 
 
-def augment(x, seed: int, epoch: int, indices: np.ndarray):
-    """Random crop with replicate padding of H/8 and horizontal flip, per image."""
+def augment(x, dy, dx, flip):
+    """Crop each image at offsets (dy, dx) of its replicate-padded copy; mirror where `flip`.
+
+    `dy`, `dx`, `flip`: (B,) tensors on x's device, from `augment_params` (padding H/8).
+    """
     import torch
     import torch.nn.functional as F
 
     b, c, h, w = x.shape
     pad = max(1, h // 8)
-    dy, dx, flip = augment_params(seed, epoch, indices, pad)
     xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     dev = x.device
-    rows = torch.as_tensor(dy, device=dev)[:, None] + torch.arange(h, device=dev)  # (B, h)
-    cols = torch.as_tensor(dx, device=dev)[:, None] + torch.arange(w, device=dev)  # (B, w)
-    cols = torch.where(torch.as_tensor(flip, device=dev)[:, None], cols.flip(1), cols)
+    rows = dy[:, None] + torch.arange(h, device=dev)  # (B, h)
+    cols = dx[:, None] + torch.arange(w, device=dev)  # (B, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
     bi = torch.arange(b, device=dev)[:, None, None, None]
     ci = torch.arange(c, device=dev)[None, :, None, None]
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def epoch_crops(seed: int, epoch: int, order: np.ndarray, height: int, device):
+    """Crop offsets and flips for a whole epoch's images, moved to the device in one copy."""
+    import torch
+
+    dy, dx, flip = augment_params(seed, epoch, order, max(1, height // 8))
+    both = torch.as_tensor(np.stack([dy, dx, flip.astype(np.int64)]), device=device)
+    return both[0], both[1], both[2].bool()
 
 
 class DeviceData:
@@ -142,14 +154,15 @@ class DeviceData:
             chunks = [torch.from_numpy(x) for x, _ in data.batches(1024)]
             self.x = torch.cat(chunks).to(device)
 
-    def get(self, indices: np.ndarray):
+    def get(self, indices):
+        """Images and labels at `indices` (a tensor on the device, or a numpy array)."""
         import torch
 
+        idx = torch.as_tensor(indices, device=self.device)
         if self.whole:
-            idx = torch.as_tensor(indices, device=self.device)
             return self.x[idx], self.y[idx]
-        x, _ = self.data.take(indices)
-        return torch.from_numpy(x).to(self.device, non_blocking=True), self.y[indices]
+        x, _ = self.data.take(idx.cpu().numpy())
+        return torch.from_numpy(x).to(self.device), self.y[idx]
 
 
 def amp_dtype(device, amp: bool | None):
@@ -249,16 +262,21 @@ def fit(
             net.train()
             sampler.set_epoch(epoch)
             order = np.fromiter(iter(sampler), dtype=np.int64)
+            # one host-to-device copy per epoch: a copy per step would stall the GPU queue
+            order_dev = torch.as_tensor(order, device=device)
+            if cfg.augment:
+                crops = epoch_crops(cfg.seed, epoch, order, train_set.input_size[1], device)
             sums: dict[str, float] = {}
             task = bar.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch)
             for s in range(steps_per_epoch):
-                idx = order[s * local_batch : (s + 1) * local_batch]
+                batch = slice(s * local_batch, (s + 1) * local_batch)
+                idx = order_dev[batch]
                 step = epoch * steps_per_epoch + s
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, total_steps, warmup, cfg.min_lr_ratio)
                 x, y = data.get(idx)
                 if cfg.augment:
-                    x = augment(x, cfg.seed, epoch, idx)
+                    x = augment(x, *(c[batch] for c in crops))
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     out = net(x)
                     loss, parts = loss_fn(out, x, y, idx)

@@ -1,0 +1,96 @@
+"""ONNX export of tiny DETR and Deformable DETR, with parity against PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tvc.errors import ConfigError, UnsupportedModelError
+from tvc.export.detection import (
+    DetExportConfig,
+    deformable_sampling,
+    export_detection_onnx,
+    gather_sampling,
+    grid_sampling,
+)
+from tvc.runtime.ort import OrtRunner
+
+FAST = {"simplify": False, "parity_samples": 2}
+
+
+def _graph_facts(path):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+    return {n.op_type for n in model.graph.node}, onnx.TensorProto.DOUBLE in types
+
+
+def test_detr_export_parity_with_padding_mask(tiny_detr, tmp_path):
+    art = export_detection_onnx(tiny_detr, tmp_path / "detr", DetExportConfig(pixel_mask=True, **FAST))
+    p = art.meta["metrics"]["parity"]
+    assert p["ok"] and p["class_agreement"] == 1.0 and p["boxes_max_abs_diff"] < 1e-4
+    assert [i["name"] for i in art.meta["io"]["inputs"]] == ["input", "pixel_mask"]
+    assert art.meta["model"]["extra"]["task"] == "detection"
+    # The mask is a real input: padding half the image changes the outputs, as in PyTorch.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    mask = np.ones((1, 64, 64), np.int64)
+    mask[:, :, 32:] = 0
+    with OrtRunner(art.path / "model.onnx", threads=1) as ort:
+        full = ort.infer({"input": x, "pixel_mask": np.ones_like(mask)})
+        padded = ort.infer({"input": x, "pixel_mask": mask})
+    with torch.no_grad():
+        ref_logits, ref_boxes = tiny_detr.model(torch.from_numpy(x), torch.from_numpy(mask))
+    assert np.abs(full["logits"] - padded["logits"]).max() > 1e-3
+    np.testing.assert_allclose(padded["logits"], ref_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(padded["boxes"], ref_boxes.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("sampling", ["gather", "grid"])
+def test_deformable_export_parity_both_samplers(tiny_deformable, tmp_path, sampling):
+    cfg = DetExportConfig(sampling=sampling, **FAST)
+    art = export_detection_onnx(tiny_deformable, tmp_path / sampling, cfg)
+    p = art.meta["metrics"]["parity"]
+    assert p["ok"] and p["class_agreement"] == 1.0
+    assert p["logits_max_abs_diff"] < 1e-4 and p["boxes_max_abs_diff"] < 1e-4
+    assert art.meta["metrics"]["sampling"] == sampling
+    ops, has_double = _graph_facts(art.path / "model.onnx")
+    assert ("GridSample" in ops) == (sampling == "grid")
+    assert not has_double  # TensorRT has no float64
+    assert art.meta["io"]["outputs"][0]["shape"] == [1, 10, 10]  # sigmoid head: no extra class
+
+
+def test_gather_sampler_equals_grid_sample_on_random_points():
+    """Points inside, on the border of and outside the maps, on two levels."""
+    torch.manual_seed(0)
+    shapes = [(5, 7), (3, 4)]
+    value = torch.randn(2, sum(h * w for h, w in shapes), 3, 4)  # B, pixels, heads, dim
+    locations = torch.rand(2, 6, 3, 2, 4, 2) * 1.4 - 0.2  # B, Q, heads, levels, points, xy
+    weights = torch.rand(2, 6, 3, 2, 4).softmax(-1)
+    args = (value, None, shapes, None, locations, weights)
+    np.testing.assert_allclose(gather_sampling(None, *args).numpy(),
+                               grid_sampling(None, *args).numpy(), atol=1e-5)  # fmt: skip
+
+
+def test_sampling_patch_is_reversible(tiny_deformable):
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        MultiScaleDeformableAttention,
+    )
+
+    model = tiny_deformable.model
+    msda = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
+    with deformable_sampling(model, "gather") as n:
+        assert n == len(msda) == 4  # 2 encoder + 2 decoder layers
+        assert all("forward" in m.__dict__ for m in msda)
+    assert not any("forward" in m.__dict__ for m in msda)
+    with pytest.raises(ConfigError, match="sampling"):
+        with deformable_sampling(model, "bicubic"):
+            pass
+
+
+def test_export_refuses_classifiers_and_bad_options(pico, tiny_detr, tmp_path):
+    with pytest.raises(UnsupportedModelError, match="not a detection model"):
+        export_detection_onnx(pico, tmp_path / "x", DetExportConfig())
+    with pytest.raises(ConfigError, match="--sampling"):
+        export_detection_onnx(tiny_detr, tmp_path / "y", DetExportConfig(sampling="nearest"))
