@@ -350,6 +350,18 @@ def markdown(d: dict[str, Any]) -> str:
         f"one-off teacher pass that fills the cache took {c['teacher_pass_s'] or 0:.2f} s. Later "
         "KD runs on the same teacher and data read the cache (no teacher pass).",
         f"KD setting kept as the student artifact (chosen on val): {d['kd_selected_by_val']}.",
+        "",
+        "Reproduce these settings (epochs as run; add --data fashion-mnist:DIR for another copy):",
+        "",
+        "    PYTHONPATH=. python benchmarks/bench_distill_fmnist.py "
+        f"--artifacts benchmarks/artifacts --teacher-epochs {runs['teacher'].get('epochs', 'N')} "
+        f"--recovery-epochs {s['recovery_epochs']}",
+        "",
+        "The teacher alone, through the CLI (same recipe):",
+        "",
+        f"    tvc train {s['teacher_model']} --data fashion-mnist -o fmnist_teacher --epochs "
+        f"{runs['teacher'].get('epochs', 'N')} --lr {s['teacher_lr']} --batch-size "
+        f"{s['batch_size']} --warmup-epochs {min(5.0, runs['teacher'].get('epochs', 50) / 10)}",
     ]
     return "\n".join(lines)
 

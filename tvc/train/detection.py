@@ -147,6 +147,7 @@ def set_loss(
     batch_idx = torch.cat([torch.full((len(q),), i, dtype=torch.long)
                            for i, (q, _) in enumerate(matches)])  # fmt: skip
     query_idx = torch.cat([torch.as_tensor(q, dtype=torch.long) for q, _ in matches])
+    batch_idx, query_idx = batch_idx.to(logits.device), query_idx.to(logits.device)
     matched_labels = torch.cat([t["labels"][torch.as_tensor(c, dtype=torch.long)]
                                 for t, (_, c) in zip(targets, matches, strict=True)])  # fmt: skip
     matched_boxes = torch.cat([t["boxes"][torch.as_tensor(c, dtype=torch.long)]
@@ -154,15 +155,15 @@ def set_loss(
     batch, queries, n_logits = logits.shape
     if no_object_class:
         # Every query is "no object" unless matched; that class weighs eos_coef.
-        target_classes = torch.full((batch, queries), n_logits - 1, dtype=torch.long)
-        target_classes[batch_idx, query_idx] = matched_labels
+        target_classes = torch.full((batch, queries), n_logits - 1, dtype=torch.long,
+                                    device=logits.device)  # fmt: skip
+        target_classes[batch_idx, query_idx] = matched_labels.to(logits.device)
         weight = torch.ones(n_logits, device=logits.device)
         weight[-1] = cfg.eos_coef
-        loss_class = F.cross_entropy(logits.transpose(1, 2), target_classes.to(logits.device),
-                                     weight=weight)  # fmt: skip
+        loss_class = F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)
     else:
         onehot = torch.zeros_like(logits)
-        onehot[batch_idx, query_idx, matched_labels] = 1.0
+        onehot[batch_idx, query_idx, matched_labels.to(logits.device)] = 1.0
         loss_class = sigmoid_focal_loss(logits, onehot, cfg) / n_boxes
     pred = boxes[batch_idx, query_idx]
     matched_boxes = matched_boxes.to(pred)
@@ -377,15 +378,20 @@ def kd_loss(student_logits, student_boxes, teacher_logits, teacher_boxes, *,
     b = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, (r, _) in enumerate(pairs)])
     sq = torch.cat([torch.as_tensor(r) for r, _ in pairs])
     tq = torch.cat([torch.as_tensor(c) for _, c in pairs])
+    b, sq, tq = (
+        b.to(student_logits.device),
+        sq.to(student_logits.device),
+        tq.to(student_logits.device),
+    )
     s_log, t_log = student_logits[b, sq], teacher_logits[b, tq]
     temp = temperature
     if no_object_class:
         logit_kd = F.kl_div(F.log_softmax(s_log / temp, -1), F.softmax(t_log / temp, -1),
                             reduction="batchmean") * temp**2  # fmt: skip
     else:
-        logit_kd = F.binary_cross_entropy_with_logits(
-            s_log / temp, torch.sigmoid(t_log / temp)
-        ) * temp**2
+        logit_kd = (
+            F.binary_cross_entropy_with_logits(s_log / temp, torch.sigmoid(t_log / temp)) * temp**2
+        )
     weight = _foreground(t_log, no_object_class)
     box_l1 = (student_boxes[b, sq] - teacher_boxes[b, tq]).abs().sum(-1)
     box_kd = (weight * box_l1).sum() / weight.sum().clamp(min=1e-6)
