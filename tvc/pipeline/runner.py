@@ -374,7 +374,8 @@ class Runner:
     def _label(self, export: Step) -> str:
         """A variant's name: the model stage it was exported from, or the recipe's model."""
         src = export.inputs[0]
-        return self.recipe.model.name if src == "@model" else src[1:]
+        # a model given as a path (an artifact, a HF directory) is named by its last part
+        return Path(self.recipe.model.name).name if src == "@model" else src[1:]
 
 
 def _still_done(before: dict[str, Any], digest: str, step: Step, out: Path) -> bool:

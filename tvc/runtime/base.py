@@ -53,14 +53,17 @@ class Runner(ABC):
     """Runs one model on one backend. Use as a context manager to release resources."""
 
     backend: str = "?"
+    # Subclasses fill these in __init__ from the model they load.
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
 
     @property
-    @abstractmethod
-    def inputs(self) -> list[TensorSpec]: ...
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
 
     @property
-    @abstractmethod
-    def outputs(self) -> list[TensorSpec]: ...
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
 
     @property
     def provider(self) -> str:

@@ -78,14 +78,6 @@ class OrtRunner(Runner):
         return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 

@@ -25,14 +25,6 @@ class TorchRunner(Runner):
         ]
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def provider(self) -> str:
         return str(self.device)
 

@@ -125,14 +125,6 @@ class TrtRunner(Runner):
         return inputs, outputs, ranges
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def batch_range(self) -> tuple[int, int]:
         """Smallest and largest batch the engine's optimization profile accepts."""
         lo, hi = self._ranges[self._inputs[0].name]
