@@ -220,6 +220,14 @@ def model_options(f):
     default=None,
     help="Jetson DLA core to build for.",
 )
+@click.option(
+    "--sampling",
+    type=click.Choice(["gather", "grid"]),
+    default="gather",
+    show_default=True,
+    help="Deformable DETR: bilinear sampling by Gathers, or by GridSample.",
+)
+@click.option("--pixel-mask", is_flag=True, help="Detectors: add a pixel_mask input for padding.")
 def export(
     model,
     out,
@@ -247,6 +255,8 @@ def export(
     workspace_mb,
     timing_cache,
     dla_core,
+    sampling,
+    pixel_mask,
 ) -> None:
     """Export MODEL (name, HF dir, model or ONNX artifact) to ONNX and optimised variants.
 
@@ -300,6 +310,30 @@ def export(
         "pretrained": pretrained,
         "input_size": input_size if not is_path else None,
     }
+    from tvc.deps import available
+
+    if available("torch"):  # DETR / Deformable DETR go through tvc/export/detection.py
+        from tvc.models.detection import is_detection_spec
+
+        if is_detection_spec(model):
+            from tvc.export.detection import DetExportConfig, export_detection_model
+
+            det = DetExportConfig(
+                opset=opset,
+                batch=batch,
+                input_size=input_size,
+                pixel_mask=pixel_mask,
+                sampling=sampling,
+                simplify=not no_simplify,
+                int8=int8,
+                calib=calib,
+                calib_size=calib_size,
+                eval_data=eval_data,
+            )
+            refused = {"--fp16": fp16, "--trt": trt, "--dynamic-batch": dynamic_batch}
+            art = export_detection_model(model, Path(out), det, model_kwargs, unsupported=refused)
+            _print_export(art)
+            return
     art = run_export(model, Path(out), req, model_kwargs)
     if input_size is not None and is_path and art.meta["model"]["input_size"][1] != input_size:
         log.warning(
@@ -806,6 +840,36 @@ def eval_cmd(
 ) -> None:
     """Top-1/top-5 of TARGET (model, model artifact, ONNX file or export artifact) on DATA."""
     import json
+
+    from tvc.data.detection import is_detection_spec as is_detection_data
+
+    if is_detection_data(data):  # COCO mAP of DETR-style detectors: tvc/eval/detection.py
+        from tvc.eval.detection import eval_detection_target
+
+        if backend == "trt":
+            raise ConfigError("detection evaluation runs on ort or torch", "drop --backend trt")
+        results = eval_detection_target(
+            target,
+            data,
+            split=split,
+            limit=limit,
+            reference=reference,
+            variant_file=variant_file,
+            threads=threads,
+            provider=provider,
+            batch_size=batch_size,
+            model_kwargs={"weights": weights, "num_classes": num_classes, "pretrained": pretrained},
+        )
+        for r in results:
+            agree = f", agreement mAP {r['agreement']:.2f}" if r["agreement"] is not None else ""
+            click.echo(
+                f"{r['variant']}: mAP {r['map']:.2f}, AP50 {r['ap50']:.2f}{agree} on {r['n']} "
+                f"{r['dataset']} {r['split']} images"
+            )
+        if json_out:
+            Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
+            click.echo(f"wrote {json_out}")
+        return
 
     from tvc.eval.run import eval_target
 

@@ -48,8 +48,9 @@ def test_boxes_are_exact_bounds_of_the_pasted_objects(scenes):
 
 
 def test_batches_normalise_boxes_for_detr(scenes):
-    x, targets, pos = next(scenes.batches(4, input_size=(3, 64, 64), mean=(0.5,) * 3,
-                                          std=(0.5,) * 3))  # fmt: skip
+    x, targets, pos = next(
+        scenes.batches(4, input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.5,) * 3)
+    )
     assert x.shape == (4, 3, 64, 64) and x.dtype == np.float32
     assert x.min() >= -1.0 and x.max() <= 1.0
     assert pos == [0, 1, 2, 3]
@@ -98,7 +99,7 @@ def test_coco_loader_maps_sparse_category_ids_and_skips_crowds(tmp_path):
 def test_data_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_detection(str(tmp_path / "missing.json"))
-    with pytest.raises(DataError, match="no annotations.json"):
+    with pytest.raises(DataError, match=r"no annotations\.json"):
         load_detection(str(tmp_path))
     with pytest.raises(DataError, match="unknown split"):
         load_detection("fashion-mnist-det", "holdout")

@@ -27,7 +27,9 @@ def _graph_facts(path):
 
 
 def test_detr_export_parity_with_padding_mask(tiny_detr, tmp_path):
-    art = export_detection_onnx(tiny_detr, tmp_path / "detr", DetExportConfig(pixel_mask=True, **FAST))
+    art = export_detection_onnx(
+        tiny_detr, tmp_path / "detr", DetExportConfig(pixel_mask=True, **FAST)
+    )
     p = art.meta["metrics"]["parity"]
     assert p["ok"] and p["class_agreement"] == 1.0 and p["boxes_max_abs_diff"] < 1e-4
     assert [i["name"] for i in art.meta["io"]["inputs"]] == ["input", "pixel_mask"]
@@ -69,8 +71,9 @@ def test_gather_sampler_equals_grid_sample_on_random_points():
     locations = torch.rand(2, 6, 3, 2, 4, 2) * 1.4 - 0.2  # B, Q, heads, levels, points, xy
     weights = torch.rand(2, 6, 3, 2, 4).softmax(-1)
     args = (value, None, shapes, None, locations, weights)
-    np.testing.assert_allclose(gather_sampling(None, *args).numpy(),
-                               grid_sampling(None, *args).numpy(), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        gather_sampling(None, *args).numpy(), grid_sampling(None, *args).numpy(), atol=1e-5
+    )
 
 
 def test_sampling_patch_is_reversible(tiny_deformable):
@@ -84,9 +87,8 @@ def test_sampling_patch_is_reversible(tiny_deformable):
         assert n == len(msda) == 4  # 2 encoder + 2 decoder layers
         assert all("forward" in m.__dict__ for m in msda)
     assert not any("forward" in m.__dict__ for m in msda)
-    with pytest.raises(ConfigError, match="sampling"):
-        with deformable_sampling(model, "bicubic"):
-            pass
+    with pytest.raises(ConfigError, match="sampling"), deformable_sampling(model, "bicubic"):
+        pass
 
 
 def test_export_refuses_classifiers_and_bad_options(pico, tiny_detr, tmp_path):

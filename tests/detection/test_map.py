@@ -13,11 +13,17 @@ GROUND_TRUTH = [
     {"boxes": np.array([[0, 0, 10, 10]], float), "labels": np.array([0])},
 ]
 DETECTIONS = [
-    {"boxes": np.array([[0, 0, 10, 10]], float), "labels": np.array([0]),
-     "scores": np.array([0.9])},
-    {"boxes": np.array([[20, 20, 10, 10], [0, 0, 10, 6.2], [50, 50, 5, 5]], float),
-     "labels": np.array([0, 0, 2]), "scores": np.array([0.8, 0.7, 0.95])},
-]  # fmt: skip
+    {
+        "boxes": np.array([[0, 0, 10, 10]], float),
+        "labels": np.array([0]),
+        "scores": np.array([0.9]),
+    },
+    {
+        "boxes": np.array([[20, 20, 10, 10], [0, 0, 10, 6.2], [50, 50, 5, 5]], float),
+        "labels": np.array([0, 0, 2]),
+        "scores": np.array([0.8, 0.7, 0.95]),
+    },
+]
 
 
 def test_map_of_a_hand_computed_case():
@@ -40,8 +46,10 @@ def test_map_of_a_hand_computed_case():
 
 
 def test_perfect_detections_score_one_and_wrong_class_scores_zero():
-    perfect = [{"boxes": g["boxes"], "labels": g["labels"], "scores": np.ones(len(g["labels"]))}
-               for g in GROUND_TRUTH]  # fmt: skip
+    perfect = [
+        {"boxes": g["boxes"], "labels": g["labels"], "scores": np.ones(len(g["labels"]))}
+        for g in GROUND_TRUTH
+    ]
     assert coco_map(GROUND_TRUTH, perfect, 3)["map"] == pytest.approx(1.0)
     wrong = [{**d, "labels": (d["labels"] + 1) % 2} for d in perfect]
     assert coco_map(GROUND_TRUTH, wrong, 3)["map"] == 0.0
@@ -95,8 +103,13 @@ def _oracle(data):
 
 
 def test_evaluate_detector_with_an_oracle_and_a_teacher(tiny_data):
-    kw = {"input_size": (3, 96, 96), "mean": (0.5,) * 3, "std": (0.5,) * 3,
-          "no_object_class": True, "batch_size": 4}  # fmt: skip
+    kw = {
+        "input_size": (3, 96, 96),
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "no_object_class": True,
+        "batch_size": 4,
+    }
     result = evaluate_detector(_oracle(tiny_data), tiny_data, reference=_oracle(tiny_data), **kw)
     assert result["map"] == pytest.approx(100.0, abs=0.01)
     assert result["agreement"] == pytest.approx(100.0, abs=0.01)

@@ -37,7 +37,7 @@ def test_hungarian_equals_brute_force(no_object_class):
         queries = int(rng.integers(1, 6))
         n_targets = int(rng.integers(0, queries + 1))
         logits, boxes, target = _random_case(rng, queries, n_targets, 4 if no_object_class else 3)
-        (rows, cols), = hungarian_match(logits, boxes, [target], no_object_class=no_object_class)
+        ((rows, cols),) = hungarian_match(logits, boxes, [target], no_object_class=no_object_class)
         assert len(rows) == len(cols) == n_targets
         assert len(set(rows.tolist())) == n_targets  # one query per target
         assert sorted(cols.tolist()) == list(range(n_targets))
@@ -58,9 +58,11 @@ def test_matching_prefers_the_right_query_not_the_diagonal():
     # Query 0 sits on target 1 and query 1 on target 0, both confident in the right class.
     logits = torch.tensor([[[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]]])
     boxes = torch.tensor([[[0.7, 0.7, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]]])
-    target = {"labels": torch.tensor([0, 1]),
-              "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])}  # fmt: skip
-    (rows, cols), = hungarian_match(logits, boxes, [target], no_object_class=True)
+    target = {
+        "labels": torch.tensor([0, 1]),
+        "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]]),
+    }
+    ((rows, cols),) = hungarian_match(logits, boxes, [target], no_object_class=True)
     assert dict(zip(cols.tolist(), rows.tolist(), strict=True)) == {0: 1, 1: 0}
 
 

@@ -46,7 +46,7 @@ def test_hf_directory_and_artifact_round_trips(fixture, request, tmp_path):
     three = load_model(str(tmp_path / "hf"), num_classes=3)
     assert three.info.num_classes == 3
     with torch.no_grad():
-        logits, boxes = three.model(x)
+        logits, _ = three.model(x)
     assert logits.shape[-1] == 3 + (1 if loaded.info.extra["no_object_class"] else 0)
 
 

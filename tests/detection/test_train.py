@@ -41,14 +41,18 @@ def test_training_lowers_the_set_loss(fixture, request, scenes):
 
 def test_distillation_moves_the_student_towards_the_teacher(tiny_detr, scenes):
     teacher = _copy(tiny_detr)
-    train_detector(teacher, scenes, DetTrainConfig(epochs=10, batch_size=8, lr=1e-3,
-                                                   warmup_steps=1, grad_clip=1.0))  # fmt: skip
+    train_detector(
+        teacher,
+        scenes,
+        DetTrainConfig(epochs=10, batch_size=8, lr=1e-3, warmup_steps=1, grad_clip=1.0),
+    )
     student = _copy(teacher)
     with torch.no_grad():  # a perturbed copy, as after pruning
         for p in student.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    cfg = DetDistillConfig(epochs=8, batch_size=8, lr=5e-4, warmup_steps=1, grad_clip=1.0,
-                           score_threshold=0.2)  # fmt: skip
+    cfg = DetDistillConfig(
+        epochs=8, batch_size=8, lr=5e-4, warmup_steps=1, grad_clip=1.0, score_threshold=0.2
+    )
     metrics = distill_detector(student, teacher, scenes, cfg)
     hist = metrics["history"]
     assert metrics["stage"] == "distill-detection" and "kd" in hist[-1]
@@ -80,7 +84,8 @@ def test_kd_is_zero_for_an_identical_student_and_matches_shuffled_queries(no_obj
     if no_object_class:
         assert kd.item() == pytest.approx(0.0, abs=1e-5)
     perm = torch.tensor([3, 0, 4, 1, 2])
-    pairs = match_queries(logits[:, perm], boxes[:, perm], logits, boxes,
-                          no_object_class=no_object_class)  # fmt: skip
+    pairs = match_queries(
+        logits[:, perm], boxes[:, perm], logits, boxes, no_object_class=no_object_class
+    )
     for rows, cols in pairs:
         assert perm[rows].tolist() == cols.tolist()

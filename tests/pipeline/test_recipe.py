@@ -157,7 +157,7 @@ def test_shipped_recipes_are_valid_and_listed():
     res = CliRunner().invoke(cli, ["recipes", "--show", "fmnist-demo"])
     assert res.exit_code == 0 and "name: fmnist-demo" in res.output
     res = CliRunner().invoke(cli, ["run", "fmnist-dmeo"])
-    assert res.exit_code == 2 and "did you mean: fmnist-demo?" in res.output
+    assert res.exit_code == 2 and "did you mean: fmnist-demo" in res.output
 
 
 def test_shipped_recipes_use_only_options_this_tvc_has():

@@ -64,8 +64,14 @@ class DetectionSet:
 
     def subset(self, n: int) -> DetectionSet:
         """The first `n` images."""
-        return DetectionSet(self.name, self.split, self.class_names, self.images[:n],
-                            self.targets[:n], self.image_ids[:n])  # fmt: skip
+        return DetectionSet(
+            self.name,
+            self.split,
+            self.class_names,
+            self.images[:n],
+            self.targets[:n],
+            self.image_ids[:n],
+        )
 
     def batches(
         self,
@@ -93,12 +99,26 @@ class DetectionSet:
         """The ground truth as a COCO dictionary (category ids 1..K in class order)."""
         images, anns = [], []
         for img_id, img, tgt in zip(self.image_ids, self.images, self.targets, strict=True):
-            images.append({"id": img_id, "file_name": f"{img_id:06d}.png",
-                           "height": int(img.shape[0]), "width": int(img.shape[1])})  # fmt: skip
+            images.append(
+                {
+                    "id": img_id,
+                    "file_name": f"{img_id:06d}.png",
+                    "height": int(img.shape[0]),
+                    "width": int(img.shape[1]),
+                }
+            )
             for box, label in zip(tgt["boxes"], tgt["labels"], strict=True):
                 x, y, w, h = (float(v) for v in box)
-                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": int(label) + 1,
-                             "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": img_id,
+                        "category_id": int(label) + 1,
+                        "bbox": [x, y, w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
         cats = [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]
         return {"images": images, "annotations": anns, "categories": cats}
 
@@ -107,8 +127,9 @@ def normalised_target(image: np.ndarray, target: dict[str, np.ndarray]) -> dict[
     """Boxes as [cx, cy, w, h] divided by the image's width and height, as DETR predicts them."""
     h, w = image.shape[:2]
     b = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
-    cxcywh = np.stack([(b[:, 0] + b[:, 2] / 2) / w, (b[:, 1] + b[:, 3] / 2) / h,
-                       b[:, 2] / w, b[:, 3] / h], axis=1)  # fmt: skip
+    cxcywh = np.stack(
+        [(b[:, 0] + b[:, 2] / 2) / w, (b[:, 1] + b[:, 3] / 2) / h, b[:, 2] / w, b[:, 3] / h], axis=1
+    )
     return {"boxes": cxcywh.astype(np.float32), "labels": np.asarray(target["labels"], np.int64)}
 
 
@@ -121,9 +142,9 @@ def is_detection_spec(spec: str) -> bool:
     if text.lower().split(":", 1)[0] in ALIASES:
         return True
     path = Path(text).expanduser()
-    return path.suffix.lower() == ".json" or (
-        path.is_dir() and _coco_json(path, "test") is not None
-    )
+    if path.suffix.lower() == ".json":
+        return True
+    return path.is_dir() and any(_coco_json(path, split) for split in _SPLIT_CODE)
 
 
 def load_detection(
@@ -182,8 +203,12 @@ def make_builtin(
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
         canvas, boxes, classes = _scene(rng, objects, labels)
         images.append(np.repeat(canvas[:, :, None], 3, axis=2))
-        targets.append({"boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-                        "labels": np.asarray(classes, np.int64)})  # fmt: skip
+        targets.append(
+            {
+                "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+                "labels": np.asarray(classes, np.int64),
+            }
+        )
     return DetectionSet(BUILTIN, split, list(fashion_mnist.CLASS_NAMES), images, targets)
 
 
@@ -260,9 +285,11 @@ def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def preprocess(
-    image: np.ndarray, input_size: tuple[int, int, int], mean: tuple[float, ...],
+    image: np.ndarray,
+    input_size: tuple[int, int, int],
+    mean: tuple[float, ...],
     std: tuple[float, ...],
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """One (H, W[, 3]) uint8 image -> (C, H, W) float32, resized and normalised."""
     c, h, w = input_size
     img = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
@@ -322,8 +349,11 @@ def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
         if ann.get("iscrowd", 0):
             continue
         if ann["category_id"] not in label_of:
-            raise DataError(f"{path}: annotation {ann.get('id')} has an unknown category_id "
-                            f"{ann['category_id']}", "list every category in 'categories'")  # fmt: skip
+            raise DataError(
+                f"{path}: annotation {ann.get('id')} has an unknown category_id "
+                f"{ann['category_id']}",
+                "list every category in 'categories'",
+            )
         by_image.setdefault(ann["image_id"], []).append(ann)
     images, targets, ids = [], [], []
     for entry in coco["images"]:
@@ -331,20 +361,30 @@ def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
         with image_mod.open(file) as im:
             images.append(np.asarray(im.convert("RGB")))
         anns = by_image.get(entry["id"], [])
-        targets.append({
-            "boxes": np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4),
-            "labels": np.asarray([label_of[a["category_id"]] for a in anns], np.int64),
-        })  # fmt: skip
+        targets.append(
+            {
+                "boxes": np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4),
+                "labels": np.asarray([label_of[a["category_id"]] for a in anns], np.int64),
+            }
+        )
         ids.append(int(entry["id"]))
     if not images:
         raise DataError(f"{path} lists no images", "pass annotations with an 'images' list")
-    return DetectionSet(path.stem if path.stem != "annotations" else path.parent.name, split,
-                        [c["name"] for c in cats], images, targets, ids)  # fmt: skip
+    return DetectionSet(
+        path.stem if path.stem != "annotations" else path.parent.name,
+        split,
+        [c["name"] for c in cats],
+        images,
+        targets,
+        ids,
+    )
 
 
 def _find_image(root: Path, name: str) -> Path:
     for candidate in (root / name, root / "images" / name, root / "images" / Path(name).name):
         if candidate.is_file():
             return candidate
-    raise DataError(f"image {name} listed in the annotations is not under {root}",
-                    "keep the images beside the JSON file or in images/")  # fmt: skip
+    raise DataError(
+        f"image {name} listed in the annotations is not under {root}",
+        "keep the images beside the JSON file or in images/",
+    )

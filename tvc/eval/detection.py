@@ -55,16 +55,28 @@ def decode(
             query, labels, scores = top // prob.shape[1], top % prob.shape[1], flat[top]
         order = np.argsort(-scores, kind="stable")[:max_dets]
         order = order[scores[order] >= score_threshold]
-        out.append({"boxes": bx[query[order]], "scores": scores[order].astype(np.float32),
-                    "labels": labels[order].astype(np.int64)})  # fmt: skip
+        out.append(
+            {
+                "boxes": bx[query[order]],
+                "scores": scores[order].astype(np.float32),
+                "labels": labels[order].astype(np.int64),
+            }
+        )
     return out
 
 
 def to_pixels(dets: dict[str, np.ndarray], width: int, height: int) -> dict[str, np.ndarray]:
     """Normalised cxcywh boxes -> COCO [x, y, w, h] in pixels of a width x height image."""
     b = np.asarray(dets["boxes"], np.float64).reshape(-1, 4)
-    xywh = np.stack([(b[:, 0] - b[:, 2] / 2) * width, (b[:, 1] - b[:, 3] / 2) * height,
-                     b[:, 2] * width, b[:, 3] * height], axis=1)  # fmt: skip
+    xywh = np.stack(
+        [
+            (b[:, 0] - b[:, 2] / 2) * width,
+            (b[:, 1] - b[:, 3] / 2) * height,
+            b[:, 2] * width,
+            b[:, 3] * height,
+        ],
+        axis=1,
+    )
     return {**dets, "boxes": xywh}
 
 
@@ -108,8 +120,9 @@ def coco_map(
     {"scores"}, both in the same image order. Returns fractions in [0, 1]:
     {"map", "ap50", "ap75", "per_class": [AP or None without ground truth]}."""
     if len(ground_truth) != len(detections):
-        raise ValueError(f"{len(ground_truth)} ground-truth images but {len(detections)} "
-                         "detection lists")  # fmt: skip
+        raise ValueError(
+            f"{len(ground_truth)} ground-truth images but {len(detections)} detection lists"
+        )
     n_t = len(IOU_THRESHOLDS)
     ap = np.full((n_t, num_classes), np.nan)
     for k in range(num_classes):
@@ -137,15 +150,20 @@ def coco_map(
         for t in range(n_t):
             ap[t, k] = _average_precision(tp[t], n_gt)
     valid = ~np.isnan(ap)
-    mean = lambda a: float(a[~np.isnan(a)].mean()) if (~np.isnan(a)).any() else 0.0
     return {
-        "map": mean(ap),
-        "ap50": mean(ap[0]),
-        "ap75": mean(ap[5]),
+        "map": _mean_valid(ap),
+        "ap50": _mean_valid(ap[0]),
+        "ap75": _mean_valid(ap[5]),
         "per_class": [
             float(np.mean(ap[:, k])) if valid[:, k].all() else None for k in range(num_classes)
-        ],  # fmt: skip
+        ],
     }
+
+
+def _mean_valid(ap: np.ndarray) -> float:
+    """The mean over classes with ground truth (NaN marks the others); 0 when there are none."""
+    keep = ~np.isnan(ap)
+    return float(ap[keep].mean()) if keep.any() else 0.0
 
 
 def _average_precision(tp: np.ndarray, n_gt: int) -> float:
@@ -182,8 +200,11 @@ def predict_detections(
     out: list[dict[str, np.ndarray]] = []
     for x, _targets, pos in data.batches(batch_size, input_size=input_size, mean=mean, std=std):
         logits, boxes = predict(x)
-        for i, dets in zip(pos, decode(logits, boxes, no_object_class=no_object_class,
-                                       score_threshold=score_threshold), strict=True):  # fmt: skip
+        for i, dets in zip(
+            pos,
+            decode(logits, boxes, no_object_class=no_object_class, score_threshold=score_threshold),
+            strict=True,
+        ):
             h, w = data.images[i].shape[:2]
             out.append(to_pixels(dets, w, h))
     return out
@@ -200,11 +221,13 @@ def evaluate_detector(
     batch_size: int = 16,
     reference: Predict | None = None,
     reference_no_object_class: bool | None = None,
+    reference_preprocess: dict[str, Any] | None = None,
     reference_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """mAP and AP50 (percent) of a detector on `data`; with `reference` (a teacher), also the
     agreement: the mAP of this detector's detections measured against the teacher's detections
-    that score >= `reference_threshold`, as if they were the ground truth."""
+    that score >= `reference_threshold`, as if they were the ground truth. The reference sees
+    the images prepared its own way when `reference_preprocess` (input_size, mean, std) says so."""
     kw = {"input_size": input_size, "mean": mean, "std": std, "batch_size": batch_size}
     dets = predict_detections(predict, data, no_object_class=no_object_class, **kw)
     scores = coco_map(data.targets, dets, len(data.class_names))
@@ -222,9 +245,143 @@ def evaluate_detector(
         ref_no_obj = (
             no_object_class if reference_no_object_class is None else reference_no_object_class
         )
-        teacher = predict_detections(reference, data, no_object_class=ref_no_obj,
-                                     score_threshold=reference_threshold, **kw)  # fmt: skip
-        agree = coco_map(teacher, dets, len(data.class_names))
-        result["agreement"] = round(100 * agree["map"], 2)
-        result["agreement_ap50"] = round(100 * agree["ap50"], 2)
+        ref_kw = {**kw, **(reference_preprocess or {})}
+        teacher = predict_detections(
+            reference,
+            data,
+            no_object_class=ref_no_obj,
+            score_threshold=reference_threshold,
+            **ref_kw,
+        )
+        if any(len(t["labels"]) for t in teacher):  # else there is nothing to agree with
+            agree = coco_map(teacher, dets, len(data.class_names))
+            result["agreement"] = round(100 * agree["map"], 2)
+            result["agreement_ap50"] = round(100 * agree["ap50"], 2)
     return result
+
+
+# ------------------------------------------------------------------------- `tvc eval` targets
+
+
+def onnx_predictor(path, *, threads: int | None = None, provider: str = "cpu") -> Predict:
+    """predict(x) -> (logits, boxes) from an exported detector; a fixed batch is filled by
+    repeating the last image, and the extra rows are dropped."""
+    from tvc.runtime.ort import OrtRunner
+
+    runner = OrtRunner(path, threads=threads, provider=provider)
+    fixed = runner.inputs[0].shape[0]
+    batch = fixed if isinstance(fixed, int) and fixed > 0 else None
+
+    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        step = batch or len(x)
+        logits, boxes = [], []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            n = len(chunk)
+            if batch and n < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            out = runner.infer(np.ascontiguousarray(chunk))
+            logits.append(out["logits"][:n])
+            boxes.append(out["boxes"][:n])
+        return np.concatenate(logits), np.concatenate(boxes)
+
+    return predict
+
+
+def _predictors(target: str, *, threads, provider, variant_file, model_kwargs):
+    """[(label, precision, predict, model facts)] for every variant of `target`."""
+    from pathlib import Path
+
+    from tvc.artifact import is_artifact, load_artifact
+    from tvc.errors import ConfigError
+
+    if is_artifact(target) and load_artifact(target, verify=False).kind == "onnx":
+        from tvc.runtime.targets import onnx_variants
+
+        found = onnx_variants(target)
+        if variant_file:
+            found = [v for v in found if v.path.name == variant_file]
+            if not found:
+                raise ConfigError(
+                    f"{target} has no variant '{variant_file}'",
+                    "list its files in artifact.json, e.g. model.int8.onnx",
+                )
+        facts = found[0].artifact.meta["model"]
+        return [
+            (
+                v.label,
+                v.precision,
+                onnx_predictor(v.path, threads=threads, provider=provider),
+                facts,
+            )
+            for v in found
+        ]
+    if Path(target).suffix == ".onnx":
+        raise ConfigError(
+            f"{target} is a bare ONNX file; a detector's preprocessing is not in it",
+            "pass the export artifact directory that holds it",
+        )
+    from tvc.models import load_model
+    from tvc.models.detection import torch_predictor
+
+    loaded = load_model(target, **(model_kwargs or {}))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return [
+        (f"{loaded.info.name} fp32", "fp32", torch_predictor(loaded.model), loaded.info.to_json())
+    ]
+
+
+def _preprocess_of(facts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "input_size": tuple(facts["input_size"]),
+        "mean": tuple(facts["mean"]),
+        "std": tuple(facts["std"]),
+    }
+
+
+def eval_detection_target(
+    target: str,
+    data_spec: str,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    reference: str | None = None,
+    variant_file: str | None = None,
+    threads: int | None = None,
+    provider: str = "cpu",
+    batch_size: int = 16,
+    model_kwargs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """mAP/AP50 of every variant of a detector (PyTorch model, model artifact, or ONNX export
+    artifact with its FP32/INT8 files) on detection DATA; with `reference`, agreement too."""
+    from tvc.data.detection import load_detection
+    from tvc.errors import ConfigError
+
+    data = load_detection(data_spec, split, limit=limit)
+    kw = {"threads": threads, "provider": provider, "model_kwargs": model_kwargs}
+    variants = _predictors(target, variant_file=variant_file, **kw)
+    ref = _predictors(reference, variant_file=None, **kw)[0] if reference else None
+    results = []
+    for label, precision, predict, facts in variants:
+        if (facts.get("extra") or {}).get("task") != "detection":
+            raise ConfigError(
+                f"{target} is not a detection model",
+                "pass --data with a classification dataset for classifiers",
+            )
+        res = evaluate_detector(
+            predict,
+            data,
+            input_size=tuple(facts["input_size"]),
+            mean=tuple(facts["mean"]),
+            std=tuple(facts["std"]),
+            no_object_class=bool(facts["extra"]["no_object_class"]),
+            batch_size=batch_size,
+            reference=ref[2] if ref else None,
+            reference_no_object_class=bool(ref[3]["extra"]["no_object_class"]) if ref else None,
+            reference_preprocess=_preprocess_of(ref[3]) if ref else None,
+        )
+        results.append({"variant": label, "precision": precision, **res})
+    return results

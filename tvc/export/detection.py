@@ -16,7 +16,13 @@ own (`deformable_sampling`, a reversible patch):
   GridSample at all (the default: it is what a TensorRT engine should be built from).
 
 Either way the exported graph is compared with the unpatched PyTorch model, so the parity check
-also proves the sampler reproduces transformers' own.
+also proves the sampler reproduces transformers' own. On ONNX Runtime's CPU provider the gather
+form costs about twice the GridSample form's time (tiny model, benchmarks/bench_detection.py);
+choose `grid` for ORT-only deployments.
+
+`int8="static"|"dynamic"` adds an INT8 variant with tvc.compress.quantize's transformer-safe
+placement (calibrated on detection scenes), reported with its parity against FP32 and, given
+`eval_data`, its COCO mAP next to the FP32 model's.
 """
 
 from __future__ import annotations
@@ -57,19 +63,39 @@ class DetExportConfig:
     parity_samples: int = 4
     atol: float = 1e-4
     rtol: float = 1e-3
+    int8: str | None = None  # also write an INT8 variant: static (Q/DQ) | dynamic
+    calib: str | None = None  # detection DATA for static calibration (default: built-in set)
+    calib_size: int = 64
+    eval_data: str | None = None  # detection DATA: mAP of FP32 and INT8 (test split)
+    eval_limit: int = 200
 
     def validate(self) -> None:
         if self.opset < MIN_OPSET:
-            raise ConfigError(f"--opset {self.opset} is too old (LayerNormalization needs "
-                              f"{MIN_OPSET})", f"use --opset {MIN_OPSET} or newer")  # fmt: skip
+            raise ConfigError(
+                f"--opset {self.opset} is too old (LayerNormalization needs {MIN_OPSET})",
+                f"use --opset {MIN_OPSET} or newer",
+            )
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}", "use --batch 1")
         if self.sampling not in SAMPLING_MODES:
-            raise ConfigError(f"--sampling {self.sampling} is unknown",
-                              f"use one of: {', '.join(SAMPLING_MODES)}")  # fmt: skip
+            raise ConfigError(
+                f"--sampling {self.sampling} is unknown", f"use one of: {', '.join(SAMPLING_MODES)}"
+            )
+        if self.int8 not in (None, "static", "dynamic"):
+            raise ConfigError(f"--int8 {self.int8} is unknown", "use static or dynamic")
+        if self.int8 and self.pixel_mask:
+            raise ConfigError(
+                "INT8 calibration takes images only, not a pixel_mask input",
+                "drop --pixel-mask for an INT8 export",
+            )
+        if self.calib_size < 1 or self.eval_limit < 1:
+            raise ConfigError("--calib-size and the eval limit must be >= 1", "e.g. 64")
         if self.input_size is not None and self.input_size < 32:
-            raise ConfigError(f"--input-size {self.input_size} is too small for a detector "
-                              "(the backbone downsamples 16-32x)", "use 64 or more")  # fmt: skip
+            raise ConfigError(
+                f"--input-size {self.input_size} is too small for a detector "
+                "(the backbone downsamples 16-32x)",
+                "use 64 or more",
+            )
 
 
 # ----------------------------------------------------------------- deformable attention patch
@@ -81,8 +107,16 @@ def _deformable_classes():
     return mdd.MultiScaleDeformableAttention, mdd.DeformableDetrEncoder
 
 
-def grid_sampling(self, value, value_spatial_shapes, value_spatial_shapes_list, level_start_index,
-                  sampling_locations, attention_weights, im2col_step=None):  # fmt: skip
+def grid_sampling(
+    self,
+    value,
+    value_spatial_shapes,
+    value_spatial_shapes_list,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    im2col_step=None,
+):
     """transformers' multi-scale deformable sampling, kept in the value's float type."""
     import torch
     from torch.nn import functional as F
@@ -95,17 +129,25 @@ def grid_sampling(self, value, value_spatial_shapes, value_spatial_shapes_list, 
     for lvl, (h, w) in enumerate(value_spatial_shapes_list):
         v = values[lvl].flatten(2).transpose(1, 2).reshape(batch * heads, dim, h, w)
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # fmt: skip
+        sampled.append(
+            F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
     weights = attention_weights.to(value.dtype).transpose(1, 2)
     weights = weights.reshape(batch * heads, 1, queries, levels * points)
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
     return out.view(batch, heads * dim, queries).transpose(1, 2).contiguous()
 
 
-def gather_sampling(self, value, value_spatial_shapes, value_spatial_shapes_list,
-                    level_start_index, sampling_locations, attention_weights,
-                    im2col_step=None):  # fmt: skip
+def gather_sampling(
+    self,
+    value,
+    value_spatial_shapes,
+    value_spatial_shapes_list,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    im2col_step=None,
+):
     """The same bilinear sampling (align_corners=False, zero padding) with plain Gathers.
 
     All levels share one flat (pixels, dim) table, as `value` already holds them one after the
@@ -127,27 +169,34 @@ def gather_sampling(self, value, value_spatial_shapes, value_spatial_shapes_list
     starts = torch.tensor([sum(sizes[:i]) for i in range(levels)], device=dev).view(1, 1, levels, 1)
     table = value.permute(0, 2, 1, 3).reshape(bh * seq, dim)  # row (b*heads + head)*seq + pixel
     row0 = (torch.arange(bh, device=dev) * seq).view(bh, 1, 1, 1)
-    loc = sampling_locations.to(dt).permute(0, 2, 1, 3, 4, 5).reshape(bh, queries, levels,
-                                                                      points, 2)  # fmt: skip
+    loc = (
+        sampling_locations.to(dt).permute(0, 2, 1, 3, 4, 5).reshape(bh, queries, levels, points, 2)
+    )
     attn = attention_weights.to(dt).permute(0, 2, 1, 3, 4).reshape(bh, queries, levels, points)
     x = loc[..., 0] * w_int.to(dt) - 0.5  # pixel coordinates, pixel centres at integers
     y = loc[..., 1] * h_int.to(dt) - 0.5
     x0, y0 = x.floor(), y.floor()
     fx, fy = x - x0, y - y0
     x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
-    out = value.new_zeros(bh, queries, dim)
-    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                        (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):  # fmt: skip
+    out = value.new_zeros(bh, queries, 1, dim)
+    for dx, dy, wgt in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
         xi, yi = x0 + dx, y0 + dy
         inside = (xi >= 0) & (xi < w_int) & (yi >= 0) & (yi < h_int)
         xi = torch.minimum(xi.clamp(min=0), w_int - 1)
         yi = torch.minimum(yi.clamp(min=0), h_int - 1)
         index = (row0 + starts + yi * w_int + xi).reshape(-1)
         rows = table[index].reshape(bh, queries, levels * points, dim)
-        coef = (wgt * attn * inside.to(dt)).reshape(bh, queries, levels * points, 1)
-        out = out + (rows * coef).sum(2)
-    return out.reshape(batch, heads, queries, dim).permute(0, 2, 1, 3).reshape(
-        batch, queries, heads * dim
+        coef = (wgt * attn * inside.to(dt)).reshape(bh, queries, 1, levels * points)
+        out = out + torch.matmul(coef, rows)  # the weighted sum over levels and points
+    return (
+        out.reshape(batch, heads, queries, dim)
+        .permute(0, 2, 1, 3)
+        .reshape(batch, queries, heads * dim)
     )
 
 
@@ -176,8 +225,9 @@ def deformable_sampling(model, mode: str = "gather") -> Iterator[int]:
     Yields how many attention modules were patched (0 for plain DETR, which has none).
     """
     if mode not in SAMPLING_MODES:
-        raise ConfigError(f"sampling mode '{mode}' is unknown",
-                          f"use one of: {', '.join(SAMPLING_MODES)}")  # fmt: skip
+        raise ConfigError(
+            f"sampling mode '{mode}' is unknown", f"use one of: {', '.join(SAMPLING_MODES)}"
+        )
     import types
 
     msda_cls, encoder_cls = _deformable_classes()
@@ -216,10 +266,9 @@ def export_detection_onnx(loaded, out: str | Path, cfg: DetExportConfig | None =
             "use 'tvc export' without detection options for classifiers",
         )
     model, info = loaded.model.eval(), loaded.info
-    chans = info.input_size[0]
-    height = width = cfg.input_size or info.input_size[1]
-    if cfg.input_size is None:
-        height, width = info.input_size[1], info.input_size[2]
+    chans, height, width = info.input_size
+    if cfg.input_size:  # detectors take any size; each export fixes one
+        height = width = cfg.input_size
     shape = (cfg.batch, chans, height, width)
     rng = np.random.default_rng(0)
     example = _feeds(rng, shape, cfg.pixel_mask, padded=True)
@@ -247,7 +296,9 @@ def export_detection_onnx(loaded, out: str | Path, cfg: DetExportConfig | None =
                 "--opset; if it persists, report the model",
             )
         simplified = _simplify(path, feeds, ref, cfg) if cfg.simplify else None
-        exported_info = ModelInfo.from_json({**info.to_json(), "input_size": [chans, height, width]})
+        exported_info = ModelInfo.from_json(
+            {**info.to_json(), "input_size": [chans, height, width]}
+        )
         q, k = ref[0][0].shape[1], ref[0][0].shape[2]
         w.meta["model"] = exported_info.to_json()
         w.meta["task"] = "detection"
@@ -255,15 +306,20 @@ def export_detection_onnx(loaded, out: str | Path, cfg: DetExportConfig | None =
         w.meta["variants"] = {MODEL_FILE: {"precision": "fp32"}}
         inputs = [{"name": INPUT_NAME, "shape": list(shape), "dtype": "float32"}]
         if cfg.pixel_mask:
-            inputs.append({"name": MASK_NAME, "shape": [cfg.batch, height, width],
-                           "dtype": "int64"})  # fmt: skip
+            inputs.append(
+                {"name": MASK_NAME, "shape": [cfg.batch, height, width], "dtype": "int64"}
+            )
         w.meta["io"] = {
             "inputs": inputs,
             "outputs": [
                 {"name": "logits", "shape": [cfg.batch, q, k], "dtype": "float32"},
-                {"name": "boxes", "shape": [cfg.batch, q, 4], "dtype": "float32",
-                 "format": "cxcywh, normalised to [0, 1]"},
-            ],  # fmt: skip
+                {
+                    "name": "boxes",
+                    "shape": [cfg.batch, q, 4],
+                    "dtype": "float32",
+                    "format": "cxcywh, normalised to [0, 1]",
+                },
+            ],
             "dynamic_axes": {},
             "mean": list(info.mean),
             "std": list(info.std),
@@ -277,11 +333,80 @@ def export_detection_onnx(loaded, out: str | Path, cfg: DetExportConfig | None =
             "export_seconds": round(export_s, 3),
             "params": int(sum(p.numel() for p in model.parameters())),
         }
+        if cfg.eval_data:
+            w.meta["metrics"]["detection"] = _evaluate_onnx(path, exported_info, cfg)
+        if cfg.int8:
+            w.meta["variants"][INT8_FILES[cfg.int8]] = _int8_variant(
+                path, w.path_for(INT8_FILES[cfg.int8]), exported_info, cfg
+            )
         if loaded.artifact is not None:
             keep = ("map", "ap50", "detection")
             src = loaded.artifact.meta.get("metrics", {})
             w.meta["metrics"].update({k: v for k, v in src.items() if k in keep})
     return load_artifact(out)
+
+
+# ---------------------------------------------------------------------------------------- INT8
+
+INT8_FILES = {"static": "model.int8.onnx", "dynamic": "model.int8dyn.onnx"}
+
+
+def _images(spec: str, split: str, limit: int, info) -> tuple[Any, np.ndarray]:
+    from tvc.data.detection import load_detection
+
+    data = load_detection(spec, split, limit=limit)
+    x = np.concatenate(
+        [b[0] for b in data.batches(64, input_size=info.input_size, mean=info.mean, std=info.std)]
+    )
+    return data, x
+
+
+def _evaluate_onnx(path: Path, info, cfg: DetExportConfig) -> dict[str, Any]:
+    """COCO mAP of an ONNX detector on cfg.eval_data's test split."""
+    from tvc.data.detection import load_detection
+    from tvc.eval.detection import evaluate_detector, onnx_predictor
+
+    data = load_detection(cfg.eval_data, "test", limit=cfg.eval_limit)
+    return evaluate_detector(
+        onnx_predictor(path),
+        data,
+        input_size=info.input_size,
+        mean=info.mean,
+        std=info.std,
+        batch_size=cfg.batch,
+        no_object_class=bool(info.extra.get("no_object_class")),
+    )
+
+
+def _int8_variant(fp32: Path, out: Path, info, cfg: DetExportConfig) -> dict[str, Any]:
+    """INT8 with tvc's transformer-safe placement (Linear/Conv inputs only), then its parity
+    with FP32 on detection images (logits, boxes, classes) and, with eval data, its mAP."""
+    from tvc.compress.quantize import QuantConfig, quantize_dynamic, quantize_static
+    from tvc.data.base import ImageSet
+    from tvc.eval.detection import onnx_predictor
+
+    spec = cfg.calib or "fashion-mnist-det"
+    _, x = _images(spec, "train", cfg.calib_size, info)
+    calib = ImageSet.from_arrays(x, np.zeros(len(x), np.int64), name=spec, split="train")
+    qcfg = QuantConfig(mode=cfg.int8, calib_size=len(x), ops="safe")
+    if cfg.int8 == "static":
+        report = quantize_static(fp32, out, calib, qcfg)
+    else:
+        report = quantize_dynamic(fp32, out, qcfg, check_data=calib)
+    ref, got = onnx_predictor(fp32)(x), onnx_predictor(out)(x)
+    parity = parity_of([ref], [got], atol=cfg.atol, rtol=cfg.rtol)
+    variant = {
+        "precision": "int8-qdq" if cfg.int8 == "static" else "int8-dynamic",
+        "mode": cfg.int8,
+        "calibration": {"data": spec, "images": len(x)} if cfg.int8 == "static" else None,
+        "quantized_nodes": len(report.get("quantized_nodes", [])),
+        "parity_vs_fp32": {k: v for k, v in parity.items() if k != "ok"},
+        "trt_ready": report.get("trt_ready"),
+    }
+    if cfg.eval_data:
+        det = _evaluate_onnx(out, info, cfg)
+        variant["detection"] = det
+    return variant
 
 
 def _feeds(rng, shape, with_mask: bool, *, padded: bool) -> dict[str, np.ndarray]:
@@ -292,8 +417,8 @@ def _feeds(rng, shape, with_mask: bool, *, padded: bool) -> dict[str, np.ndarray
         mask = np.ones((b, h, w), np.int64)
         if padded:
             for i in range(b):
-                mask[i, int(rng.integers(h // 2, h + 1)):, :] = 0
-                mask[i, :, int(rng.integers(w // 2, w)):] = 0
+                mask[i, int(rng.integers(h // 2, h + 1)) :, :] = 0
+                mask[i, :, int(rng.integers(w // 2, w)) :] = 0
         feeds[MASK_NAME] = mask
     return feeds
 
@@ -313,17 +438,27 @@ def _torch_export(module, args: tuple, names: list[str], path: Path, opset: int)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(path), input_names=names,
-                              output_names=list(OUTPUT_NAMES), opset_version=opset,
-                              do_constant_folding=True, dynamo=False)  # fmt: skip
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=names,
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ExportError(f"torch.onnx.export failed for the detector: {first}",
-                          "try another --opset or --sampling")  # fmt: skip
+        raise ExportError(
+            f"torch.onnx.export failed for the detector: {first}",
+            "try another --opset or --sampling",
+        ) from exc
 
 
-def detection_parity(path: Path, feeds: list[dict], ref: list[tuple], cfg: DetExportConfig,
-                     threads: int = 1) -> dict[str, Any]:  # fmt: skip
+def detection_parity(
+    path: Path, feeds: list[dict], ref: list[tuple], cfg: DetExportConfig, threads: int = 1
+) -> dict[str, Any]:
     """Compare ONNX Runtime's logits, scores and boxes with the reference outputs."""
     from tvc.runtime.ort import OrtRunner
 
@@ -362,8 +497,10 @@ def _scores(logits: np.ndarray) -> np.ndarray:
 
 
 def parity_summary(p: dict[str, Any]) -> str:
-    return (f"logits max abs diff {p['logits_max_abs_diff']:.2e}, boxes "
-            f"{p['boxes_max_abs_diff']:.2e}, class agreement {p['class_agreement']:.1%}")  # fmt: skip
+    return (
+        f"logits max abs diff {p['logits_max_abs_diff']:.2e}, boxes "
+        f"{p['boxes_max_abs_diff']:.2e}, class agreement {p['class_agreement']:.1%}"
+    )
 
 
 def _simplify(path: Path, feeds, ref, cfg: DetExportConfig) -> dict[str, Any] | None:
@@ -384,8 +521,31 @@ def _simplify(path: Path, feeds, ref, cfg: DetExportConfig) -> dict[str, Any] | 
         path.write_bytes(original)
         return None
     if not parity["ok"]:
-        log.warning("the simplified detector differs from PyTorch (%s); keeping the original",
-                    parity_summary(parity))  # fmt: skip
+        log.warning(
+            "the simplified detector differs from PyTorch (%s); keeping the original",
+            parity_summary(parity),
+        )
         path.write_bytes(original)
         return None
     return parity
+
+
+def export_detection_model(
+    model: str,
+    out: str | Path,
+    cfg: DetExportConfig,
+    model_kwargs: dict[str, Any],
+    *,
+    unsupported: dict[str, bool] | None = None,
+) -> Artifact:
+    """`tvc export` for a detector: load MODEL, export it; options detectors lack are errors."""
+    from tvc.models import load_model
+
+    asked = [name for name, on in (unsupported or {}).items() if on]
+    if asked:
+        raise ConfigError(
+            f"{', '.join(asked)} is not supported for detection models yet",
+            "export the FP32/INT8 ONNX here and build the engine with trtexec from model.onnx",
+        )
+    cfg.validate()
+    return export_detection_onnx(load_model(model, **model_kwargs), out, cfg)

@@ -66,16 +66,21 @@ class HFDetector(nn.Module):
                 hidden = inner.model(pixel_values=pixel_values).intermediate_hidden_states
             finally:
                 inner.config.auxiliary_loss = old
-            return [(inner.class_labels_classifier(h), inner.bbox_predictor(h).sigmoid())
-                    for h in hidden]  # fmt: skip
+            return [
+                (inner.class_labels_classifier(h), inner.bbox_predictor(h).sigmoid())
+                for h in hidden
+            ]
         from transformers.models.deformable_detr.modeling_deformable_detr import inverse_sigmoid
 
         out = inner(pixel_values=pixel_values, return_dict=True)
         hidden = out.intermediate_hidden_states
         outputs = []
         for level in range(hidden.shape[1]):  # as DeformableDetrForObjectDetection.forward
-            ref = out.init_reference_points if level == 0 else (
-                out.intermediate_reference_points[:, level - 1])  # fmt: skip
+            ref = (
+                out.init_reference_points
+                if level == 0
+                else (out.intermediate_reference_points[:, level - 1])
+            )
             ref = inverse_sigmoid(ref)
             delta = inner.bbox_embed[level](hidden[:, level])
             if ref.shape[-1] == 4:
@@ -258,8 +263,15 @@ def det_from_name(
         )
     model.eval()
     config = model.inner.config
-    info = _info(name, config, input_size=input_size or small.input_size, mean=small.mean,
-                 std=small.std, weights=str(weights) if weights else "random", model=model)  # fmt: skip
+    info = _info(
+        name,
+        config,
+        input_size=input_size or small.input_size,
+        mean=small.mean,
+        std=small.std,
+        weights=str(weights) if weights else "random",
+        model=model,
+    )
     return LoadedModel(model, info)
 
 
@@ -285,6 +297,9 @@ def det_from_directory(
     if changed:
         config.num_labels = num_classes
     _normalise_config(config)
+    hf_logging = transformers.utils.logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # keep the CLI output to tvc's own lines
     try:
         # Local directory only: transformers reads safetensors, or .bin with weights_only=True,
         # and maps legacy parameter names of older DETR checkpoints.
@@ -297,6 +312,9 @@ def det_from_directory(
             f"cannot load the detector in {path} ({first})",
             "check that config.json and the weights were saved together by save_pretrained()",
         ) from exc
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     model = det_build(config.to_dict())
     # hf's state dict lists tied heads under every name, which fills the untied copies.
     load_into(model.inner, hf.state_dict(), str(path))
@@ -305,9 +323,15 @@ def det_from_directory(
     proc = read_json(pre) if pre.is_file() else {}
     if input_size is None:
         input_size = _size_from_processor(proc.get("size", {}))
-    info = _info(path.name, model.inner.config, input_size=input_size,
-                 mean=proc.get("image_mean", IMAGENET_MEAN), std=proc.get("image_std", IMAGENET_STD),
-                 weights=str(path), model=model)  # fmt: skip
+    info = _info(
+        path.name,
+        model.inner.config,
+        input_size=input_size,
+        mean=proc.get("image_mean", IMAGENET_MEAN),
+        std=proc.get("image_std", IMAGENET_STD),
+        weights=str(path),
+        model=model,
+    )
     return LoadedModel(model, info)
 
 
@@ -335,3 +359,26 @@ def torch_predictor(model: nn.Module, device: str = "cpu"):
         return logits.float().cpu().numpy(), boxes.float().cpu().numpy()
 
     return predict
+
+
+def is_detection_spec(spec: str) -> bool:
+    """True when MODEL names a detector, decided without building it: a small detection config,
+    a Hugging Face directory of a DETR type, or a tvc artifact made from a detector."""
+    import json
+
+    if spec in DETECTION_CONFIGS:
+        return True
+    path = Path(spec)
+    try:
+        if (path / "artifact.json").is_file():
+            model = json.loads((path / "artifact.json").read_text()).get("model") or {}
+            return model.get("family") == FAMILY or (
+                (model.get("extra") or {}).get("task") == "detection"
+            )
+        if (path / "config.json").is_file():
+            return json.loads((path / "config.json").read_text()).get("model_type") in (
+                DETECTION_TYPES
+            )
+    except (OSError, ValueError):
+        return False  # the regular loaders explain unreadable files
+    return False

@@ -76,8 +76,9 @@ class SetLossConfig:
     focal_gamma: float = 2.0
 
 
-def _class_cost(logits: torch.Tensor, labels: torch.Tensor, no_object_class: bool,
-                cfg: SetLossConfig) -> torch.Tensor:  # fmt: skip
+def _class_cost(
+    logits: torch.Tensor, labels: torch.Tensor, no_object_class: bool, cfg: SetLossConfig
+) -> torch.Tensor:
     """(Q, T) cost of giving query q the class of target t: low when q is confident in it."""
     if no_object_class:
         return -logits.softmax(-1)[:, labels]
@@ -89,14 +90,23 @@ def _class_cost(logits: torch.Tensor, labels: torch.Tensor, no_object_class: boo
     return pos - neg
 
 
-def match_cost(logits: torch.Tensor, boxes: torch.Tensor, target: dict[str, torch.Tensor], *,
-               no_object_class: bool, cfg: SetLossConfig) -> torch.Tensor:  # fmt: skip
+def match_cost(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    target: dict[str, torch.Tensor],
+    *,
+    no_object_class: bool,
+    cfg: SetLossConfig,
+) -> torch.Tensor:
     """The (Q, T) matching cost of one image's queries against its targets."""
     labels, tboxes = target["labels"], target["boxes"]
     cost_bbox = torch.cdist(boxes, tboxes, p=1)
     cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(tboxes))
-    return (cfg.class_weight * _class_cost(logits, labels, no_object_class, cfg)
-            + cfg.bbox_weight * cost_bbox + cfg.giou_weight * cost_giou)  # fmt: skip
+    return (
+        cfg.class_weight * _class_cost(logits, labels, no_object_class, cfg)
+        + cfg.bbox_weight * cost_bbox
+        + cfg.giou_weight * cost_giou
+    )
 
 
 @torch.no_grad()
@@ -144,19 +154,29 @@ def set_loss(
     if matches is None:
         matches = hungarian_match(logits, boxes, targets, no_object_class=no_object_class, cfg=cfg)
     n_boxes = max(1, sum(len(t["labels"]) for t in targets))
-    batch_idx = torch.cat([torch.full((len(q),), i, dtype=torch.long)
-                           for i, (q, _) in enumerate(matches)])  # fmt: skip
+    batch_idx = torch.cat(
+        [torch.full((len(q),), i, dtype=torch.long) for i, (q, _) in enumerate(matches)]
+    )
     query_idx = torch.cat([torch.as_tensor(q, dtype=torch.long) for q, _ in matches])
     batch_idx, query_idx = batch_idx.to(logits.device), query_idx.to(logits.device)
-    matched_labels = torch.cat([t["labels"][torch.as_tensor(c, dtype=torch.long)]
-                                for t, (_, c) in zip(targets, matches, strict=True)])  # fmt: skip
-    matched_boxes = torch.cat([t["boxes"][torch.as_tensor(c, dtype=torch.long)]
-                               for t, (_, c) in zip(targets, matches, strict=True)])  # fmt: skip
+    matched_labels = torch.cat(
+        [
+            t["labels"][torch.as_tensor(c, dtype=torch.long)]
+            for t, (_, c) in zip(targets, matches, strict=True)
+        ]
+    )
+    matched_boxes = torch.cat(
+        [
+            t["boxes"][torch.as_tensor(c, dtype=torch.long)]
+            for t, (_, c) in zip(targets, matches, strict=True)
+        ]
+    )
     batch, queries, n_logits = logits.shape
     if no_object_class:
         # Every query is "no object" unless matched; that class weighs eos_coef.
-        target_classes = torch.full((batch, queries), n_logits - 1, dtype=torch.long,
-                                    device=logits.device)  # fmt: skip
+        target_classes = torch.full(
+            (batch, queries), n_logits - 1, dtype=torch.long, device=logits.device
+        )
         target_classes[batch_idx, query_idx] = matched_labels.to(logits.device)
         weight = torch.ones(n_logits, device=logits.device)
         weight[-1] = cfg.eos_coef
@@ -188,9 +208,13 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: SetLoss
 
 
 def targets_to_torch(targets: list[dict[str, np.ndarray]], device="cpu"):
-    return [{"labels": torch.as_tensor(t["labels"], dtype=torch.long, device=device),
-             "boxes": torch.as_tensor(t["boxes"], dtype=torch.float32, device=device)}
-            for t in targets]  # fmt: skip
+    return [
+        {
+            "labels": torch.as_tensor(t["labels"], dtype=torch.long, device=device),
+            "boxes": torch.as_tensor(t["boxes"], dtype=torch.float32, device=device),
+        }
+        for t in targets
+    ]
 
 
 # ---------------------------------------------------------------------------------- training
@@ -199,7 +223,7 @@ def targets_to_torch(targets: list[dict[str, np.ndarray]], device="cpu"):
 @dataclass
 class DetTrainConfig:
     epochs: int = 10
-    lr: float = 2e-4
+    lr: float = 1e-4  # DETR's fine-tuning rate; tiny models trained from scratch take ~1e-3
     batch_size: int = 16
     weight_decay: float = 1e-4
     grad_clip: float = 0.1  # DETR's max gradient norm
@@ -214,10 +238,11 @@ class DetTrainConfig:
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}", "e.g. --epochs 10")
         if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}", "e.g. --lr 2e-4")
+            raise ConfigError(f"--lr must be > 0, got {self.lr}", "e.g. --lr 1e-4")
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}",
-                              "e.g. --batch-size 16")  # fmt: skip
+            raise ConfigError(
+                f"--batch-size must be >= 1, got {self.batch_size}", "e.g. --batch-size 16"
+            )
 
 
 def _optimizer(model: torch.nn.Module, cfg: DetTrainConfig):
@@ -248,14 +273,20 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
     try:
         for epoch in range(cfg.epochs):
             sums: dict[str, float] = {}
-            for x, targets, _ in data.batches(cfg.batch_size, input_size=info.input_size,
-                                              mean=info.mean, std=info.std,
-                                              shuffle_seed=cfg.seed * 1000 + epoch):  # fmt: skip
-                loss, parts = step_loss(torch.from_numpy(x).to(cfg.device),
-                                        targets_to_torch(targets, cfg.device))  # fmt: skip
+            for x, targets, _ in data.batches(
+                cfg.batch_size,
+                input_size=info.input_size,
+                mean=info.mean,
+                std=info.std,
+                shuffle_seed=cfg.seed * 1000 + epoch,
+            ):
+                loss, parts = step_loss(
+                    torch.from_numpy(x).to(cfg.device), targets_to_torch(targets, cfg.device)
+                )
                 if not torch.isfinite(loss):
-                    raise ConfigError(f"the detection loss became {float(loss)} at step {step}",
-                                      "lower --lr")  # fmt: skip
+                    raise ConfigError(
+                        f"the detection loss became {float(loss)} at step {step}", "lower --lr"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -267,12 +298,21 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
                     sums[k] = sums.get(k, 0.0) + v
             epoch_means = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
             history.append(epoch_means)
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                     ", ".join(f"{k} {v:.3f}" for k, v in epoch_means.items()))  # fmt: skip
+            log.info(
+                "epoch %d/%d: %s",
+                epoch + 1,
+                cfg.epochs,
+                ", ".join(f"{k} {v:.3f}" for k, v in epoch_means.items()),
+            )
     finally:
         model.eval()
-    return {"epochs": cfg.epochs, "steps": step, "images": len(data),
-            "seconds": round(time.perf_counter() - t0, 1), "history": history}  # fmt: skip
+    return {
+        "epochs": cfg.epochs,
+        "steps": step,
+        "images": len(data),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "history": history,
+    }
 
 
 def train_detector(loaded, data, cfg: DetTrainConfig | None = None) -> dict:
@@ -288,8 +328,9 @@ def train_detector(loaded, data, cfg: DetTrainConfig | None = None) -> dict:
         layers = _outputs(model, x, cfg.aux_loss)
         loss, parts = 0.0, {}
         for logits, boxes in layers:  # the last layer's parts are the ones reported
-            layer_loss, parts, _ = set_loss(logits, boxes, targets, no_object_class=no_obj,
-                                            cfg=loss_cfg)  # fmt: skip
+            layer_loss, parts, _ = set_loss(
+                logits, boxes, targets, no_object_class=no_obj, cfg=loss_cfg
+            )
             loss = loss + layer_loss
         return loss, parts
 
@@ -325,10 +366,7 @@ def teacher_targets(
     logits: torch.Tensor, boxes: torch.Tensor, *, no_object_class: bool, threshold: float
 ) -> list[dict[str, torch.Tensor]]:
     """The teacher's confident detections as set-loss targets; "query" keeps which query."""
-    if no_object_class:
-        prob = logits.softmax(-1)[..., :-1]
-    else:
-        prob = logits.sigmoid()
+    prob = logits.softmax(-1)[..., :-1] if no_object_class else logits.sigmoid()
     scores, labels = prob.max(-1)
     out = []
     for s, lab, bx in zip(scores, labels, boxes, strict=True):
@@ -349,16 +387,22 @@ def _foreground(logits: torch.Tensor, no_object_class: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def match_queries(student_logits, student_boxes, teacher_logits, teacher_boxes, *,
-                  no_object_class: bool) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def match_queries(
+    student_logits, student_boxes, teacher_logits, teacher_boxes, *, no_object_class: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image, a one-to-one pairing of student and teacher queries (Hungarian) by how alike
     their class distributions (L1) and boxes (L1 + GIoU, weighted by the teacher's objectness)
     are. A compressed student's query i is usually still the teacher's query i; matching does
     not rely on it."""
     scipy_opt = require("scipy.optimize", "Hungarian matching for detection distillation")
     out = []
-    for sl, sb, tl, tb in zip(student_logits.float(), student_boxes.float(),
-                              teacher_logits.float(), teacher_boxes.float(), strict=True):  # fmt: skip
+    for sl, sb, tl, tb in zip(
+        student_logits.float(),
+        student_boxes.float(),
+        teacher_logits.float(),
+        teacher_boxes.float(),
+        strict=True,
+    ):
         cost_class = torch.cdist(_probs(sl, no_object_class), _probs(tl, no_object_class), p=1)
         giou = generalized_box_iou(cxcywh_to_xyxy(sb), cxcywh_to_xyxy(tb))
         cost_box = 5 * torch.cdist(sb, tb, p=1) - 2 * giou
@@ -368,13 +412,25 @@ def match_queries(student_logits, student_boxes, teacher_logits, teacher_boxes, 
     return out
 
 
-def kd_loss(student_logits, student_boxes, teacher_logits, teacher_boxes, *,
-            no_object_class: bool, temperature: float) -> torch.Tensor:  # fmt: skip
+def kd_loss(
+    student_logits,
+    student_boxes,
+    teacher_logits,
+    teacher_boxes,
+    *,
+    no_object_class: bool,
+    temperature: float,
+) -> torch.Tensor:
     """Imitation of the teacher on matched queries: the class distribution (KL at a
     temperature, binary for sigmoid heads) on every query, and the box (L1) weighted by the
     teacher's confidence that the query holds an object."""
-    pairs = match_queries(student_logits, student_boxes, teacher_logits, teacher_boxes,
-                          no_object_class=no_object_class)  # fmt: skip
+    pairs = match_queries(
+        student_logits,
+        student_boxes,
+        teacher_logits,
+        teacher_boxes,
+        no_object_class=no_object_class,
+    )
     b = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, (r, _) in enumerate(pairs)])
     sq = torch.cat([torch.as_tensor(r) for r, _ in pairs])
     tq = torch.cat([torch.as_tensor(c) for _, c in pairs])
@@ -386,8 +442,12 @@ def kd_loss(student_logits, student_boxes, teacher_logits, teacher_boxes, *,
     s_log, t_log = student_logits[b, sq], teacher_logits[b, tq]
     temp = temperature
     if no_object_class:
-        logit_kd = F.kl_div(F.log_softmax(s_log / temp, -1), F.softmax(t_log / temp, -1),
-                            reduction="batchmean") * temp**2  # fmt: skip
+        logit_kd = (
+            F.kl_div(
+                F.log_softmax(s_log / temp, -1), F.softmax(t_log / temp, -1), reduction="batchmean"
+            )
+            * temp**2
+        )
     else:
         logit_kd = (
             F.binary_cross_entropy_with_logits(s_log / temp, torch.sigmoid(t_log / temp)) * temp**2
@@ -403,8 +463,9 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
     cfg = cfg or DetDistillConfig()
     cfg.validate()
     if not 0 < cfg.score_threshold < 1:
-        raise ConfigError(f"score threshold must be in (0, 1), got {cfg.score_threshold}",
-                          "e.g. 0.5")  # fmt: skip
+        raise ConfigError(
+            f"score threshold must be in (0, 1), got {cfg.score_threshold}", "e.g. 0.5"
+        )
     s_model = student.model.to(cfg.device)
     t_model = teacher.model.to(cfg.device).eval()
     if s_model.no_object_class != t_model.no_object_class or (
@@ -420,16 +481,18 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
     def step_loss(x, _targets):
         with torch.no_grad():
             t_logits, t_boxes = t_model(x)
-        pseudo = teacher_targets(t_logits, t_boxes, no_object_class=no_obj,
-                                 threshold=cfg.score_threshold)  # fmt: skip
+        pseudo = teacher_targets(
+            t_logits, t_boxes, no_object_class=no_obj, threshold=cfg.score_threshold
+        )
         layers = _outputs(s_model, x, cfg.aux_loss)
         loss = 0.0
         for logits, boxes in layers[:-1]:  # auxiliary layers: the set loss only
             loss = loss + set_loss(logits, boxes, pseudo, no_object_class=no_obj, cfg=loss_cfg)[0]
         logits, boxes = layers[-1]
         final, parts, _ = set_loss(logits, boxes, pseudo, no_object_class=no_obj, cfg=loss_cfg)
-        kd = kd_loss(logits, boxes, t_logits, t_boxes, no_object_class=no_obj,
-                     temperature=cfg.temperature)  # fmt: skip
+        kd = kd_loss(
+            logits, boxes, t_logits, t_boxes, no_object_class=no_obj, temperature=cfg.temperature
+        )
         parts["kd"] = kd.item()
         return loss + final + cfg.kd_weight * kd, parts
 
