@@ -47,6 +47,9 @@ class TvcGroup(click.Group):
         except TvcError as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:  # output piped into `head` and friends: not an error
+            sys.stderr.close()
+            ctx.exit(0)
         except KeyboardInterrupt:
             click.echo("error: interrupted; earlier results are left intact", err=True)
             ctx.exit(130)
@@ -113,6 +116,14 @@ def models(show_all: bool) -> None:
     click.echo("tvc small configs (train on a CPU in minutes):")
     for name, cfg in registry.SMALL_CONFIGS.items():
         click.echo(f"  {name:<24} {cfg.description}")
+    try:
+        from tvc.models.detection import DETECTION_CONFIGS
+    except ImportError:  # detection needs the 'hf' extra (transformers)
+        DETECTION_CONFIGS = {}
+    if DETECTION_CONFIGS:
+        click.echo("tvc detection configs (96x96 Fashion-MNIST scenes):")
+    for name, det in DETECTION_CONFIGS.items():
+        click.echo(f"  {name:<24} {det.description}")
     click.echo("aliases:")
     for alias, arch in registry.ALIASES.items():
         click.echo(f"  {alias:<24} {arch}")
