@@ -854,56 +854,39 @@ def eval_cmd(
 
     from tvc.data.detection import is_detection_spec as is_detection_data
 
+    common = {
+        "split": split,
+        "limit": limit,
+        "reference": reference,
+        "variant_file": variant_file,
+        "threads": threads,
+        "provider": provider,
+        "batch_size": batch_size,
+        "model_kwargs": {"weights": weights, "num_classes": num_classes, "pretrained": pretrained},
+    }
     if is_detection_data(data):  # COCO mAP of DETR-style detectors: tvc/eval/detection.py
         from tvc.eval.detection import eval_detection_target
 
         if backend == "trt":
             raise ConfigError("detection evaluation runs on ort or torch", "drop --backend trt")
-        results = eval_detection_target(
-            target,
-            data,
-            split=split,
-            limit=limit,
-            reference=reference,
-            variant_file=variant_file,
-            threads=threads,
-            provider=provider,
-            batch_size=batch_size,
-            model_kwargs={"weights": weights, "num_classes": num_classes, "pretrained": pretrained},
-        )
+        results = eval_detection_target(target, data, **common)
         for r in results:
             agree = f", agreement mAP {r['agreement']:.2f}" if r["agreement"] is not None else ""
             click.echo(
                 f"{r['variant']}: mAP {r['map']:.2f}, AP50 {r['ap50']:.2f}{agree} on {r['n']} "
                 f"{r['dataset']} {r['split']} images"
             )
-        if json_out:
-            Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
-            click.echo(f"wrote {json_out}")
-        return
+    else:
+        from tvc.eval.run import eval_target
 
-    from tvc.eval.run import eval_target
-
-    results = eval_target(
-        target,
-        data,
-        backend=backend,
-        limit=limit,
-        split=split,
-        reference=reference,
-        variant_file=variant_file,
-        threads=threads,
-        provider=provider,
-        batch_size=batch_size,
-        model_kwargs={"weights": weights, "num_classes": num_classes, "pretrained": pretrained},
-    )
-    for r in results:
-        top5 = f", top-5 {r['top5']:.2f}%" if r["top5"] is not None else ""
-        agree = f", agreement {r['agreement']:.2f}%" if r["agreement"] is not None else ""
-        click.echo(
-            f"{r['variant']} [{r['backend']}]: top-1 {r['top1']:.2f}%{top5}{agree} on "
-            f"{r['n']} {r['dataset']} {r['split']} images"
-        )
+        results = eval_target(target, data, backend=backend, **common)
+        for r in results:
+            top5 = f", top-5 {r['top5']:.2f}%" if r["top5"] is not None else ""
+            agree = f", agreement {r['agreement']:.2f}%" if r["agreement"] is not None else ""
+            click.echo(
+                f"{r['variant']} [{r['backend']}]: top-1 {r['top1']:.2f}%{top5}{agree} on "
+                f"{r['n']} {r['dataset']} {r['split']} images"
+            )
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
