@@ -117,22 +117,37 @@ def bench_target(
         from tvc.eval.run import DataCache
 
         images = DataCache(data, limit=limit)
-    for backend in cfg.backends:
-        for variant, loaded in variants_for(target, backend, model_kwargs):
-            with open_runner(backend, variant, cfg, loaded) as runner:
-                accuracy = _accuracy(runner, images, variant, loaded) if images else None
-                for batch in cfg.batches:
-                    log.info("timing %s on %s, batch %d", variant.label, backend, batch)
-                    stats = time_runner(
-                        runner,
-                        batch,
-                        warmup_s=cfg.warmup_s,
-                        min_runs=cfg.min_runs,
-                        min_time_s=cfg.min_time_s,
-                    )
-                    records.append(
-                        make_record(variant, runner, batch, stats, command, accuracy=accuracy)
-                    )
+    from tvc.runtime.power import find_power_source
+
+    power = find_power_source()  # Jetson rails, NVML; None on a plain CPU host
+    try:
+        for backend in cfg.backends:
+            for variant, loaded in variants_for(target, backend, model_kwargs):
+                with open_runner(backend, variant, cfg, loaded) as runner:
+                    accuracy = _accuracy(runner, images, variant, loaded) if images else None
+                    for batch in cfg.batches:
+                        log.info("timing %s on %s, batch %d", variant.label, backend, batch)
+                        stats = time_runner(
+                            runner,
+                            batch,
+                            warmup_s=cfg.warmup_s,
+                            min_runs=cfg.min_runs,
+                            min_time_s=cfg.min_time_s,
+                        )
+                        records.append(
+                            make_record(
+                                variant,
+                                runner,
+                                batch,
+                                stats,
+                                command,
+                                accuracy=accuracy,
+                                **_device_measurements(runner, batch, stats.n, power),
+                            )
+                        )
+    finally:
+        if power is not None:
+            power.close()
     return records
 
 
@@ -143,3 +158,22 @@ def _accuracy(runner, images, variant, loaded):
 
     log.info("evaluating %s on %s", variant.label, images.spec)
     return Accuracy(**accuracy_of(runner, images, variant=variant, loaded=loaded))
+
+
+def _device_measurements(runner, batch: int, n: int, power) -> dict[str, Any]:
+    """GPU compute time (TensorRT, from CUDA events) and energy per image where measurable."""
+    from tvc.report.schema import Energy, Latency
+    from tvc.runtime.power import PowerSampler
+
+    fields: dict[str, Any] = {}
+    if hasattr(runner, "gpu_time_ms"):
+        fields["gpu_compute_ms"] = Latency(**runner.gpu_time_ms(batch)["gpu_compute_ms"])
+    if power is not None:
+        feeds = runner.sample_feeds(batch)
+        with PowerSampler(power) as sampler:
+            for _ in range(n):
+                runner.infer(feeds)
+        energy = sampler.energy(n * batch)
+        if energy:
+            fields["energy"] = Energy(**energy)
+    return fields

@@ -80,6 +80,7 @@ def train_model(
 
 
 def _write(loaded, out, data_spec, cfg, result, accuracy, spec, skipped) -> Artifact:
+    from tvc.compress.report import count_macs
     from tvc.models.load import save_model
 
     info = loaded.info
@@ -94,6 +95,7 @@ def _write(loaded, out, data_spec, cfg, result, accuracy, spec, skipped) -> Arti
             "accuracy": accuracy,
             "val_top1": val[-1] if val else None,
             "params": params,
+            "macs": count_macs(loaded.model.eval(), info.input_size),
             "training": {**result, "unreadable_files_skipped": skipped},
         })  # fmt: skip
     return load_artifact(out)
