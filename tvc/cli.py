@@ -138,6 +138,13 @@ def models(show_all: bool) -> None:
 # ------------------------------------------------------------------------------------- export
 
 
+def artifact_output(help: str):
+    """The required -o/--output option of commands that write an artifact directory."""
+    return click.option(
+        "-o", "--output", "out", required=True, type=click.Path(file_okay=False), help=help
+    )
+
+
 def model_options(f):
     """Options shared by every command that takes a MODEL."""
     f = click.option(
@@ -160,14 +167,7 @@ def model_options(f):
 
 @cli.command()
 @click.argument("model")
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Artifact directory to write.",
-)
+@artifact_output("Artifact directory to write.")
 @model_options
 @click.option("--opset", default=17, show_default=True, type=int)
 @click.option("--batch", default=1, show_default=True, type=int, help="Fixed batch size.")
@@ -414,14 +414,7 @@ def _lowrank_config(energy: float | None, rank: float | None, round_to: int):
 
 @cli.command()
 @click.argument("model")
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Model artifact directory to write.",
-)
+@artifact_output("Model artifact directory to write.")
 @model_options
 @click.option(
     "--prune",
@@ -674,14 +667,7 @@ def bench(
 @cli.command()
 @click.argument("model")
 @click.option("--data", required=True, help="fashion-mnist, fashion-mnist:DIR, or an image folder.")
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Model artifact directory to write (checkpoints go to OUT.ckpt/).",
-)
+@artifact_output("Model artifact directory to write (checkpoints go to OUT.ckpt/).")
 @model_options
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak learning rate.")
