@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from tvc import __version__
-from tvc.errors import ConfigError, TvcError
+from tvc.errors import ConfigError, TvcError, first_line
 
 log = logging.getLogger("tvc")
 
@@ -58,7 +58,7 @@ class TvcGroup(click.Group):
         except Exception as exc:
             if os.environ.get("TVC_DEBUG"):
                 traceback.print_exc()
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            first = first_line(exc)
             click.echo(
                 f"error: internal error {type(exc).__name__}: {first}; this is a bug in tvc, "
                 "re-run with TVC_DEBUG=1 for the traceback and report it",

@@ -66,3 +66,8 @@ class MissingDependencyError(TvcError):
 
 class UnsupportedModelError(TvcError):
     """The model has a structure a stage does not understand."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tvc.errors import AccuracyBudgetError, ConfigError, DataError, UnsupportedModelError
+from tvc.errors import (
+    AccuracyBudgetError,
+    ConfigError,
+    DataError,
+    UnsupportedModelError,
+    first_line,
+)
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -535,7 +541,7 @@ def _run_static(
     except (DataError, ConfigError):
         raise
     except Exception as exc:  # ORT raises plain Exceptions/ValueErrors of many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise UnsupportedModelError(
             f"ONNX Runtime could not quantize {prepared.name}: {first}",
             "try --calib-method minmax, --int8-ops safe, or --int8 dynamic",
@@ -557,7 +563,7 @@ def _run_dynamic(prepared: Path, out: Path, nodes: list[str], cfg: QuantConfig) 
                 extra_options={"MatMulConstBOnly": True},
             )
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise UnsupportedModelError(
             f"ONNX Runtime could not quantize {prepared.name} dynamically: {first}",
             "try --int8 static",
@@ -634,7 +640,7 @@ def _check_model(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ExportError(
             f"the INT8 model fails onnx.checker: {first}", "report this model; try --int8-ops safe"
         ) from exc

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from tvc.artifact import Artifact, load_artifact, write_artifact
-from tvc.errors import ConfigError, ExportError, ParityError, UnsupportedModelError
+from tvc.errors import ConfigError, ExportError, ParityError, UnsupportedModelError, first_line
 from tvc.export.onnx import MIN_OPSET, check_onnx
 from tvc.export.parity import compare
 
@@ -449,7 +449,7 @@ def _torch_export(module, args: tuple, names: list[str], path: Path, opset: int)
                 dynamo=False,
             )
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ExportError(
             f"torch.onnx.export failed for the detector: {first}",
             "try another --opset or --sampling",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tvc.errors import ConfigError, ExportError, ParityError, UnsupportedModelError
+from tvc.errors import ConfigError, ExportError, ParityError, UnsupportedModelError, first_line
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -318,7 +318,7 @@ def _run(model: ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
         )
         return np.asarray(sess.run(None, feeds)[0], dtype=np.float32)
     except Exception as exc:  # ORT raises its own types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ExportError(
             f"ONNX Runtime cannot run the model: {first}", "report this model"
         ) from exc

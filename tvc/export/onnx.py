@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tvc.artifact import Artifact, write_artifact
-from tvc.errors import ConfigError, ExportError
+from tvc.errors import ConfigError, ExportError, first_line
 from tvc.export.parity import Parity, compare, require_parity
 
 log = logging.getLogger("tvc")
@@ -155,7 +155,7 @@ def _torch_export(model, example, path: Path, config: OnnxExportConfig) -> None:
                 dynamo=False,
             )
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ExportError(
             f"torch.onnx.export failed: {first}",
             "try another --opset; if the model has custom ops, they need an ONNX symbolic",
@@ -168,7 +168,7 @@ def check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise ExportError(
             f"{path.name} fails onnx.checker: {first}", "the model cannot be used as exported"
         ) from exc

@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from tvc.errors import ArtifactError, ConfigError, ExportError, MissingDependencyError, TvcError
+from tvc.errors import (
+    ArtifactError,
+    ConfigError,
+    ExportError,
+    MissingDependencyError,
+    TvcError,
+    first_line,
+)
 
 log = logging.getLogger("tvc")
 
@@ -255,7 +262,7 @@ def import_tensorrt(purpose: str) -> ModuleType:
     except MissingDependencyError as exc:
         raise MissingDependencyError(exc.problem, INSTALL_HINT) from exc
     except Exception as exc:  # PyPI's stub and a missing libnvinfer fail in many ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise MissingDependencyError(
             f"{purpose} needs TensorRT, whose Python package is installed but does not load "
             f"({first})",

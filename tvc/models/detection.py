@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from tvc.deps import require
-from tvc.errors import ModelNotFoundError, WeightsError
+from tvc.errors import ModelNotFoundError, WeightsError, first_line
 
 log = logging.getLogger("tvc")
 
@@ -307,7 +307,7 @@ def det_from_directory(
             str(path), config=config, local_files_only=True, ignore_mismatched_sizes=changed
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise WeightsError(
             f"cannot load the detector in {path} ({first})",
             "check that config.json and the weights were saved together by save_pretrained()",

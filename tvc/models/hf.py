@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from tvc.deps import require
-from tvc.errors import ModelNotFoundError, WeightsError
+from tvc.errors import ModelNotFoundError, WeightsError, first_line
 
 
 class HFClassifier(nn.Module):
@@ -66,7 +66,7 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
             ignore_mismatched_sizes=num_classes is not None,
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200)
         raise WeightsError(
             f"cannot load the Hugging Face model in {path}: {first}",
             "check that config.json and the weights belong together",

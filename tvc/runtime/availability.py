@@ -6,6 +6,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tvc.deps import available
+from tvc.errors import first_line
 from tvc.runtime.device import environment, jetson_facts, nvidia_gpus
 
 
@@ -63,7 +64,7 @@ def trt_row() -> tuple[str, bool, str]:
 
         version = str(trt.__version__)
     except Exception as exc:  # PyPI's stub and a missing libnvinfer fail in many ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, 160)
         return ("tensorrt", False, f"the tensorrt package is installed but does not load ({first})")
     cuda = cuda_row()
     if not cuda[1]:
