@@ -96,3 +96,15 @@ def test_export_refuses_classifiers_and_bad_options(pico, tiny_detr, tmp_path):
         export_detection_onnx(pico, tmp_path / "x", DetExportConfig())
     with pytest.raises(ConfigError, match="--sampling"):
         export_detection_onnx(tiny_detr, tmp_path / "y", DetExportConfig(sampling="nearest"))
+
+
+def test_deformable_static_int8_is_trt_ready(tiny_deformable, tmp_path):
+    """At init every layer's sampling_offsets and attention_weights weights are zero, so the
+    exporter shares one initializer through Identity nodes; the TensorRT check looks through
+    them (it used to flag 'per-channel weights feed Identity')."""
+    cfg = DetExportConfig(int8="static", calib_size=4, **FAST)
+    art = export_detection_onnx(tiny_deformable, tmp_path / "int8", cfg)
+    variant = art.meta["variants"]["model.int8.onnx"]
+    assert variant["trt_ready"] is True and variant["quantized_nodes"] > 0
+    ops = {n.op_type for n in onnx.load(str(art.path / "model.int8.onnx")).graph.node}
+    assert "Identity" in ops  # the shared weights this test is about

@@ -144,3 +144,21 @@ def test_dynamic_int8_is_not_for_tensorrt(tmp_path, pico_onnx):
     quantize_dynamic(pico_onnx.path / "model.onnx", out, QuantConfig(mode="dynamic"))
     text = "\n".join(check_trt_qdq(out))
     assert "DynamicQuantizeLinear" in text and "MatMulInteger" in text
+
+
+def test_weights_shared_through_identity_are_judged_at_their_layer(tmp_path):
+    """torch.onnx.export deduplicates identical weights into one initializer plus Identity
+    copies; once quantized, the weight reaches its other layers through the Identity, which
+    TensorRT removes, so the axis is checked at the MatMul behind it."""
+    shared = [
+        helper.make_node("Identity", ["w"], ["w_copy"], name="dedup"),
+        helper.make_node("Identity", ["w_copy"], ["w_copy2"], name="dedup2"),
+        helper.make_node("MatMul", ["x", "w_copy2"], ["y_other"], name="other_layer"),
+    ]
+    assert check_trt_qdq(qdq_matmul(tmp_path, extra_nodes=shared)) == []
+    wrong_axis = "\n".join(check_trt_qdq(qdq_matmul(tmp_path, w_axis=0, w_scales=8,
+                                                    extra_nodes=shared)))  # fmt: skip
+    assert "output-channel axis 1 of MatMul 'other_layer'" in wrong_axis
+    not_a_layer = [*shared[:1], helper.make_node("Add", ["w_copy", "w_copy"], ["s"], name="add")]
+    problems = "\n".join(check_trt_qdq(qdq_matmul(tmp_path, extra_nodes=not_a_layer)))
+    assert "per-channel weights feed Add 'add'" in problems

@@ -1,12 +1,19 @@
 """Structured compression of DETR and Deformable DETR: heads, FFN channels, low-rank projections.
 
 - **Pruning** removes, in every encoder and decoder layer, the FFN hidden channels and attention
-  heads of least weight magnitude (channel j of an FFN scores |fc1 row j| * |fc2 column j|; a
-  head scores its value rows times its output-projection columns, plus its query times key
-  rows). Heads are pruned in the standard attentions (DETR's self and cross attention, Deformable
-  DETR's decoder self attention); transformers computes their shapes from `head_dim`, so fewer
-  heads need no other change. Deformable DETR's multi-scale deformable attentions keep their
-  heads (their per-head width comes from `d_model`, which tvc's structure record does not carry).
+  heads of least weight magnitude (channel j of an FFN scores |fc1 row j| * |fc2 column j|).
+  - Standard attentions (DETR's self and cross attention, Deformable DETR's decoder self
+    attention): a head scores its value rows times its output-projection columns, plus its query
+    times key rows. transformers computes their shapes from `head_dim`, so fewer heads need no
+    other change.
+  - Deformable DETR's multi-scale deformable attentions (encoder `self_attn`, decoder
+    `encoder_attn`): a head scores its value_proj rows times its output_proj columns. Its
+    sampling_offsets and attention_weights rows (laid out heads-major) go with it; they decide
+    where a head looks, not how much it contributes (its attention weights are a softmax over
+    its own levels x points, summing to 1), so they do not enter the score, and dropping whole
+    heads leaves the kept heads' softmax exact. The module reads its per-head width as
+    `d_model // n_heads`, so both attributes are set to the pruned widths (and recorded in the
+    structure).
 - **Low-rank** replaces the attention projections and FFN Linears by two thin Linears from a
   truncated SVD, with the rank rules of tvc.compress.lowrank.
 - The result records its shapes (tvc.compress.structure) in `info.structure`, so a saved
@@ -119,6 +126,55 @@ def _prune_heads(attn: nn.Module, ratio: float) -> tuple[int, int]:
     return heads, n
 
 
+def _deformable_attentions(layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """transformers' DeformableDetrMultiscaleDeformableAttention children of a layer."""
+    attrs = ("sampling_offsets", "attention_weights", "value_proj", "output_proj", "n_heads")
+    attrs += ("d_model", "n_levels", "n_points")
+    return [(n, m) for n, m in layer.named_children() if all(hasattr(m, a) for a in attrs)]
+
+
+def deformable_head_scores(attn: nn.Module) -> torch.Tensor:
+    """Per-head weight magnitude of a multi-scale deformable attention: (n_heads,).
+
+    |value_proj rows| * |output_proj columns| of each head bounds how much it adds to the output
+    (its sampled values are mixed with softmax weights that sum to 1).
+    """
+    heads = attn.n_heads
+    hd = attn.d_model // heads
+    v = attn.value_proj.weight.reshape(heads, hd, -1).norm(dim=(1, 2))
+    o = attn.output_proj.weight.t().reshape(heads, hd, -1).norm(dim=(1, 2))
+    return v * o
+
+
+def _prune_deformable_heads(attn: nn.Module, ratio: float) -> tuple[int, int]:
+    heads = attn.n_heads
+    n = max(1, round(heads * (1 - ratio)))
+    projections = ("value_proj", "output_proj", "sampling_offsets", "attention_weights")
+    if n >= heads or not all(isinstance(getattr(attn, a), nn.Linear) for a in projections):
+        return heads, heads  # already factorized projections have no per-head rows to slice
+    hd = attn.d_model // heads
+    kept = _keep(deformable_head_scores(attn), n)
+
+    def rows(per_head: int) -> torch.Tensor:  # heads-major rows of the kept heads
+        return (kept[:, None] * per_head + torch.arange(per_head)).reshape(-1)
+
+    # Row layouts, as forward's view()s read them: value (heads, hd); offsets
+    # (heads, levels, points, 2); attention weights (heads, levels * points).
+    samples = attn.n_levels * attn.n_points
+    for name, per_head in (
+        ("value_proj", hd),
+        ("sampling_offsets", samples * 2),
+        ("attention_weights", samples),
+    ):
+        lin, r = getattr(attn, name), rows(per_head)
+        bias = lin.bias[r] if lin.bias is not None else None
+        setattr(attn, name, _linear(lin.weight[r], bias))
+    attn.output_proj = _linear(attn.output_proj.weight[:, rows(hd)], attn.output_proj.bias)
+    # forward splits value_proj's output as (n_heads, d_model // n_heads): both shrink together.
+    attn.n_heads, attn.d_model = n, n * hd
+    return heads, n
+
+
 @torch.no_grad()
 def prune_detector(model: nn.Module, cfg: DetPruneConfig) -> dict[str, Any]:
     """Prune `model` (an HFDetector) in place; return what changed, layer by layer."""
@@ -133,6 +189,12 @@ def prune_detector(model: nn.Module, cfg: DetPruneConfig) -> dict[str, Any]:
             entry["heads"] = {
                 n: list(_prune_heads(a, cfg.ratio)) for n, a in _standard_attentions(layer)
             }
+            entry["heads"].update(
+                {
+                    n: list(_prune_deformable_heads(a, cfg.ratio))
+                    for n, a in _deformable_attentions(layer)
+                }
+            )
         layers.append(entry)
     after = sum(p.numel() for p in model.parameters())
     return {**asdict(cfg), "params_before": before, "params_after": after, "layers": layers}

@@ -18,7 +18,10 @@ from tvc.errors import ArtifactError
 
 # Integer attributes that models derive from their widths; kept in step with pruning.
 # timm Attention: num_heads, head_dim, attn_dim; timm VisionTransformer: embed_dim,
-# num_features, head_hidden_size; HF ViTAttention: num_attention_heads, head_dim.
+# num_features, head_hidden_size; HF ViTAttention: num_attention_heads, head_dim; HF
+# DeformableDetrMultiscaleDeformableAttention: n_heads, d_model (its per-head width is
+# d_model // n_heads). Only values that differ from a fresh build are recorded, so an attribute
+# that pruning leaves alone (e.g. d_model elsewhere) never enters a structure.
 ATTENTION_ATTRS = (
     "num_heads",
     "head_dim",
@@ -30,6 +33,7 @@ ATTENTION_ATTRS = (
     "num_features",
     "head_hidden_size",
     "n_heads",
+    "d_model",
 )
 # Float attributes: the attention scale (timm `scale`, HF `scaling`), which pruning head
 # dimensions may change.

@@ -12,7 +12,8 @@ onnx-tensorrt operator matrix:
 - symmetric: every zero point is 0;
 - constant, positive, finite scales;
 - activations per-tensor; weights per-tensor or per-channel along the output-channel axis
-  (Conv: 0, ConvTranspose: 1, Gemm: 0 with transB=1 else 1, MatMul: the last axis);
+  (Conv: 0, ConvTranspose: 1, Gemm: 0 with transB=1 else 1, MatMul: the last axis), judged at
+  the layer that uses the weight, through any Identity nodes in between;
 - well-formed pairs: a QuantizeLinear feeds only DequantizeLinear nodes with the same scale and
   zero point, and a DequantizeLinear reads a QuantizeLinear or a constant;
 - no operators TensorRT cannot import (integer-arithmetic ONNX ops, ONNX Runtime contrib ops, ...).
@@ -248,8 +249,8 @@ class _Checker:
                 if c.op_type == "DequantizeLinear"
             ]
         for out in dq_outputs:
-            for user in self.consumers.get(out, []):
-                want = _output_channel_axis(user, out, rank)
+            for user, read in self._users_through_identity(out):
+                want = _output_channel_axis(user, read, rank)
                 if want is None:
                     self._flag(
                         node,
@@ -262,6 +263,26 @@ class _Checker:
                         f"per-channel axis {axis} is not the output-channel axis "
                         f"{want} of {user.op_type} '{user.name}'",
                     )
+
+    def _users_through_identity(self, name: str) -> list[tuple[object, str]]:
+        """The nodes that consume `name`, each with the tensor it reads, looking through Identity.
+
+        An Identity passes its input on unchanged, and TensorRT removes it. torch.onnx.export
+        inserts them when it deduplicates identical initializers (one weight, Identity copies
+        for the other layers), and a quantizer that rewrites the shared weight leaves
+        DequantizeLinear -> Identity -> MatMul. The weight's real consumer is the MatMul.
+        """
+        users, todo, seen = [], [name], {name}
+        while todo:
+            tensor = todo.pop()
+            for user in self.consumers.get(tensor, []):
+                if user.op_type == "Identity" and user.domain in ("", "ai.onnx"):
+                    if user.output[0] not in seen:
+                        seen.add(user.output[0])
+                        todo.append(user.output[0])
+                else:
+                    users.append((user, tensor))
+        return users
 
     def _check_q_pairs(self, q) -> None:
         users = self.consumers.get(q.output[0], [])
