@@ -38,14 +38,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result
 
-from tvc.artifact import load_artifact, update_metrics, write_artifact
+from tvc.artifact import load_artifact, update_metrics
 from tvc.compress.detection import DetPruneConfig, compress_detector
 from tvc.data.detection import load_detection
-from tvc.eval.detection import evaluate_detector
+from tvc.eval.detection import evaluate_model
 from tvc.export.detection import DetExportConfig, export_detection_onnx, parity_of
 from tvc.models import load_model
-from tvc.models.detection import torch_predictor
-from tvc.models.load import save_model
+from tvc.models.load import write_model_artifact
 from tvc.runtime.bench import time_calls
 from tvc.runtime.ort import OrtRunner
 from tvc.train.detection import DetDistillConfig, DetTrainConfig, distill_detector, train_detector
@@ -82,23 +81,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def evaluate(loaded, data, device: str) -> dict[str, Any]:
-    info = loaded.info
-    return evaluate_detector(
-        torch_predictor(loaded.model.to(device), device),
-        data,
-        input_size=info.input_size,
-        mean=info.mean,
-        std=info.std,
-        no_object_class=loaded.model.no_object_class,
-        batch_size=64,
-    )
+    return evaluate_model(loaded, data, device=device, batch_size=64)
 
 
 def save(loaded, path: Path, spec: dict, metrics: dict) -> None:
-    loaded.model.to("cpu")
-    with write_artifact(path, "model", parent=loaded.artifact, spec=spec) as w:
-        save_model(w, loaded)
-        w.meta["metrics"] = metrics
+    write_model_artifact(loaded, path, spec=spec, metrics=metrics)
 
 
 def teacher_model(args, train, test) -> tuple[Any, dict]:
@@ -319,14 +306,8 @@ def main() -> None:
     d = distill_detector(student, teacher, train, dcfg)
     s_meta["distill_seconds"], s_meta["distill_final"] = d["seconds"], d["history"][-1]
     s_meta["torch"] = evaluate(student, test, args.device)
-    s_meta["agreement_with_teacher"] = evaluate_detector(
-        torch_predictor(student.model, args.device),
-        test,
-        input_size=student.info.input_size,
-        mean=student.info.mean,
-        std=student.info.std,
-        no_object_class=student.model.no_object_class,
-        reference=torch_predictor(teacher.model, args.device),
+    s_meta["agreement_with_teacher"] = evaluate_model(
+        student, test, device=args.device, batch_size=16, reference=teacher
     )["agreement"]
     log.info(
         "student mAP %.2f after pruning, %.2f after distillation",

@@ -378,7 +378,27 @@ def _print_export(art) -> None:
 # ----------------------------------------------------------------------------------- compress
 
 _PRUNE_ONLY = ("importance", "global_pruning", "prune_heads", "keep", "steps")
-_DISTILL_ONLY = ("teacher_weights", "epochs", "kd", "temperature", "alpha", "limit")
+_DISTILL_ONLY = (
+    "teacher_weights",
+    "epochs",
+    "kd",
+    "temperature",
+    "alpha",
+    "limit",
+    "lr",
+    "batch_size",
+    "device",
+)
+# Classification pruning and distillation settings that DETR-style detectors have no use for.
+_CLASSIFIER_COMPRESS_ONLY = (
+    "global_pruning",
+    "prune_heads",
+    "keep",
+    "steps",
+    "kd",
+    "temperature",
+    "alpha",
+)
 
 
 def _given(ctx: click.Context, names) -> list[str]:
@@ -390,7 +410,7 @@ def _given(ctx: click.Context, names) -> list[str]:
         for p in ctx.command.params
         if p.name in names and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
     ]
-    return [next(o for o in p.opts if o.startswith("--")) for p in typed]
+    return ["/".join(o for o in (*p.opts, *p.secondary_opts) if o.startswith("--")) for p in typed]
 
 
 def _lowrank_config(energy: float | None, rank: float | None, round_to: int):
@@ -480,8 +500,12 @@ def _lowrank_config(energy: float | None, rank: float | None, round_to: int):
 @click.option(
     "--distill",
     "teacher",
+    is_flag=False,
+    flag_value="",
     default=None,
-    help="Distil from this teacher MODEL after pruning / factorizing.",
+    metavar="[TEACHER]",
+    help="Distil from this teacher MODEL after pruning / factorizing; alone, from the "
+    "uncompressed MODEL itself.",
 )
 @click.option(
     "--teacher-weights",
@@ -490,9 +514,31 @@ def _lowrank_config(energy: float | None, rank: float | None, round_to: int):
     help="Weights for a teacher given by architecture name.",
 )
 @click.option(
-    "--data", default=None, help="Images: distillation data, taylor importance, agreement samples."
+    "--data",
+    default=None,
+    help="Images: distillation data, taylor importance, agreement samples; for detectors "
+    "detection data (fashion-mnist-det, COCO): distillation scenes and mAP on its test split.",
 )
 @click.option("--epochs", type=int, default=None, help="Distillation epochs (default 1).")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Distillation peak learning rate (default 5e-4).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Distillation batch (default 128; detectors 16).",
+)
+@click.option("--device", default=None, help="Distillation device: auto (default), cpu, cuda:N.")
+@click.option(
+    "--eval-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evaluate on this many test images (default: the whole test split).",
+)
 @click.option(
     "--kd",
     type=click.Choice(["soft", "hard", "token"]),
@@ -523,17 +569,44 @@ def compress(
     teacher_weights,
     data,
     epochs,
+    lr,
+    batch_size,
+    device,
+    eval_limit,
     kd,
     temperature,
     alpha,
     limit,
 ) -> None:
-    """Prune, factorize and/or distil MODEL into a smaller model artifact."""
+    """Prune, factorize and/or distil MODEL into a smaller model artifact.
+
+    Detectors (DETR, Deformable DETR) lose attention heads and FFN channels (--prune), get
+    low-rank projections (--lowrank), and are distilled on detection --data from their
+    uncompressed source (--distill) or another detector (--distill TEACHER).
+    """
     from tvc.compress.pipeline import CompressConfig, compress_model
     from tvc.compress.prune import PruneConfig
     from tvc.compress.report import print_compression_report
-    from tvc.models import load_model
 
+    detector = _is_detector(model, "compression")  # first: it says when torch is missing
+    from tvc.models import load_model
+    from tvc.train.detection import check_task
+
+    check_task(model, detector, data)
+    if detector:
+        stray = _given(ctx, _CLASSIFIER_COMPRESS_ONLY)
+        if importance != "magnitude":
+            stray.insert(0, f"--importance {importance}")
+        if stray:
+            why = (
+                "detectors distil with DETR's set loss on matched queries"
+                if stray[0] in ("--kd", "--temperature", "--alpha")
+                else "detectors prune heads and FFN channels of every layer by weight magnitude"
+            )
+            raise ConfigError(
+                f"{stray[0]} applies to classifiers only, not to the detector {model}",
+                f"drop {stray[0]} ({why})",
+            )
     if prune_ratio is None and (stray := _given(ctx, _PRUNE_ONLY)):
         raise ConfigError(
             f"{stray[0]} only applies with --prune", "add --prune RATIO or drop the option"
@@ -542,6 +615,28 @@ def compress(
         raise ConfigError(
             f"{stray[0]} only applies with --distill", "add --distill TEACHER or drop the option"
         )
+    if detector:
+        _compress_detector(
+            model,
+            out,
+            model_kwargs={"weights": weights, "num_classes": num_classes},
+            prune_ratio=prune_ratio,
+            round_to=round_to,
+            lowrank=(lowrank_energy, lowrank_rank),
+            teacher=teacher,
+            teacher_weights=teacher_weights,
+            data=data,
+            distill={"epochs": epochs, "lr": lr, "batch_size": batch_size, "device": device},
+            limit=limit,
+            eval_limit=eval_limit,
+        )
+        return
+    if teacher is None and eval_limit is not None:
+        raise ConfigError(
+            "--eval-limit only applies with --distill", "add --distill TEACHER or drop the option"
+        )
+    if teacher == "":  # a bare --distill: the uncompressed MODEL teaches
+        teacher, teacher_weights = model, teacher_weights or weights
     prune_cfg = lowrank_cfg = distill_cfg = None
     if prune_ratio is not None:
         keep_parts = tuple(k.strip() for item in keep for k in item.split(",") if k.strip())
@@ -568,6 +663,10 @@ def compress(
             "alpha": alpha,
             "limit": limit,
             "teacher_weights": teacher_weights,
+            "lr": lr,
+            "batch_size": batch_size,
+            "device": device,
+            "eval_limit": eval_limit,
         }
         given = {k: v for k, v in given.items() if v is not None}
         distill_cfg = DistillConfig(teacher=teacher, data=data, **given)
@@ -576,6 +675,66 @@ def compress(
     loaded = load_model(model, weights=weights, num_classes=num_classes, pretrained=pretrained)
     art = compress_model(loaded, cfg, Path(out), data_spec=data)
     print_compression_report(art.meta["metrics"]["compression"])
+    click.echo(f"wrote {art.path} ({art.size_bytes / 1e6:.2f} MB)")
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _compress_detector(model, out, *, model_kwargs, prune_ratio, round_to, lowrank, teacher,
+                       teacher_weights, data, distill, limit, eval_limit) -> None:  # fmt: skip
+    """`tvc compress` for DETR-style detectors: tvc.compress.detection_pipeline does the work."""
+    from tvc.compress.detection import DetPruneConfig
+    from tvc.compress.detection_pipeline import (
+        DetCompressConfig,
+        compress_detector_model,
+        summary_lines,
+    )
+    from tvc.compress.report import print_compression_report
+    from tvc.models import load_model
+    from tvc.train.detection import DetDistillConfig
+
+    if eval_limit is not None and data is None:
+        raise ConfigError("--eval-limit needs --data", "e.g. --data fashion-mnist-det")
+    distill_cfg = None
+    if teacher is not None:
+        # lr 5e-4 with clip 1.0: what distils tvc's detectors (benchmarks/bench_detection.py)
+        defaults = {"epochs": 1, "lr": 5e-4, "batch_size": 16, "device": "auto"}
+        given = {k: v for k, v in distill.items() if v is not None}
+        distill_cfg = DetDistillConfig(grad_clip=1.0, **{**defaults, **given})
+    energy, rank = lowrank
+    cfg = DetCompressConfig(
+        prune=DetPruneConfig(ratio=prune_ratio, round_to=round_to)
+        if prune_ratio is not None
+        else None,
+        lowrank=_lowrank_config(energy, rank, round_to)
+        if energy is not None or rank is not None
+        else None,
+        distill=distill_cfg,
+        data=data,
+        limit=limit,
+        eval_limit=eval_limit,
+    )
+    cfg.validate()  # before loading anything
+    loaded = load_model(model, **model_kwargs)
+    teacher_loaded = None
+    # The uncompressed source teaches unless another model is named: reusing it (rather than
+    # loading MODEL again) also keeps a randomly initialised config's exact weights.
+    if teacher and not (
+        _same_model(teacher, model) and teacher_weights in (None, model_kwargs["weights"])
+    ):
+        teacher_loaded = load_model(teacher, weights=teacher_weights)
+    art = compress_detector_model(
+        loaded, out, cfg, teacher=teacher_loaded, spec={"command": command_line()}
+    )
+    report = art.meta["metrics"]["compression"]
+    print_compression_report({"before": report["before"], "after": report["after"]})
+    for line in summary_lines(report):
+        click.echo(line)
     click.echo(f"wrote {art.path} ({art.size_bytes / 1e6:.2f} MB)")
 
 
@@ -606,7 +765,10 @@ def compress(
     help="Write bench records (tvc.bench/1) to this file.",
 )
 @click.option(
-    "--data", default=None, help="Also measure top-1/top-5 on DATA's test split (into the records)."
+    "--data",
+    default=None,
+    help="Also measure top-1/top-5 on DATA's test split (into the records); COCO mAP for "
+    "detectors on detection DATA.",
 )
 @click.option(
     "--limit",
@@ -664,19 +826,53 @@ def bench(
 # -------------------------------------------------------------------------------- train, eval
 
 
+_TRAIN_CLASSIFIER_ONLY = ("label_smoothing", "augment", "resume")
+
+
+def _is_detector(model: str, purpose: str) -> bool:
+    """MODEL names a DETR-style detector (a config name, HF directory or artifact), decided
+    without building it."""
+    from tvc.deps import require
+
+    require("torch", purpose)
+    from tvc.models.detection import is_detection_spec
+
+    return is_detection_spec(model)
+
+
+def _refuse_pretrained_detector(model: str, pretrained: bool, weights) -> None:
+    from tvc.models.detection import DETECTION_CONFIGS
+
+    if pretrained and weights is None and model in DETECTION_CONFIGS:
+        raise ConfigError(
+            f"{model} has no pretrained weights on disk and tvc never downloads",
+            "pass --weights FILE, or a Hugging Face detection directory as MODEL",
+        )
+
+
 @cli.command()
 @click.argument("model")
-@click.option("--data", required=True, help="fashion-mnist, fashion-mnist:DIR, or an image folder.")
+@click.option(
+    "--data",
+    required=True,
+    help="fashion-mnist, fashion-mnist:DIR, or an image folder; for detectors "
+    "fashion-mnist-det or a COCO-format directory.",
+)
 @artifact_output("Model artifact directory to write (checkpoints go to OUT.ckpt/).")
 @model_options
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="Peak learning rate.")
+@click.option(
+    "--lr",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate [default: 1e-3; detectors: 1e-3 from random weights, 1e-4 "
+    "(DETR's fine-tuning rate) from trained ones].",
+)
 @click.option(
     "--batch-size",
-    default=128,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Global batch (split over torchrun processes).",
+    help="Global batch, split over torchrun processes [default: 128; detectors: 16].",
 )
 @click.option("--input-size", type=int, default=None, help="Input resolution (model names only).")
 @click.option(
@@ -691,22 +887,49 @@ def bench(
     default=None,
     help="Validate/test on subsets of this many images.",
 )
-@click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(min=0))
-@click.option("--warmup-epochs", default=1.0, show_default=True, type=click.FloatRange(min=0))
 @click.option(
-    "--label-smoothing", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True)
+    "--weight-decay",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="AdamW weight decay [default: 0.05; detectors: 1e-4].",
+)
+@click.option(
+    "--warmup-epochs",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Linear warm-up [default: 1 epoch; detectors: 50 steps].",
+)
+@click.option(
+    "--grad-clip",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Max gradient norm, 0 for none [default: 1.0; detectors: 1.0 from random weights, "
+    "0.1 (DETR's) from trained ones].",
+)
+@click.option(
+    "--label-smoothing",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Classifiers only.",
 )
 @click.option(
     "--augment/--no-augment",
     default=True,
     show_default=True,
-    help="Random crop and horizontal flip.",
+    help="Random crop and horizontal flip (classifiers only).",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--resume", is_flag=True, help="Continue from OUT.ckpt/ after an interruption.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from OUT.ckpt/ after an interruption (classifiers only).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
 def train(
+    ctx,
     model,
     data,
     out,
@@ -721,6 +944,7 @@ def train(
     eval_limit,
     weight_decay,
     warmup_epochs,
+    grad_clip,
     label_smoothing,
     augment,
     seed,
@@ -730,24 +954,58 @@ def train(
 ) -> None:
     """Train or fine-tune MODEL on DATA; write a model artifact with its test accuracy.
 
-    Runs on all GPUs of a node with: torchrun --nproc_per_node N -m tvc train ...
+    Classifiers report top-1; detectors (detr_pico, deformable_detr_pico, a Hugging Face DETR
+    directory or a detector artifact) train with DETR's set loss and report COCO mAP.
+    Classifiers run on all GPUs of a node with: torchrun --nproc_per_node N -m tvc train ...
     """
+    detector = _is_detector(model, "training")  # first: it says when torch is missing
+    from tvc.train.detection import check_task
+
+    check_task(model, detector, data)
+    if detector:
+        if stray := _given(ctx, _TRAIN_CLASSIFIER_ONLY):
+            raise ConfigError(
+                f"{stray[0]} applies to classifiers only, not to the detector {model}",
+                f"drop {stray[0]}",
+            )
+        _refuse_pretrained_detector(model, pretrained, weights)
+        _train_detector(
+            model,
+            data,
+            out,
+            model_kwargs={"weights": weights, "num_classes": num_classes, "input_size": input_size},
+            train_kwargs={
+                "epochs": epochs,
+                "lr": lr,
+                "batch_size": batch_size,
+                "weight_decay": weight_decay,
+                "grad_clip": grad_clip,
+                "seed": seed,
+                "device": device,
+            },
+            limit=limit,
+            eval_limit=eval_limit,
+            warmup_epochs=warmup_epochs,
+        )
+        return
+
     from tvc.models import load_model
     from tvc.train.loop import TrainConfig
     from tvc.train.train import train_model
 
+    given = {"lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
+             "warmup_epochs": warmup_epochs, "grad_clip": grad_clip}  # fmt: skip
     cfg = TrainConfig(
         epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing,
         augment=augment,
         seed=seed,
         device=device,
         progress=not no_progress,
+        **{k: v for k, v in given.items() if v is not None},
     )
+    if cfg.grad_clip == 0:
+        cfg.grad_clip = None
     cfg.validate()
     import torch
 
@@ -777,6 +1035,37 @@ def train(
             f"wrote {art.path}: test top-1 {acc['top1']:.2f}% on {acc['n']} images "
             f"({art.meta['metrics']['training']['wall_s']:.0f} s of training)"
         )
+
+
+def _train_detector(model, data, out, *, model_kwargs, train_kwargs, limit, eval_limit,
+                    warmup_epochs) -> None:  # fmt: skip
+    """`tvc train` for DETR-style detectors: tvc.train.detection does the work."""
+    import torch
+
+    from tvc.models import load_model
+    from tvc.train.detection import det_train_config, train_detector_artifact
+
+    torch.manual_seed(train_kwargs["seed"])  # the same fresh weights for the same --seed
+    if Path(model).exists():
+        model_kwargs = {**model_kwargs, "input_size": None}  # fixed by the artifact / directory
+    loaded = load_model(model, warn_random=False, **model_kwargs)
+    cfg = det_train_config(loaded, **train_kwargs)
+    art = train_detector_artifact(
+        loaded,
+        data,
+        out,
+        cfg,
+        limit=limit,
+        eval_limit=eval_limit,
+        warmup_epochs=warmup_epochs,
+        spec={"command": command_line(), "model": model},
+    )
+    m = art.meta["metrics"]
+    det = m["detection"]
+    click.echo(
+        f"wrote {art.path}: test mAP {det['map']:.2f} (AP50 {det['ap50']:.2f}) on {det['n']} "
+        f"images ({m['training']['seconds']:.0f} s of training)"
+    )
 
 
 @cli.command("eval")

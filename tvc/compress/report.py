@@ -47,8 +47,17 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
 
     x = torch.zeros(1, *input_size)
     counter = FlopCounterMode(display=False)
-    with _unfused_attention(model), counter, torch.no_grad():
-        model.eval()(x)
+    # The counter's module tracker hooks tensors that require grad; under no_grad some carry no
+    # grad_fn (Deformable DETR's query split) and it asserts. Frozen parameters avoid that.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        with _unfused_attention(model), counter, torch.no_grad():
+            model.eval()(x)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     return int(counter.get_total_flops() // 2)
 
 

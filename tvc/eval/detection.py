@@ -14,9 +14,14 @@ one detection per query; Deformable DETR's sigmoid logits give the top (query, c
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tvc.data.detection import DetectionSet
+    from tvc.models.load import LoadedModel
+    from tvc.runtime.base import Runner
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -263,12 +268,9 @@ def evaluate_detector(
 # ------------------------------------------------------------------------- `tvc eval` targets
 
 
-def onnx_predictor(path, *, threads: int | None = None, provider: str = "cpu") -> Predict:
-    """predict(x) -> (logits, boxes) from an exported detector; a fixed batch is filled by
-    repeating the last image, and the extra rows are dropped."""
-    from tvc.runtime.ort import OrtRunner
-
-    runner = OrtRunner(path, threads=threads, provider=provider)
+def runner_predictor(runner: Runner) -> Predict:
+    """predict(x) -> (logits, boxes) over an open tvc Runner (ONNX Runtime, PyTorch); a fixed
+    batch is filled by repeating the last image, and the extra rows are dropped."""
     fixed = runner.inputs[0].shape[0]
     batch = fixed if isinstance(fixed, int) and fixed > 0 else None
 
@@ -286,6 +288,46 @@ def onnx_predictor(path, *, threads: int | None = None, provider: str = "cpu") -
         return np.concatenate(logits), np.concatenate(boxes)
 
     return predict
+
+
+def onnx_predictor(path, *, threads: int | None = None, provider: str = "cpu") -> Predict:
+    """predict(x) -> (logits, boxes) from an exported detector (see runner_predictor)."""
+    from tvc.runtime.ort import OrtRunner
+
+    return runner_predictor(OrtRunner(path, threads=threads, provider=provider))
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    data: DetectionSet,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    reference: LoadedModel | None = None,
+) -> dict[str, Any]:
+    """evaluate_detector() of a PyTorch detector (a LoadedModel) with its own preprocessing;
+    `reference` (another detector LoadedModel, e.g. the teacher) adds the agreement."""
+    from tvc.models.detection import torch_predictor
+
+    info = loaded.info
+    ref_kw: dict[str, Any] = {}
+    if reference is not None:
+        r = reference.info
+        ref_kw = {
+            "reference": torch_predictor(reference.model.to(device).eval(), device),
+            "reference_no_object_class": bool(reference.model.no_object_class),
+            "reference_preprocess": {"input_size": r.input_size, "mean": r.mean, "std": r.std},
+        }
+    return evaluate_detector(
+        torch_predictor(loaded.model.to(device).eval(), device),
+        data,
+        input_size=info.input_size,
+        mean=info.mean,
+        std=info.std,
+        no_object_class=bool(loaded.model.no_object_class),
+        batch_size=batch_size,
+        **ref_kw,
+    )
 
 
 def _predictors(target: str, *, threads, provider, variant_file, model_kwargs):

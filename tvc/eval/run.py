@@ -77,6 +77,12 @@ class DataCache:
 def accuracy_of(runner, data: DataCache, *, variant=None, loaded=None, reference=None,
                 batch_size: int = 64) -> dict[str, Any]:  # fmt: skip
     """evaluate() for one open runner; `reference` is (runner, view) or None."""
+    if {"logits", "boxes"} <= {o.name for o in runner.outputs}:  # DETR-style detector
+        label = variant.label if variant is not None else "the model"
+        raise ConfigError(
+            f"{label} is a detector but --data {data.spec} is classification data",
+            "pass detection data, e.g. --data fashion-mnist-det or a COCO-format directory",
+        )
     view = data_view(runner, variant, loaded)
     ref_predict = None
     if reference is not None:

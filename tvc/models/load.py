@@ -248,6 +248,27 @@ def save_model(writer, loaded: LoadedModel) -> None:
     writer.meta["model"] = loaded.info.to_json()
 
 
+def write_model_artifact(
+    loaded: LoadedModel,
+    out: str | Path,
+    *,
+    spec: dict[str, Any],
+    metrics: dict[str, Any],
+) -> Artifact:
+    """Write `loaded` as a model artifact at `out`, atomically, with `metrics`; return it.
+
+    The parent is the artifact the model came from (lineage). The model moves to the CPU, where
+    its weights are read for saving.
+    """
+    from tvc.artifact import write_artifact
+
+    loaded.model.to("cpu")
+    with write_artifact(out, "model", parent=loaded.artifact, spec=spec) as w:
+        save_model(w, loaded)
+        w.meta["metrics"] = metrics
+    return load_artifact(out)
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

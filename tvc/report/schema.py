@@ -40,6 +40,18 @@ class Accuracy(BaseModel):
     agreement: float | None = None  # percent top-1 agreement with a reference model
 
 
+class Detection(BaseModel):
+    """COCO box AP of a detector (DETR, Deformable DETR) on a detection dataset, in percent."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    split: str = "test"
+    n: int
+    map: float  # mAP@[.5:.95]
+    ap50: float
+    ap75: float | None = None
+
+
 class Energy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str  # e.g. "ina3221 sysfs", "tegrastats", "nvml"
@@ -75,6 +87,7 @@ class BenchRecord(BaseModel):
     size_bytes: int | None = None
     peak_rss_mb: float | None = None
     accuracy: Accuracy | None = None
+    detection: Detection | None = None  # detectors benched with detection --data
     energy: Energy | None = None
     board: str  # human label of the machine
     environment: dict[str, Any]

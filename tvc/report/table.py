@@ -12,6 +12,7 @@ def print_records(records, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title="tvc bench", show_lines=False)
     show_acc = any(r.accuracy is not None for r in records)
+    show_map = any(r.detection is not None for r in records)
     for col in (
         "variant",
         "backend",
@@ -29,9 +30,13 @@ def print_records(records, console: Console | None = None) -> None:
         table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
     if show_acc:
         table.add_column("top-1 %", justify="right")
+    if show_map:
+        table.add_column("mAP", justify="right")
     for r in records:
         lat = r.latency_ms
         acc = [f"{r.accuracy.top1:.2f}" if r.accuracy else "-"] if show_acc else []
+        if show_map:
+            acc.append(f"{r.detection.map:.2f}" if r.detection else "-")
         table.add_row(
             r.variant,
             r.provider if r.backend == "ort" else r.backend,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tvc.artifact import is_artifact, load_artifact
 from tvc.errors import ConfigError
 from tvc.runtime.bench import BenchConfig, make_record, time_runner
 from tvc.runtime.targets import Variant, onnx_variants
+
+if TYPE_CHECKING:
+    from tvc.data.detection import DetectionSet
+    from tvc.runtime.base import Runner
 
 log = logging.getLogger("tvc")
 BACKENDS = ("ort", "torch", "trt")
@@ -100,7 +104,8 @@ def bench_target(
 ):
     """Benchmark every variant of `target` on every backend and batch; return bench records.
 
-    With `data`, each variant's top-1/top-5 on that dataset's test split goes into its records.
+    With `data`, each variant's top-1/top-5 on that dataset's test split goes into its records;
+    for a detector (DETR-style outputs `logits` + `boxes`) and detection data, its COCO mAP.
     """
     if not Path(target).exists() and "ort" in cfg.backends and len(cfg.backends) == 1:
         # a model name with the default backend: say what to do rather than guess
@@ -114,9 +119,12 @@ def bench_target(
     records = []
     images = None
     if data is not None:
+        from tvc.data.detection import is_detection_spec
         from tvc.eval.run import DataCache
 
-        images = DataCache(data, limit=limit)
+        images = (
+            DetectionCache(data, limit) if is_detection_spec(data) else DataCache(data, limit=limit)
+        )
     from tvc.runtime.power import find_power_source
 
     power = find_power_source()  # Jetson rails, NVML; None on a plain CPU host
@@ -124,7 +132,7 @@ def bench_target(
         for backend in cfg.backends:
             for variant, loaded in variants_for(target, backend, model_kwargs):
                 with open_runner(backend, variant, cfg, loaded) as runner:
-                    accuracy = _accuracy(runner, images, variant, loaded) if images else None
+                    quality = _quality(runner, images, variant, loaded) if images else {}
                     for batch in cfg.batches:
                         log.info("timing %s on %s, batch %d", variant.label, backend, batch)
                         stats = time_runner(
@@ -141,7 +149,7 @@ def bench_target(
                                 batch,
                                 stats,
                                 command,
-                                accuracy=accuracy,
+                                **quality,
                                 **_device_measurements(runner, batch, stats.n, power),
                             )
                         )
@@ -151,13 +159,71 @@ def bench_target(
     return records
 
 
-def _accuracy(runner, images, variant, loaded):
-    """The variant's accuracy on the bench data (test split), as the record's Accuracy."""
+class DetectionCache:
+    """The test split of detection DATA, loaded once however many variants are measured."""
+
+    def __init__(self, spec: str, limit: int | None = None) -> None:
+        self.spec, self.limit = spec, limit
+        self._data = None
+
+    def get(self) -> DetectionSet:
+        if self._data is None:
+            from tvc.data.detection import load_detection
+
+            self._data = load_detection(self.spec, "test", limit=self.limit)
+        return self._data
+
+
+def is_detector_runner(runner: Runner) -> bool:
+    """DETR-style outputs (`logits` and `boxes`), whichever backend runs the model."""
+    return {"logits", "boxes"} <= {o.name for o in runner.outputs}
+
+
+def _quality(runner, images, variant, loaded) -> dict[str, Any]:
+    """The record's accuracy (classifier) or detection mAP (detector) on the bench data."""
+    detector = is_detector_runner(runner)
+    if isinstance(images, DetectionCache) != detector:
+        if detector:
+            raise ConfigError(
+                f"{variant.label} is a detector but --data {images.spec} is not detection data",
+                "pass detection data, e.g. --data fashion-mnist-det or a COCO-format directory",
+            )
+        raise ConfigError(
+            f"{variant.label} is a classifier but --data {images.spec} is detection data",
+            "pass classification data (e.g. --data fashion-mnist), or bench a detector",
+        )
+    log.info("evaluating %s on %s", variant.label, images.spec)
+    if detector:
+        return {"detection": _detection(runner, images, variant, loaded)}
     from tvc.eval.run import accuracy_of
     from tvc.report.schema import Accuracy
 
-    log.info("evaluating %s on %s", variant.label, images.spec)
-    return Accuracy(**accuracy_of(runner, images, variant=variant, loaded=loaded))
+    return {"accuracy": Accuracy(**accuracy_of(runner, images, variant=variant, loaded=loaded))}
+
+
+def _detection(runner, images: DetectionCache, variant, loaded):
+    """COCO mAP of a detector runner; its preprocessing comes from the model or its artifact."""
+    from tvc.eval.detection import evaluate_detector, runner_predictor
+    from tvc.report.schema import Detection
+
+    if loaded is not None:
+        facts = loaded.info.to_json()
+    else:
+        facts = (variant.artifact.meta.get("model") or {}) if variant.artifact else {}
+    if "no_object_class" not in (facts.get("extra") or {}):
+        raise ConfigError(
+            f"{variant.path} is a bare ONNX file; a detector's preprocessing is not in it",
+            "bench the export artifact directory that holds it",
+        )
+    res = evaluate_detector(
+        runner_predictor(runner),
+        images.get(),
+        input_size=tuple(facts["input_size"]),
+        mean=tuple(facts["mean"]),
+        std=tuple(facts["std"]),
+        no_object_class=bool(facts["extra"]["no_object_class"]),
+    )
+    return Detection(**{k: res[k] for k in ("dataset", "split", "n", "map", "ap50", "ap75")})
 
 
 def _device_measurements(runner, batch: int, n: int, power) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +29,10 @@ import torch.nn.functional as F
 
 from tvc.deps import require
 from tvc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tvc.artifact import Artifact
+    from tvc.models.load import LoadedModel
 
 log = logging.getLogger("tvc")
 
@@ -498,3 +504,138 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
 
     metrics = _loop(s_model, data, student.info, cfg, step_loss)
     return {"stage": "distill-detection", "config": asdict(cfg), **metrics}
+
+
+# ------------------------------------------------------------------- `tvc train` for detectors
+
+# Defaults by where the weights come from: DETR's fine-tuning recipe for trained weights, and
+# what trains tvc's tiny configs from random weights in a few epochs (benchmarks/bench_detection).
+FROM_SCRATCH = {"lr": 1e-3, "grad_clip": 1.0}
+FINE_TUNE = {"lr": 1e-4, "grad_clip": 0.1}
+
+
+def check_task(model: str, detector: bool, data: str | None) -> None:
+    """A detector trains on detection data, a classifier on classification data: say which."""
+    if data is None:
+        return
+    from tvc.data.detection import is_detection_spec
+
+    det_data = is_detection_spec(data)
+    if detector and not det_data:
+        raise ConfigError(
+            f"{model} is a detector but --data {data} is not detection data",
+            "pass --data fashion-mnist-det or a COCO-format directory",
+        )
+    if det_data and not detector:
+        raise ConfigError(
+            f"{model} is a classifier but --data {data} is detection data",
+            "use a detector (e.g. detr_pico) or classification data (e.g. --data fashion-mnist)",
+        )
+
+
+def det_train_config(
+    loaded: LoadedModel,
+    *,
+    epochs: int = 10,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    weight_decay: float | None = None,
+    grad_clip: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> DetTrainConfig:
+    """A DetTrainConfig whose unset values depend on the start: from random weights, lr 1e-3
+    and gradient clip 1.0; from trained weights, DETR's fine-tuning lr 1e-4 and clip 0.1."""
+    from tvc.train.dist import pick_device
+
+    base = FROM_SCRATCH if loaded.info.weights == "random" else FINE_TUNE
+    cfg = DetTrainConfig(
+        epochs=epochs,
+        lr=base["lr"] if lr is None else lr,
+        batch_size=16 if batch_size is None else batch_size,
+        weight_decay=1e-4 if weight_decay is None else weight_decay,
+        grad_clip=base["grad_clip"] if grad_clip is None else grad_clip,
+        seed=seed,
+        device=str(pick_device(device)),
+    )
+    cfg.validate()
+    return cfg
+
+
+def train_detector_artifact(
+    loaded: LoadedModel,
+    data_spec: str,
+    out: str | Path,
+    cfg: DetTrainConfig,
+    *,
+    limit: int | None = None,
+    eval_limit: int | None = None,
+    warmup_epochs: float | None = None,
+    spec: dict[str, Any] | None = None,
+) -> Artifact:
+    """Train detector `loaded` on `data_spec`'s train split, measure COCO mAP on its test split,
+    and write the model artifact `out` (atomically). Returns the artifact.
+
+    `warmup_epochs`, when given, sets the warm-up in epochs instead of cfg.warmup_steps.
+    """
+    from dataclasses import replace
+
+    from tvc.compress.report import count_macs
+    from tvc.data.detection import load_detection
+    from tvc.eval.detection import evaluate_model
+    from tvc.models.detection import is_detector
+    from tvc.models.load import write_model_artifact
+    from tvc.train.dist import launched_by_torchrun
+
+    if not is_detector(loaded):
+        raise ConfigError(f"{loaded.info.name} is not a detector", "use tvc train for classifiers")
+    if launched_by_torchrun():
+        raise ConfigError(
+            "detector training runs in one process, not under torchrun",
+            "run 'tvc train' without torchrun (--device cuda uses one GPU)",
+        )
+    cfg.validate()
+    # Scenes keep the dataset's own seed, so test numbers of different runs are comparable.
+    train = load_detection(data_spec, "train", limit=limit)
+    test = load_detection(data_spec, "test", limit=eval_limit)
+    if warmup_epochs is not None:
+        if warmup_epochs < 0:
+            raise ConfigError("warm-up epochs must be >= 0", "e.g. --warmup-epochs 1")
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        cfg = replace(cfg, warmup_steps=max(1, round(warmup_epochs * steps_per_epoch)))
+    log.info(
+        "training %s on %d %s scenes (%d objects), %d epoch(s), lr %g",
+        loaded.info.name,
+        len(train),
+        train.name,
+        train.num_objects,
+        cfg.epochs,
+        cfg.lr,
+    )
+    result = train_detector(loaded, train, cfg)
+    detection = evaluate_model(loaded, test, device=cfg.device)
+    log.info(
+        "test mAP %.2f (AP50 %.2f) on %d images",
+        detection["map"],
+        detection["ap50"],
+        detection["n"],
+    )
+    loaded.model.cpu().eval()
+    info = loaded.info
+    info.weights = f"tvc train on {data_spec}, starting from {info.weights}"
+    metrics = {
+        "map": detection["map"],
+        "ap50": detection["ap50"],
+        "detection": detection,
+        "params": int(sum(p.numel() for p in loaded.model.parameters())),
+        "macs": count_macs(loaded.model, info.input_size),
+        "training": {**result, "data": data_spec, "limit": limit},
+    }
+    full_spec = {
+        "step": "train",
+        "task": "detection",
+        "data": data_spec,
+        **(spec or {}),
+        "config": result["config"],
+    }
+    return write_model_artifact(loaded, out, spec=full_spec, metrics=metrics)
