@@ -25,6 +25,7 @@ files go under --work (default runs/bench_detection).
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import statistics
 import sys
@@ -44,10 +45,16 @@ from tvc.data.detection import load_detection
 from tvc.eval.detection import evaluate_model
 from tvc.export.detection import DetExportConfig, export_detection_onnx, parity_of
 from tvc.models import load_model
-from tvc.models.load import write_model_artifact
+from tvc.models.load import LoadedModel, write_model_artifact
 from tvc.runtime.bench import time_calls
 from tvc.runtime.ort import OrtRunner
-from tvc.train.detection import DetDistillConfig, DetTrainConfig, distill_detector, train_detector
+from tvc.train.detection import (
+    DetDistillConfig,
+    DetTrainConfig,
+    SetLossConfig,
+    distill_detector,
+    train_detector,
+)
 
 log = logging.getLogger("tvc")
 
@@ -57,13 +64,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     p.add_argument("--data", default="fashion-mnist-det", help="detection DATA (built-in set)")
     p.add_argument("--teacher", default=None, help="a trained DETR model artifact to start from")
-    p.add_argument("--model", default="detr_pico", help="DETR config trained as the teacher")
+    p.add_argument("--model", default="detr_micro", help="DETR config trained as the teacher")
     p.add_argument("--train-images", type=int, default=4000)
     p.add_argument("--eval-images", type=int, default=500)
     p.add_argument("--epochs", type=int, default=60, help="teacher training epochs")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--prune", type=float, default=0.3, help="share of heads and FFN removed")
     p.add_argument("--distill-epochs", type=int, default=15)
+    p.add_argument(
+        "--class-weight", type=float, default=2.0, help="class term of the set loss (DETR: 1)"
+    )
+    p.add_argument(
+        "--label-weight",
+        type=float,
+        default=1.0,
+        help="distillation also fits the labels at this weight (0: the teacher alone)",
+    )
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the control: the pruned student fine-tuned on labels alone, no teacher",
+    )
     p.add_argument("--ddetr-epochs", type=int, default=0, help="train Deformable DETR first")
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
@@ -97,9 +118,10 @@ def teacher_model(args, train, test) -> tuple[Any, dict]:
     cfg = DetTrainConfig(
         epochs=args.epochs,
         lr=args.lr,
-        grad_clip=1.0,
+        grad_clip=0.1,
         batch_size=args.batch_size,
         device=args.device,
+        loss=SetLossConfig(class_weight=args.class_weight),
     )
     log.info("training %s for %d epochs on %d scenes", args.model, args.epochs, len(train))
     metrics = train_detector(loaded, train, cfg)
@@ -230,7 +252,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"PyTorch mAP: teacher {det['teacher']['torch']['map']:.2f} (AP50 "
         f"{det['teacher']['torch']['ap50']:.2f}); student after pruning "
         f"{det['student']['pruned_torch']['map']:.2f}, after distillation "
-        f"{det['student']['torch']['map']:.2f} (AP50 {det['student']['torch']['ap50']:.2f}).",
+        f"{det['student']['torch']['map']:.2f} (AP50 {det['student']['torch']['ap50']:.2f})"
+        + _control(det["student"])
+        + ".",
         "",
         f"ONNX Runtime CPU, batch 1, {result['config']['threads']} thread(s):",
         "",
@@ -245,6 +269,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "## Deformable DETR: the two bilinear samplers",
+        "",
+        f"{ddetr['model']}: "
+        + (
+            f"trained here {ddetr['trained_epochs']} epochs, PyTorch mAP "
+            f"{ddetr['torch']['map']:.2f} (AP50 {ddetr['torch']['ap50']:.2f})"
+            if ddetr["trained_epochs"]
+            else "random weights"
+        )
+        + f"; parity on {result['config']['eval_images']} test scenes, ORT CPU batch 1.",
         "",
         "| sampler | max abs diff logits vs PyTorch | boxes | class agreement | GridSample "
         "nodes | p50 ms |",
@@ -265,6 +298,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"{g['boxes_max_abs_diff']:.2e}, class agreement {g['class_agreement']:.1%}.",
     ]
     return "\n".join(lines)
+
+
+def _control(student: dict[str, Any]) -> str:
+    f = student.get("finetune_only")
+    if f is None:
+        return ""
+    return (
+        f"; the same pruned student fine-tuned as long on the labels alone (no teacher): "
+        f"{f['map']:.2f} (AP50 {f['ap50']:.2f})"
+    )
 
 
 def _num(v) -> str:
@@ -296,13 +339,23 @@ def main() -> None:
     s_meta: dict[str, Any] = {"prune": {k: report[k] for k in ("params_before", "params_after")}}
     s_meta["pruned_torch"] = evaluate(student, test, args.device)
     teacher.model.to(args.device)
-    dcfg = DetDistillConfig(
-        epochs=args.distill_epochs,
-        lr=5e-4,
-        grad_clip=1.0,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    recover = {
+        "epochs": args.distill_epochs,
+        "lr": 5e-4,
+        "grad_clip": 0.1,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "loss": SetLossConfig(class_weight=args.class_weight),
+    }
+    if not args.no_baseline:  # the control: same pruned start and epochs, labels only
+        control = LoadedModel(copy.deepcopy(student.model), student.info)
+        f = train_detector(control, train, DetTrainConfig(**recover))
+        s_meta["finetune_only"] = {"seconds": f["seconds"], **evaluate(control, test, args.device)}
+        log.info(
+            "pruned student fine-tuned without teacher: mAP %.2f", s_meta["finetune_only"]["map"]
+        )
+        del control
+    dcfg = DetDistillConfig(**recover, label_weight=args.label_weight)
     d = distill_detector(student, teacher, train, dcfg)
     s_meta["distill_seconds"], s_meta["distill_final"] = d["seconds"], d["history"][-1]
     s_meta["torch"] = evaluate(student, test, args.device)

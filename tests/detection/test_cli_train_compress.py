@@ -42,7 +42,9 @@ def test_train_writes_a_detector_artifact_with_its_map(trained):
     assert metrics["training"]["epochs"] == 1 and len(metrics["training"]["history"]) == 1
     assert metrics["training"]["images"] == 16 and metrics["training"]["seconds"] >= 0
     # from random weights: the from-scratch defaults
-    assert art.meta["spec"]["config"]["lr"] == 1e-3 and art.meta["spec"]["config"]["grad_clip"] == 1
+    assert (
+        art.meta["spec"]["config"]["lr"] == 1e-3 and art.meta["spec"]["config"]["grad_clip"] == 0.1
+    )
     assert art.meta["spec"]["command"].startswith("tvc train detr_pico --data")
     loaded = load_model(str(out))
     assert is_detector(loaded) and loaded.info.input_size == (3, 64, 64)

@@ -59,6 +59,33 @@ def test_distillation_moves_the_student_towards_the_teacher(tiny_detr, scenes):
     assert hist[-1]["kd"] < hist[0]["kd"]
 
 
+def test_label_weight_adds_the_set_loss_against_the_labels(tiny_detr, scenes):
+    """label_weight=1 adds exactly the ground-truth set loss of every decoder layer."""
+    teacher = _copy(tiny_detr)
+    runs = {}
+    for w in (0.0, 1.0):
+        student = _copy(tiny_detr)
+        cfg = DetDistillConfig(epochs=1, batch_size=8, lr=1e-9, warmup_steps=1, label_weight=w)
+        runs[w] = distill_detector(student, teacher, scenes, cfg)["history"][0]
+    assert "labels" not in runs[0.0] and runs[1.0]["labels"] > 0
+    assert runs[1.0]["loss"] == pytest.approx(runs[0.0]["loss"] + runs[1.0]["labels"], rel=1e-4)
+    with pytest.raises(ConfigError, match="label weight"):
+        distill_detector(student, teacher, scenes, DetDistillConfig(epochs=1, label_weight=-1))
+
+
+def test_random_detr_gets_xavier_transformer_init():
+    """transformers' N(0, 0.02) leaves a scratch DETR's attention uniform; tvc re-draws it."""
+    from tvc.models import load_model
+
+    torch.manual_seed(0)
+    detr = load_model("detr_pico", warn_random=False).model.inner
+    q = detr.model.encoder.layers[0].self_attn.q_proj.weight
+    assert q.std() > 0.1  # xavier-uniform for 64x64: std 0.125; transformers' init: 0.02
+    deform = load_model("deformable_detr_pico", warn_random=False).model.inner
+    offsets = deform.model.encoder.layers[0].self_attn.sampling_offsets.weight
+    assert offsets.abs().max() == 0  # Deformable DETR keeps its own (grid) init
+
+
 def test_teacher_targets_keep_confident_queries():
     logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 0.0, 4.0], [0.0, 3.0, 0.0]]])
     boxes = torch.rand(1, 3, 4)

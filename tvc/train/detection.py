@@ -366,6 +366,9 @@ class DetDistillConfig(DetTrainConfig):
     kd_weight: float = 1.0  # weight of the logit + box imitation on matched queries
     temperature: float = 2.0
     score_threshold: float = 0.5  # teacher detections at least this confident become targets
+    # > 0: also DETR's set loss against the data's own labels, at this weight (labelled data);
+    # 0: the teacher alone supervises (unlabelled data works too).
+    label_weight: float = 0.0
 
 
 def teacher_targets(
@@ -465,9 +468,12 @@ def kd_loss(
 
 
 def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None) -> dict:
-    """Train `student` in place to reproduce `teacher`'s detections on `data` (labels unused)."""
+    """Train `student` in place to reproduce `teacher`'s detections on `data`; its labels join
+    in with cfg.label_weight > 0."""
     cfg = cfg or DetDistillConfig()
     cfg.validate()
+    if cfg.label_weight < 0:
+        raise ConfigError(f"label weight must be >= 0, got {cfg.label_weight}", "e.g. 1.0")
     if not 0 < cfg.score_threshold < 1:
         raise ConfigError(
             f"score threshold must be in (0, 1), got {cfg.score_threshold}", "e.g. 0.5"
@@ -484,7 +490,7 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
     loss_cfg = cfg.loss or SetLossConfig()
     no_obj = s_model.no_object_class
 
-    def step_loss(x, _targets):
+    def step_loss(x, targets):
         with torch.no_grad():
             t_logits, t_boxes = t_model(x)
         pseudo = teacher_targets(
@@ -500,7 +506,15 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
             logits, boxes, t_logits, t_boxes, no_object_class=no_obj, temperature=cfg.temperature
         )
         parts["kd"] = kd.item()
-        return loss + final + cfg.kd_weight * kd, parts
+        loss = loss + final + cfg.kd_weight * kd
+        if cfg.label_weight:
+            labelled = sum(
+                set_loss(lg, bx, targets, no_object_class=no_obj, cfg=loss_cfg)[0]
+                for lg, bx in layers
+            )
+            parts["labels"] = float(labelled.detach())
+            loss = loss + cfg.label_weight * labelled
+        return loss, parts
 
     metrics = _loop(s_model, data, student.info, cfg, step_loss)
     return {"stage": "distill-detection", "config": asdict(cfg), **metrics}
@@ -510,7 +524,7 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
 
 # Defaults by where the weights come from: DETR's fine-tuning recipe for trained weights, and
 # what trains tvc's tiny configs from random weights in a few epochs (benchmarks/bench_detection).
-FROM_SCRATCH = {"lr": 1e-3, "grad_clip": 1.0}
+FROM_SCRATCH = {"lr": 1e-3, "grad_clip": 0.1}
 FINE_TUNE = {"lr": 1e-4, "grad_clip": 0.1}
 
 
@@ -545,7 +559,7 @@ def det_train_config(
     device: str = "auto",
 ) -> DetTrainConfig:
     """A DetTrainConfig whose unset values depend on the start: from random weights, lr 1e-3
-    and gradient clip 1.0; from trained weights, DETR's fine-tuning lr 1e-4 and clip 0.1."""
+    and gradient clip 0.1; from trained weights, DETR's fine-tuning lr 1e-4 and clip 0.1."""
     from tvc.train.dist import pick_device
 
     base = FROM_SCRATCH if loaded.info.weights == "random" else FINE_TUNE
