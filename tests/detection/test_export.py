@@ -108,3 +108,21 @@ def test_deformable_static_int8_is_trt_ready(tiny_deformable, tmp_path):
     assert variant["trt_ready"] is True and variant["quantized_nodes"] > 0
     ops = {n.op_type for n in onnx.load(str(art.path / "model.int8.onnx")).graph.node}
     assert "Identity" in ops  # the shared weights this test is about
+
+
+def test_detr_static_int8_feeds_quantized_activations_only_to_linears(tiny_detr, tmp_path):
+    """DETR is post-norm: a LayerNorm's output feeds q/k/v and the residual Add. Only the
+    Linears may read its Q/DQ copy; the residual stream stays float."""
+    cfg = DetExportConfig(int8="static", calib_size=4, **FAST)
+    art = export_detection_onnx(tiny_detr, tmp_path / "int8", cfg)
+    graph = onnx.load(str(art.path / "model.int8.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    activation_dq = {
+        n.output[0]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and producers.get(n.input[0]) is not None
+        and producers[n.input[0]].op_type == "QuantizeLinear"
+    }  # fmt: skip
+    readers = {n.op_type for n in graph.node if any(i in activation_dq for i in n.input)}
+    assert readers and readers <= {"MatMul", "Gemm", "Conv"}, readers
+    assert art.meta["variants"]["model.int8.onnx"]["trt_ready"] is True

@@ -277,6 +277,8 @@ class _StaticJob:
         _run_static(prepared_path, self.out, x, inputs, cfg, candidates, self.exclude)
         _check_model(self.out)
         self.qdq = _load(self.out)
+        if cfg.ops == "safe":
+            self.qdq = _float_for_bystanders(self.qdq, self.prepared, set(candidates), self.out)
         quantized = _quantized_nodes(self.qdq)
         if not quantized:
             raise _no_layers(self.fp32, cfg.ops)
@@ -777,6 +779,40 @@ def _prepare(model: ModelProto, *, gemm: str = "keep") -> ModelProto:
     graph.node.extend(new_nodes)
     _prune(copy)  # drops weights only the rewritten Gemms used
     return copy
+
+
+def _float_for_bystanders(
+    qdq: ModelProto, fp32: ModelProto, linears: set[str], path: Path
+) -> ModelProto:
+    """Point every other reader of a quantized activation back at the float tensor.
+
+    ONNX Runtime inserts one Q/DQ pair per activation and hands the dequantized copy to all its
+    readers, not only the Linear it quantized for. In a post-norm transformer (DETR) a
+    LayerNorm's output feeds both the q/k/v Linears and the residual Add, so the residual
+    stream would carry INT8 rounding error through every layer. Only the Linears should read
+    the Q/DQ copy; this rewires the rest (Adds, Shapes, ...) and saves the result to `path`.
+    """
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    activation_dq = {
+        n.output[0]
+        for n in qdq.graph.node
+        if n.op_type == "DequantizeLinear"
+        and getattr(producers.get(n.input[0]), "op_type", None) == "QuantizeLinear"
+    }
+    bystanders = {
+        n.name
+        for n in qdq.graph.node
+        if n.op_type not in _QDQ_OPS
+        and n.name not in linears
+        and any(i in activation_dq for i in n.input)
+    }
+    if not bystanders:
+        return qdq
+    log.debug("%d non-Linear readers of quantized activations kept in float", len(bystanders))
+    fixed = keep_in_float(qdq, fp32, bystanders)
+    _save(fixed, path)
+    _check_model(path)
+    return fixed
 
 
 def _quantized_nodes(model: ModelProto) -> list[str]:
