@@ -65,6 +65,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default="fashion-mnist-det", help="detection DATA (built-in set)")
     p.add_argument("--teacher", default=None, help="a trained DETR model artifact to start from")
     p.add_argument("--model", default="detr_micro", help="DETR config trained as the teacher")
+    p.add_argument(
+        "--more-epochs",
+        type=int,
+        default=0,
+        help="train the --teacher artifact this many more epochs first (--lr, set loss as here)",
+    )
     p.add_argument("--train-images", type=int, default=4000)
     p.add_argument("--eval-images", type=int, default=500)
     p.add_argument("--epochs", type=int, default=60, help="teacher training epochs")
@@ -110,27 +116,32 @@ def save(loaded, path: Path, spec: dict, metrics: dict) -> None:
 
 
 def teacher_model(args, train, test) -> tuple[Any, dict]:
-    if args.teacher:
+    if args.teacher and not args.more_epochs:
         loaded = load_model(args.teacher)
         return loaded, {"source": args.teacher, "trained_here": False}
     torch.manual_seed(0)
-    loaded = load_model(args.model, warn_random=False)
+    loaded = load_model(args.teacher or args.model, warn_random=False)
+    epochs = args.more_epochs or args.epochs
     cfg = DetTrainConfig(
-        epochs=args.epochs,
+        epochs=epochs,
         lr=args.lr,
         grad_clip=0.1,
         batch_size=args.batch_size,
         device=args.device,
         loss=SetLossConfig(class_weight=args.class_weight),
     )
-    log.info("training %s for %d epochs on %d scenes", args.model, args.epochs, len(train))
+    source = args.teacher or args.model
+    log.info("training %s for %d epochs on %d scenes", source, epochs, len(train))
     metrics = train_detector(loaded, train, cfg)
+    # Epochs the given artifact had already had (as this script records them in its spec).
+    before = load_artifact(args.teacher).meta["spec"].get("epochs", 0) if args.teacher else 0
     return loaded, {
-        "source": args.model,
+        "source": source,
         "trained_here": True,
         "train_seconds": metrics["seconds"],
         "final_loss": metrics["history"][-1],
-        "epochs": args.epochs,
+        "epochs": before + epochs,
+        "epochs_this_run": epochs,
     }
 
 
@@ -241,6 +252,8 @@ def markdown(result: dict[str, Any]) -> str:
     det, ddetr = result["detr"], result["deformable_detr"]
     t = det["teacher"]
     how = f"trained here, {t.get('epochs')} epochs" if t["trained_here"] else "given"
+    if t.get("epochs_this_run", t.get("epochs")) != t.get("epochs"):
+        how += f", the last {t['epochs_this_run']} in this run"
     lines = [
         "## DETR on the built-in Fashion-MNIST detection set",
         "",
@@ -330,7 +343,7 @@ def main() -> None:
         save(
             teacher,
             work / "teacher",
-            {"stage": "train-detection", "epochs": args.epochs},
+            {"stage": "train-detection", "epochs": t_meta["epochs"]},
             {"map": t_meta["torch"]["map"], "ap50": t_meta["torch"]["ap50"]},
         )
         teacher = load_model(str(work / "teacher"))
