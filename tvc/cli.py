@@ -903,8 +903,8 @@ def _refuse_pretrained_detector(model: str, pretrained: bool, weights) -> None:
     "--grad-clip",
     default=None,
     type=click.FloatRange(min=0),
-    help="Max gradient norm, 0 for none [default: 1.0; detectors: 1.0 from random weights, "
-    "0.1 (DETR's) from trained ones].",
+    help="Max gradient norm, 0 for none [default: 1.0; detectors: 0.1, DETR's, "
+    "from random or trained weights].",
 )
 @click.option(
     "--label-smoothing",

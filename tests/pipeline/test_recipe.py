@@ -187,3 +187,31 @@ def test_run_dry_run_prints_every_command(tmp_path):
     assert f"tvc bench {run}/export --json {run}/bench/export.json --batch 1,2" in res.output
     assert f"tvc report {run}/bench/records.json -o {run}/report/report.md" in res.output
     assert not run.exists()  # nothing ran
+
+
+def test_detection_recipe_trains_compresses_and_benches_a_detr(tmp_path):
+    from tvc.pipeline.recipe import load_recipe
+
+    recipe = load_recipe("fmnist-det")
+    steps = plan(recipe)
+    check_commands(recipe, steps)
+    assert recipe.model.name == "detr_pico"
+    assert [(s.kind, s.id) for s in steps] == [
+        ("train", "teacher"),
+        ("export", "teacher-onnx"),
+        ("compress", "student"),
+        ("export", "student-onnx"),
+        ("bench", "bench"),
+        ("report", "report"),
+    ]
+    compress, int8, bench = steps[2], steps[3], steps[4]
+    assert compress.refs == {"distill": "@teacher"} and compress.options["prune"] == 0.5
+    assert int8.options["int8"] == "static" and int8.options["calib"] == "fashion-mnist-det"
+    assert bench.options["data"] == "fashion-mnist-det" and bench.options["batch"] == [1]
+    # detector exports have a fixed batch: a dynamic batch would be refused
+    assert not any(s.options.get("dynamic_batch") for s in steps)
+
+    res = CliRunner().invoke(cli, ["run", "fmnist-det", "-o", str(tmp_path / "r"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "tvc train detr_pico -o " in res.output and "--data fashion-mnist-det" in res.output
+    assert not (tmp_path / "r").exists()

@@ -171,6 +171,8 @@ def test_an_interrupted_train_stage_continues_from_its_checkpoint(fake, tmp_path
     fake.fail["train"] = 130  # e.g. Ctrl-C in the middle of an epoch
     with pytest.raises(StageFailedError):
         run(tmp_path, text)
+    (tmp_path / "run/t.ckpt").mkdir()
+    (tmp_path / "run/t.ckpt/last.pt").write_bytes(b"epoch 1")  # what the classifier left
     del fake.fail["train"]
     fake.calls.clear()
     _, lines = run(tmp_path, text)
@@ -188,6 +190,23 @@ def test_an_interrupted_train_stage_continues_from_its_checkpoint(fake, tmp_path
     fake.calls.clear()
     run(tmp_path, text.replace("epochs: 2", "epochs: 4"))
     assert "--resume" not in fake.calls[0]
+
+
+def test_an_interrupted_train_stage_without_a_checkpoint_starts_again(fake, tmp_path):
+    """Detector training keeps no checkpoint (and `tvc train` refuses --resume for detectors),
+    so an interrupted detector stage simply runs again."""
+    text = RECIPE.replace("model: vit_pico", "model: detr_pico").replace(
+        "  - export: {id: a, dynamic_batch: true}\n",
+        "  - train: {id: t, data: fashion-mnist-det, epochs: 2}\n  - export: {id: a}\n",
+    )
+    fake.fail["train"] = 130
+    with pytest.raises(StageFailedError):
+        run(tmp_path, text)
+    del fake.fail["train"]
+    fake.calls.clear()
+    run(tmp_path, text)
+    assert fake.calls[0] == ["train", "detr_pico", "-o", str(tmp_path / "run/t"), "--data",
+                             "fashion-mnist-det", "--epochs", "2"]  # fmt: skip
 
 
 def test_bench_records_are_named_by_stage_and_carry_their_commands(fake, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tvc.report.schema import Accuracy, BenchRecord, Energy, Latency, ModelRef
+from tvc.report.schema import Accuracy, BenchRecord, Detection, Energy, Latency, ModelRef
 
 CPU = "AMD EPYC 7B13 x2"
 NANO = "NVIDIA Jetson Orin Nano Developer Kit"
@@ -24,8 +24,8 @@ ENVS = {
 
 def record(variant: str, board: str, p50: float, *, precision: str = "fp32",
            backend: str = "ort", batch: int = 1, size: int | None = None,
-           top1: float | None = None, energy_j: float | None = None,
-           command: str | None = None) -> BenchRecord:  # fmt: skip
+           top1: float | None = None, map_: float | None = None,
+           energy_j: float | None = None, command: str | None = None) -> BenchRecord:  # fmt: skip
     lat = Latency(
         p50=p50,
         p90=p50 * 1.1,
@@ -53,6 +53,9 @@ def record(variant: str, board: str, p50: float, *, precision: str = "fp32",
         size_bytes=size,
         peak_rss_mb=120.0,
         accuracy=Accuracy(dataset="fashion-mnist", n=10000, top1=top1) if top1 else None,
+        detection=Detection(dataset="fashion-mnist-det", n=200, map=map_, ap50=map_ + 20)
+        if map_ is not None
+        else None,
         energy=Energy(source="ina3221 sysfs", avg_power_w=7.5, joules_per_inference=energy_j)
         if energy_j
         else None,
@@ -85,4 +88,14 @@ def records() -> list[BenchRecord]:
         ),
         record("teacher fp32", AGX, 0.8, backend="trt", size=7_300_000),
         record("student int8-qdq", AGX, 0.25, backend="trt", precision="int8-qdq", size=1_100_000),
+    ]
+
+
+@pytest.fixture
+def detections() -> list[BenchRecord]:
+    """A DETR teacher and its pruned student on a CPU: mAP instead of top-1."""
+    return [
+        record("detr fp32", CPU, 4.0, size=2_000_000, map_=30.0),
+        record("detr-student fp32", CPU, 2.5, size=1_000_000, map_=28.5),
+        record("detr-student int8-qdq", CPU, 2.0, precision="int8-qdq", size=500_000, map_=27.25),
     ]

@@ -34,12 +34,12 @@ def test_comparisons_use_the_baseline_on_the_same_board_and_batch(records):
     int8 = _row(a, "student int8-qdq", CPU)
     assert int8.speedup == pytest.approx(4.0)  # 4.0 ms / 1.0 ms
     assert int8.size_ratio == pytest.approx(7.2)
-    assert int8.d_top1 == pytest.approx(-1.5)
+    assert int8.d_quality == pytest.approx(-1.5)
     assert _row(a, "student int8-qdq", CPU, batch=8).speedup == pytest.approx(4.0)  # 24 / 6
     nano = _row(a, "student int8-qdq", NANO)
     assert nano.speedup == pytest.approx(4.0)  # 2.0 / 0.5 on the Nano, not against the CPU
     assert nano.size_ratio == pytest.approx(7.3 / 1.1)
-    assert nano.d_top1 == pytest.approx(-1.6)
+    assert nano.d_quality == pytest.approx(-1.6)
     # no baseline at batch 8 on the Orins: no speed-up rather than a wrong one
     assert _row(a, "student fp32", CPU).speedup == pytest.approx(2.0)
     assert headline(a).startswith("student int8-qdq vs teacher fp32 on AMD EPYC 7B13 x2")
@@ -178,3 +178,57 @@ def test_report_cli_merges_files_from_several_boards(records, tmp_path):
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "bad.json"), "-o", "x.html"])
     assert res.exit_code == 2 and "bad.json record 0: field" in res.output
     assert not (tmp_path / "x.html").exists()
+
+
+def _md_table(md: str, board: str) -> list[dict[str, str]]:
+    section = md.split(f"## {board}\n")[1].split("\n## ")[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    return [dict(zip(header, row, strict=True)) for row in cells]
+
+
+def test_detection_records_are_compared_in_map_points(detections, monkeypatch):
+    a = analyse(detections)
+    assert _row(a, "detr-student int8-qdq", CPU).d_quality == pytest.approx(-2.75)
+    head = headline(a)
+    assert head.startswith("detr-student int8-qdq vs detr fp32")
+    assert "2.00x faster" in head and "4.00x smaller" in head
+    assert "mAP -2.75 pts (27.25)" in head and "top-1" not in head
+
+    md = render_markdown(detections)
+    rows = _md_table(md, CPU)
+    assert "Top-1 %" not in rows[0] and "Δ top-1" not in rows[0]
+    assert [(r["mAP"], r["AP50"], r["Δ mAP"]) for r in rows] == [
+        ("30.00", "50.00", "+0.00"),
+        ("28.50", "48.50", "-1.50"),
+        ("27.25", "47.25", "-2.75"),
+    ]
+    assert "Δ mAP in points" in md and "mAP -2.75 pts" in md
+    assert '<td class="num">-2.75</td>' in render_html(detections)
+
+    from matplotlib.axes import Axes
+
+    labels = []
+    monkeypatch.setattr(Axes, "set_ylabel", lambda self, text, **kw: labels.append(text))
+    plots, notes = make_plots(a)
+    assert plots[0].name == "latency_vs_accuracy" and notes == []
+    assert labels == ["COCO mAP"]
+
+
+def test_mixed_classification_and_detection_records_each_show_their_metric(records, detections):
+    nano = [r.model_copy(update={"board": NANO}) for r in detections]
+    mixed = records[:3] + nano
+    md = render_markdown(mixed)
+    cpu_rows, nano_rows = _md_table(md, CPU), _md_table(md, NANO)
+    assert cpu_rows[2]["Top-1 %"] == "88.50" and "mAP" not in cpu_rows[0]
+    assert nano_rows[2]["mAP"] == "27.25" and "Top-1 %" not in nano_rows[0]
+    # the baseline is a classifier: there is no mAP to compare the detectors with
+    assert "Δ mAP" not in nano_rows[0]
+    assert "Δ top-1; Δ mAP in points" in md
+    plots, notes = make_plots(analyse(mixed))
+    assert plots[0].name == "latency_vs_accuracy"
+    assert notes == [
+        "Latency vs accuracy shows top-1 only: 3 record(s) with another metric are in the tables."
+    ]
+    assert "Headline:" in render_html(mixed)

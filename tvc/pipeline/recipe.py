@@ -32,7 +32,8 @@ those, a stage may have:
 `data` fills in `--data` of train, of compress when distilling or ranking channels by taylor
 importance, and of bench (accuracy), and `--calib` of a static INT8 export, unless the stage sets
 its own (`data: null` in bench turns accuracy off). A train stage that was interrupted continues
-from its checkpoint on the next run (`tvc train --resume`).
+from the checkpoint it left on the next run (`tvc train --resume`); detector training keeps no
+checkpoint, so an interrupted detector stage runs again from the start.
 
 Mistakes (unknown keys, wrong types, references to later stages, a bench before any export) are
 reported with their line number before any stage runs.
@@ -162,6 +163,8 @@ class ExportStage(_ModelStage):
     workspace_mb: PositiveInt | None = None
     timing_cache: str | None = None
     dla: int | None = Field(None, ge=0)
+    sampling: Literal["gather", "grid"] | None = None  # Deformable DETR's bilinear sampler
+    pixel_mask: bool | None = None  # detectors: a pixel_mask input for padded images
 
 
 class BenchStage(_Stage):

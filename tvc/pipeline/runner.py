@@ -291,7 +291,7 @@ class Runner:
             return StageResult(step, "skipped", 0.0, out, before.get("commands", []))
         argvs = self.commands.for_step(step)
         if before.get("status") in ("running", "failed") and before.get("hash") == digest:
-            if step.kind == "train" and "--resume" in (_cli_options("train") or ()):
+            if step.kind == "train" and checkpoint_left(out):
                 # same settings: continue from the checkpoint the last attempt left
                 argvs = [[*argvs[0], "--resume"]]
                 self.echo(f"{counter} {step.title}: interrupted last time, resuming it")
@@ -376,6 +376,13 @@ class Runner:
         src = export.inputs[0]
         # a model given as a path (an artifact, a HF directory) is named by its last part
         return Path(self.recipe.model.name).name if src == "@model" else src[1:]
+
+
+def checkpoint_left(out: Path) -> bool:
+    """An interrupted `tvc train` left a checkpoint to resume from (OUT.ckpt/last.pt). Only
+    classifier training writes one, so a detector, or a classifier stopped before its first
+    epoch ended, simply runs again (`tvc train` refuses --resume for detectors)."""
+    return (out.with_name(out.name + ".ckpt") / "last.pt").is_file()
 
 
 def _still_done(before: dict[str, Any], digest: str, step: Step, out: Path) -> bool:

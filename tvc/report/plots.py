@@ -1,7 +1,7 @@
-"""Report plots as PNG bytes: latency vs accuracy (Pareto front), size per variant, latency per
-board. matplotlib (the `report` extra) is optional: without it the report says so and has tables
-only. Figures are drawn on matplotlib's Agg canvas directly, so no GUI backend or global pyplot
-state is involved.
+"""Report plots as PNG bytes: latency vs accuracy (top-1, or COCO mAP for detectors; Pareto
+front), size per variant, latency per board. matplotlib (the `report` extra) is optional: without
+it the report says so and has tables only. Figures are drawn on matplotlib's Agg canvas directly,
+so no GUI backend or global pyplot state is involved.
 """
 
 from __future__ import annotations
@@ -89,17 +89,33 @@ def _point_label(row: Row, analysis: Analysis) -> str:
 
 
 def _latency_vs_accuracy(analysis: Analysis) -> tuple[Plot | None, str | None]:
-    if not any(r.rec.accuracy for r in analysis.rows):
-        return None, "Latency vs accuracy left out: no record has accuracy (bench with --data)."
+    rated = [r for r in analysis.rows if r.rec.quality]
+    if not rated:
+        return None, (
+            "Latency vs accuracy left out: no record has accuracy or mAP (bench with --data)."
+        )
+    # one metric per axis: the baseline's (top-1 or mAP), else the first one measured
+    metric = next((r for r in rated if r.is_baseline), rated[0]).rec.quality
+    others = sum(r.rec.quality.name != metric.name for r in rated)
+    note = (
+        f"Latency vs accuracy shows {metric.name} only: {others} record(s) with another metric "
+        "are in the tables."
+        if others
+        else None
+    )
     fig = _figure(4.6)
     ax = fig.add_subplot()
     all_x = []
     for k, board in enumerate(analysis.boards):
-        rows = [r for r in _smallest_batch_rows(analysis, board) if r.rec.accuracy]
+        rows = [
+            r
+            for r in _smallest_batch_rows(analysis, board)
+            if r.rec.quality and r.rec.quality.name == metric.name
+        ]
         if not rows:
             continue
         color = COLORS[k % len(COLORS)]
-        pts = [(r.rec.latency_ms.p50, r.rec.accuracy.top1) for r in rows]
+        pts = [(r.rec.latency_ms.p50, r.rec.quality.value) for r in rows]
         all_x += [p[0] for p in pts]
         front = pareto_front(pts)
         fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
@@ -127,7 +143,7 @@ def _latency_vs_accuracy(analysis: Analysis) -> tuple[Plot | None, str | None]:
     if all_x and max(all_x) / max(min(all_x), 1e-9) > 10:
         ax.set_xscale("log")
     ax.set_xlabel("p50 latency (ms), lower is better")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(metric.axis)
     ax.set_title("Latency vs accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -135,7 +151,7 @@ def _latency_vs_accuracy(analysis: Analysis) -> tuple[Plot | None, str | None]:
         "Each point is a variant; outlined points form the Pareto front (no other variant is "
         "both faster and more accurate); the star is the baseline."
     )
-    return _png(fig, "latency_vs_accuracy", "Latency vs accuracy", caption), None
+    return _png(fig, "latency_vs_accuracy", "Latency vs accuracy", caption), note
 
 
 def _size_per_variant(analysis: Analysis) -> tuple[Plot | None, str | None]:

@@ -2,8 +2,10 @@
 
 Records from any number of machines merge into one comparison: tables are grouped by board, each
 row is one variant on one backend at one batch size, and every row is compared with a baseline
-variant measured on the same board at the same batch (speed-up in p50 latency, size, top-1
-change). Every number links to the command and the package versions that produced it. No torch.
+variant measured on the same board at the same batch (speed-up in p50 latency, size, and the
+change in quality: top-1 of classifiers, COCO mAP of detectors, each only against the same metric
+on the same data). Every number links to the command and the package versions that produced it.
+No torch.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Row:
     rec: BenchRecord
     speedup: float | None  # baseline p50 / this p50, same board and batch
     size_ratio: float | None  # baseline size / this size
-    d_top1: float | None  # top-1 change in points
+    d_quality: float | None  # change of the record's quality metric (top-1 or mAP), in points
     is_baseline: bool
 
 
@@ -85,18 +87,15 @@ def _baseline_for(rec: BenchRecord, pool: list[BenchRecord]) -> BenchRecord | No
     return None
 
 
-def _accuracy_baseline(rec: BenchRecord, pool: list[BenchRecord]) -> BenchRecord | None:
-    if rec.accuracy is None:
+def _quality_change(rec: BenchRecord, pool: list[BenchRecord]) -> float | None:
+    """`rec`'s quality minus the baseline's, in points: the same metric on the same data, from
+    the same board where there is one."""
+    q = rec.quality
+    if q is None:
         return None
-    acc = rec.accuracy
-    same_data = [
-        b
-        for b in pool
-        if b.accuracy
-        and (b.accuracy.dataset, b.accuracy.split, b.accuracy.n) == (acc.dataset, acc.split, acc.n)
-    ]
-    same_board = [b for b in same_data if b.board == rec.board]
-    return (same_board or same_data or [None])[0]
+    same = [b for b in pool if b.quality and (b.quality.name, b.quality.data) == (q.name, q.data)]
+    base = next((b for b in same if b.board == rec.board), same[0] if same else None)
+    return q.value - base.quality.value if base else None
 
 
 def analyse(records: list[BenchRecord], baseline: str | None = None) -> Analysis:
@@ -110,14 +109,13 @@ def analyse(records: list[BenchRecord], baseline: str | None = None) -> Analysis
         # an engine's size depends on the board: prefer the baseline's size on the same board
         sizes = [x.size_bytes for x in pool if x.size_bytes and x.board == rec.board]
         sizes = sizes or [x.size_bytes for x in pool if x.size_bytes]
-        a = _accuracy_baseline(rec, pool)
         rows.append(
             Row(
                 n=n,
                 rec=rec,
                 speedup=b.latency_ms.p50 / rec.latency_ms.p50 if b else None,
                 size_ratio=sizes[0] / rec.size_bytes if sizes and rec.size_bytes else None,
-                d_top1=rec.accuracy.top1 - a.accuracy.top1 if a and rec.accuracy else None,
+                d_quality=_quality_change(rec, pool),
                 is_baseline=rec.variant == base,
             )
         )
@@ -157,8 +155,9 @@ def headline(analysis: Analysis, variant: str | None = None) -> str | None:
     ]
     if best.size_ratio:
         parts.append(times(best.size_ratio, "smaller", "larger"))
-    if best.d_top1 is not None:
-        parts.append(f"top-1 {best.d_top1:+.2f} pts ({best.rec.accuracy.top1:.2f}%)")
+    if best.d_quality is not None:
+        q = best.rec.quality
+        parts.append(f"{q.name} {best.d_quality:+.2f} pts ({q.text()})")
     return ", ".join(parts)
 
 
@@ -198,6 +197,25 @@ def _ips(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
+def _metric(name: str) -> Callable[[Row], str]:
+    """Cells of one quality metric ("top-1" or "mAP"): empty where a row has another or none."""
+
+    def cell(row: Row) -> str:
+        q = row.rec.quality
+        return f"{q.value:.2f}" if q and q.name == name else ""
+
+    return cell
+
+
+def _metric_change(name: str) -> Callable[[Row], str]:
+    def cell(row: Row) -> str:
+        q = row.rec.quality
+        ok = q and q.name == name and row.d_quality is not None
+        return f"{row.d_quality:+.2f}" if ok else ""
+
+    return cell
+
+
 def _agreement(rec: BenchRecord) -> str:
     agree = rec.accuracy.agreement if rec.accuracy else None
     return "" if agree is None else f"{agree:.1f}"
@@ -229,9 +247,12 @@ COLUMNS = [
     Column("Smaller", lambda r: f"{r.size_ratio:.2f}x" if r.size_ratio else ""),
     Column("Params", lambda r: fmt_count(r.rec.model.params)),
     Column("MACs", lambda r: fmt_count(r.rec.model.macs)),
-    Column("Top-1 %", lambda r: f"{r.rec.accuracy.top1:.2f}" if r.rec.accuracy else ""),
-    Column("Δ top-1", lambda r: f"{r.d_top1:+.2f}" if r.d_top1 is not None else ""),
+    Column("Top-1 %", _metric("top-1")),
+    Column("Δ top-1", _metric_change("top-1")),
     Column("Agree %", lambda r: _agreement(r.rec)),
+    Column("mAP", _metric("mAP")),
+    Column("AP50", lambda r: f"{r.rec.detection.ap50:.2f}" if r.rec.detection else ""),
+    Column("Δ mAP", _metric_change("mAP")),
     Column("Peak RSS MB", lambda r: f"{r.rec.peak_rss_mb:.0f}" if r.rec.peak_rss_mb else ""),
     Column("Power W", lambda r: f"{r.rec.energy.avg_power_w:.2f}" if r.rec.energy else ""),
     Column("mJ/img", lambda r: _millijoules(r.rec)),
@@ -366,10 +387,12 @@ def _summary_lines(a: Analysis) -> list[str]:
     head = headline(a)
     if head:
         lines += [f"**Headline:** {head}.", ""]
+    metrics = _unique(r.quality.name for r in a.records if r.quality)
+    deltas = "".join(f"; Δ {m}" for m in metrics) + (" in points" if metrics else "")
     lines += [
         f"- {len(a.records)} record(s) from {len(a.boards)} board(s): {', '.join(a.boards)}",
         f"- baseline: {a.baseline} (speed-up is baseline p50 / variant p50 on the same board and"
-        " batch; Δ top-1 in points)",
+        f" batch{deltas})",
         f"- made by tvc {__version__} on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
     ]
     return lines

@@ -8,6 +8,7 @@ minor additions because every new field is optional.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,20 @@ class Detection(BaseModel):
     ap75: float | None = None
 
 
+@dataclass(frozen=True)
+class Quality:
+    """The model-quality number of a record: top-1 for classifiers, COCO mAP for detectors."""
+
+    name: str  # "top-1" | "mAP": column title and the word in sentences
+    value: float  # in points of 100
+    unit: str  # what follows the value in text: "%" for top-1, nothing for mAP
+    axis: str  # plot axis label
+    data: tuple[str, str, int]  # (dataset, split, n): only equal data is compared
+
+    def text(self) -> str:
+        return f"{self.value:.2f}{self.unit}"
+
+
 class Energy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str  # e.g. "ina3221 sysfs", "tegrastats", "nvml"
@@ -94,6 +109,17 @@ class BenchRecord(BaseModel):
     command: str
     created: str
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def quality(self) -> Quality | None:
+        """Top-1 of a classifier, else COCO mAP of a detector, else None (benched without data)."""
+        if self.accuracy is not None:
+            a = self.accuracy
+            return Quality("top-1", a.top1, "%", "top-1 accuracy (%)", (a.dataset, a.split, a.n))
+        if self.detection is not None:
+            d = self.detection
+            return Quality("mAP", d.map, "", "COCO mAP", (d.dataset, d.split, d.n))
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
