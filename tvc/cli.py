@@ -1276,11 +1276,18 @@ def recipes(show) -> None:
     default=None,
     help="CPU threads for the benchmarks (default: all cores).",
 )
-def demo(out, threads) -> None:
+@click.option(
+    "--detection",
+    is_flag=True,
+    help="The detection story instead: DETR on the built-in Fashion-MNIST scenes (fmnist-det).",
+)
+def demo(out, threads, detection) -> None:
     """The main job on the built-in default: Fashion-MNIST ViT, pruned, distilled, INT8, report."""
     from tvc.demo import run_demo
 
-    run_demo(Path(out), threads=threads)
+    if detection and out == "runs/demo":
+        out = "runs/demo-det"
+    run_demo(Path(out), threads=threads, detection=detection)
 
 
 def main() -> None:

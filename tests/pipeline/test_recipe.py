@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from tvc.cli import cli
 from tvc.errors import ConfigError
-from tvc.pipeline.recipe import parse_recipe, plan, shipped_recipes
+from tvc.pipeline.recipe import load_recipe, parse_recipe, plan, shipped_recipes
 from tvc.pipeline.runner import check_commands
 
 GOOD = """\
@@ -195,7 +195,7 @@ def test_detection_recipe_trains_compresses_and_benches_a_detr(tmp_path):
     recipe = load_recipe("fmnist-det")
     steps = plan(recipe)
     check_commands(recipe, steps)
-    assert recipe.model.name == "detr_pico"
+    assert recipe.model.name == "detr_micro"
     assert [(s.kind, s.id) for s in steps] == [
         ("train", "teacher"),
         ("export", "teacher-onnx"),
@@ -213,5 +213,20 @@ def test_detection_recipe_trains_compresses_and_benches_a_detr(tmp_path):
 
     res = CliRunner().invoke(cli, ["run", "fmnist-det", "-o", str(tmp_path / "r"), "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "tvc train detr_pico -o " in res.output and "--data fashion-mnist-det" in res.output
+    assert "tvc train detr_micro -o " in res.output and "--data fashion-mnist-det" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_demo_runs_a_builtin_recipe_for_each_task(tmp_path, monkeypatch):
+    """`tvc demo` reuses the kept teacher when it is there; --detection runs fmnist-det."""
+    from tvc import demo
+
+    monkeypatch.setattr(demo, "TRAINED_TEACHER", tmp_path / "absent")
+    assert demo.demo_recipe() == "fmnist-demo"
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "artifact.json").write_text("{}")
+    monkeypatch.setattr(demo, "TRAINED_TEACHER", tmp_path / "kept")
+    assert demo.demo_recipe() == "fmnist-reuse"
+    assert demo.demo_recipe(detection=True) == "fmnist-det"
+    for task in (False, True):
+        load_recipe(demo.demo_recipe(task))  # each names a recipe that exists and validates
