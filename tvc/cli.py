@@ -872,7 +872,8 @@ def _refuse_pretrained_detector(model: str, pretrained: bool, weights) -> None:
     "--batch-size",
     default=None,
     type=click.IntRange(min=1),
-    help="Global batch, split over torchrun processes [default: 128; detectors: 16].",
+    help="Global batch, split over torchrun processes [default: 128; detectors: 32 from "
+    "random weights, 16 from trained ones].",
 )
 @click.option("--input-size", type=int, default=None, help="Input resolution (model names only).")
 @click.option(
