@@ -189,23 +189,22 @@ def test_run_dry_run_prints_every_command(tmp_path):
     assert not run.exists()  # nothing ran
 
 
-def test_detection_recipe_trains_compresses_and_benches_a_detr(tmp_path):
+def test_detection_recipe_compresses_and_benches_the_kept_detr(tmp_path):
     from tvc.pipeline.recipe import load_recipe
 
     recipe = load_recipe("fmnist-det")
     steps = plan(recipe)
     check_commands(recipe, steps)
-    assert recipe.model.name == "detr_micro"
+    assert recipe.model.name == "benchmarks/artifacts/detr_teacher"
     assert [(s.kind, s.id) for s in steps] == [
-        ("train", "teacher"),
         ("export", "teacher-onnx"),
         ("compress", "student"),
         ("export", "student-onnx"),
         ("bench", "bench"),
         ("report", "report"),
     ]
-    compress, int8, bench = steps[2], steps[3], steps[4]
-    assert compress.refs == {"distill": "@teacher"} and compress.options["prune"] == 0.5
+    compress, int8, bench = steps[1], steps[2], steps[3]
+    assert compress.refs == {"distill": "@model"} and compress.options["prune"] == 0.5
     assert int8.options["int8"] == "static" and int8.options["calib"] == "fashion-mnist-det"
     assert bench.options["data"] == "fashion-mnist-det" and bench.options["batch"] == [1]
     # detector exports have a fixed batch: a dynamic batch would be refused
@@ -213,7 +212,8 @@ def test_detection_recipe_trains_compresses_and_benches_a_detr(tmp_path):
 
     res = CliRunner().invoke(cli, ["run", "fmnist-det", "-o", str(tmp_path / "r"), "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "tvc train detr_micro -o " in res.output and "--data fashion-mnist-det" in res.output
+    assert "tvc compress benchmarks/artifacts/detr_teacher -o " in res.output
+    assert "--distill benchmarks/artifacts/detr_teacher" in res.output
     assert not (tmp_path / "r").exists()
 
 
