@@ -358,9 +358,15 @@ def _print_export(art) -> None:
     p = art.meta["metrics"].get("parity", {})
     click.echo(f"wrote {art.path} ({art.size_bytes / 1e6:.2f} MB in all)")
     if p:
+        # Detectors record the per-query class agreement; classifiers top-1 agreement.
+        agree = (
+            ("class", p["class_agreement"])
+            if "class_agreement" in p
+            else ("top-1", p["top1_agreement"])
+        )
         click.echo(
             f"  model.onnx: parity vs PyTorch max abs diff {p['max_abs_diff']:.2e}, "
-            f"top-1 agreement {p['top1_agreement']:.0%}, "
+            f"{agree[0]} agreement {agree[1]:.0%}, "
             f"{'simplified' if art.meta['metrics'].get('simplified') else 'not simplified'}"
         )
     for fname, v in art.meta.get("variants", {}).items():
