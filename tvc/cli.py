@@ -1281,7 +1281,7 @@ def recipes(show) -> None:
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads for the benchmarks (default: all cores).",
+    help="CPU threads for the benchmarks (default: the recipe's, 1).",
 )
 @click.option(
     "--detection",
