@@ -1077,7 +1077,12 @@ def _train_detector(model, data, out, *, model_kwargs, train_kwargs, limit, eval
 
 @cli.command("eval")
 @click.argument("target")
-@click.option("--data", required=True, help="fashion-mnist, fashion-mnist:DIR, or an image folder.")
+@click.option(
+    "--data",
+    required=True,
+    help="fashion-mnist, fashion-mnist:DIR, or an image folder; for detectors "
+    "fashion-mnist-det or a COCO-format directory (COCO mAP).",
+)
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
