@@ -40,7 +40,7 @@ import numpy as np
 
 from tvc.artifact import Artifact, load_artifact, write_artifact
 from tvc.errors import ConfigError, ExportError, ParityError, UnsupportedModelError, first_line
-from tvc.export.onnx import MIN_OPSET, check_onnx
+from tvc.export.onnx import check_onnx, check_opset_and_batch
 from tvc.export.parity import compare
 
 log = logging.getLogger("tvc")
@@ -70,13 +70,7 @@ class DetExportConfig:
     eval_limit: int = 200
 
     def validate(self) -> None:
-        if self.opset < MIN_OPSET:
-            raise ConfigError(
-                f"--opset {self.opset} is too old (LayerNormalization needs {MIN_OPSET})",
-                f"use --opset {MIN_OPSET} or newer",
-            )
-        if self.batch < 1:
-            raise ConfigError(f"--batch must be >= 1, got {self.batch}", "use --batch 1")
+        check_opset_and_batch(self.opset, self.batch)
         if self.sampling not in SAMPLING_MODES:
             raise ConfigError(
                 f"--sampling {self.sampling} is unknown", f"use one of: {', '.join(SAMPLING_MODES)}"

@@ -38,13 +38,18 @@ class OnnxExportConfig:
     rtol: float = 1e-3
 
     def validate(self) -> None:
-        if self.opset < MIN_OPSET:
-            raise ConfigError(
-                f"--opset {self.opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}",
-                f"use --opset {MIN_OPSET} or newer",
-            )
-        if self.batch < 1:
-            raise ConfigError(f"--batch must be >= 1, got {self.batch}", "use --batch 1")
+        check_opset_and_batch(self.opset, self.batch)
+
+
+def check_opset_and_batch(opset: int, batch: int) -> None:
+    """The export settings every model shares: an opset with LayerNormalization, batch >= 1."""
+    if opset < MIN_OPSET:
+        raise ConfigError(
+            f"--opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}",
+            f"use --opset {MIN_OPSET} or newer",
+        )
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}", "use --batch 1")
 
 
 def export_onnx(loaded, out: str | Path, config: OnnxExportConfig) -> Artifact:
