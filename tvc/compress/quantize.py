@@ -275,10 +275,10 @@ class _StaticJob:
         x = _calibration_images(self.calib, cfg, inputs)
         prepared_path = _save(self.prepared, self.tmp / "prepared.onnx")
         _run_static(prepared_path, self.out, x, inputs, cfg, candidates, self.exclude)
-        _check_model(self.out)
         self.qdq = _load(self.out)
         if cfg.ops == "safe":
             self.qdq = _float_for_bystanders(self.qdq, self.prepared, set(candidates), self.out)
+        _check_model(self.out)  # the file as it ships, after any rewiring
         quantized = _quantized_nodes(self.qdq)
         if not quantized:
             raise _no_layers(self.fp32, cfg.ops)
@@ -811,7 +811,6 @@ def _float_for_bystanders(
     log.debug("%d non-Linear readers of quantized activations kept in float", len(bystanders))
     fixed = keep_in_float(qdq, fp32, bystanders)
     _save(fixed, path)
-    _check_model(path)
     return fixed
 
 
