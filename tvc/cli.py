@@ -1277,10 +1277,9 @@ def recipes(show) -> None:
     "-o",
     "--output",
     "out",
-    default="runs/demo",
-    show_default=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Run directory (reused on a re-run).",
+    help="Run directory, reused on a re-run [default: runs/demo; runs/demo-det with --detection].",
 )
 @click.option(
     "--threads",
@@ -1297,8 +1296,8 @@ def demo(out, threads, detection) -> None:
     """The main job on the built-in default: Fashion-MNIST ViT, pruned, distilled, INT8, report."""
     from tvc.demo import run_demo
 
-    if detection and out == "runs/demo":
-        out = "runs/demo-det"
+    if out is None:
+        out = "runs/demo-det" if detection else "runs/demo"
     run_demo(Path(out), threads=threads, detection=detection)
 
 
