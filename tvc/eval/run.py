@@ -77,7 +77,7 @@ class DataCache:
 def accuracy_of(runner, data: DataCache, *, variant=None, loaded=None, reference=None,
                 batch_size: int = 64) -> dict[str, Any]:  # fmt: skip
     """evaluate() for one open runner; `reference` is (runner, view) or None."""
-    if {"logits", "boxes"} <= {o.name for o in runner.outputs}:  # DETR-style detector
+    if runner.is_detector:
         label = variant.label if variant is not None else "the model"
         raise ConfigError(
             f"{label} is a detector but --data {data.spec} is classification data",

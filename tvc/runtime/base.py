@@ -66,6 +66,11 @@ class Runner(ABC):
         return self._outputs
 
     @property
+    def is_detector(self) -> bool:
+        """DETR-style outputs (`logits` and `boxes`), whichever backend runs the model."""
+        return {"logits", "boxes"} <= {o.name for o in self.outputs}
+
+    @property
     def provider(self) -> str:
         """The device/provider the model runs on (e.g. CPUExecutionProvider)."""
         return self.backend

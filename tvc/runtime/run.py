@@ -13,7 +13,6 @@ from tvc.runtime.targets import Variant, onnx_variants
 
 if TYPE_CHECKING:
     from tvc.data.detection import DetectionSet
-    from tvc.runtime.base import Runner
 
 log = logging.getLogger("tvc")
 BACKENDS = ("ort", "torch", "trt")
@@ -174,14 +173,9 @@ class DetectionCache:
         return self._data
 
 
-def is_detector_runner(runner: Runner) -> bool:
-    """DETR-style outputs (`logits` and `boxes`), whichever backend runs the model."""
-    return {"logits", "boxes"} <= {o.name for o in runner.outputs}
-
-
 def _quality(runner, images, variant, loaded) -> dict[str, Any]:
     """The record's accuracy (classifier) or detection mAP (detector) on the bench data."""
-    detector = is_detector_runner(runner)
+    detector = runner.is_detector
     if isinstance(images, DetectionCache) != detector:
         if detector:
             raise ConfigError(

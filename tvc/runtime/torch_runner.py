@@ -18,6 +18,8 @@ class TorchRunner(Runner):
     def __init__(self, loaded, *, threads: int | None = None, device: str = "cpu") -> None:
         import torch
 
+        from tvc.models.detection import is_detector
+
         if threads:
             torch.set_num_threads(threads)
         self.threads = threads
@@ -27,8 +29,7 @@ class TorchRunner(Runner):
         self._inputs = [TensorSpec("input", (None, c, h, w), np.dtype(np.float32))]
         f32 = np.dtype(np.float32)
         extra = loaded.info.extra or {}
-        self.detector = extra.get("task") == "detection" or loaded.info.family == "hf-det"
-        if self.detector:
+        if is_detector(loaded):
             queries = extra.get("num_queries", getattr(self.model, "num_queries", None))
             no_object = extra.get("no_object_class", getattr(self.model, "no_object_class", False))
             classes = loaded.info.num_classes + (1 if no_object else 0)
@@ -52,7 +53,7 @@ class TorchRunner(Runner):
         x = torch.from_numpy(feeds["input"]).to(self.device)
         with torch.inference_mode():
             y = self.model(x)
-        if self.detector:
+        if self.is_detector:
             logits, boxes = y
             return {"logits": logits.float().cpu().numpy(), "boxes": boxes.float().cpu().numpy()}
         return {"logits": y.float().cpu().numpy()}
