@@ -1,3 +1,3 @@
-from tvc.cli import main
+from tvc.cli.main import main
 
 main()

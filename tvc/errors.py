@@ -64,6 +64,12 @@ class MissingDependencyError(TvcError):
     exit_code = 5
 
 
+class NonFiniteError(TvcError):
+    """Weights or outputs hold NaN or Inf: training diverged or the input is corrupt."""
+
+    exit_code = 6
+
+
 class UnsupportedModelError(TvcError):
     """The model has a structure a stage does not understand."""
 
