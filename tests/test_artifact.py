@@ -40,7 +40,7 @@ def test_same_payload_same_id(tmp_path):
 def test_failed_write_leaves_previous_artifact_intact(tmp_path):
     out = tmp_path / "a"
     before = _write(out, text="old")
-    with pytest.raises(RuntimeError), write_artifact(out, "model") as w:
+    with pytest.raises(RuntimeError), write_artifact(out, "model", force=True) as w:
         w.path_for("weights.bin").write_text("half-written")
         raise RuntimeError("interrupted")
     after = load_artifact(out)
@@ -49,11 +49,23 @@ def test_failed_write_leaves_previous_artifact_intact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-def test_overwrite_replaces_artifact(tmp_path):
+def test_overwrite_needs_force_and_replaces_artifact(tmp_path):
     out = tmp_path / "a"
     _write(out, text="old")
-    _write(out, text="new")
+    with pytest.raises(ArtifactError, match="pass --force"):
+        _write(out, text="new")
+    assert (out / "weights.bin").read_text() == "old"
+    _write(out, text="new", force=True)
     assert (out / "weights.bin").read_text() == "new"
+    assert not list(tmp_path.glob(".a.*"))  # no staging or old directory left
+
+
+def test_input_artifact_is_never_replaced_even_with_force(tmp_path):
+    out = tmp_path / "a"
+    src = _write(out, text="trained")
+    with pytest.raises(ArtifactError, match="would overwrite the input"):
+        _write(out, text="x", parent=src, force=True)
+    assert (out / "weights.bin").read_text() == "trained"
 
 
 def test_tampered_payload_is_detected(tmp_path):

@@ -11,6 +11,11 @@ complete, so an interrupted run leaves the previous artifact intact.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import ctypes
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tvc.errors import ArtifactError
+from tvc.errors import ArtifactError, StorageError, first_line, storage_error
 
 ARTIFACT_FILE = "artifact.json"
 SCHEMA_VERSION = 1
@@ -58,7 +63,7 @@ class Artifact:
                 f"artifact {self.path} has no payload file '{name}' (it has: {have})",
                 "point at an artifact that contains it, or re-run the step that makes it",
             )
-        return self.path / name
+        return payload_path(self.path, name)
 
     def has(self, name: str) -> bool:
         return name in self.meta["files"]
@@ -86,6 +91,125 @@ def is_artifact(path: str | os.PathLike) -> bool:
     return (Path(path) / ARTIFACT_FILE).is_file()
 
 
+# Whether write_artifact may replace an existing artifact when its caller does not say. The CLI's
+# `--force` sets it around a command, so library code between the CLI and write_artifact does not
+# have to thread the flag through every call.
+_FORCE: contextvars.ContextVar[bool] = contextvars.ContextVar("tvc_artifact_force", default=False)
+
+
+@contextlib.contextmanager
+def allow_overwrite(force: bool = True) -> Iterator[None]:
+    """Within this block, write_artifact replaces existing artifacts when `force` is true."""
+    token = _FORCE.set(force)
+    try:
+        yield
+    finally:
+        _FORCE.reset(token)
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    """`a` is `b` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def check_output(
+    target: str | os.PathLike,
+    *,
+    force: bool | None = None,
+    inputs: tuple[str | os.PathLike, ...] = (),
+) -> Path:
+    """Refuse, before any work, an output path that would destroy something or cannot be written.
+
+    An existing artifact is replaced only with `force`; an input (the source artifact, a weights
+    file, a data directory) is never overwritten, even with `force`. Returns the absolute target.
+    """
+    force = _FORCE.get() if force is None else force
+    target = Path(target).absolute()
+    real = target.resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if _same_or_inside(real, src) or _same_or_inside(src, real):
+            raise ArtifactError(
+                f"-o {target} would overwrite the input {given}",
+                "write the result to another -o path (--force never replaces an input)",
+            )
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ArtifactError(
+            f"-o {target} is a file, not an artifact directory", "choose another -o path"
+        )
+    if target.exists():
+        if is_artifact(target):
+            if not force:
+                raise ArtifactError(
+                    f"-o {target} is an existing artifact",
+                    "pass --force to replace it, or choose another -o path",
+                )
+        elif any(target.iterdir()):
+            raise ArtifactError(
+                f"output directory {target} exists and is not a tvc artifact",
+                "choose another -o path or empty that directory",
+            )
+    # The nearest existing ancestor must be a directory we may write into.
+    anc = target.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise StorageError(
+            f"cannot write -o {target}: {anc} is a file, not a directory", "choose another -o path"
+        )
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"cannot write -o {target}: {anc} is not writable",
+            "write somewhere you may write, with -o",
+        )
+    return target
+
+
+def clean_stale(parent: Path, name: str) -> list[Path]:
+    """Remove what killed writers of `parent/name` left behind (staging and old directories,
+    temporary files) when the process that made them is gone. Returns what was removed."""
+    removed = []
+    for p in parent.glob(f".{glob.escape(name)}.*-*"):
+        kind, _, pid = p.name.rpartition("-")
+        if not pid.isdigit() or not kind.endswith((".staging", ".old", ".tmp")):
+            continue
+        if int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (dead, not yet reaped) holds nothing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@contextlib.contextmanager
+def _storage_errors(where: Path) -> Iterator[None]:
+    """Disk full, permissions and the like become a one-line StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        err = storage_error(exc, where)
+        if err is None:
+            raise
+        raise err from exc
+
+
 @contextlib.contextmanager
 def write_artifact(
     target: str | os.PathLike,
@@ -93,6 +217,7 @@ def write_artifact(
     *,
     parent: Artifact | None = None,
     spec: dict[str, Any] | None = None,
+    force: bool | None = None,
 ) -> Iterator[ArtifactWriter]:
     """Context manager that writes an artifact atomically.
 
@@ -102,20 +227,21 @@ def write_artifact(
             save(w.path_for("model.onnx"))
             w.meta["io"] = {...}
 
-    Every file left in the staging directory becomes a payload file with its sha256.
+    Every file left in the staging directory becomes a payload file with its sha256. An existing
+    artifact at `target` is replaced only with `force` (default: `allow_overwrite`'s setting),
+    never when it is `parent`; the replacement is one atomic rename done under a lock, so two
+    writers cannot lose each other's result silently: without `force` the second one fails.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
-    target = Path(target).absolute()
-    if target.exists() and not is_artifact(target) and any(target.iterdir()):
-        raise ArtifactError(
-            f"output directory {target} exists and is not a tvc artifact",
-            "choose another -o path or empty that directory",
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    force = _FORCE.get() if force is None else force
+    target = check_output(target, force=force, inputs=(parent.path,) if parent else ())
+    with _storage_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(target.parent, target.name)
+        staging = target.parent / f".{target.name}.staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
     writer = ArtifactWriter(target=target, kind=kind, staging=staging)
     writer.meta.update(
         {
@@ -131,8 +257,9 @@ def write_artifact(
         }
     )
     try:
-        yield writer
-        _commit(writer)
+        with _storage_errors(target):
+            yield writer
+            _commit(writer, force=force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -146,7 +273,35 @@ def _lineage_entry(parent: Artifact) -> dict[str, Any]:
     }
 
 
-def _commit(writer: ArtifactWriter) -> None:
+@contextlib.contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on `directory` itself: commits into one directory take turns, and no
+    lock file is left behind."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False  # this file system cannot exchange: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _commit(writer: ArtifactWriter, *, force: bool = False) -> None:
     from tvc.runtime.device import environment
 
     files = {}
@@ -167,11 +322,24 @@ def _commit(writer: ArtifactWriter) -> None:
         f.flush()
         os.fsync(f.fileno())
     target = writer.target
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(writer.staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with _dir_lock(target.parent):
+        if target.exists() and not force and (is_artifact(target) or any(target.iterdir())):
+            # Another process committed here while we worked: keep its result, report ours lost.
+            raise ArtifactError(
+                f"{target} was written by another process while this one ran; "
+                "this result was not kept",
+                "pass --force to replace it, or write to another -o path",
+            )
+        if target.exists() and not (target.is_dir() and not target.is_symlink()):
+            raise ArtifactError(f"-o {target} is a file, not a directory", "choose another -o path")
+        if target.exists() and _exchange(writer.staging, target):
+            # staging now holds the old artifact; the finally of write_artifact removes it
+            return
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(writer.staging, target)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(o: Any) -> Any:
@@ -182,6 +350,68 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _damaged(path: Path, what: str) -> ArtifactError:
+    return ArtifactError(
+        f"{path / ARTIFACT_FILE} {what}", "the artifact is damaged: re-run the step that wrote it"
+    )
+
+
+def payload_path(root: Path, name: str) -> Path:
+    """`root/name`, refused unless it stays inside `root` (no absolute paths, no `..`, no symlink
+    out): an edited artifact.json must not make tvc read, hash or run files elsewhere."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise _damaged(root, f"names an invalid payload file {name!r}")
+    pure = Path(name)
+    if pure.is_absolute() or ".." in pure.parts or name.startswith("~"):
+        raise ArtifactError(
+            f"artifact {root} names a payload outside its directory ('{name}')",
+            "payload files must lie inside the artifact directory; re-run the step that wrote it",
+        )
+    full = root / pure
+    base = root.resolve()
+    if full.exists() and base not in full.resolve().parents:
+        raise ArtifactError(
+            f"artifact {root} payload '{name}' links outside its directory",
+            "payload files must lie inside the artifact directory; re-run the step that wrote it",
+        )
+    return full
+
+
+def _check_meta(path: Path, meta: Any) -> None:
+    """artifact.json's own fields have the types tvc relies on."""
+    if not isinstance(meta, dict):
+        raise _damaged(path, "is not a JSON object")
+    for key in ("schema_version", "kind", "files", "id"):
+        if key not in meta:
+            raise _damaged(path, f"lacks the field '{key}'")
+    if not isinstance(meta["schema_version"], int) or isinstance(meta["schema_version"], bool):
+        raise _damaged(
+            path, f"has a schema_version that is not an integer ({meta['schema_version']!r})"
+        )
+    if meta["kind"] not in KINDS:
+        raise _damaged(path, f"has an unknown kind {meta['kind']!r} (known: {', '.join(KINDS)})")
+    if not isinstance(meta["id"], str):
+        raise _damaged(path, "has an id that is not a string")
+    if not isinstance(meta["files"], dict):
+        raise _damaged(path, "has a 'files' field that is not an object")
+    for name, info in meta["files"].items():
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("sha256"), str)
+            or not isinstance(info.get("bytes"), int)
+            or isinstance(info.get("bytes"), bool)
+        ):
+            raise _damaged(path, f"has no valid sha256/bytes for payload '{name}'")
+    for key in ("metrics", "spec", "model", "io", "variants"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], dict):
+            raise _damaged(path, f"has a '{key}' field that is not an object")
+    for key in ("parent",):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise _damaged(path, f"has a '{key}' field that is not an object")
+    if "lineage" in meta and not isinstance(meta["lineage"], list):
+        raise _damaged(path, "has a 'lineage' field that is not a list")
 
 
 def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
@@ -196,24 +426,23 @@ def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
         )
     try:
         meta = json.loads((path / ARTIFACT_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ArtifactError(
-            f"{path / ARTIFACT_FILE} is not valid JSON ({exc})",
+            f"{path / ARTIFACT_FILE} is not valid JSON ({first_line(exc, 120)})",
             "the artifact is damaged: re-run the step that wrote it",
         ) from exc
-    for key in ("schema_version", "kind", "files", "id"):
-        if key not in meta:
-            raise ArtifactError(
-                f"{path / ARTIFACT_FILE} lacks the field '{key}'",
-                "the artifact is damaged: re-run the step that wrote it",
-            )
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot read {path / ARTIFACT_FILE} ({exc.strerror})", "check its permissions"
+        ) from exc
+    _check_meta(path, meta)
     if meta["schema_version"] > SCHEMA_VERSION:
         raise ArtifactError(
             f"{path} was written by a newer tvc (schema {meta['schema_version']})",
             "upgrade tvc",
         )
     for name, info in meta["files"].items():
-        f = path / name
+        f = payload_path(path, name)
         if not f.is_file():
             raise ArtifactError(
                 f"artifact {path} is missing its payload file '{name}'",
@@ -227,9 +456,28 @@ def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
     return Artifact(path=path.absolute(), meta=meta)
 
 
+def verify_payload(art: Artifact) -> str | None:
+    """Why `art`'s payload no longer matches artifact.json (a missing or changed file), or None."""
+    for name, info in art.meta["files"].items():
+        try:
+            f = payload_path(art.path, name)
+        except ArtifactError as exc:
+            return exc.problem
+        if not f.is_file():
+            return f"payload '{name}' is missing"
+        if f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
+            return f"payload '{name}' was changed"
+    return None
+
+
 def update_metrics(artifact: Artifact, **metrics: Any) -> None:
     """Add metrics to an existing artifact's artifact.json (atomic replace, payload untouched)."""
     artifact.meta.setdefault("metrics", {}).update(metrics)
     tmp = artifact.path / f".{ARTIFACT_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(artifact.meta, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, artifact.path / ARTIFACT_FILE)
+    try:
+        with _storage_errors(artifact.path):
+            tmp.write_text(json.dumps(artifact.meta, indent=2, default=_json_default) + "\n")
+            os.replace(tmp, artifact.path / ARTIFACT_FILE)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # left only when the write failed (disk full): never a stray file

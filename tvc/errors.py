@@ -2,6 +2,11 @@
 
 Every mistake a user can make ends in a `TvcError`. The CLI's one error boundary prints it as a
 single line (`error: <what went wrong>; <how to fix it>`) and exits with `exit_code`, no traceback.
+
+Exit codes: 0 success; 2 usage or input (bad option, model, weights, artifact, data, output path);
+3 parity failure; 4 accuracy budget missed; 5 missing optional dependency; 6 non-finite weights
+or outputs (diverged training, corrupt input); 7 storage (disk full, read-only or unwritable
+place); 70 a bug in tvc; 130 interrupted (earlier results are left intact).
 """
 
 from __future__ import annotations
@@ -70,8 +75,35 @@ class NonFiniteError(TvcError):
     exit_code = 6
 
 
+class StorageError(TvcError):
+    """The machine cannot store a result: disk full, read-only, no permission, not a directory."""
+
+    exit_code = 7
+
+
 class UnsupportedModelError(TvcError):
     """The model has a structure a stage does not understand."""
+
+
+def storage_error(exc: OSError, where: str | object) -> StorageError | None:
+    """A `StorageError` for an OSError that the environment caused (disk full, permissions,
+    read-only file system, a file where a directory should be), or None for anything else."""
+    import errno
+
+    what = {
+        errno.ENOSPC: ("no space left on the device", "free some space or write elsewhere with -o"),
+        errno.EDQUOT: ("the disk quota is exhausted", "free some space or write elsewhere with -o"),
+        errno.EROFS: ("the file system is read-only", "write elsewhere with -o"),
+        errno.EACCES: ("permission denied", "write somewhere you may write, with -o"),
+        errno.EPERM: ("operation not permitted", "write somewhere you may write, with -o"),
+        errno.ENOTDIR: ("a path component is a file, not a directory", "choose another -o path"),
+        errno.EEXIST: ("a file is in the way", "choose another -o path"),
+        errno.EISDIR: ("a directory is in the way", "choose another -o path"),
+    }.get(exc.errno)
+    if what is None:
+        return None
+    name = getattr(exc, "filename", None) or where
+    return StorageError(f"cannot write {name}: {what[0]}", what[1])
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
