@@ -14,7 +14,7 @@ import traceback
 import click
 
 from tvc import __version__
-from tvc.errors import TvcError, first_line
+from tvc.errors import TvcError, first_line, storage_error
 
 log = logging.getLogger("tvc")
 
@@ -37,7 +37,10 @@ class TvcGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["tvc.argv"] = list(args)  # kept for records: the exact command that ran
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # `tvc --bad-option`
+            _usage_error(ctx, exc)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -45,24 +48,71 @@ class TvcGroup(click.Group):
         except TvcError as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:  # an option click itself refused (type, range, missing)
+            _usage_error(ctx, exc)
+        except click.ClickException as exc:
+            click.echo(f"error: {_flat(exc.format_message())}; see 'tvc --help'", err=True)
+            ctx.exit(2)
+        except ModuleNotFoundError as exc:
+            # an optional package missing where tvc did not ask for it through tvc.deps.require
+            err = _missing_module(exc)
+            if err is None:
+                _internal(ctx, exc)
+            click.echo(f"error: {err.message}", err=True)
+            ctx.exit(err.exit_code)
+        except OSError as exc:
+            err = storage_error(exc, getattr(exc, "filename", None) or "a file")
+            if err is None:
+                _internal(ctx, exc)
+            click.echo(f"error: {err.message}", err=True)
+            ctx.exit(err.exit_code)
         except BrokenPipeError:  # output piped into `head` and friends: not an error
             sys.stderr.close()
             ctx.exit(0)
         except KeyboardInterrupt:
             click.echo("error: interrupted; earlier results are left intact", err=True)
             ctx.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            if os.environ.get("TVC_DEBUG"):
-                traceback.print_exc()
-            first = first_line(exc)
-            click.echo(
-                f"error: internal error {type(exc).__name__}: {first}; this is a bug in tvc, "
-                "re-run with TVC_DEBUG=1 for the traceback and report it",
-                err=True,
-            )
-            ctx.exit(70)
+            _internal(ctx, exc)
+
+
+def _flat(text: str) -> str:
+    """click's multi-line messages as one line, without a trailing full stop."""
+    return " ".join(text.split()).rstrip(".")
+
+
+def _usage_error(ctx: click.Context, exc: click.UsageError):
+    """click's three-line usage error as tvc's one line, with where to find the options."""
+    path = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    msg = _flat(exc.format_message())
+    click.echo(f"error: {msg[:1].lower()}{msg[1:]}; run '{path} --help' for the options", err=True)
+    ctx.exit(2)
+
+
+def _missing_module(exc: ModuleNotFoundError) -> TvcError | None:
+    from tvc.deps import _EXTRAS, MissingDependencyError
+
+    top = (exc.name or "").split(".")[0]
+    if top not in _EXTRAS:
+        return None  # a module tvc does not know as optional: a real bug
+    return MissingDependencyError(
+        f"the Python package '{top}' is not installed",
+        f"install it with: pip install 'tvc[{_EXTRAS[top]}]'",
+    )
+
+
+def _internal(ctx: click.Context, exc: BaseException):
+    if os.environ.get("TVC_DEBUG"):
+        traceback.print_exc()
+    first = first_line(exc)
+    click.echo(
+        f"error: internal error {type(exc).__name__}: {first}; this is a bug in tvc, "
+        "re-run with TVC_DEBUG=1 for the traceback and report it",
+        err=True,
+    )
+    ctx.exit(70)
 
 
 @click.group(cls=TvcGroup, context_settings={"help_option_names": ["-h", "--help"]})

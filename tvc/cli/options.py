@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shlex
 import sys
 
@@ -30,10 +32,40 @@ def parse_int_list(value: str, option: str) -> tuple[int, ...]:
 
 
 def artifact_output(help: str):
-    """The required -o/--output option of commands that write an artifact directory."""
-    return click.option(
-        "-o", "--output", "out", required=True, type=click.Path(file_okay=False), help=help
-    )
+    """The required -o/--output option of commands that write an artifact directory, and its
+    --force. Before the command does any work, the output path is checked: an existing artifact
+    needs --force, an input of the command (MODEL, --weights, --data, ...) is never overwritten,
+    and a place that cannot be written is refused. --force then holds for every artifact the
+    command writes (tvc.artifact.allow_overwrite), so commands need not pass it down."""
+
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            from tvc.artifact import allow_overwrite, check_output
+
+            force = kwargs.pop("force", False)
+            out = kwargs.get("out")
+            if out is not None:
+                # any other argument that names an existing path is an input of this command
+                inputs = tuple(
+                    v
+                    for k, v in kwargs.items()
+                    if k != "out" and isinstance(v, str) and v and os.path.exists(v)
+                )
+                check_output(out, force=force, inputs=inputs)
+            with allow_overwrite(force):
+                return f(*args, **kwargs)
+
+        command = click.option(
+            "--force",
+            is_flag=True,
+            help="Replace an existing artifact at -o (never the command's own input).",
+        )(command)
+        return click.option(
+            "-o", "--output", "out", required=True, type=click.Path(file_okay=False), help=help
+        )(command)
+
+    return decorate
 
 
 def model_options(f):
