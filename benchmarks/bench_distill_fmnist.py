@@ -42,7 +42,7 @@ import common
 from tvc.compress.distill import DistillConfig, distill
 from tvc.compress.prune import PruneConfig, prune
 from tvc.compress.report import summarize
-from tvc.compress.structure import describe_structure
+from tvc.models.structure import describe_structure
 from tvc.data import load_images
 from tvc.eval import evaluate
 from tvc.models import load_model

@@ -6,7 +6,7 @@ from torch import nn
 
 from tvc.compress.lowrank import LowRankConfig, choose_rank, factorize, svd_factors
 from tvc.compress.report import count_macs
-from tvc.compress.structure import LowRankLinear
+from tvc.models.structure import LowRankLinear
 from tvc.errors import ConfigError
 
 
