@@ -210,7 +210,7 @@ def build_from_info(info: ModelInfo):
             "the artifact was written by a newer tvc; upgrade tvc",
         )
     if info.structure:
-        from tvc.compress.structure import apply_structure
+        from tvc.models.structure import apply_structure
 
         apply_structure(model, info.structure)
     return model
@@ -254,6 +254,7 @@ def write_model_artifact(
     *,
     spec: dict[str, Any],
     metrics: dict[str, Any],
+    force: bool | None = None,
 ) -> Artifact:
     """Write `loaded` as a model artifact at `out`, atomically, with `metrics`; return it.
 
@@ -263,7 +264,7 @@ def write_model_artifact(
     from tvc.artifact import write_artifact
 
     loaded.model.to("cpu")
-    with write_artifact(out, "model", parent=loaded.artifact, spec=spec) as w:
+    with write_artifact(out, "model", parent=loaded.artifact, spec=spec, force=force) as w:
         save_model(w, loaded)
         w.meta["metrics"] = metrics
     return load_artifact(out)
