@@ -16,7 +16,7 @@
     structure).
 - **Low-rank** replaces the attention projections and FFN Linears by two thin Linears from a
   truncated SVD, with the rank rules of tvc.compress.lowrank.
-- The result records its shapes (tvc.compress.structure) in `info.structure`, so a saved
+- The result records its shapes (tvc.models.structure) in `info.structure`, so a saved
   artifact rebuilds without pickles. Distil it afterwards (tvc.train.detection) and quantize it
   at export (tvc.export.detection, `--int8`).
 """
@@ -244,7 +244,7 @@ def compress_detector(loaded, *, prune: DetPruneConfig | None = None, lowrank=No
 
     Returns (new LoadedModel, report). The original is left untouched, e.g. as the teacher.
     """
-    from tvc.compress.structure import describe_structure
+    from tvc.models.structure import describe_structure
     from tvc.models.detection import det_build, is_detector
     from tvc.models.load import LoadedModel, ModelInfo
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tvc.compress.prune import _known_keys, vit_layout
-from tvc.compress.structure import LowRankLinear
+from tvc.models.structure import LowRankLinear
 from tvc.errors import ConfigError
 
 TARGETS = ("attn", "mlp")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tvc.compress.structure import LowRankLinear
+from tvc.models.structure import LowRankLinear
 from tvc.deps import require
 from tvc.errors import ConfigError, UnsupportedModelError
 
