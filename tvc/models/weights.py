@@ -5,8 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvc.errors import WeightsError
+from tvc.finite import check_finite_state
 
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words. torch's own message
+    suggests weights_only=False, which would run the file's code: never quote that advice."""
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        return "it holds pickled objects other than tensors, which tvc never runs"
+    if isinstance(exc, EOFError) or "EOF" in text or "truncated" in text.lower():
+        return "the file is truncated"
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    return first[:160]
 
 
 def read_state_dict(path: str | Path) -> dict:
@@ -16,6 +29,17 @@ def read_state_dict(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist", "check the --weights path")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise WeightsError(f"cannot read {path} ({exc.strerror})", "check its permissions") from exc
+    if size == 0:
+        raise WeightsError(
+            f"weights file {path} is empty (0 bytes)",
+            "the file was cut short: copy or save the weights again",
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -23,7 +47,7 @@ def read_state_dict(path: str | Path) -> dict:
             return load_file(str(path))
         except Exception as exc:
             raise WeightsError(
-                f"{path} is not a readable safetensors file ({exc})",
+                f"{path} is not a readable safetensors file ({load_failure(exc)})",
                 "re-save the weights with safetensors.torch.save_file",
             ) from exc
     if path.suffix not in _TORCH_SUFFIXES:
@@ -34,9 +58,8 @@ def read_state_dict(path: str | Path) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200]
         raise WeightsError(
-            f"{path} cannot be loaded safely as a state dict ({first})",
+            f"{path} cannot be loaded safely as a state dict ({load_failure(exc)})",
             "tvc never unpickles code: save weights with torch.save(model.state_dict()) "
             "or as safetensors",
         ) from exc
@@ -63,6 +86,22 @@ def load_into(model, state_dict: dict, source: str) -> None:
         for k in own
         if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
+    # integer tensors where the model holds floats would be cast to mostly-zero weights
+    ints = [
+        k
+        for k, t in own.items()
+        if k in state_dict
+        and t.is_floating_point()
+        and hasattr(state_dict[k], "is_floating_point")
+        and not state_dict[k].is_floating_point()
+    ]
+    if ints and not (missing or unexpected or wrong):
+        dtype = str(state_dict[ints[0]].dtype).replace("torch.", "")
+        raise WeightsError(
+            f"weights from {source} hold integer tensors where the model has floats "
+            f"({len(ints)}, e.g. {ints[0]} is {dtype})",
+            "save the float weights of the trained model (torch.save(model.state_dict()))",
+        )
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -75,4 +114,5 @@ def load_into(model, state_dict: dict, source: str) -> None:
             f"weights from {source} do not fit the architecture: {'; '.join(parts)}",
             "pass the model name these weights were trained with (and --num-classes if needed)",
         )
+    check_finite_state(state_dict, source)
     model.load_state_dict(state_dict, strict=True)

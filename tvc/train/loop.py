@@ -27,6 +27,8 @@ import numpy as np
 from tvc.data.base import ImageSet
 from tvc.errors import ConfigError
 from tvc.eval.classification import evaluate
+from tvc.finite import check_finite_array, check_finite_model
+from tvc.models.weights import load_failure
 from tvc.train import dist
 
 log = logging.getLogger("tvc")
@@ -71,6 +73,10 @@ class TrainConfig:
         """The settings a checkpoint must share with the run that resumes it."""
         skip = ("progress", "device", "eval_batch_size")
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+# why a loss or a weight is NaN/Inf after training: the run diverged
+_DIVERGED = "the run diverged: lower --lr or --grad-clip and run it again"
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -292,6 +298,7 @@ def fit(
                 bar.advance(task)
             names = sorted(sums)
             means = dist.all_mean(ctx, [float(sums[k]) / steps_per_epoch for k in names])
+            check_finite_array(means, f"{desc} loss in epoch {epoch + 1}", _DIVERGED)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             record: dict[str, Any] = {"epoch": epoch + 1, **dict(zip(names, means, strict=True)),
@@ -313,6 +320,7 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
     model.eval()
+    check_finite_model(model, desc, _DIVERGED)  # a diverged run must not save as a success
     return {
         "history": history,
         "epochs": cfg.epochs,
@@ -382,7 +390,7 @@ def _load_checkpoint(path: Path, key: str, model, opt, scaler, device) -> tuple[
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"cannot read the checkpoint {path} ({exc})",
+        raise ConfigError(f"cannot read the checkpoint {path} ({load_failure(exc)})",
                           "delete it to start afresh (drop --resume)") from exc  # fmt: skip
     if state.get("run_key") != key:
         theirs = json.loads(state.get("run_key", "{}"))
