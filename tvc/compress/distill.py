@@ -31,6 +31,7 @@ from tvc.data import load_images
 from tvc.data.base import ImageSet
 from tvc.errors import ConfigError, UnsupportedModelError
 from tvc.eval.classification import evaluate
+from tvc.finite import check_finite_array
 from tvc.train import dist
 from tvc.train.loop import TrainConfig, amp_dtype, fit, torch_predict
 
@@ -279,6 +280,16 @@ def _teacher_id(teacher) -> str | None:
     return None
 
 
+def _read_cache(path: Path) -> np.ndarray | None:
+    """A cached logit array, or None when the file is truncated, corrupt or holds NaN/Inf."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    ok = isinstance(arr, np.ndarray) and arr.ndim == 2 and np.isfinite(arr).all()
+    return arr if ok else None
+
+
 def teacher_logits(teacher, data: ImageSet, ctx, cfg: DistillConfig):
     """Teacher logits for every image of `data` (a tensor on the device), from cache or computed.
 
@@ -296,12 +307,13 @@ def teacher_logits(teacher, data: ImageSet, ctx, cfg: DistillConfig):
                     "once for this run and not kept on disk")  # fmt: skip
     t0 = time.perf_counter()
     if path is not None and path.is_file():
-        arr = np.load(path)
-        if arr.shape == (len(data), teacher.info.num_classes):
+        arr = _read_cache(path)  # None when truncated or corrupt: recomputed and rewritten
+        if arr is not None and arr.shape == (len(data), teacher.info.num_classes):
             info.update(hit=True, load_s=time.perf_counter() - t0)
             log.info("teacher logits from cache %s", path)
             return torch.from_numpy(arr).to(ctx.device), info
-        log.warning("ignoring the teacher-logit cache %s: it has another shape", path)
+        log.warning("ignoring the teacher-logit cache %s: it is damaged or has another shape; "
+                    "computing the logits again", path)  # fmt: skip
     model = teacher.model
     predict = torch_predict(model, ctx.device, amp_dtype(ctx.device, None))
     positions = np.arange(ctx.rank, len(data), ctx.world_size)
@@ -312,6 +324,8 @@ def teacher_logits(teacher, data: ImageSet, ctx, cfg: DistillConfig):
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     info["teacher_pass_s"] = time.perf_counter() - t0
+    check_finite_array(logits, f"the teacher {teacher.info.name}'s logits",
+                       "use a teacher whose weights and outputs are finite")  # fmt: skip
     if path is not None and ctx.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from tvc.deps import require
-from tvc.errors import ConfigError
+from tvc.errors import ConfigError, NonFiniteError
+from tvc.finite import check_finite_model
 
 if TYPE_CHECKING:
     from tvc.artifact import Artifact
@@ -290,8 +291,9 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
                     torch.from_numpy(x).to(cfg.device), targets_to_torch(targets, cfg.device)
                 )
                 if not torch.isfinite(loss):
-                    raise ConfigError(
-                        f"the detection loss became {float(loss)} at step {step}", "lower --lr"
+                    raise NonFiniteError(
+                        f"the detection loss became {float(loss)} at step {step}",
+                        "the run diverged: lower --lr or --grad-clip and run it again",
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -312,6 +314,8 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
             )
     finally:
         model.eval()
+    # a diverged run must not save as a success
+    check_finite_model(model, "training", "the run diverged: lower --lr and run it again")
     return {
         "epochs": cfg.epochs,
         "steps": step,
