@@ -19,8 +19,8 @@ import pytest
 from tvc.artifact import write_artifact
 from tvc.deps import available
 from tvc.errors import ConfigError, MissingDependencyError
-from tvc.export.tensorrt import EngineMismatchError
 from tvc.runtime.cuda import AsyncPipeline, CudaPython, GpuError, HostDeviceBuffer, cuda_api
+from tvc.runtime.engine import EngineMismatchError
 
 # ------------------------------------------------------------------ a stand-in cuda-python
 

@@ -12,7 +12,8 @@ FP16/INT8 builder flags). So one code path serves TensorRT 10 and 11.
   TensorRT tools exist, or to build on the board without Python.
 - `build_engine`: builds with the TensorRT Python API, checks the engine against ONNX Runtime
   on the same inputs, and returns the engine's metadata (what it was built for and with).
-- `check_engine_compatible`: fails with "rebuild the engine" on another GPU or TensorRT.
+- `check_engine_compatible` (runtime/engine.py): fails with "rebuild the engine" on another GPU
+  or TensorRT.
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ from typing import Any
 import numpy as np
 
 from tvc.errors import (
-    ArtifactError,
     ConfigError,
     ExportError,
-    MissingDependencyError,
     TvcError,
-    first_line,
+)
+
+# What an engine is tied to and its check live in runtime (the runner needs them too);
+# re-exported here for the builder's callers.
+from tvc.runtime.engine import (  # noqa: F401
+    INSTALL_HINT,
+    REBUILD,
+    EngineMismatchError,
+    check_engine_compatible,
+    current_target,
+    import_tensorrt,
 )
 
 log = logging.getLogger("tvc")
@@ -45,14 +54,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Tolerances of engine-vs-ONNX Runtime parity, per precision: (atol, rtol of max |reference|).
 # FP32 engines may use TF32 on Ampere and newer; INT8 kernels round differently from ORT's.
 PARITY_TOLERANCE = {"fp32": (1e-3, 1e-2), "fp16": (1e-2, 2e-2), "int8": (5e-2, 5e-2)}
-INSTALL_HINT = (
-    "on the board: pip install 'tvc[trt]' (Jetson: sudo apt install python3-libnvinfer), "
-    "or build with the trtexec command tvc writes next to the ONNX model"
-)
-
-
-class EngineMismatchError(TvcError):
-    """An engine was built for another GPU or TensorRT version than the one here."""
 
 
 @dataclass
@@ -250,112 +251,8 @@ def write_trtexec_script(directory: Path, command: str) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------- TensorRT import
-
-
-def import_tensorrt(purpose: str) -> ModuleType:
-    """`tensorrt`, or a MissingDependencyError that says what to install."""
-    from tvc.deps import require
-
-    try:
-        return require("tensorrt", purpose)
-    except MissingDependencyError as exc:
-        raise MissingDependencyError(exc.problem, INSTALL_HINT) from exc
-    except Exception as exc:  # PyPI's stub and a missing libnvinfer fail in many ways
-        first = first_line(exc, 200)
-        raise MissingDependencyError(
-            f"{purpose} needs TensorRT, whose Python package is installed but does not load "
-            f"({first})",
-            INSTALL_HINT,
-        ) from exc
-
-
 def trt_major(trt: ModuleType) -> int:
     return int(str(trt.__version__).split(".")[0])
-
-
-def current_target(trt: ModuleType | None = None) -> dict[str, Any]:
-    """What an engine built here is tied to: TensorRT version, GPU, JetPack on a Jetson."""
-    from tvc.runtime.device import jetson_facts, nvidia_gpus
-
-    target: dict[str, Any] = {}
-    if trt is not None:
-        target["tensorrt"] = str(trt.__version__)
-    gpu = None
-    try:
-        from tvc.runtime.cuda import cuda_api
-
-        gpu = cuda_api().device_facts()
-    except TvcError as exc:
-        gpus = nvidia_gpus()
-        if not gpus:
-            raise exc
-        gpu = gpus[0]
-    target["gpu"] = gpu["name"]
-    target["compute_capability"] = gpu["compute_capability"]
-    for key in ("cuda_runtime", "cuda_driver", "driver"):  # recorded, not compared
-        if gpu.get(key):
-            target[key] = gpu[key]
-    jetson = jetson_facts()
-    if jetson:
-        target["jetpack"] = jetson.get("jetpack")
-        target["l4t"] = jetson.get("l4t")
-    return target
-
-
-def _release(version: str) -> str:
-    """'10.3.0.30' -> '10.3.0': engines are tied to the release, not the build number."""
-    return ".".join(str(version).split(".")[:3])
-
-
-REBUILD = "rebuild the engine on this machine: tvc export MODEL --trt -o OUT"
-
-
-def check_engine_compatible(
-    meta: dict, *, current: dict[str, Any] | None = None, trt_module: ModuleType | None = None
-) -> None:
-    """Raise EngineMismatchError (saying 'rebuild the engine') unless `meta` fits this machine.
-
-    `meta` is what `build_engine` returned (artifact.json "engine"). `current` defaults to this
-    machine: the installed TensorRT (or `trt_module`), compared first, then the GPU.
-    """
-    missing = [k for k in ("tensorrt", "gpu", "compute_capability") if not meta.get(k)]
-    if missing:
-        raise ArtifactError(
-            f"the engine metadata lacks {', '.join(missing)}, so tvc cannot tell what it was "
-            "built for",
-            REBUILD,
-        )
-    if current is None:
-        trt = trt_module or import_tensorrt("checking a TensorRT engine")
-        _check_release(meta, str(trt.__version__))  # before touching the GPU
-        current = current_target(trt)
-    _check_release(meta, str(current.get("tensorrt", "")))
-    if (meta["gpu"], str(meta["compute_capability"])) != (
-        current.get("gpu"),
-        str(current.get("compute_capability")),
-    ):
-        raise EngineMismatchError(
-            f"the engine was built for {meta['gpu']} (sm {meta['compute_capability']}), this "
-            f"machine has {current.get('gpu')} (sm {current.get('compute_capability')}); "
-            "engines are compiled for one GPU model",
-            REBUILD,
-        )
-    if meta.get("jetpack") and current.get("jetpack") and meta["jetpack"] != current["jetpack"]:
-        raise EngineMismatchError(
-            f"the engine was built on JetPack {meta['jetpack']}, this board runs JetPack "
-            f"{current['jetpack']}",
-            REBUILD,
-        )
-
-
-def _check_release(meta: dict, version: str) -> None:
-    if _release(meta["tensorrt"]) != _release(version):
-        raise EngineMismatchError(
-            f"the engine was built with TensorRT {meta['tensorrt']}, this machine has TensorRT "
-            f"{version or 'none'}; engines only load on the TensorRT release that built them",
-            REBUILD,
-        )
 
 
 # ---------------------------------------------------------------------------------- build

@@ -24,6 +24,7 @@ from tvc.artifact import is_artifact, load_artifact
 from tvc.errors import ArtifactError, ConfigError, UnsupportedModelError
 from tvc.runtime.base import Runner, TensorSpec
 from tvc.runtime.cuda import AsyncPipeline, GpuError, HostDeviceBuffer, cuda_api
+from tvc.runtime.engine import check_engine_compatible, import_tensorrt
 
 log = logging.getLogger("tvc")
 ENGINE_FILE = "model.engine"
@@ -62,8 +63,6 @@ class TrtRunner(Runner):
         cuda: str | None = None,
         trt_module: ModuleType | None = None,
     ) -> None:
-        from tvc.export.tensorrt import check_engine_compatible, import_tensorrt
-
         self.engine_path, found = locate_engine(path)
         self.meta = meta if meta is not None else found
         trt = trt_module or import_tensorrt("running a TensorRT engine")
