@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import tvc.pipeline.runner as runner_mod
-from tvc.artifact import is_artifact, load_artifact, write_artifact
+from tvc.artifact import allow_overwrite, is_artifact, load_artifact, write_artifact
 from tvc.cli import cli
 from tvc.pipeline.recipe import parse_recipe
 from tvc.pipeline.runner import Runner, StageFailedError
@@ -37,15 +37,25 @@ class FakeTvc:
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.forced: list[bool] = []
         self.fail: dict[str, int] = {}
 
     def __call__(self, argv: list[str]) -> int:
         args = argv[3:]
+        # like the real commands, replace an existing artifact only when told to
+        force = "--force" in args
+        args = [a for a in args if a != "--force"]
         self.calls.append(args)
+        self.forced.append(force)
         kind = args[0]
         if kind in self.fail:
             return self.fail[kind]
         out = args[args.index("-o") + 1] if "-o" in args else None
+        with allow_overwrite(force):
+            self._write(kind, args, out)
+        return 0
+
+    def _write(self, kind: str, args: list[str], out: str | None) -> None:
         if kind in ("train", "compress"):
             with write_artifact(out, "model") as w:
                 w.path_for("weights.safetensors").write_text(" ".join(args[:2] + args[4:]))
@@ -82,7 +92,6 @@ class FakeTvc:
         elif kind == "report":
             with open(out, "w") as f:
                 f.write("report of " + " ".join(args[1 : args.index("-o")]))
-        return 0
 
     def kinds(self) -> list[str]:
         return [c[0] for c in self.calls]

@@ -21,6 +21,7 @@ timing cache) are identified by name, not content: use `--force` after changing 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -35,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tvc.artifact import is_artifact, load_artifact, sha256_file
-from tvc.errors import ConfigError, TvcError
+from tvc.artifact import clean_stale, is_artifact, load_artifact, pid_alive, sha256_file
+from tvc.errors import ConfigError, TvcError, storage_error
 from tvc.pipeline.recipe import Recipe, Step, plan
 
 STATE_FILE = "run.json"
@@ -183,8 +184,17 @@ class RunState:
 
     def save(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            err = storage_error(exc, self.path)
+            if err is None:
+                raise
+            raise err from exc
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # still there only when the write failed (disk full)
 
 
 def _sha_text(obj: Any) -> str:
@@ -192,9 +202,16 @@ def _sha_text(obj: Any) -> str:
 
 
 def output_id(step: Step, out: Path) -> str | None:
-    """The content id of a stage's finished output, or None when it is missing or incomplete."""
+    """The content id of a stage's finished output, or None when it is missing, incomplete, or
+    its payload no longer matches its hashes (deleted or edited files): then the stage runs
+    again instead of being trusted."""
     if step.kind in ("train", "compress", "export"):
-        return load_artifact(out, verify=False).id if is_artifact(out) else None
+        if not is_artifact(out):
+            return None
+        try:
+            return load_artifact(out, verify=True).id
+        except TvcError:
+            return None
     names = [RECORDS_FILE] if step.kind == "bench" else [f"report.{f}" for f in step.formats]
     if not all((out / n).is_file() for n in names):
         return None
@@ -276,6 +293,7 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         results = []
         with _run_lock(self.run_dir), _sigterm_as_interrupt():
+            clean_stale(self.run_dir, STATE_FILE)  # a run.json temp file of a killed run
             state = RunState(self.run_dir)
             state.data.update(recipe=self.recipe.name, recipe_file=self.recipe.origin)
             for n, step in enumerate(self.steps, 1):
@@ -297,8 +315,12 @@ class Runner:
                 self.echo(f"{counter} {step.title}: interrupted last time, resuming it")
             elif before["status"] == "running":
                 self.echo(f"{counter} {step.title}: interrupted last time, running it again")
+        if step.kind in ("train", "compress", "export") and out.exists():
+            # the run directory is the runner's own: a stage that runs again replaces its output
+            argvs = [[*argvs[0], "--force"]]
         texts = [as_text(a) for a in argvs]
-        _clear_leftovers(self.run_dir, step, out)
+        for p in _clear_leftovers(self.run_dir, step, out):
+            self.echo(f"{counter} {step.title}: removed {p.name}, left by a killed attempt")
         started = time.time()
         state.set_stage(
             step.id,
@@ -400,9 +422,25 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the stage child gets SIGTERM when the runner dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so a killed run leaves no orphan writing the output a re-run writes."""
+
+    def arm() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return  # not Linux: the interrupt handling in _call still stops the child
+        if os.getppid() != parent:  # the runner died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
 def _call(argv: list[str]) -> int:
     """Run one stage command, its output going straight to the terminal (progress included)."""
-    proc = subprocess.Popen(argv)
+    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent(os.getpid()))
     try:
         return proc.wait()
     except BaseException:
@@ -416,28 +454,18 @@ def _call(argv: list[str]) -> int:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (dead, not yet reaped) holds nothing
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+_pid_alive = pid_alive
 
 
-def _clear_leftovers(run_dir: Path, step: Step, out: Path) -> None:
-    """Remove what a killed attempt of this stage left: staging dirs, partial bench/report files.
-    The run lock guarantees that no other run is writing them."""
-    for p in run_dir.glob(f".{step.id}.*-*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+def _clear_leftovers(run_dir: Path, step: Step, out: Path) -> list[Path]:
+    """Remove what a killed attempt of this stage left: staging and old directories, temporary
+    files, partial bench/report files. The run lock guarantees that no other run is writing them.
+    Returns the staging leftovers removed, so the run can say so."""
+    removed = clean_stale(run_dir, step.id)
     if step.kind in ("bench", "report"):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+    return removed
 
 
 @contextlib.contextmanager
