@@ -144,9 +144,10 @@ def test_image_folder_split_directories(tmp_path):
 
 
 def test_image_folder_with_nothing_usable_fails(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.png").write_text("text")
-    with pytest.raises(DataError, match="none of the 1 file"):
+    for c in "ab":
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "x.png").write_text("text")
+    with pytest.raises(DataError, match="none of the 2 file"):
         load_images(str(tmp_path), **RGB32)
     flat = tmp_path / "flat"
     flat.mkdir()

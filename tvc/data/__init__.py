@@ -68,6 +68,10 @@ def load_images(
 def _parse(spec: str) -> tuple[str, Path]:
     """('idx', dir) for Fashion-MNIST IDX files, ('folder', dir) for an ImageFolder."""
     text = spec.strip()
+    if not text:  # '' would otherwise read the current directory as an image folder
+        raise DataError(
+            "--data is empty", "pass 'fashion-mnist', 'fashion-mnist:/dir' or an image folder"
+        )
     if text.lower() == FASHION_MNIST:
         return "idx", fashion_mnist.DEFAULT_DIR
     if text.lower().startswith(FASHION_MNIST + ":"):

@@ -19,6 +19,7 @@ on, normalised [cx, cy, w, h] in [0, 1]. numpy only (Pillow to read and write im
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from tvc.errors import DataError, MissingDependencyError
+from tvc.errors import DataError, MissingDependencyError, first_line
 
 BUILTIN = "fashion-mnist-det"
 ALIASES = (BUILTIN, "fmnist-det")
@@ -156,6 +157,8 @@ def load_detection(
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be >= 1, got {limit}", "e.g. --limit 200")
     text = spec.strip()
+    if not text:
+        raise DataError("--data is empty", f"pass '{BUILTIN}' or a COCO-format directory or file")
     head, _, rest = text.partition(":")
     if head.lower() in ALIASES:
         from tvc.data import fashion_mnist
@@ -339,10 +342,17 @@ def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
         coco = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read COCO annotations {path} ({exc})", "check the file") from exc
+    if not isinstance(coco, dict):
+        raise DataError(
+            f"{path} is not a COCO JSON object", "pass COCO-format detection annotations"
+        )
     for key in ("images", "annotations", "categories"):
-        if key not in coco:
+        if not isinstance(coco.get(key), list):
             raise DataError(f"{path} has no '{key}' list", "pass COCO-format detection annotations")
-    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    _require_fields(path, "categories", coco["categories"], ("id", "name"))
+    _require_fields(path, "images", coco["images"], ("id", "file_name"))
+    _require_fields(path, "annotations", coco["annotations"], ("image_id", "category_id", "bbox"))
+    cats = sorted(coco["categories"], key=lambda c: (isinstance(c["id"], str), c["id"]))
     label_of = {c["id"]: i for i, c in enumerate(cats)}
     by_image: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
@@ -358,9 +368,18 @@ def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
     images, targets, ids = [], [], []
     for entry in coco["images"]:
         file = _find_image(path.parent, entry["file_name"])
-        with image_mod.open(file) as im:
-            images.append(np.asarray(im.convert("RGB")))
+        try:
+            with image_mod.open(file) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except (OSError, ValueError, image_mod.DecompressionBombError) as exc:
+            raise DataError(
+                f"image {file} listed in {path.name} is not a readable image ({first_line(exc)})",
+                "replace the file or remove its entry from the annotations",
+            ) from exc
         anns = by_image.get(entry["id"], [])
+        height, width = images[-1].shape[:2]
+        for a in anns:
+            _check_box(path, a, width, height)
         targets.append(
             {
                 "boxes": np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4),
@@ -380,9 +399,60 @@ def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
     )
 
 
+def _require_fields(path: Path, key: str, entries: list, fields: tuple[str, ...]) -> None:
+    for i, e in enumerate(entries):
+        missing = [f for f in fields if not isinstance(e, dict) or f not in e]
+        if missing:
+            raise DataError(
+                f"{path}: entry {i} of '{key}' lacks '{missing[0]}'",
+                f"give every entry of '{key}' the fields {', '.join(fields)}",
+            )
+
+
+def _check_box(path: Path, ann: dict, width: int, height: int) -> None:
+    """A COCO box [x, y, w, h] is four finite numbers, has a positive size and lies inside its
+    image (half a pixel of rounding allowed): anything else would train on garbage."""
+    box = ann["bbox"]
+    ok = (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        and all(math.isfinite(v) for v in box)
+    )
+    where = f"{path}: annotation {ann.get('id')} of image {ann['image_id']}"
+    if not ok:
+        raise DataError(
+            f"{where} has the bbox {box!r}, not four finite numbers [x, y, w, h]",
+            "fix or remove that annotation",
+        )
+    x, y, w, h = box
+    tol = 0.5
+    if w <= 0 or h <= 0 or x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        raise DataError(
+            f"{where} has the bbox {box} outside its {width}x{height} image or of no size",
+            "boxes are [x, y, width, height] in pixels inside the image: fix that annotation",
+        )
+
+
 def _find_image(root: Path, name: str) -> Path:
+    if (
+        not isinstance(name, str)
+        or not name
+        or Path(name).is_absolute()
+        or ".." in Path(name).parts
+    ):
+        raise DataError(
+            f"image file_name {name!r} in the annotations points outside {root}",
+            "file_name must be a path relative to the annotations' directory",
+        )
+    base = root.resolve()
     for candidate in (root / name, root / "images" / name, root / "images" / Path(name).name):
         if candidate.is_file():
+            if base not in candidate.resolve().parents:
+                raise DataError(
+                    f"image {name} in the annotations links outside {root}",
+                    "keep the images themselves beside the JSON file or in images/",
+                )
             return candidate
     raise DataError(
         f"image {name} listed in the annotations is not under {root}",

@@ -54,6 +54,12 @@ def list_files(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
             f"{root} has no class sub-folders",
             "arrange images as DIR/<class name>/<image>, one sub-folder per class",
         )
+    if len(classes) < 2:
+        # one class: every prediction is "right", so any accuracy would be meaningless
+        raise DataError(
+            f"{root} has only one class sub-folder ({classes[0].name})",
+            "a classifier needs at least two classes: add a sub-folder per class",
+        )
     files, labels = [], []
     for k, d in enumerate(classes):
         for f in sorted(d.rglob("*")):
