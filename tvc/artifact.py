@@ -95,6 +95,14 @@ def is_artifact(path: str | os.PathLike) -> bool:
 # `--force` sets it around a command, so library code between the CLI and write_artifact does not
 # have to thread the flag through every call.
 _FORCE: contextvars.ContextVar[bool] = contextvars.ContextVar("tvc_artifact_force", default=False)
+# The command that is running (e.g. "tvc compress ..."), recorded in every artifact's spec so
+# each number says how it was produced. Set by the command line and the recipe runner.
+_COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("tvc_command", default=None)
+
+
+def record_command(command: str | None) -> None:
+    """Record `command` in the spec of every artifact written from now on in this context."""
+    _COMMAND.set(command)
 
 
 @contextlib.contextmanager
@@ -252,7 +260,7 @@ def write_artifact(
             "lineage": (
                 [*parent.meta.get("lineage", []), _lineage_entry(parent)] if parent else []
             ),
-            "spec": spec or {},
+            "spec": {**({"command": _COMMAND.get()} if _COMMAND.get() else {}), **(spec or {})},
             "metrics": {},
         }
     )
@@ -302,7 +310,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _commit(writer: ArtifactWriter, *, force: bool = False) -> None:
-    from tvc.runtime.device import environment
+    from tvc.environment import host_environment
 
     files = {}
     for p in sorted(writer.staging.rglob("*")):
@@ -311,7 +319,7 @@ def _commit(writer: ArtifactWriter, *, force: bool = False) -> None:
             files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     meta = writer.meta
     meta["files"] = files
-    meta.setdefault("environment", environment())
+    meta.setdefault("environment", host_environment())
     # The id names the payload: same files, same id, wherever the artifact lives.
     meta["id"] = hashlib.sha256(
         json.dumps({k: v["sha256"] for k, v in files.items()}, sort_keys=True).encode()

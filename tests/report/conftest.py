@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tvc.report.schema import Accuracy, BenchRecord, Detection, Energy, Latency, ModelRef
+from tvc.records import Accuracy, BenchRecord, Detection, Energy, Latency, ModelRef
 
 CPU = "AMD EPYC 7B13 x2"
 NANO = "NVIDIA Jetson Orin Nano Developer Kit"

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from tvc.cli import cli
 from tvc.errors import ConfigError
+from tvc.records import write_records
 from tvc.report.plots import make_plots, pareto_front
 from tvc.report.render import analyse, headline, render_html, render_markdown, write_report
-from tvc.report.schema import write_records
 
 CPU = "AMD EPYC 7B13 x2"
 NANO = "NVIDIA Jetson Orin Nano Developer Kit"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from tvc.errors import ConfigError
-from tvc.report.schema import Energy
+from tvc.records import Energy
 from tvc.runtime.power import (
     Ina3221Hwmon,
     Ina3221Iio,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tvc import __version__
 from tvc.errors import ConfigError
-from tvc.report.schema import BenchRecord
+from tvc.records import BenchRecord
 
 # ----------------------------------------------------------------------------------- analysis
 

@@ -101,7 +101,7 @@ class BenchConfig:
 
 def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, command: str, **fields):
     """A BenchRecord for one timed (variant, backend, batch)."""
-    from tvc.report.schema import BenchRecord, Latency, ModelRef
+    from tvc.records import BenchRecord, Latency, ModelRef
     from tvc.runtime.device import board_name, environment
 
     env = environment()

@@ -8,55 +8,13 @@ out rather than guessed.
 from __future__ import annotations
 
 import functools
-import os
-import platform
 import re
 import shutil
-import socket
 import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = (
-    "tvc",
-    "numpy",
-    "onnx",
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "torch",
-    "torchvision",
-    "timm",
-    "torch-pruning",
-    "transformers",
-    "onnxslim",
-    "tensorrt",
-    "cuda-python",
-    "pycuda",
-    "nvidia-ml-py",
-)
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    for key in ("model name", "Model", "Hardware"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
-        if m:
-            return m.group(1).strip()
-    return platform.machine()
+from tvc.environment import cpu_model, host_environment, package_versions  # noqa: F401
 
 
 def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
@@ -250,16 +208,8 @@ def clocks_locked(root: Path = Path("/")) -> bool | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _static_environment() -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "host": socket.gethostname(),
-        "os": f"{platform.system()} {platform.release()}",
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "packages": package_versions(),
-    }
+def _device_facts() -> dict[str, Any]:
+    env: dict[str, Any] = {}
     gpus = nvidia_gpus()
     if gpus:
         env["gpus"] = gpus
@@ -270,8 +220,9 @@ def _static_environment() -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    """A JSON-ready description of this machine and the versions in use."""
-    return dict(_static_environment())
+    """A JSON-ready description of this machine and the versions in use: the host facts of
+    tvc/environment.py plus the GPUs and Jetson board a number was measured on."""
+    return {**host_environment(), **_device_facts()}
 
 
 def board_name(env: dict[str, Any]) -> str:
