@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tvc.deps import require
 from tvc.errors import MissingDependencyError
-from tvc.report.render import times
+from tvc.report.fmt import times
 
 if TYPE_CHECKING:
     from tvc.report.render import Analysis, Row

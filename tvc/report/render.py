@@ -22,6 +22,7 @@ from pathlib import Path
 from tvc import __version__
 from tvc.errors import ConfigError
 from tvc.records import BenchRecord
+from tvc.report.fmt import fmt_count, fmt_ms, times
 
 # ----------------------------------------------------------------------------------- analysis
 
@@ -162,24 +163,6 @@ def headline(analysis: Analysis, variant: str | None = None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- formatting
-
-
-def times(ratio: float, more: str, less: str) -> str:
-    """2.0 -> '2.00x faster', 0.5 -> '2.00x slower'."""
-    return f"{ratio:.2f}x {more}" if ratio >= 1 else f"{1 / ratio:.2f}x {less}"
-
-
-def fmt_ms(v: float) -> str:
-    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
-
-
-def fmt_count(v: float | None) -> str:
-    if v is None:
-        return ""
-    for div, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
-        if v >= div:
-            return f"{v / div:.3g}{unit}"
-    return f"{v:.0f}"
 
 
 def backend_label(rec: BenchRecord) -> str:
