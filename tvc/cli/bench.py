@@ -7,6 +7,7 @@ import logging
 import click
 
 from tvc.cli.options import command_line, model_options, parse_int_list
+from tvc.errors import ConfigError
 
 log = logging.getLogger("tvc")
 
@@ -72,6 +73,8 @@ def bench(
     from tvc.runtime.run import bench_target
 
     backends = tuple(b.strip() for b in backend.split(",") if b.strip())
+    if not backends:  # '' would time nothing and print an empty table
+        raise ConfigError("--backend is empty", "e.g. --backend ort or --backend ort,torch")
     cfg = BenchConfig(
         backends=backends,
         batches=parse_int_list(batches, "--batch"),

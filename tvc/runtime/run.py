@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvc.artifact import is_artifact, load_artifact
-from tvc.errors import ConfigError
+from tvc.deps import available
+from tvc.errors import ConfigError, MissingDependencyError
 from tvc.runtime.bench import BenchConfig, make_record, time_runner
 from tvc.runtime.targets import Variant, onnx_variants
 
@@ -38,6 +39,18 @@ def open_runner(backend: str, variant: Variant, cfg: BenchConfig, loaded=None):
 def variants_for(target: str, backend: str, model_kwargs: dict[str, Any]):
     """(variant, loaded torch model or None) pairs that `backend` can run for `target`."""
     path = Path(target)
+    if path.is_file() and path.suffix == ".engine":
+        raise ConfigError(
+            f"{target} is a bare TensorRT engine file; tvc benchmarks engines inside the export "
+            "artifact they were built into (its artifact.json says how to feed and check them)",
+            "tvc export ART --trt -o OUT builds one there; then run: tvc bench OUT --backend trt",
+        )
+    if backend == "trt" and not available("tensorrt"):
+        raise MissingDependencyError(
+            "--backend trt needs TensorRT, which is not installed here",
+            "install it with: pip install 'tvc[trt]' (on a Jetson, JetPack's TensorRT), "
+            "or use --backend ort",
+        )
     if backend == "ort":
         found = onnx_variants(target)
         if not found:
