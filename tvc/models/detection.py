@@ -22,11 +22,12 @@ from torch import nn
 
 from tvc.deps import require
 from tvc.errors import ModelNotFoundError, WeightsError, first_line
+from tvc.models.info import DETECTION_FAMILY, is_detector  # noqa: F401 (re-exported)
 
 log = logging.getLogger("tvc")
 
 DETECTION_TYPES = ("detr", "deformable_detr")
-FAMILY = "hf-det"
+FAMILY = DETECTION_FAMILY
 # HF detectors are trained with ImageNet statistics; tvc's small configs use 0.5/0.5.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -259,7 +260,7 @@ def init_for_training(model: HFDetector) -> None:
 
 
 def _info(name: str, config, *, input_size: int, mean, std, weights: str, model: HFDetector):
-    from tvc.models.load import ModelInfo
+    from tvc.models.info import ModelInfo
 
     return ModelInfo(
         name=name,
@@ -288,7 +289,7 @@ def det_from_name(
     warn_random: bool = True,
 ):
     """One of DETECTION_CONFIGS, randomly initialised or with a weights file for it."""
-    from tvc.models.load import LoadedModel
+    from tvc.models.info import LoadedModel
     from tvc.models.weights import load_into, read_state_dict
 
     small = DETECTION_CONFIGS[name]
@@ -331,7 +332,7 @@ def det_from_directory(
     With `num_classes` different from the checkpoint's, the class head is re-initialised (for
     fine-tuning on another label set); everything else loads.
     """
-    from tvc.models.load import LoadedModel, read_json
+    from tvc.models.info import LoadedModel, read_json
     from tvc.models.weights import load_into
 
     transformers = require("transformers", "detection transformers")
@@ -389,12 +390,6 @@ def _size_from_processor(size: dict[str, Any]) -> int:
         if isinstance(size.get(key), int):
             return int(size[key])
     return 800
-
-
-def is_detector(loaded_or_info) -> bool:
-    """True for a LoadedModel or ModelInfo of a detection model."""
-    info = getattr(loaded_or_info, "info", loaded_or_info)
-    return info.family == FAMILY or info.extra.get("task") == "detection"
 
 
 def torch_predictor(model: nn.Module, device: str = "cpu"):

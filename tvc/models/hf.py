@@ -34,7 +34,7 @@ def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
 
 
 def hf_from_directory(path: Path, *, num_classes: int | None = None):
-    from tvc.models.load import LoadedModel, ModelInfo, read_json
+    from tvc.models.info import LoadedModel, ModelInfo, read_json
 
     transformers = require("transformers", "Hugging Face models")
     cfg = read_json(path / "config.json")

@@ -7,9 +7,7 @@ artifact. Weights come only from disk: tvc never downloads.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +15,11 @@ from tvc.artifact import Artifact, is_artifact, load_artifact
 from tvc.deps import require
 from tvc.errors import ArtifactError, ModelNotFoundError, WeightsError
 from tvc.models import registry
+from tvc.models.info import LoadedModel, ModelInfo, read_json  # noqa: F401 (re-exported)
 
 log = logging.getLogger("tvc")
 
 WEIGHTS_FILE = "weights.safetensors"
-
-
-@dataclass
-class ModelInfo:
-    """Everything needed to rebuild the model and feed it: written into artifacts as 'model'."""
-
-    name: str
-    family: str  # "timm" or "hf"
-    arch: str  # timm architecture, or the HF model_type
-    kwargs: dict[str, Any]  # timm create_model overrides, or the HF config dict
-    num_classes: int
-    input_size: tuple[int, int, int]  # C, H, W
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    weights: str = "random"  # where the weights came from
-    structure: dict[str, Any] | None = None  # shape changes from compression
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. distillation token present
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ModelInfo:
-        d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
-        return cls(**d)
-
-
-@dataclass
-class LoadedModel:
-    model: Any  # torch.nn.Module, in eval mode
-    info: ModelInfo
-    artifact: Artifact | None = None
 
 
 def load_model(
@@ -268,10 +230,3 @@ def write_model_artifact(
         save_model(w, loaded)
         w.meta["metrics"] = metrics
     return load_artifact(out)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelNotFoundError(f"cannot read {path} ({exc})", "check the file") from exc
