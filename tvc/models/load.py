@@ -13,7 +13,7 @@ from typing import Any
 
 from tvc.artifact import Artifact, is_artifact, load_artifact
 from tvc.deps import require
-from tvc.errors import ArtifactError, ModelNotFoundError, WeightsError
+from tvc.errors import ArtifactError, ConfigError, ModelNotFoundError, WeightsError
 from tvc.models import registry
 from tvc.models.info import LoadedModel, ModelInfo, read_json  # noqa: F401 (re-exported)
 
@@ -33,6 +33,8 @@ def load_model(
 ) -> LoadedModel:
     """Build or load the model named by `spec`. See the module docstring for the forms."""
     require("torch", "loading a PyTorch model")
+    if input_size is not None and input_size < 1:  # 0 or less: no image to build a model for
+        raise ConfigError(f"--input-size must be >= 1, got {input_size}", "e.g. --input-size 224")
     path = Path(spec)
     if path.exists():
         if is_artifact(path):
