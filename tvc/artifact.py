@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tvc.errors import ArtifactError, StorageError, first_line, storage_error
+from tvc.errors import (
+    ArtifactError,
+    ExportError,
+    StorageError,
+    TvcError,
+    first_line,
+    storage_error,
+)
 
 ARTIFACT_FILE = "artifact.json"
 SCHEMA_VERSION = 1
@@ -206,16 +213,48 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+_LOW_SPACE = 1 << 20  # below this many free bytes, a failed write is put down to a full disk
+
+
+def _disk_full(where: Path) -> bool:
+    p = Path(where)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < _LOW_SPACE
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def _storage_errors(where: Path) -> Iterator[None]:
-    """Disk full, permissions and the like become a one-line StorageError."""
+def storage_errors(where: str | os.PathLike) -> Iterator[None]:
+    """Disk full, permissions and the like become a one-line StorageError naming `where`. Writers
+    that wrap ENOSPC in their own exception (torch.save, safetensors) are caught by checking the
+    free space after the failure."""
+    where = Path(where)
     try:
         yield
     except OSError as exc:
         err = storage_error(exc, where)
         if err is None:
-            raise
+            if not _disk_full(where):
+                raise
+            err = storage_error(OSError(errno.ENOSPC, "disk full"), where)
         raise err from exc
+    except ExportError as exc:
+        # exporters wrap every failure, a full disk included, as "try another --opset"
+        if not _disk_full(where):
+            raise
+        raise storage_error(OSError(errno.ENOSPC, "disk full"), where) from exc
+    except TvcError:
+        raise
+    except Exception as exc:
+        if not _disk_full(where):
+            raise
+        raise storage_error(OSError(errno.ENOSPC, "disk full"), where) from exc
+
+
+_storage_errors = storage_errors
 
 
 @contextlib.contextmanager

@@ -99,11 +99,14 @@ def storage_error(exc: OSError, where: str | object) -> StorageError | None:
         errno.ENOTDIR: ("a path component is a file, not a directory", "choose another -o path"),
         errno.EEXIST: ("a file is in the way", "choose another -o path"),
         errno.EISDIR: ("a directory is in the way", "choose another -o path"),
+        errno.EFBIG: (
+            "the file is larger than this file system or limit allows",
+            "write elsewhere",
+        ),
     }.get(exc.errno)
     if what is None:
         return None
-    name = getattr(exc, "filename", None) or where
-    return StorageError(f"cannot write {name}: {what[0]}", what[1])
+    return StorageError(f"cannot write {where}: {what[0]}", what[1])
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

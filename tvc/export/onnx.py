@@ -18,6 +18,7 @@ import numpy as np
 from tvc.artifact import Artifact, write_artifact
 from tvc.errors import ConfigError, ExportError, first_line
 from tvc.export.parity import Parity, compare, require_parity
+from tvc.finite import check_finite_model
 
 log = logging.getLogger("tvc")
 
@@ -76,6 +77,7 @@ def export_into(w, loaded, config: OnnxExportConfig) -> None:
 
     config.validate()
     model, info = loaded.model.eval(), loaded.info
+    check_finite_model(model, "export", "the model's weights are corrupt: export a finite model")
     chans, height, width = info.input_size
     shape = (config.batch, chans, height, width)
     path = w.path_for(MODEL_FILE)

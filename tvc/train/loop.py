@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tvc.artifact import storage_errors
 from tvc.data.base import ImageSet
 from tvc.errors import ConfigError
 from tvc.eval.classification import evaluate
@@ -375,10 +376,15 @@ def _save_checkpoint(path: Path, key: str, epoch: int, history, model, opt, scal
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": "tvc.train/1", "run_key": key, "epoch": epoch,
-                "history": json.dumps(history), "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "scaler": scaler.state_dict()}, tmp)  # fmt: skip
-    os.replace(tmp, path)
+    try:
+        with storage_errors(path):  # a full disk: one line, and no half-written temp file left
+            torch.save({"format": "tvc.train/1", "run_key": key, "epoch": epoch,
+                        "history": json.dumps(history), "model": model.state_dict(),
+                        "optimizer": opt.state_dict(), "scaler": scaler.state_dict()},
+                       tmp)  # fmt: skip
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _load_checkpoint(path: Path, key: str, model, opt, scaler, device) -> tuple[int, list]:
