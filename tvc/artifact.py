@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -172,11 +173,13 @@ def check_output(
         raise StorageError(
             f"cannot write -o {target}: {anc} is a file, not a directory", "choose another -o path"
         )
-    if not os.access(anc, os.W_OK | os.X_OK):
+    try:  # a real probe: permission bits do not tell about read-only mounts, /proc, or root
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=anc))
+    except OSError as exc:
         raise StorageError(
-            f"cannot write -o {target}: {anc} is not writable",
+            f"cannot write -o {target}: {anc} is not writable ({exc.strerror})",
             "write somewhere you may write, with -o",
-        )
+        ) from exc
     return target
 
 
@@ -221,9 +224,10 @@ def _disk_full(where: Path) -> bool:
     while not p.exists() and p != p.parent:
         p = p.parent
     try:
-        return shutil.disk_usage(p).free < _LOW_SPACE
+        usage = shutil.disk_usage(p)
     except OSError:
         return False
+    return usage.total > 0 and usage.free < _LOW_SPACE  # /proc and friends have no size
 
 
 @contextlib.contextmanager
