@@ -42,11 +42,13 @@ import common
 from tvc.compress.distill import DistillConfig, distill
 from tvc.compress.prune import PruneConfig, prune
 from tvc.compress.report import summarize
-from tvc.models.structure import describe_structure
 from tvc.data import load_images
 from tvc.eval import evaluate
 from tvc.models import load_model
 from tvc.models.load import LoadedModel, build_from_info, save_model
+from tvc.models.structure import describe_structure
+from tvc.stages.train import save_trained
+from tvc.tasks.classification import ClassificationTask
 from tvc.train.dist import pick_device
 from tvc.train.loop import TrainConfig, amp_dtype, fit, torch_predict
 from tvc.train.train import checkpoint_path, train_model
@@ -140,8 +142,9 @@ def train_teacher(b: Bench) -> tuple[Path, dict[str, Any]]:
     torch.manual_seed(0)
     loaded = load_model(a.teacher_model, warn_random=False)
     t0 = time.perf_counter()
-    art = train_model(loaded, a.data, out, cfg, limit=a.limit, eval_limit=a.eval_limit,
-                      spec={"benchmark": "bench_distill_fmnist"})  # fmt: skip
+    metrics = train_model(loaded, a.data, out, cfg, limit=a.limit, eval_limit=a.eval_limit)
+    art = save_trained(ClassificationTask(), loaded, a.data, metrics, out,
+                       spec={"benchmark": "bench_distill_fmnist"})  # fmt: skip
     wall = time.perf_counter() - t0
     shutil.rmtree(checkpoint_path(out).parent, ignore_errors=True)  # the artifact is what counts
     tr = art.meta["metrics"]["training"]

@@ -6,13 +6,13 @@ from click.testing import CliRunner
 
 from tvc.artifact import load_artifact
 from tvc.cli import cli
-from tvc.compress.lowrank import LowRankConfig
-from tvc.compress.pipeline import CompressConfig, compress_model, sample_inputs
-from tvc.compress.prune import PruneConfig
-from tvc.compress.report import count_macs, count_params, output_agreement
+from tvc.compress.report import count_macs, count_params
 from tvc.errors import ConfigError
 from tvc.export.onnx import OnnxExportConfig, export_onnx
 from tvc.models import load_model
+from tvc.stages import get_stage
+from tvc.stages.compress import Config
+from tvc.tasks.classification import ClassificationTask
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -37,8 +37,10 @@ def test_prune_writes_a_reloadable_artifact_with_its_report(tmp_path, pico, pico
     again = load_model(str(out))
     assert report["after"]["params"] == art.meta["metrics"]["params"] == count_params(again.model)
     assert report["after"]["macs"] == count_macs(again.model, (3, 32, 32))
-    samples, source = sample_inputs(pico.info, None)
-    assert output_agreement(pico.model, again.model, samples, source=source) == report["agreement"]
+    task = ClassificationTask()
+    samples, source = task.sample_inputs(pico.info, None, 8)
+    agree = task.agreement(task.outputs(pico.model, samples), task.outputs(again.model, samples))
+    assert {"inputs": source, **agree} == report["agreement"]
 
 
 def test_compressed_artifact_can_be_pruned_again(tmp_path):
@@ -87,25 +89,31 @@ def test_taylor_importance_scores_on_real_images(tmp_path):
     assert report["agreement"]["inputs"] == "fashion-mnist val images"
 
 
-def test_distillation_runs_after_pruning_through_the_contract(tmp_path, pico, monkeypatch):
-    """compress_model hands the pruned student to distill() and saves what it trained."""
+@pytest.mark.skipif(not FASHION.is_file(), reason="needs Debian's dataset-fashion-mnist")
+def test_distillation_runs_after_pruning_through_the_contract(tmp_path, pico_art, monkeypatch):
+    """The pipeline hands the pruned student to distill(), evaluates it after and saves what
+    it trained."""
     import tvc.compress.distill as distill_mod
 
     seen = {}
 
-    def fake_distill(student, cfg):
+    def fake_distill(student, cfg, *, teacher=None):
         seen["embed"] = student.model.embed_dim
         seen["structure"] = student.info.structure
+        seen["teacher"] = teacher.info.name
         with torch.no_grad():
             student.model.head.bias.fill_(0.5)
-        return {"accuracy": {"top1": 12.5}, "wall_s": 1.0}
+        return {"wall_s": 1.0}
 
     monkeypatch.setattr(distill_mod, "distill", fake_distill)
-    kd = distill_mod.DistillConfig(teacher="vit_pico", data="x")
-    cfg = CompressConfig(prune=PruneConfig(0.3), distill=kd)
-    art = compress_model(pico, cfg, tmp_path / "kd")
+    cfg = Config.parse({"model": str(pico_art), "output": str(tmp_path / "kd"), "prune": 0.3,
+                        "distill": "", "data": "fashion-mnist", "eval_limit": 64})
+    art = get_stage("compress").run(cfg)
     assert seen["embed"] == 48 and seen["structure"]["params"]["cls_token"] == [1, 1, 48]
-    assert art.meta["metrics"]["accuracy"] == {"top1": 12.5}
+    quality = art.meta["metrics"]["compression"]["quality"]
+    assert set(quality) == {"source", "compressed", "distilled"}
+    assert art.meta["metrics"]["accuracy"] == quality["distilled"]
+    assert quality["distilled"]["n"] == 64 and quality["distilled"]["agreement"] is not None
     assert torch.all(load_model(str(art.path)).model.head.bias == 0.5)
 
 
@@ -115,10 +123,10 @@ def test_distillation_runs_after_pruning_through_the_contract(tmp_path, pico, mo
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--prune", "1.5"], r"prune ratio must be in (0, 1), got 1.5"),
-        (["--prune", "0"], r"prune ratio must be in (0, 1)"),
-        (["--lowrank", "0"], r"energy must be in (0, 1], got 0.0"),
-        (["--lowrank", "1.2"], r"energy must be in (0, 1]"),
+        (["--prune", "1.5"], r"--prune must be in (0, 1), got 1.5"),
+        (["--prune", "0"], r"--prune must be in (0, 1)"),
+        (["--lowrank", "0"], r"--lowrank must be in (0, 1], got 0.0"),
+        (["--lowrank", "1.2"], r"--lowrank must be in (0, 1]"),
         (["--lowrank", "0.9", "--lowrank-rank", "8"], "pass only one of them"),
         (["--lowrank-rank", "8.5"], "neither a whole rank nor a fraction"),
         ([], "compress has nothing to do"),
@@ -150,5 +158,7 @@ def test_unsupported_architecture_names_itself(tmp_path):
 
 def test_nothing_to_do_is_a_config_error():
     with pytest.raises(ConfigError, match="nothing to do"):
-        CompressConfig()
-    assert CompressConfig(lowrank=LowRankConfig(energy=0.9)).as_dict()["prune"] is None
+        Config.parse({"model": "vit_pico", "output": "x"})
+    with pytest.raises(ConfigError, match="unknown option 'prune_ratio'"):
+        Config.parse({"model": "vit_pico", "output": "x", "prune_ratio": 0.3})
+    assert Config.parse({"model": "vit_pico", "output": "x", "lowrank": 0.9}).prune is None

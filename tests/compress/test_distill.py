@@ -12,6 +12,8 @@ from tvc.data.synthetic import write_fake_fashion_mnist
 from tvc.errors import ConfigError, UnsupportedModelError
 from tvc.models import load_model
 from tvc.models.load import LoadedModel
+from tvc.stages.train import save_trained
+from tvc.tasks.classification import ClassificationTask
 from tvc.train.loop import TrainConfig
 from tvc.train.train import train_model
 
@@ -29,7 +31,7 @@ def teacher(fm, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "teacher"
     cfg = TrainConfig(epochs=4, lr=3e-3, batch_size=15, warmup_epochs=0.5, augment=False,
                       progress=False, device="cpu")  # fmt: skip
-    return train_model(loaded, fm, out, cfg)
+    return save_trained(ClassificationTask(), loaded, fm, train_model(loaded, fm, out, cfg), out)
 
 
 def _student(name="vit_pico", seed=1) -> LoadedModel:

@@ -13,7 +13,7 @@ from tvc.compress.detection import DetPruneConfig, compress_detector
 from tvc.models import load_model
 from tvc.models.detection import is_detector
 from tvc.report.schema import read_records
-from tvc.runtime.torch_runner import TorchRunner
+from tvc.stages.torch_backend import TorchRunner
 
 DATA = "fashion-mnist-det"
 
@@ -60,10 +60,10 @@ def test_compress_prune_reloads_as_the_in_memory_model(trained, tmp_path):
     assert "mAP: source" in res.output and f"wrote {out}" in res.output
     art = load_artifact(out)
     report = art.meta["metrics"]["compression"]
-    assert report["params_after"] < report["params_before"]
-    assert art.meta["metrics"]["params"] == report["params_after"]
-    assert set(report["detection"]) == {"source", "compressed"}
-    assert art.meta["metrics"]["map"] == report["detection"]["compressed"]["map"]
+    assert report["after"]["params"] < report["before"]["params"]
+    assert art.meta["metrics"]["params"] == report["after"]["params"]
+    assert set(report["quality"]) == {"source", "compressed"}
+    assert art.meta["metrics"]["map"] == report["quality"]["compressed"]["map"]
     assert art.meta["parent"]["id"] == load_artifact(src).id
     # The artifact rebuilds the very model that pruning makes in memory.
     in_memory, _ = compress_detector(load_model(str(src)), prune=DetPruneConfig(ratio=0.5))
@@ -87,8 +87,8 @@ def test_compress_distils_from_the_source(trained, tmp_path):
     report = art.meta["metrics"]["compression"]
     assert report["teacher"] == "source"  # --distill naming MODEL itself reuses the source
     assert report["lowrank"]["factorized"] > 0 and report["distill"]["images"] == 8
-    assert set(report["detection"]) == {"source", "compressed", "distilled"}
-    assert "agreement" in report["detection"]["distilled"]
+    assert set(report["quality"]) == {"source", "compressed", "distilled"}
+    assert "agreement" in report["quality"]["distilled"]
     assert 0 <= report["agreement"]["class_agreement"] <= 1
     assert load_model(str(out)).model(torch.zeros(1, 3, 64, 64))[1].shape == (1, 10, 4)
 
@@ -97,15 +97,15 @@ def test_compress_distils_from_the_source(trained, tmp_path):
     ("args", "message"),
     [
         (["train", "detr_pico", "--data", DATA, "--label-smoothing", "0.2"],
-         "--label-smoothing applies to classifiers only, not to the detector detr_pico"),
-        (["train", "detr_pico", "--data", DATA, "--resume"], "--resume applies to classifiers"),
+         "--label-smoothing does not apply to the detector detr_pico"),
+        (["train", "detr_pico", "--data", DATA, "--resume"], "--resume does not apply to the det"),
         (["train", "detr_pico", "--data", "fashion-mnist"],
-         "detr_pico is a detector but --data fashion-mnist is not detection data"),
+         "detr_pico is a detector but --data fashion-mnist is classification data"),
         (["train", "vit_pico", "--data", DATA], "vit_pico is a classifier but --data"),
-        (["compress", "detr_pico", "--prune", "0.3", "--global"], "--global applies to classif"),
+        (["compress", "detr_pico", "--prune", "0.3", "--global"], "--global does not apply to the"),
         (["compress", "detr_pico", "--prune", "0.3", "--importance", "taylor"],
-         "--importance taylor applies to classifiers only"),
-        (["compress", "detr_pico", "--distill", "--data", DATA, "--kd", "hard"], "--kd applies"),
+         "--importance does not apply to the detector"),
+        (["compress", "detr_pico", "--distill", "--data", DATA, "--kd", "hard"], "--kd does not"),
         (["compress", "detr_pico", "--distill"], "--distill needs --data"),
         (["compress", "vit_pico", "--prune", "0.3", "--data", DATA], "is detection data"),
     ],

@@ -110,8 +110,11 @@ def test_train_command_writes_artifact_and_resumes(fm, tmp_path):
     assert len(meta["metrics"]["training"]["history"]) == 2
     assert meta["model"]["num_classes"] == 10
     weights = load_file(str(out / "weights.safetensors"))
-    # --resume of a finished run trains no further and writes the same weights
+    # --resume of a finished run trains no further and writes the same weights (its artifact
+    # exists, so replacing it takes --force)
     r = runner.invoke(cli, [*args, "--resume"], catch_exceptions=False)
+    assert r.exit_code == 2 and "pass --force" in r.output
+    r = runner.invoke(cli, [*args, "--resume", "--force"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     again = load_file(str(out / "weights.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
@@ -120,7 +123,7 @@ def test_train_command_writes_artifact_and_resumes(fm, tmp_path):
     assert r.exit_code == 0, r.output
     assert f"top-1 {acc['top1']:.2f}%" in r.output
     # a changed option cannot resume that checkpoint
-    r = runner.invoke(cli, [*args[:-2], "--lr", "1e-2", "--resume"])
+    r = runner.invoke(cli, [*args[:-2], "--lr", "1e-2", "--resume", "--force"])
     assert r.exit_code == 2 and "other settings" in r.output
 
 

@@ -43,6 +43,10 @@ class TvcGroup(click.Group):
             _usage_error(ctx, exc)
 
     def invoke(self, ctx: click.Context):
+        from tvc.artifact import record_command
+        from tvc.cli.options import command_line
+
+        record_command(command_line())
         try:
             return super().invoke(ctx)
         except TvcError as exc:

@@ -129,8 +129,9 @@ def _same_view(a, b) -> bool:
         tuple(b.input_size), tuple(b.mean), tuple(b.std))  # fmt: skip
 
 
-def distill(student, cfg: DistillConfig) -> dict[str, Any]:
-    """Train `student.model` in place to match `cfg.teacher` on `cfg.data`; return metrics."""
+def distill(student, cfg: DistillConfig, *, teacher=None) -> dict[str, Any]:
+    """Train `student.model` in place to match `teacher` (default: load `cfg.teacher`) on
+    `cfg.data`; return metrics."""
     import torch
 
     from tvc.models import load_model
@@ -138,7 +139,8 @@ def distill(student, cfg: DistillConfig) -> dict[str, Any]:
     cfg.validate()
     ctx = dist.setup(cfg.device)
     t_start = time.perf_counter()
-    teacher = load_model(cfg.teacher, weights=cfg.teacher_weights)
+    if teacher is None:
+        teacher = load_model(cfg.teacher, weights=cfg.teacher_weights)
     if teacher.artifact is None and teacher.info.weights == "random":
         raise ConfigError(
             f"the teacher {cfg.teacher} has random weights, so there is nothing to learn from it",

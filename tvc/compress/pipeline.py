@@ -1,9 +1,11 @@
-"""`tvc compress`: prune -> low-rank -> distil one model, and write it as a model artifact.
+"""One compress pipeline for every task: prune -> low-rank -> distil, then a model artifact.
 
-The artifact holds weights.safetensors and, in artifact.json, the model's rebuild info with the
-compressed structure (see structure.py), so `load_model(artifact)` rebuilds it without pickled
-modules and every later step (export, bench, compress again) reads it like any other model.
-Everything is computed before the artifact is written: a failed run leaves nothing behind.
+What differs between tasks (how to prune, which outputs to compare, the metric, the
+distillation loss) is asked of the task adapter (tvc.tasks); the steps, the rebuild proof, the
+quality checkpoints and the artifact are the same for all. The artifact holds
+weights.safetensors and, in artifact.json, the model's rebuild info with the compressed
+structure (see tvc.models.structure), so `load_model(artifact)` rebuilds it without pickled
+modules. Everything is computed before the artifact is written: a failed run leaves nothing.
 """
 
 from __future__ import annotations
@@ -11,170 +13,170 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tvc.artifact import Artifact, load_artifact, write_artifact
-from tvc.compress.lowrank import LowRankConfig
-from tvc.compress.prune import PruneConfig
-from tvc.errors import ConfigError, MissingDependencyError
+from tvc.errors import ConfigError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from tvc.compress.distill import DistillConfig
+    from tvc.artifact import Artifact
     from tvc.models.load import LoadedModel
+    from tvc.stages.compress import Config
+    from tvc.tasks import Task
 
 log = logging.getLogger("tvc")
 
-SAMPLE_IMAGES = 32  # images for output agreement and low-rank errors (when --data is given)
-RANDOM_SAMPLES = 8  # random inputs otherwise
+SAMPLE_INPUTS = 32  # held-out inputs for output agreement and low-rank errors
+RANDOM_SAMPLES = 8  # random inputs when there is no data
 TAYLOR_BATCHES, TAYLOR_BATCH_SIZE = 4, 32  # labelled images for taylor importance
 
 
-@dataclass
-class CompressConfig:
-    prune: PruneConfig | None = None
-    lowrank: LowRankConfig | None = None
-    distill: DistillConfig | None = None
-
-    def __post_init__(self) -> None:
-        if self.prune is None and self.lowrank is None and self.distill is None:
-            raise ConfigError(
-                "compress has nothing to do",
-                "pass --prune RATIO, --lowrank ENERGY / --lowrank-rank R, or --distill TEACHER",
-            )
-
-    def as_dict(self) -> dict[str, Any]:
-        def part(c):
-            if c is None:
-                return None
-            return c.as_dict() if hasattr(c, "as_dict") else dataclasses.asdict(c)
-
-        return {"prune": part(self.prune), "lowrank": part(self.lowrank),
-                "distill": part(self.distill)}  # fmt: skip
-
-
 def compress_model(
-    loaded: LoadedModel, cfg: CompressConfig, out: Path, *, data_spec: str | None = None
+    task: Task, loaded: LoadedModel, cfg: Config, out: Path, *, teacher: LoadedModel | None = None
 ) -> Artifact:
-    """Compress a copy of `loaded` by `cfg` and write the model artifact `out`."""
-
+    """Compress a copy of `loaded` as `cfg` asks, distil it from `teacher` when cfg.distill
+    is set, and write the model artifact `out` with the report in metrics["compression"]."""
     from tvc.compress import report as rep
-    from tvc.compress.structure import describe_structure
-    from tvc.models.load import LoadedModel, build_from_info, save_model
+    from tvc.models.load import LoadedModel, build_from_info, write_model_artifact
+    from tvc.models.structure import describe_structure
+    from tvc.train.dist import pick_device
 
+    _check_teacher(task, loaded, teacher)
     info = loaded.info
     original = loaded.model.eval()
-    student = copy.deepcopy(original)
-    samples, source = sample_inputs(info, data_spec)
+    student = LoadedModel(
+        copy.deepcopy(original).eval(), dataclasses.replace(info), loaded.artifact
+    )
+    settings = cfg.model_dump(exclude_unset=True)
+    settings.setdefault("round_to", cfg.round_to)
+    n = SAMPLE_INPUTS if cfg.data else RANDOM_SAMPLES
+    samples, source = task.sample_inputs(info, cfg.data, n)
+    reference = task.outputs(original, samples)
+    task.check_finite(reference, f"the source model {info.name}")
     report: dict[str, Any] = {
         "model": info.name,
+        "task": task.name,
+        "metric": task.metric,
+        "metric_label": task.metric_label,
+        "teacher": None
+        if teacher is None
+        else ("source" if teacher is loaded else teacher.info.name),
         "before": rep.summarize(original, info.input_size),
     }
 
     if cfg.prune is not None:
-        from tvc.compress.prune import prune
-
         batches = None
-        if cfg.prune.importance == "taylor":
-            if data_spec is None:
-                raise ConfigError(
-                    "--importance taylor scores channels with gradients on labelled images",
-                    "pass --data DATA (e.g. fashion-mnist), or use --importance magnitude",
-                )
-            batches = taylor_batches(info, data_spec)
-        log.info("pruning %s by %.0f%%", info.name, cfg.prune.ratio * 100)
-        report["prune"] = prune(student, cfg.prune, example_input=samples[:1], batches=batches)
-        report["prune"]["agreement"] = rep.output_agreement(original, student, samples,
-                                                            source=source)  # fmt: skip
-
-    if cfg.lowrank is not None:
-        from tvc.compress.lowrank import factorize
-
+        if cfg.importance == "taylor":
+            batches = task.taylor_batches(info, cfg.data, TAYLOR_BATCHES, TAYLOR_BATCH_SIZE)
+        log.info("pruning %s by %.0f%%", info.name, cfg.prune * 100)
+        report["prune"] = task.prune(student.model, settings, example=samples[:1], batches=batches)
+        report["prune"]["agreement"] = _agreement(task, reference, student.model, samples, source)
+    lowrank = cfg.lowrank_config()
+    if lowrank is not None:
         log.info("factorizing the attention and MLP layers of %s", info.name)
-        report["lowrank"] = factorize(student, cfg.lowrank, sample_inputs=samples)
+        report["lowrank"] = task.factorize(student.model, lowrank, samples=samples)
 
     # The structure is relative to a fresh build of the architecture, so compressing a
     # compressed artifact again records the whole change, not only the last one.
-    base = dataclasses.replace(info, structure=None)
-    new_info = dataclasses.replace(
-        info, structure=describe_structure(student, build_from_info(base))
+    fresh = build_from_info(dataclasses.replace(info, structure=None))
+    student.info = dataclasses.replace(info, structure=describe_structure(student.model, fresh))
+    _check_rebuild(task, student, samples[:1])
+
+    quality: dict[str, Any] = {}
+    device = pick_device(cfg.device or "auto")
+    # Quality on the test split: always when distilling, else when --eval-limit asks for it.
+    measure = cfg.data is not None and (teacher is not None or cfg.eval_limit is not None)
+    test = task.load_data(cfg.data, "test", info, limit=cfg.eval_limit) if measure else None
+    if test is not None:
+        quality["source"] = task.quality(loaded, test, device=device)
+        if cfg.prune is not None or lowrank is not None:
+            quality["compressed"] = task.quality(
+                student, test, reference=teacher or loaded, device=device
+            )
+    if teacher is not None:
+        log.info("distilling %s from %s", info.name, report["teacher"])
+        report["distill"] = task.distill(student, teacher, cfg.data, settings)
+        student.model.cpu().eval()
+        quality["distilled"] = task.quality(student, test, reference=teacher, device=device)
+    task.check_finite(task.outputs(student.model, samples), f"the compressed {info.name}")
+
+    report["after"] = rep.summarize(student.model, info.input_size)
+    report["agreement"] = _agreement(
+        task, task.outputs((teacher or loaded).model, samples), student.model, samples, source
     )
-    _check_rebuild(student, new_info, samples[:1])
-
-    if cfg.distill is not None:
-        try:
-            from tvc.compress.distill import distill
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"distillation is not available in this tvc installation ({exc})",
-                "update tvc, or compress without --distill",
-            ) from exc
-        student_loaded = LoadedModel(student, new_info, loaded.artifact)
-        report["distill"] = distill(student_loaded, cfg.distill)
-        student = student_loaded.model.eval()
-
-    report["after"] = rep.summarize(student, info.input_size)
-    report["agreement"] = rep.output_agreement(original, student, samples, source=source)
-    report["ratios"] = {k: rep.ratio(report["after"][k], report["before"][k])
-                        for k in ("params", "macs", "size_bytes")}  # fmt: skip
-
-    spec = {"stage": "compress", "source": info.name, **cfg.as_dict(), "data": data_spec}
+    report["ratios"] = {
+        k: rep.ratio(report["after"][k], report["before"][k])
+        for k in ("params", "macs", "size_bytes")
+    }
+    report["quality"] = quality
     metrics: dict[str, Any] = {
         "params": report["after"]["params"],
         "macs": report["after"]["macs"],
         "compression": report,
     }
-    for key in ("top1", "top5", "accuracy"):  # distillation's accuracy travels with the model
-        if isinstance(report.get("distill"), dict) and key in report["distill"]:
-            metrics[key] = report["distill"][key]
-    with write_artifact(out, "model", parent=loaded.artifact, spec=spec) as w:
-        save_model(w, LoadedModel(student, new_info, loaded.artifact))
-        w.meta["metrics"] = metrics
-    return load_artifact(out)
+    final = quality.get("distilled") or quality.get("compressed")
+    if final is not None:  # the model's own quality travels with it (tvc export copies it)
+        metrics.update(task.headline(final))
+    spec = {
+        "stage": "compress",
+        "task": task.name,
+        "source": info.name,
+        "prune": _prune_spec(cfg) if cfg.prune is not None else None,
+        "lowrank": lowrank.as_dict() if lowrank is not None else None,
+        "distill": {"teacher": report["teacher"], **settings} if teacher else None,
+        "data": cfg.data,
+        "options": cfg.model_dump(mode="json", exclude_unset=True, exclude={"force"}),
+    }
+    return write_model_artifact(student, out, spec=spec, metrics=metrics, force=cfg.force)
 
 
-def _check_rebuild(model, info, x) -> None:
+def _prune_spec(cfg: Config) -> dict[str, Any]:
+    return {
+        "ratio": cfg.prune,
+        "importance": cfg.importance,
+        "global_pruning": cfg.global_,
+        "prune_heads": cfg.prune_heads,
+        "round_to": cfg.round_to,
+        "keep": list(cfg.keep),
+        "steps": cfg.steps,
+    }
+
+
+def _agreement(task: Task, reference, candidate, samples, source: str) -> dict[str, Any]:
+    return {"inputs": source, **task.agreement(reference, task.outputs(candidate, samples))}
+
+
+def _check_teacher(task: Task, loaded: LoadedModel, teacher: LoadedModel | None) -> None:
+    if teacher is None:
+        return
+    from tvc.tasks import task_for_info
+
+    if task_for_info(teacher.info) is not task:
+        raise UnsupportedModelError(
+            f"the teacher {teacher.info.name} is not a {task.name} model",
+            f"distil a {task.name} model from a {task.name} model (e.g. its uncompressed source)",
+        )
+    if teacher.artifact is None and teacher.info.weights == "random":
+        raise ConfigError(
+            f"the teacher {teacher.info.name} has random weights, so there is nothing to learn "
+            "from it",
+            "distil from a trained model: a tvc train artifact, or --weights / "
+            "--teacher-weights with the trained weights",
+        )
+
+
+def _check_rebuild(task: Task, student: LoadedModel, x) -> None:
     """The recorded structure must rebuild this exact model: refuse to write one that cannot."""
-    import torch
+    import numpy as np
 
     from tvc.models.load import build_from_info
 
-    fresh = build_from_info(info)
-    own, got = model.state_dict(), fresh.state_dict()
+    fresh = build_from_info(student.info)
+    own, got = student.model.state_dict(), fresh.state_dict()
     wrong = [k for k in own if k not in got or got[k].shape != own[k].shape]
     if wrong or set(got) - set(own):
         raise RuntimeError(f"compressed structure does not rebuild: {(wrong or list(got))[:3]}")
     fresh.load_state_dict(own, strict=True)
-    with torch.no_grad():
-        if not torch.equal(fresh.eval()(x), model.eval()(x)):
-            raise RuntimeError("the rebuilt compressed model computes something else")
-
-
-# -------------------------------------------------------------------------------------- data
-
-
-def _images(info, data_spec: str, split: str, limit: int):
-    from tvc.data import load_images
-
-    return load_images(data_spec, split, input_size=info.input_size, mean=info.mean,
-                       std=info.std, limit=limit, seed=0)  # fmt: skip
-
-
-def sample_inputs(info, data_spec: str | None):
-    """Inputs for agreement and low-rank error: held-out images, else seeded random ones."""
-    import torch
-
-    if data_spec is None:
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn(RANDOM_SAMPLES, *info.input_size, generator=gen), "random inputs"
-    data = _images(info, data_spec, "val", SAMPLE_IMAGES)
-    x, _ = next(iter(data.batches(SAMPLE_IMAGES)))
-    return torch.from_numpy(x), f"{data.name} {data.split} images"
-
-
-def taylor_batches(info, data_spec: str):
-    import torch
-
-    data = _images(info, data_spec, "train", TAYLOR_BATCHES * TAYLOR_BATCH_SIZE)
-    return [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data.batches(TAYLOR_BATCH_SIZE)]
+    a, b = task.outputs(fresh, x), task.outputs(student.model, x)
+    if any(not np.array_equal(a[k], b[k]) for k in a):
+        raise RuntimeError("the rebuilt compressed model computes something else")

@@ -144,10 +144,21 @@ def print_compression_report(report: dict[str, Any], console=None) -> None:
             blocks.add_row(str(i), *cells)
         console.print(blocks)
 
+    prune = report.get("prune") or {}
+    heads = [h for e in prune.get("layers", []) if isinstance(e, dict)
+             for h in e.get("heads", {}).values()]  # fmt: skip
+    ffn = [e["ffn"] for e in prune.get("layers", []) if isinstance(e, dict) and "ffn" in e]
+    if heads or ffn:  # detectors: heads and FFN channels of every encoder/decoder layer
+        console.print(
+            f"pruned {prune['ratio']:.0%}: attention heads {sum(h[0] for h in heads)} -> "
+            f"{sum(h[1] for h in heads)}, FFN channels {sum(f[0] for f in ffn)} -> "
+            f"{sum(f[1] for f in ffn)}"
+        )
+
     lowrank = report.get("lowrank")
-    if lowrank:
+    if lowrank and all("full_rank" in e for e in lowrank["layers"] if e["factorized"]):
         layers = Table(title=f"low-rank: {lowrank['factorized']} layers factorized, "
-                       f"{lowrank['skipped']} kept whole")  # fmt: skip
+                       f"{lowrank.get('skipped', 0)} kept whole")  # fmt: skip
         for col in ("layer", "shape", "rank", "energy", "rel. output error"):
             layers.add_column(col, justify="left" if col == "layer" else "right")
         for e in lowrank["layers"]:
@@ -160,19 +171,40 @@ def print_compression_report(report: dict[str, Any], console=None) -> None:
         else:
             reasons = sorted({e.get("reason", "") for e in lowrank["layers"]})
             console.print(f"low-rank: no layer factorized ({'; '.join(reasons)})")
+    elif lowrank:
+        console.print(
+            f"low-rank: {lowrank['factorized']} of {len(lowrank['layers'])} layers factorized"
+        )
+
+    quality = report.get("quality") or {}
+    label = report.get("metric_label", "quality")
+    metric = report.get("metric")
+    parts = [f"{k} {quality[k][metric]:.2f}" for k in ("source", "compressed", "distilled")
+             if metric and k in quality]  # fmt: skip
+    if parts:
+        last = quality.get("distilled") or quality.get("compressed") or quality["source"]
+        agree = last.get("agreement")
+        with_teacher = f"; agreement with the teacher {agree:.2f}" if agree is not None else ""
+        console.print(f"{label}: {', '.join(parts)} on {last['n']} {last['dataset']} "
+                      f"{last['split']} images{with_teacher}")  # fmt: skip
+    distill = report.get("distill")
+    if distill:
+        training = distill.get("training") or distill  # classifiers nest fit()'s result
+        parts = [f"{training['epochs']} epoch(s)"] if "epochs" in training else []
+        if "steps" in training:
+            parts.append(f"{training['steps']} steps")
+        seconds = distill.get("wall_s", distill.get("seconds"))
+        if isinstance(seconds, (int, float)):
+            parts.append(f"{seconds:.0f} s")
+        console.print(f"distillation: {', '.join(parts) or 'done'}")
 
     agree = report.get("agreement")
     if agree:
+        versus = "the teacher" if report.get("teacher") not in (None, "source") else "original"
+        extra = "".join(f", {label} {agree[k]:.3g}" for k, label in
+                        (("rel_error", "relative error"),
+                         ("boxes_mean_abs_diff", "boxes mean abs diff")) if k in agree)  # fmt: skip
         console.print(
-            f"output vs original on {agree['n']} {agree['inputs']}: top-1 agreement "
-            f"{agree['top1_agreement']:.1%}, relative error {agree['rel_error']:.3g}, "
-            f"max abs diff {agree['max_abs_diff']:.3g}"
+            f"output vs {versus} on {agree['n']} {agree['inputs']}: agreement "
+            f"{agree['agreement']:.1%}, max abs diff {agree['max_abs_diff']:.3g}{extra}"
         )
-    distill = report.get("distill")
-    if distill:
-        parts = [f"{who} top-1 {distill[key]['top1']:.2f}%"
-                 for who, key in (("student", "accuracy"), ("teacher", "teacher_accuracy"))
-                 if isinstance(distill.get(key), dict) and "top1" in distill[key]]  # fmt: skip
-        if isinstance(distill.get("wall_s"), (int, float)):
-            parts.append(f"{distill['wall_s']:.0f} s")
-        console.print(f"distillation: {', '.join(parts) or 'done'}")

@@ -14,8 +14,19 @@ from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
 if TYPE_CHECKING:
     from tvc.models.load import ModelInfo
 
-__all__ = ["Column", "OnnxIO", "Outputs", "Predict", "Task", "register_task", "task_for_data",
-           "task_for_info", "task_for_model", "task_named", "tasks"]  # fmt: skip
+__all__ = [
+    "Column",
+    "OnnxIO",
+    "Outputs",
+    "Predict",
+    "Task",
+    "register_task",
+    "task_for_data",
+    "task_for_info",
+    "task_for_model",
+    "task_named",
+    "tasks",
+]
 
 _TASKS: list[Task] = []
 

@@ -58,7 +58,12 @@ class Task(ABC):
     metric: ClassVar[str]  # headline quality key in metrics and records ("top1", "map", ...)
     metric_label: ClassVar[str]  # how reports name it ("top-1 %", "COCO mAP")
     data_example: ClassVar[str]  # a --data value for this task, for error messages
+    noun: ClassVar[str] = "model"  # what messages call one of its models ("detector")
+    quality_key: ClassVar[str] = "quality"  # where artifact metrics keep the full quality dict
     columns: ClassVar[tuple[Column, ...]] = ()
+    # Stage options this task has no use for: {stage: {option: why}}. A typed one is refused
+    # with the reason, instead of being silently ignored.
+    refuses: ClassVar[dict[str, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ what belongs to the task
     @abstractmethod
@@ -82,8 +87,9 @@ class Task(ABC):
 
     # --------------------------------------------------------------------------------- data
     @abstractmethod
-    def load_data(self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None,
-                  seed: int = 0) -> Any:  # fmt: skip
+    def load_data(
+        self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0
+    ) -> Any:
         """Split `split` of DATA `spec`, prepared for the model described by `info`."""
 
     @abstractmethod
@@ -102,27 +108,70 @@ class Task(ABC):
         `max_abs_diff` and `agreement` (a fraction in [0, 1], e.g. top-1 or class agreement)."""
 
     @abstractmethod
-    def evaluate(self, predict: Predict, data: Any, *, batch_size: int = 64,
-                 reference: Predict | None = None) -> dict[str, Any]:  # fmt: skip
+    def evaluate(
+        self, predict: Predict, data: Any, *, batch_size: int = 64, reference: Predict | None = None
+    ) -> dict[str, Any]:
         """Quality of `predict` on `data`: a dict holding `self.metric`, `n`, `dataset`,
         `split`, and agreement with `reference` when one is given."""
 
+    def quality(
+        self,
+        loaded: LoadedModel,
+        data: Any,
+        *,
+        reference: LoadedModel | None = None,
+        device: str = "cpu",
+    ) -> dict[str, Any]:
+        """`evaluate` of a PyTorch model (with `reference`'s agreement), on `device`."""
+        raise NotImplementedError(f"the {self.name} task cannot evaluate a PyTorch model yet")
+
+    def headline(self, quality: dict[str, Any]) -> dict[str, Any]:
+        """The artifact metrics a quality result contributes: the headline metric and the
+        whole result under `quality_key`."""
+        return {self.metric: quality[self.metric], self.quality_key: quality}
+
+    def describe(self, quality: dict[str, Any]) -> str:
+        """A quality result in a few words, for the terminal ("top-1 92.01% on 10000 images")."""
+        return f"{self.metric_label} {quality[self.metric]:.2f} on {quality['n']} images"
+
+    def eval_line(self, result: dict[str, Any]) -> str:
+        """One result of the eval stage (`evaluate` plus variant, precision, backend) as the
+        line `tvc eval` prints."""
+        return (
+            f"{result['variant']} [{result['backend']}]: {self.metric_label} "
+            f"{result[self.metric]:.2f} on {result['n']} {result['dataset']} {result['split']} "
+            "images"
+        )
+
     # --------------------------------------------------------------------- train, compress
     @abstractmethod
-    def train(self, loaded: LoadedModel, data_spec: str, settings: dict[str, Any]) -> dict:
-        """Train `loaded.model` in place on `data_spec`; returns the training report (history,
-        metrics). `settings` are the train stage's validated options."""
+    def train(self, loaded: LoadedModel, data_spec: str, settings: dict[str, Any]) -> dict | None:
+        """Train `loaded.model` in place on `data_spec` and evaluate it on the test split.
+        Returns the metrics the artifact records (`self.metric` and the rest of `headline`,
+        plus `training`: history, wall time, config), or None on the non-main processes of a
+        distributed job. `settings` are the train stage's options (`tvc train --help`): only
+        those the user set are present, so the task picks its own defaults for the rest."""
 
     @abstractmethod
-    def prune(self, model: Any, settings: dict[str, Any], *, example: Any,
-              batches: list | None = None) -> dict[str, Any]:  # fmt: skip
-        """Structured pruning of `model` in place; returns what was removed."""
+    def prune(
+        self, model: Any, settings: dict[str, Any], *, example: Any, batches: list | None = None
+    ) -> dict[str, Any]:
+        """Structured pruning of `model` in place; returns what was removed. `settings` are the
+        compress stage's options (`prune`, `round_to`, ... as in `tvc compress --help`)."""
+
+    def factorize(self, model: Any, lowrank: Any, *, samples: Any) -> dict[str, Any]:
+        """Low-rank factorization of `model` in place (a `tvc.compress.lowrank.LowRankConfig`);
+        by default every attention and MLP Linear that `target_linears` finds."""
+        from tvc.compress.lowrank import factorize
+
+        return factorize(model, lowrank, sample_inputs=samples)
 
     @abstractmethod
-    def distill(self, student: LoadedModel, teacher: LoadedModel, data_spec: str,
-                settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-        """Distil `student` (in place) from `teacher` on `data_spec`; returns the report with
-        the student's quality under `self.metric` when it was evaluated."""
+    def distill(
+        self, student: LoadedModel, teacher: LoadedModel, data_spec: str, settings: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Distil `student` (in place) from `teacher` on `data_spec`'s train split; returns the
+        distillation report (epochs, steps, seconds, losses). The pipeline evaluates after."""
 
     # ------------------------------------------------------------------------------ export
     @abstractmethod

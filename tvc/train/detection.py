@@ -20,7 +20,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +31,6 @@ from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
 
 if TYPE_CHECKING:
-    from tvc.artifact import Artifact
     from tvc.models.load import LoadedModel
 
 log = logging.getLogger("tvc")
@@ -583,29 +581,25 @@ def det_train_config(
     return cfg
 
 
-def train_detector_artifact(
+def train_detector_run(
     loaded: LoadedModel,
     data_spec: str,
-    out: str | Path,
     cfg: DetTrainConfig,
     *,
     limit: int | None = None,
     eval_limit: int | None = None,
     warmup_epochs: float | None = None,
-    spec: dict[str, Any] | None = None,
-) -> Artifact:
-    """Train detector `loaded` on `data_spec`'s train split, measure COCO mAP on its test split,
-    and write the model artifact `out` (atomically). Returns the artifact.
+) -> dict[str, Any]:
+    """Train detector `loaded` on `data_spec`'s train split and measure COCO mAP on its test
+    split; returns the metrics for its artifact.
 
     `warmup_epochs`, when given, sets the warm-up in epochs instead of cfg.warmup_steps.
     """
     from dataclasses import replace
 
-    from tvc.compress.report import count_macs
     from tvc.data.detection import load_detection
     from tvc.eval.detection import evaluate_model
     from tvc.models.detection import is_detector
-    from tvc.models.load import write_model_artifact
     from tvc.train.dist import launched_by_torchrun
 
     if not is_detector(loaded):
@@ -620,8 +614,6 @@ def train_detector_artifact(
     train = load_detection(data_spec, "train", limit=limit)
     test = load_detection(data_spec, "test", limit=eval_limit)
     if warmup_epochs is not None:
-        if warmup_epochs < 0:
-            raise ConfigError("warm-up epochs must be >= 0", "e.g. --warmup-epochs 1")
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         cfg = replace(cfg, warmup_steps=max(1, round(warmup_epochs * steps_per_epoch)))
     log.info(
@@ -642,21 +634,9 @@ def train_detector_artifact(
         detection["n"],
     )
     loaded.model.cpu().eval()
-    info = loaded.info
-    info.weights = f"tvc train on {data_spec}, starting from {info.weights}"
-    metrics = {
+    return {
         "map": detection["map"],
         "ap50": detection["ap50"],
         "detection": detection,
-        "params": int(sum(p.numel() for p in loaded.model.parameters())),
-        "macs": count_macs(loaded.model, info.input_size),
         "training": {**result, "data": data_spec, "limit": limit},
     }
-    full_spec = {
-        "step": "train",
-        "task": "detection",
-        "data": data_spec,
-        **(spec or {}),
-        "config": result["config"],
-    }
-    return write_model_artifact(loaded, out, spec=full_spec, metrics=metrics)

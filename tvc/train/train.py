@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tvc.artifact import Artifact, load_artifact, write_artifact
 from tvc.data import load_images
 from tvc.errors import UnsupportedModelError
 from tvc.eval.classification import evaluate
@@ -49,11 +48,11 @@ def train_model(
     limit: int | None = None,
     eval_limit: int | None = None,
     resume: bool = False,
-    spec: dict[str, Any] | None = None,
-) -> Artifact | None:
-    """Train `loaded.model` on `data_spec`'s train split, evaluate on test, write the artifact.
+) -> dict[str, Any] | None:
+    """Train `loaded.model` on `data_spec`'s train split and evaluate it on test; returns the
+    metrics for the artifact `out` (whose checkpoints live in OUT.ckpt/).
 
-    Returns the artifact on rank 0 and None on the other processes of a torchrun job.
+    Returns None on the other processes of a torchrun job: only rank 0 writes.
     """
     cfg.validate()
     info = loaded.info
@@ -76,26 +75,12 @@ def train_model(
     loaded.model.cpu().eval()
     if not ctx.is_main:
         return None
-    return _write(loaded, out, data_spec, cfg, result, accuracy, spec, train_set.skipped)
-
-
-def _write(loaded, out, data_spec, cfg, result, accuracy, spec, skipped) -> Artifact:
-    from tvc.compress.report import count_macs
-    from tvc.models.load import save_model
-
-    info = loaded.info
-    info.weights = f"tvc train on {data_spec}, starting from {info.weights}"
-    params = int(sum(p.numel() for p in loaded.model.parameters()))
     val = [r["val_top1"] for r in result["history"] if "val_top1" in r]
-    with write_artifact(out, "model", parent=loaded.artifact,
-                        spec={"step": "train", "data": data_spec, **(spec or {}),
-                              "config": cfg.run_key()}) as w:  # fmt: skip
-        save_model(w, loaded)
-        w.meta["metrics"].update({
-            "accuracy": accuracy,
-            "val_top1": val[-1] if val else None,
-            "params": params,
-            "macs": count_macs(loaded.model.eval(), info.input_size),
-            "training": {**result, "unreadable_files_skipped": skipped},
-        })  # fmt: skip
-    return load_artifact(out)
+    return {
+        "top1": accuracy["top1"],
+        "top5": accuracy["top5"],
+        "accuracy": accuracy,
+        "val_top1": val[-1] if val else None,
+        "training": {**result, "unreadable_files_skipped": train_set.skipped,
+                     "config": cfg.run_key()},
+    }  # fmt: skip

@@ -1,0 +1,183 @@
+"""The compress stage: prune, factorize and/or distil MODEL into a smaller model artifact.
+
+Every task goes through the same steps (tvc.compress.pipeline); what differs between
+classifiers, detectors and the rest lives in their task adapter (tvc.tasks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tvc.errors import ConfigError
+from tvc.stages.config import ModelOptions, OutputOptions, cli_flag, option
+
+SUMMARY = "prune, factorize and/or distil a model into a smaller model artifact"
+
+_PRUNE_ONLY = ("importance", "global_", "prune_heads", "keep", "steps")
+_DISTILL_ONLY = (
+    "teacher_weights",
+    "epochs",
+    "kd",
+    "temperature",
+    "alpha",
+    "limit",
+    "lr",
+    "batch_size",
+    "device",
+)
+
+
+class Config(ModelOptions, OutputOptions):
+    prune: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Structured pruning: fraction of each width to remove, in (0, 1).",
+    )
+    importance: Literal["magnitude", "taylor", "random"] = option(
+        "magnitude", "Channel importance; taylor uses a few batches of --data."
+    )
+    global_: bool = Field(
+        False,
+        alias="global",
+        description="Rank channels and heads across blocks (default: per block).",
+    )
+    prune_heads: bool = option(
+        False, "Remove whole attention heads (default: dimensions of every head)."
+    )
+    round_to: int = Field(
+        8, ge=1, description="Kept widths and low-rank ranks are multiples of this (alignment)."
+    )
+    keep: list[str] = option(
+        lambda: ["head"],
+        "Leave unpruned: head (the classifier's outputs, always kept), embed (the residual "
+        "width), attn, mlp, or a block such as blocks.0; repeat or use commas.",
+        multiple=True,
+    )
+    steps: int = Field(
+        1, ge=1, description="Iterative pruning: reach the ratio in this many steps."
+    )
+    lowrank: float | None = Field(
+        None, gt=0, le=1, description="Low-rank: spectral energy to keep per layer, in (0, 1]."
+    )
+    lowrank_rank: float | None = Field(
+        None, gt=0, description="Low-rank: a fixed rank (64) or a fraction of full rank (0.25)."
+    )
+    distill: str | None = option(
+        None,
+        "Distil from this teacher MODEL after pruning / factorizing; alone, from the "
+        "uncompressed MODEL itself.",
+        metavar="[TEACHER]",
+        flag_value="",
+    )
+    teacher_weights: str | None = option(None, "Weights for a teacher given by architecture name.")
+    data: str | None = option(
+        None,
+        "Distillation data, taylor importance and agreement samples; for detectors detection "
+        "data (fashion-mnist-det, COCO): distillation scenes and mAP on its test split.",
+    )
+    epochs: int | None = Field(None, ge=1, description="Distillation epochs (default 1).")
+    lr: float | None = Field(
+        None, gt=0, description="Distillation peak learning rate (default 5e-4)."
+    )
+    batch_size: int | None = Field(
+        None, ge=1, description="Distillation batch (default 128; detectors 16)."
+    )
+    device: str | None = option(None, "Distillation device: auto (default), cpu, cuda:N.")
+    eval_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Measure quality on this many --data test images, before and after "
+        "(distillation measures on the whole test split by default).",
+    )
+    kd: Literal["soft", "hard", "token"] | None = option(None, "Distillation loss (default soft).")
+    temperature: float | None = Field(None, gt=0, description="Soft KD temperature (default 4).")
+    alpha: float | None = Field(
+        None, ge=0, le=1, description="Weight of the KD loss (default 0.5)."
+    )
+    limit: int | None = Field(None, ge=1, description="Use at most N training images to distil.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        typed = self.model_fields_set
+
+        def first(names: tuple[str, ...]) -> str | None:
+            hit = next((n for n in names if n in typed), None)
+            return cli_flag(hit, type(self).model_fields[hit]) if hit else None
+
+        if self.prune is None and (stray := first(_PRUNE_ONLY)):
+            raise ConfigError(
+                f"{stray} only applies with --prune", "add --prune RATIO or drop the option"
+            )
+        if self.distill is None and (stray := first(_DISTILL_ONLY)):
+            raise ConfigError(
+                f"{stray} only applies with --distill", "add --distill TEACHER or drop the option"
+            )
+        if self.eval_limit is not None and self.data is None:
+            raise ConfigError("--eval-limit needs --data", "add --data DATA or drop --eval-limit")
+        if self.lowrank is not None and self.lowrank_rank is not None:
+            raise ConfigError(
+                "--lowrank and --lowrank-rank choose the rank in two ways", "pass only one of them"
+            )
+        r = self.lowrank_rank
+        if r is not None and r >= 1 and r != int(r):
+            raise ConfigError(
+                f"--lowrank-rank {r} is neither a whole rank nor a fraction below 1",
+                "e.g. --lowrank-rank 64 or --lowrank-rank 0.25",
+            )
+        if self.prune is None and self.lowrank is None and r is None and self.distill is None:
+            raise ConfigError(
+                "compress has nothing to do",
+                "pass --prune RATIO, --lowrank ENERGY / --lowrank-rank R, or --distill [TEACHER]",
+            )
+        return self
+
+    def lowrank_config(self):
+        """The LowRankConfig that --lowrank / --lowrank-rank ask for, or None."""
+        from tvc.compress.lowrank import LowRankConfig
+
+        r = self.lowrank_rank
+        if r is not None and r >= 1:
+            return LowRankConfig(rank=int(r), round_to=self.round_to)
+        if r is not None:
+            return LowRankConfig(rank_ratio=r, round_to=self.round_to)
+        if self.lowrank is not None:
+            return LowRankConfig(energy=self.lowrank, round_to=self.round_to)
+        return None
+
+
+def run(cfg: Config):
+    """Compress cfg.model as cfg asks and write the model artifact cfg.output."""
+    from tvc.compress.pipeline import compress_model
+    from tvc.stages.common import (
+        check_data_task,
+        claim_output,
+        refuse_options,
+        same_model,
+        task_of_model,
+    )
+
+    claim_output(cfg, cfg.model, cfg.weights, cfg.distill, cfg.teacher_weights, cfg.data)
+    task = task_of_model(cfg.model, "compression")
+    refuse_options(task, "compress", cfg)
+    if cfg.importance == "taylor" and cfg.data is None:
+        raise ConfigError(
+            "--importance taylor scores channels with gradients on labelled images",
+            f"pass --data DATA (e.g. {task.data_example}), or use --importance magnitude",
+        )
+    if cfg.distill is not None and cfg.data is None:
+        raise ConfigError("--distill needs --data to train on", f"e.g. --data {task.data_example}")
+    check_data_task(task, cfg.model, cfg.data)
+    loaded = task.load_model(cfg.model, **cfg.model_kwargs())
+    teacher = None
+    if cfg.distill is not None:
+        # The uncompressed source teaches unless another model is named: reusing it (rather
+        # than loading MODEL again) also keeps a randomly initialised config's exact weights.
+        own = cfg.distill == "" or (
+            same_model(cfg.distill, cfg.model) and cfg.teacher_weights in (None, cfg.weights)
+        )
+        teacher = loaded if own else task.load_model(cfg.distill, weights=cfg.teacher_weights)
+    return compress_model(task, loaded, cfg, Path(cfg.output), teacher=teacher)

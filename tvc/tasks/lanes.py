@@ -1,0 +1,437 @@
+"""The lanes task: LSTR lane-shape transformers on TuSimple-format lane data.
+
+Models are tvc's LSTR configs (`lstr_pico`, `lstr_micro`, `lstr_paper`) and artifacts of family
+"lstr"; data is `lanes-synth` (tvc's rendered road scenes), `lanes-synth:/dir`, or a TuSimple
+directory / JSON-lines file (tvc.data.lanes). The metric is TuSimple accuracy in percent, with
+FP, FN, F1 and lane-shape errors beside it (tvc.eval.lanes). ONNX graphs take `input`
+(N x 3 x H x W) and give `logits` (N x Q x 2) and `curves` (N x Q x 8).
+
+Besides the Task methods, this module holds the lane-specific pieces the shared stages call:
+`prune_lstr` (attention heads and FFN channels of every encoder / decoder layer, by weight
+magnitude), `export_lanes_onnx` (ONNX with parity in curve pixels) and `quantize_lanes` (static
+INT8 Q/DQ held to a TuSimple-accuracy budget).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tvc.errors import ConfigError, ParityError
+from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
+
+if TYPE_CHECKING:
+    from tvc.data.lanes import LaneSet
+    from tvc.models.load import LoadedModel, ModelInfo
+
+log = logging.getLogger("tvc")
+
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "curves")
+REFERENCE_WIDTH = 1280  # curve differences are also given in pixels of a 1280-wide image
+_ROWS = np.linspace(0.0, 1.0, 72)
+
+
+@dataclass
+class LaneData:
+    """A LaneSet and the preprocessing of the model it is fed to."""
+
+    lanes: LaneSet
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.lanes)
+
+    def arrays(self, batch_size: int = 64) -> np.ndarray:
+        return np.concatenate([b[0] for b in self.lanes.batches(
+            batch_size, input_size=self.input_size, mean=self.mean, std=self.std)])  # fmt: skip
+
+
+def _settings_get(settings: dict[str, Any], *names: str, default=None):
+    for n in names:
+        if settings.get(n) is not None:
+            return settings[n]
+    return default
+
+
+class LanesTask(Task):
+    name = "lanes"
+    metric = "accuracy"
+    metric_label = "TuSimple accuracy %"
+    data_example = "lanes-synth"
+    columns = (
+        Column("accuracy", "TuSimple acc %"),
+        Column("f1", "F1 %"),
+        Column("fp", "FP %", higher_is_better=False),
+        Column("fn", "FN %", higher_is_better=False),
+    )
+
+    # ------------------------------------------------------------------ what belongs to the task
+    def owns_model(self, spec: str) -> bool:
+        from tvc.models.lstr import LSTR_CONFIGS
+
+        if spec in LSTR_CONFIGS:
+            return True
+        return _artifact_family(Path(spec)) == "lstr"
+
+    def owns_info(self, info: ModelInfo) -> bool:
+        return info.family == "lstr" or info.extra.get("task") == "lanes"
+
+    def owns_data(self, spec: str) -> bool:
+        from tvc.data.lanes import is_lanes_spec
+
+        return is_lanes_spec(spec)
+
+    # --------------------------------------------------------------------------------- data
+    def load_data(self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None,
+                  seed: int = 0) -> LaneData:  # fmt: skip
+        from tvc.data.lanes import load_lanes
+
+        data = load_lanes(spec, split, limit=limit, seed=seed)
+        return LaneData(data, tuple(info.input_size), tuple(info.mean), tuple(info.std))
+
+    def sample_inputs(self, info: ModelInfo, data_spec: str | None, n: int) -> tuple[Any, str]:
+        if data_spec is None:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, *info.input_size)).astype(np.float32)
+            return x, f"{n} seeded random inputs"
+        data = self.load_data(data_spec, "test", info, limit=n)
+        return data.arrays(), f"{len(data)} test images of {data_spec}"
+
+    # ----------------------------------------------------------------------------- running
+    def outputs(self, model: Any, x: Any) -> Outputs:
+        import torch
+
+        model.eval()
+        t = torch.as_tensor(np.asarray(x, np.float32)) if not torch.is_tensor(x) else x
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            logits, curves = model(t.to(device))
+        return {"logits": logits.float().cpu().numpy(), "curves": curves.float().cpu().numpy()}
+
+    def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+        return curve_agreement(reference, candidate)
+
+    def evaluate(self, predict: Predict, data: LaneData, *, batch_size: int = 64,
+                 reference: Predict | None = None) -> dict[str, Any]:  # fmt: skip
+        from tvc.eval.lanes import evaluate_lanes
+
+        metrics = evaluate_lanes(predict, data.lanes, input_size=data.input_size,
+                                 mean=data.mean, std=data.std, batch_size=batch_size,
+                                 reference=reference)  # fmt: skip
+        metrics.update(dataset=data.lanes.name, split=data.lanes.split)
+        return metrics
+
+    # --------------------------------------------------------------------- train, compress
+    def train(self, loaded: LoadedModel, data_spec: str, settings: dict[str, Any]) -> dict:
+        from tvc.data.lanes import load_lanes
+        from tvc.train.lanes import lane_train_config, train_lanes
+
+        cfg = lane_train_config(loaded, settings)
+        train = load_lanes(data_spec, "train", limit=_settings_get(settings, "limit"))
+        report = train_lanes(loaded, train, cfg)
+        test = self.load_data(data_spec, "test", loaded.info,
+                              limit=_settings_get(settings, "eval_limit"))  # fmt: skip
+        metrics = self.evaluate(self.predictor(loaded), test)
+        report["metrics"] = metrics
+        report[self.metric] = metrics[self.metric]
+        loaded.info.weights = f"tvc train on {data_spec}, starting from {loaded.info.weights}"
+        return report
+
+    def prune(self, model: Any, settings: dict[str, Any], *, example: Any,
+              batches: list | None = None) -> dict[str, Any]:  # fmt: skip
+        ratio = _settings_get(settings, "ratio", "prune", default=0.3)
+        return prune_lstr(model, float(ratio), heads=settings.get("heads", True),
+                          ffn=settings.get("ffn", True),
+                          round_to=int(settings.get("round_to", 8)))  # fmt: skip
+
+    def distill(self, student: LoadedModel, teacher: LoadedModel, data_spec: str,
+                settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        from tvc.data.lanes import load_lanes
+        from tvc.train.lanes import LaneDistillConfig, distill_lanes, lane_train_config
+
+        cfg = lane_train_config(student, settings, LaneDistillConfig)
+        train = load_lanes(data_spec, "train", limit=_settings_get(settings, "limit"))
+        report = distill_lanes(student, teacher, train, cfg)
+        if settings.get("evaluate", True):
+            test = self.load_data(data_spec, "test", student.info,
+                                  limit=_settings_get(settings, "eval_limit"))  # fmt: skip
+            metrics = self.evaluate(self.predictor(student), test,
+                                    reference=self.predictor(teacher))  # fmt: skip
+            report["metrics"] = metrics
+            report[self.metric] = metrics[self.metric]
+        return report
+
+    # ------------------------------------------------------------------------------ export
+    def onnx_io(self, info: ModelInfo) -> OnnxIO:
+        return OnnxIO(
+            inputs=(INPUT_NAME,),
+            outputs=OUTPUT_NAMES,
+            dynamic={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+        )
+
+    # ------------------------------------------------------------------------------ helpers
+    def predictor(self, loaded: LoadedModel) -> Predict:
+        """predict(batch) -> {"logits", "curves"} of a PyTorch model."""
+        model = loaded.model
+
+        def predict(x: np.ndarray) -> Outputs:
+            return self.outputs(model, x)
+
+        return predict
+
+
+def _artifact_family(path: Path) -> str | None:
+    """The model family of an artifact directory, following an export's parent; None if
+    `path` is not an artifact."""
+    for _ in range(4):
+        meta_file = path / "artifact.json"
+        try:
+            if not meta_file.is_file():
+                return None
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            return None
+        model = meta.get("model") or {}
+        if model:
+            return model.get("family")
+        parent = (meta.get("parent") or {}).get("path")
+        if not parent:
+            return None
+        path = Path(parent)
+    return None
+
+
+def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
+    """predict(batch) -> {"logits", "curves"} of an ONNX lane model under ONNX Runtime."""
+    from tvc.runtime.ort import OrtRunner
+
+    runner = OrtRunner(path, threads=threads)
+
+    def predict(x: np.ndarray) -> Outputs:
+        out = runner.infer(np.ascontiguousarray(x, np.float32))
+        return {k: out[k] for k in OUTPUT_NAMES}
+
+    return predict
+
+
+# ---------------------------------------------------------------------------- agreement
+
+
+def curve_agreement(reference: Outputs, candidate: Outputs, threshold: float = 0.5
+                    ) -> dict[str, Any]:  # fmt: skip
+    """How closely `candidate` follows `reference`: max |difference| of raw outputs, the share of
+    queries whose lane / no-lane decision agrees (`agreement`), and on queries both call lanes
+    the largest curve difference in normalised x over the reference's rows (`curve_max_diff`),
+    also in pixels of a 1280-wide image (`curve_max_px_1280`, TuSimple's threshold is 20)."""
+    from tvc.data.lanes import curve_x
+    from tvc.eval.lanes import lane_scores
+
+    max_abs = max(float(np.max(np.abs(np.asarray(reference[k], np.float64)
+                                      - np.asarray(candidate[k], np.float64))))
+                  for k in OUTPUT_NAMES)  # fmt: skip
+    a = lane_scores(reference["logits"]) >= threshold
+    b = lane_scores(candidate["logits"]) >= threshold
+    both = a & b
+    worst = 0.0
+    if both.any():
+        rc = np.asarray(reference["curves"], np.float64)[both]
+        cc = np.asarray(candidate["curves"], np.float64)[both]
+        with np.errstate(all="ignore"):
+            xr = curve_x(rc, _ROWS[None])
+            xc = curve_x(cc, _ROWS[None])
+        inside = (_ROWS[None] >= rc[:, :1]) & (_ROWS[None] <= rc[:, 1:2]) & (xr >= 0) & (xr <= 1)
+        diff = np.abs(xr - xc)[inside]
+        if diff.size:
+            worst = float(np.nanmax(diff))
+    return {
+        "max_abs_diff": max_abs,
+        "agreement": float((a == b).mean()),
+        "curve_max_diff": worst,
+        "curve_max_px_1280": worst * REFERENCE_WIDTH,
+        "n": int(a.size),
+    }
+
+
+# ------------------------------------------------------------------------------- pruning
+
+
+def _linear(weight, bias):
+    import torch
+    from torch import nn
+
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def _prune_heads(attn, ratio: float) -> tuple[int, int]:
+    """Keep the heads of `attn` (tvc.models.lstr.Attention) with the largest value x output and
+    query x key weight norms."""
+    import torch
+
+    hd = attn.head_dim
+    heads = attn.q_proj.out_features // hd
+    n = max(1, round(heads * (1 - ratio)))
+    if n >= heads:
+        return heads, heads
+
+    def per_head(w):  # (heads * hd, in) -> (heads,)
+        return w.reshape(heads, hd, -1).norm(dim=(1, 2))
+
+    scores = per_head(attn.v_proj.weight) * per_head(attn.o_proj.weight.t()) + per_head(
+        attn.q_proj.weight
+    ) * per_head(attn.k_proj.weight)
+    kept = torch.sort(torch.topk(scores, n).indices).values
+    rows = (kept[:, None] * hd + torch.arange(hd)).reshape(-1)
+    with torch.no_grad():
+        for name in ("q_proj", "k_proj", "v_proj"):
+            lin = getattr(attn, name)
+            setattr(attn, name, _linear(lin.weight[rows], lin.bias[rows]))
+        attn.o_proj = _linear(attn.o_proj.weight[:, rows], attn.o_proj.bias)
+    return heads, n
+
+
+def _prune_ffn(ffn, ratio: float, round_to: int) -> tuple[int, int]:
+    import torch
+
+    width = ffn.fc1.out_features
+    n = max(round_to, round(width * (1 - ratio) / round_to) * round_to)
+    if n >= width:
+        return width, width
+    scores = ffn.fc1.weight.norm(dim=1) * ffn.fc2.weight.norm(dim=0)
+    keep = torch.sort(torch.topk(scores, n).indices).values
+    with torch.no_grad():
+        ffn.fc1 = _linear(ffn.fc1.weight[keep], ffn.fc1.bias[keep])
+        ffn.fc2 = _linear(ffn.fc2.weight[:, keep], ffn.fc2.bias)
+    return width, n
+
+
+def prune_lstr(model, ratio: float, *, heads: bool = True, ffn: bool = True,
+               round_to: int = 8) -> dict[str, Any]:  # fmt: skip
+    """Remove `ratio` of the attention heads and FFN channels of every encoder and decoder
+    layer of an LSTR, in place (lowest weight-magnitude scores first). The backbone and the
+    heads stay whole. Returns what was removed per layer."""
+    from tvc.compress.report import count_params
+
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"--prune must be in (0, 1), got {ratio}", "e.g. --prune 0.5")
+    if not (heads or ffn):
+        raise ConfigError("nothing to prune: heads and FFN are both off", "enable one")
+    if not hasattr(model, "encoder") or not hasattr(model, "decoder"):
+        raise ConfigError("the model is not an LSTR (no encoder/decoder)",
+                          "pass an lstr_* model or an LSTR artifact")  # fmt: skip
+    before = count_params(model)
+    layers: dict[str, Any] = {}
+    for part in ("encoder", "decoder"):
+        for i, layer in enumerate(getattr(model, part)):
+            entry: dict[str, Any] = {}
+            if heads:
+                for attn_name in ("self_attn", "cross_attn"):
+                    attn = getattr(layer, attn_name, None)
+                    if attn is not None:
+                        entry[attn_name] = list(_prune_heads(attn, ratio))
+            if ffn:
+                entry["ffn"] = list(_prune_ffn(layer.ffn, ratio, round_to))
+            layers[f"{part}.{i}"] = entry
+    return {"ratio": ratio, "heads": heads, "ffn": ffn, "round_to": round_to,
+            "params_before": before, "params_after": count_params(model),
+            "layers": layers}  # fmt: skip
+
+
+def record_structure(loaded: LoadedModel) -> None:
+    """Write the compressed shapes of `loaded.model` into its info (rebuilt from a fresh
+    build of info.kwargs plus this structure)."""
+    from tvc.compress.structure import describe_structure
+    from tvc.models.lstr import lstr_build
+
+    loaded.info.structure = describe_structure(loaded.model, lstr_build(loaded.info.kwargs))
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+def export_lanes_onnx(loaded: LoadedModel, path: str | Path, *, opset: int = 17,
+                      dynamic_batch: bool = True, check: np.ndarray | None = None,
+                      max_px: float = 0.05) -> dict[str, Any]:  # fmt: skip
+    """Export an LSTR to ONNX at `path` (inputs/outputs as onnx_io) and prove it: on `check`
+    (or seeded random images) ONNX Runtime must give the same lane decisions and curves within
+    `max_px` pixels of a 1280-wide image. Returns the parity facts; ParityError otherwise."""
+    import torch
+
+    from tvc.export.onnx import check_onnx
+
+    model, info = loaded.model.eval().cpu(), loaded.info
+    path = Path(path)
+    example = torch.zeros(1, *info.input_size)
+    io = LanesTask().onnx_io(info)
+    with torch.no_grad():
+        torch.onnx.export(model, (example,), str(path), input_names=list(io.inputs),
+                          output_names=list(io.outputs), opset_version=opset,
+                          dynamic_axes=io.dynamic if dynamic_batch else None,
+                          do_constant_folding=True, dynamo=False)  # fmt: skip
+    check_onnx(path)
+    if check is None:
+        check = np.random.default_rng(0).standard_normal((4, *info.input_size)).astype(np.float32)
+    task = LanesTask()
+    ref = task.outputs(model, check)
+    got = onnx_predictor(path, threads=1)(check)
+    parity = curve_agreement(ref, got)
+    parity["ok"] = parity["agreement"] == 1.0 and parity["curve_max_px_1280"] <= max_px
+    if not parity["ok"]:
+        raise ParityError(
+            f"the exported ONNX lane model differs from PyTorch (lane agreement "
+            f"{parity['agreement']:.3f}, curves up to {parity['curve_max_px_1280']:.3g} px "
+            f"at 1280 wide)",
+            "export with another --opset; report the model if it persists",
+        )
+    return parity
+
+
+def quantize_lanes(fp32: str | Path, out: str | Path, calib: LaneData, *,
+                   eval_data: LaneData | None = None, budget: float = 1.0,
+                   calib_size: int = 256) -> dict[str, Any]:  # fmt: skip
+    """Static INT8 Q/DQ of an ONNX lane model (tvc's transformer-safe placement), calibrated on
+    `calib` images, held to an accuracy gate measured in TuSimple accuracy: when the INT8 model
+    loses more than `budget` points on `eval_data`, the output heads, then the decoder, then the
+    encoder Linears are kept in float until it holds. Returns the quantization report with
+    `accuracy_fp32`, `accuracy`, `drop`, `float_layers` and `budget_met`."""
+    from tvc.compress.quantize import QuantConfig, quantize_static
+    from tvc.data.base import ImageSet
+
+    x = calib.arrays()[:calib_size]
+    images = ImageSet.from_arrays(x, np.zeros(len(x), np.int64), name=calib.lanes.name,
+                                  split=calib.lanes.split)  # fmt: skip
+    qcfg = QuantConfig(mode="static", calib_size=len(x), ops="safe")
+    report = quantize_static(fp32, out, images, qcfg)
+    if eval_data is None:
+        return report
+    task = LanesTask()
+    base = task.evaluate(onnx_predictor(fp32), eval_data)["accuracy"]
+    quantized = list(report["quantized_nodes"])
+    groups = [
+        [n for n in quantized if any(h in n for h in ("class_embed", "specific", "shared"))],
+        [n for n in quantized if "decoder" in n],
+        [n for n in quantized if "encoder" in n],
+    ]
+    kept_float: list[str] = []
+    acc = task.evaluate(onnx_predictor(out), eval_data)["accuracy"]
+    for group in groups:
+        if base - acc <= budget or not group:
+            continue
+        kept_float += group
+        report = quantize_static(fp32, out, images, qcfg, exclude=kept_float)
+        acc = task.evaluate(onnx_predictor(out), eval_data)["accuracy"]
+    report.update(accuracy_fp32=base, accuracy=acc, drop=base - acc, budget=budget,
+                  float_layers=kept_float, budget_met=base - acc <= budget)  # fmt: skip
+    return report
