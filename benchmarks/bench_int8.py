@@ -173,7 +173,8 @@ def speed(name: str, args, work: Path) -> dict[str, Any]:
 
 def accuracy(label: str, spec: str | None, args, work: Path, reference=None) -> dict[str, Any]:
     from tvc.data import load_images
-    from tvc.eval.classification import evaluate, runner_predict
+    from tvc.eval.classification import evaluate
+    from tvc.runtime.predict import runner_predict
 
     if spec is None:  # --quick without a teacher: an untrained stand-in exercises the code
         loaded = load_model("vit_pico", warn_random=False)

@@ -143,6 +143,10 @@ def read_records(path: str | Path) -> list[BenchRecord]:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"bench record file {path} does not exist", "check the path") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(
+            f"{path} is a directory, not a bench record file", "pass files from 'tvc bench --json'"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid JSON ({exc})", "pass files from 'tvc bench --json'"

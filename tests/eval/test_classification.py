@@ -5,7 +5,8 @@ import pytest
 
 from tvc.data import ImageSet
 from tvc.errors import ConfigError
-from tvc.eval import evaluate, runner_predict
+from tvc.eval import evaluate
+from tvc.runtime.predict import runner_predict
 
 # 6 samples, 10 classes; sample i's logits are row i (the image carries its index)
 LOGITS = np.array(

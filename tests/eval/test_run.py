@@ -10,7 +10,7 @@ from tvc.cli import cli
 from tvc.data import load_images
 from tvc.data.synthetic import write_fake_fashion_mnist
 from tvc.eval import evaluate
-from tvc.eval.run import eval_target
+from tvc.stages import get_stage
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,10 @@ def _by_hand(pico, fm):
 
 def test_onnx_artifact_and_torch_model_give_the_same_accuracy(pico, pico_onnx, fm, tmp_path):
     want = _by_hand(pico, fm)
-    [onnx] = eval_target(str(pico_onnx.path), fm, reference=str(pico_onnx.path), threads=1)
+    stage = get_stage("eval")
+    cfg = stage.config.parse({"target": str(pico_onnx.path), "data": fm,
+                              "reference": str(pico_onnx.path), "threads": 1})  # fmt: skip
+    [onnx] = stage.run(cfg)
     assert onnx["backend"] == "ort" and onnx["precision"] == "fp32"
     assert onnx["top1"] == pytest.approx(want) and onnx["agreement"] == 100.0 and onnx["n"] == 24
     r = CliRunner().invoke(cli, ["eval", str(pico_onnx.path), "--data", fm, "--limit", "10",
@@ -63,8 +66,8 @@ def test_bench_records_accuracy(pico_onnx, fm, tmp_path):
 
 
 def test_evaluate_matches_by_hand_on_real_runner(pico, fm):
-    from tvc.eval import runner_predict
-    from tvc.runtime.torch_runner import TorchRunner
+    from tvc.runtime.predict import runner_predict
+    from tvc.stages.torch_backend import TorchRunner
 
     data = load_images(fm, "test", input_size=(3, 32, 32), mean=pico.info.mean,
                        std=pico.info.std)  # fmt: skip

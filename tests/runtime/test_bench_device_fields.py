@@ -1,9 +1,8 @@
 """Bench records carry GPU compute time and energy when the runner and the host provide them."""
 
-from tvc.runtime.bench import LatencyStats
+from tvc.runtime.bench import LatencyStats, device_measurements
 from tvc.runtime.ort import OrtRunner
 from tvc.runtime.power import PowerSource
-from tvc.runtime.run import _device_measurements
 
 
 class ConstantPower(PowerSource):
@@ -31,7 +30,7 @@ class TimedOrtRunner(OrtRunner):
 
 def test_energy_and_gpu_time_fill_the_record(pico_onnx):
     with TimedOrtRunner(pico_onnx.path / "model.onnx", threads=1) as runner:
-        fields = _device_measurements(runner, batch=2, n=200, power=ConstantPower())
+        fields = device_measurements(runner, batch=2, n=200, power=ConstantPower())
     assert fields["gpu_compute_ms"].p50 == 2.0 and fields["gpu_compute_ms"].n == 3
     energy = fields["energy"]
     assert abs(energy.avg_power_w - 10.0) < 0.1
@@ -42,4 +41,4 @@ def test_energy_and_gpu_time_fill_the_record(pico_onnx):
 
 def test_plain_cpu_host_adds_nothing(pico_onnx):
     with OrtRunner(pico_onnx.path / "model.onnx", threads=1) as runner:
-        assert _device_measurements(runner, batch=1, n=5, power=None) == {}
+        assert device_measurements(runner, batch=1, n=5, power=None) == {}

@@ -1,44 +1,25 @@
-"""`tvc report`."""
+"""`tvc report`: the report stage's options, generated from its config."""
 
 from __future__ import annotations
 
-import logging
-
 import click
 
-log = logging.getLogger("tvc")
-
-# ------------------------------------------------------------------------------------- report
+from tvc.cli.fields import config_from, options_from
+from tvc.stages.report import Config
 
 
 @click.command()
-@click.argument("records", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="report.html (one self-contained page) or report.md.",
-)
-@click.option(
-    "--baseline", default=None, help="Variant to compare against (default: the first fp32 variant)."
-)
-@click.option("--title", default=None, help="Report title.")
-def report(records, out, baseline, title) -> None:
+@options_from(Config)
+@click.pass_context
+def report(ctx: click.Context, **options) -> None:
     """Render bench RECORDS (files from 'tvc bench --json', any boards) as HTML or Markdown."""
-    from tvc.report.render import analyse, headline, write_report
-    from tvc.report.schema import read_records
+    from tvc.stages import get_stage
 
-    recs = [r for path in records for r in read_records(path)]
-    path = write_report(recs, out, baseline=baseline, title=title)
-    a = analyse(recs, baseline)
-    click.echo(
-        f"wrote {path} ({len(recs)} records, {len(a.boards)} board(s), baseline {a.baseline})"
-    )
-    head = headline(a)
-    if head:
-        click.echo(f"headline: {head}")
+    done = get_stage("report").run(config_from(Config, ctx, options))
+    click.echo(f"wrote {done.path} ({done.records} records, {done.boards} board(s), "
+               f"baseline {done.baseline})")  # fmt: skip
+    if done.headline:
+        click.echo(f"headline: {done.headline}")
 
 
 COMMANDS = [report]

@@ -74,28 +74,3 @@ def _logits(out: np.ndarray, batch: int, who: str) -> np.ndarray:
             "evaluate a classifier whose output is logits (batch, classes)",
         )
     return arr.astype(np.float32, copy=False)
-
-
-def runner_predict(runner) -> Predict:
-    """A predict function over a tvc Runner; handles models exported with a fixed batch size.
-
-    A fixed-batch model gets the batch split into chunks of its size, the last one padded.
-    """
-    spec = runner.inputs[0]
-    fixed = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
-    out_name = runner.outputs[0].name
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        x = x.astype(spec.dtype, copy=False)
-        if fixed is None:
-            return runner.infer(x)[out_name]
-        outs = []
-        for start in range(0, len(x), fixed):
-            chunk = x[start : start + fixed]
-            pad = fixed - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            outs.append(runner.infer(chunk)[out_name][: fixed - pad])
-        return np.concatenate(outs)
-
-    return predict

@@ -20,8 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from tvc.data.detection import DetectionSet
-    from tvc.models.load import LoadedModel
-    from tvc.runtime.base import Runner
+    from tvc.models.info import LoadedModel
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -265,38 +264,6 @@ def evaluate_detector(
     return result
 
 
-# ------------------------------------------------------------------------- `tvc eval` targets
-
-
-def runner_predictor(runner: Runner) -> Predict:
-    """predict(x) -> (logits, boxes) over an open tvc Runner (ONNX Runtime, PyTorch); a fixed
-    batch is filled by repeating the last image, and the extra rows are dropped."""
-    fixed = runner.inputs[0].shape[0]
-    batch = fixed if isinstance(fixed, int) and fixed > 0 else None
-
-    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        step = batch or len(x)
-        logits, boxes = [], []
-        for i in range(0, len(x), step):
-            chunk = x[i : i + step]
-            n = len(chunk)
-            if batch and n < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-            out = runner.infer(np.ascontiguousarray(chunk))
-            logits.append(out["logits"][:n])
-            boxes.append(out["boxes"][:n])
-        return np.concatenate(logits), np.concatenate(boxes)
-
-    return predict
-
-
-def onnx_predictor(path, *, threads: int | None = None, provider: str = "cpu") -> Predict:
-    """predict(x) -> (logits, boxes) from an exported detector (see runner_predictor)."""
-    from tvc.runtime.ort import OrtRunner
-
-    return runner_predictor(OrtRunner(path, threads=threads, provider=provider))
-
-
 def evaluate_model(
     loaded: LoadedModel,
     data: DetectionSet,
@@ -328,102 +295,3 @@ def evaluate_model(
         batch_size=batch_size,
         **ref_kw,
     )
-
-
-def _predictors(target: str, *, threads, provider, variant_file, model_kwargs):
-    """[(label, precision, predict, model facts)] for every variant of `target`."""
-    from pathlib import Path
-
-    from tvc.artifact import is_artifact, load_artifact
-    from tvc.errors import ConfigError
-
-    if is_artifact(target) and load_artifact(target, verify=False).kind == "onnx":
-        from tvc.runtime.targets import onnx_variants
-
-        found = onnx_variants(target)
-        if variant_file:
-            found = [v for v in found if v.path.name == variant_file]
-            if not found:
-                raise ConfigError(
-                    f"{target} has no variant '{variant_file}'",
-                    "list its files in artifact.json, e.g. model.int8.onnx",
-                )
-        facts = found[0].artifact.meta["model"]
-        return [
-            (
-                v.label,
-                v.precision,
-                onnx_predictor(v.path, threads=threads, provider=provider),
-                facts,
-            )
-            for v in found
-        ]
-    if Path(target).suffix == ".onnx":
-        raise ConfigError(
-            f"{target} is a bare ONNX file; a detector's preprocessing is not in it",
-            "pass the export artifact directory that holds it",
-        )
-    from tvc.models import load_model
-    from tvc.models.detection import torch_predictor
-
-    loaded = load_model(target, **(model_kwargs or {}))
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return [
-        (f"{loaded.info.name} fp32", "fp32", torch_predictor(loaded.model), loaded.info.to_json())
-    ]
-
-
-def _preprocess_of(facts: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "input_size": tuple(facts["input_size"]),
-        "mean": tuple(facts["mean"]),
-        "std": tuple(facts["std"]),
-    }
-
-
-def eval_detection_target(
-    target: str,
-    data_spec: str,
-    *,
-    split: str = "test",
-    limit: int | None = None,
-    reference: str | None = None,
-    variant_file: str | None = None,
-    threads: int | None = None,
-    provider: str = "cpu",
-    batch_size: int = 16,
-    model_kwargs: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """mAP/AP50 of every variant of a detector (PyTorch model, model artifact, or ONNX export
-    artifact with its FP32/INT8 files) on detection DATA; with `reference`, agreement too."""
-    from tvc.data.detection import load_detection
-    from tvc.errors import ConfigError
-
-    data = load_detection(data_spec, split, limit=limit)
-    kw = {"threads": threads, "provider": provider, "model_kwargs": model_kwargs}
-    variants = _predictors(target, variant_file=variant_file, **kw)
-    ref = _predictors(reference, variant_file=None, **kw)[0] if reference else None
-    results = []
-    for label, precision, predict, facts in variants:
-        if (facts.get("extra") or {}).get("task") != "detection":
-            raise ConfigError(
-                f"{target} is not a detection model",
-                "pass --data with a classification dataset for classifiers",
-            )
-        res = evaluate_detector(
-            predict,
-            data,
-            input_size=tuple(facts["input_size"]),
-            mean=tuple(facts["mean"]),
-            std=tuple(facts["std"]),
-            no_object_class=bool(facts["extra"]["no_object_class"]),
-            batch_size=batch_size,
-            reference=ref[2] if ref else None,
-            reference_no_object_class=bool(ref[3]["extra"]["no_object_class"]) if ref else None,
-            reference_preprocess=_preprocess_of(ref[3]) if ref else None,
-        )
-        results.append({"variant": label, "precision": precision, **res})
-    return results

@@ -358,7 +358,8 @@ def _images(spec: str, split: str, limit: int, info) -> tuple[Any, np.ndarray]:
 def _evaluate_onnx(path: Path, info, cfg: DetExportConfig) -> dict[str, Any]:
     """COCO mAP of an ONNX detector on cfg.eval_data's test split."""
     from tvc.data.detection import load_detection
-    from tvc.eval.detection import evaluate_detector, onnx_predictor
+    from tvc.eval.detection import evaluate_detector
+    from tvc.runtime.predict import onnx_predictor
 
     data = load_detection(cfg.eval_data, "test", limit=cfg.eval_limit)
     return evaluate_detector(
@@ -377,7 +378,7 @@ def _int8_variant(fp32: Path, out: Path, info, cfg: DetExportConfig) -> dict[str
     with FP32 on detection images (logits, boxes, classes) and, with eval data, its mAP."""
     from tvc.compress.quantize import QuantConfig, quantize_dynamic, quantize_static
     from tvc.data.base import ImageSet
-    from tvc.eval.detection import onnx_predictor
+    from tvc.runtime.predict import onnx_predictor
 
     spec = cfg.calib or "fashion-mnist-det"
     _, x = _images(spec, "train", cfg.calib_size, info)

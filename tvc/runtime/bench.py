@@ -10,6 +10,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -88,17 +89,6 @@ def peak_rss_mb() -> float:
 # Benchmarking variants into bench records
 
 
-@dataclass
-class BenchConfig:
-    backends: tuple[str, ...] = ("ort",)
-    batches: tuple[int, ...] = (1,)
-    threads: int | None = None
-    warmup_s: float = 1.0
-    min_runs: int = 50
-    min_time_s: float = 3.0
-    provider: str = "cpu"
-
-
 def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, command: str, **fields):
     """A BenchRecord for one timed (variant, backend, batch)."""
     from tvc.records import BenchRecord, Latency, ModelRef
@@ -140,3 +130,22 @@ def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, comman
         extra=variant.extra,
         **fields,
     )
+
+
+def device_measurements(runner: Runner, batch: int, n: int, power: Any) -> dict[str, Any]:
+    """GPU compute time (TensorRT, from CUDA events) and energy per image where measurable."""
+    from tvc.records import Energy, Latency
+    from tvc.runtime.power import PowerSampler
+
+    fields: dict[str, Any] = {}
+    if hasattr(runner, "gpu_time_ms"):
+        fields["gpu_compute_ms"] = Latency(**runner.gpu_time_ms(batch)["gpu_compute_ms"])
+    if power is not None:
+        feeds = runner.sample_feeds(batch)
+        with PowerSampler(power) as sampler:
+            for _ in range(n):
+                runner.infer(feeds)
+        energy = sampler.energy(n * batch)
+        if energy:
+            fields["energy"] = Energy(**energy)
+    return fields

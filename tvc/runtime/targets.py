@@ -1,4 +1,4 @@
-"""What `tvc bench` measures: resolve a target (ONNX file, artifact, model name) into variants.
+"""What a benchmark measures: a target (ONNX file, artifact) resolved into variants.
 
 An export artifact can hold several ONNX variants (FP32, INT8 Q/DQ, INT8 dynamic, FP16) and a
 TensorRT engine; each is one benchmark variant. This module imports no torch.
@@ -30,6 +30,9 @@ class Variant:
     model_name: str
     size_bytes: int | None
     extra: dict[str, Any] = field(default_factory=dict)
+    # an in-memory model a backend loaded to run (a PyTorch LoadedModel for the torch backend);
+    # opaque here, so runtime never needs to know what it is
+    model: Any = None
 
 
 def onnx_variants(target: str) -> list[Variant]:

@@ -1,4 +1,6 @@
-"""PyTorch eager runner, for comparing an exported model with its source on the same machine.
+"""The `torch` backend: PyTorch eager, for comparing an exported model with its source on the
+same machine. It sits above runtime (a board never imports torch) and registers itself in
+runtime's backend registry like any other backend; torch is imported only when it runs.
 
 Classifiers return `logits` (N, classes). Detectors (DETR, Deformable DETR) return `logits`
 (N, queries, classes[+1 "no object"]) and `boxes` (N, queries, 4, normalised cxcywh): the names
@@ -7,18 +9,26 @@ and shapes of their ONNX export, so the same evaluation code reads either backen
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
+from tvc.deps import available
+from tvc.errors import ConfigError
+from tvc.models.info import LoadedModel, is_detector
+from tvc.runtime.backends import register_backend
 from tvc.runtime.base import Runner, TensorSpec
+from tvc.runtime.targets import Variant
 
 
 class TorchRunner(Runner):
     backend = "torch"
 
-    def __init__(self, loaded, *, threads: int | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, loaded: LoadedModel, *, threads: int | None = None, device: str = "cpu"
+    ) -> None:
         import torch
-
-        from tvc.models.detection import is_detector
 
         if threads:
             torch.set_num_threads(threads)
@@ -57,3 +67,36 @@ class TorchRunner(Runner):
             logits, boxes = y
             return {"logits": logits.float().cpu().numpy(), "boxes": boxes.float().cpu().numpy()}
         return {"logits": y.float().cpu().numpy()}
+
+
+def _open(variant: Variant, *, threads: int | None, provider: str) -> Runner:
+    return TorchRunner(variant.model, threads=threads)
+
+
+def _variants(target: str, model_kwargs: dict[str, Any]) -> list[Variant]:
+    """The PyTorch model behind `target` (a model name, HF directory or artifact), loaded."""
+    from tvc.models import load_model
+
+    if Path(target).suffix == ".onnx":
+        raise ConfigError(
+            f"{target} is an ONNX file; the torch backend needs the PyTorch model",
+            "pass the model name or its model artifact, or use --backend ort",
+        )
+    loaded = load_model(target, **model_kwargs)
+    art = loaded.artifact
+    name = loaded.info.name
+    v = Variant(f"{name} fp32", "fp32", None, art, name, art.size_bytes if art else None)
+    v.model = loaded
+    if art is None:
+        v.extra["params"] = int(sum(p.numel() for p in loaded.model.parameters()))
+    return [v]
+
+
+register_backend(
+    "torch",
+    _open,
+    lambda: available("torch"),
+    variants=_variants,
+    needs="PyTorch",
+    install="install it with: pip install 'tvc[torch]', or use --backend ort",
+)
