@@ -63,6 +63,11 @@ def load_model(
             "(no artifact.json or config.json)",
             "point at a directory written by tvc or saved with save_pretrained()",
         )
+    from tvc.models.lstr import LSTR_CONFIGS, lstr_from_name
+
+    if spec in LSTR_CONFIGS:  # LSTR lane-shape transformers
+        return lstr_from_name(spec, weights=weights, input_size=input_size,
+                              warn_random=warn_random)  # fmt: skip
     from tvc.models.detection import DETECTION_CONFIGS, det_from_name
 
     if spec in DETECTION_CONFIGS:  # DETR / Deformable DETR small configs
@@ -168,6 +173,10 @@ def build_from_info(info: ModelInfo):
         from tvc.models.detection import det_build
 
         model = det_build(info.kwargs)
+    elif info.family == "lstr":
+        from tvc.models.lstr import lstr_build
+
+        model = lstr_build(info.kwargs)
     else:
         raise ArtifactError(
             f"unknown model family '{info.family}' in artifact",

@@ -69,6 +69,9 @@ def _register_builtin() -> None:
         return
     from tvc.tasks.classification import ClassificationTask
     from tvc.tasks.detection import DetectionTask
+    from tvc.tasks.lanes import LanesTask
 
+    # lanes first: its data test reads the JSON (TuSimple lines), detection's takes any .json
+    register_task(LanesTask())
     register_task(DetectionTask())
     register_task(ClassificationTask())
