@@ -422,6 +422,6 @@ def is_detection_spec(spec: str) -> bool:
             return json.loads((path / "config.json").read_text()).get("model_type") in (
                 DETECTION_TYPES
             )
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError, TypeError):  # damaged JSON: not a detector
         return False  # the regular loaders explain unreadable files
     return False
