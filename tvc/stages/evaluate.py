@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tvc")
 
 SUMMARY = "quality (top-1/top-5, COCO mAP) of every variant of a model or export on a dataset"
-DEFAULT_MEAN_STD = (0.5, 0.5, 0.5)  # what a bare ONNX file without tvc's facts is fed with
+DEFAULT_MEAN_STD = 0.5  # per channel: what a bare ONNX file without tvc's facts is fed with
 _MODEL = ModelOptions.model_fields  # MODEL's options, declared once in stages/config.py
 
 
@@ -171,7 +171,8 @@ def model_info(runner: Runner, variant: Variant) -> ModelInfo:
     return ModelInfo(
         name=variant.model_name, family="onnx", arch="onnx", kwargs={},
         num_classes=classes if isinstance(classes, int) else 0,
-        input_size=tuple(int(d) for d in shape), mean=DEFAULT_MEAN_STD, std=DEFAULT_MEAN_STD,
+        input_size=tuple(int(d) for d in shape), mean=(DEFAULT_MEAN_STD,) * shape[0],
+        std=(DEFAULT_MEAN_STD,) * shape[0],
         weights=str(variant.path),
     )  # fmt: skip
 
