@@ -502,7 +502,7 @@ def quantize_lanes(fp32: str | Path, out: str | Path, calib: LaneData, *,
     loses more than `budget` points on `eval_data`, the output heads, then the decoder, then the
     encoder Linears are kept in float until it holds. Returns the quantization report with
     `accuracy_fp32`, `accuracy`, `drop`, `float_layers` and `budget_met`."""
-    from tvc.compress.quantize import QuantConfig, quantize_static
+    from tvc.export.quantize import QuantConfig, quantize_static
     from tvc.data.base import ImageSet
 
     x = calib.arrays()[:calib_size]

@@ -1,0 +1,72 @@
+"""INT8 settings: one validated QuantConfig, and the names of what can be quantized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvc.errors import ConfigError
+
+MODES = ("static", "dynamic")
+
+
+OPS = ("safe", "all")
+
+
+CALIB_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+LINEAR_OPS = ("MatMul", "Gemm", "Conv")  # ops with weights: the Linear layers and patch embed
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+CALIB_CHUNK_IMAGES = 16  # images whose activations are held in memory at once while calibrating
+
+
+PARITY_IMAGES = 64
+
+
+@dataclass
+class QuantConfig:
+    mode: str = "static"  # static | dynamic
+    calib_size: int = 512
+    calib_method: str = "minmax"  # minmax | percentile | entropy
+    budget: float = 0.5  # max top-1 points lost
+    ops: str = "safe"  # safe: Linear-layer inputs only; all: every op ORT can quantize
+    allow_accuracy_drop: bool = False
+    seed: int = 0
+    percentile: float = 99.999  # for calib_method="percentile"
+    sensitivity_samples: int = 128  # images used to rank layers in the accuracy gate
+    max_float_layers: int | None = None  # stop falling back after this many layers (None: all)
+
+    def validate(self) -> None:
+        def bad(what: str, fix: str) -> ConfigError:
+            return ConfigError(what, fix)
+
+        if self.mode not in MODES:
+            raise bad(f"unknown INT8 mode '{self.mode}'", "use static or dynamic")
+        if self.ops not in OPS:
+            raise bad(f"unknown --int8-ops '{self.ops}'", "use safe (default) or all")
+        if self.calib_method not in CALIB_METHODS:
+            raise bad(
+                f"unknown --calib-method '{self.calib_method}'",
+                f"use one of: {', '.join(CALIB_METHODS)}",
+            )
+        if self.calib_size < 1:
+            raise bad(f"--calib-size must be >= 1, got {self.calib_size}", "e.g. --calib-size 512")
+        if not self.budget >= 0:  # also catches NaN
+            raise bad(
+                f"--int8-budget must be >= 0 points, got {self.budget}", "e.g. --int8-budget 0.5"
+            )
+        if not 0 < self.percentile <= 100:
+            raise bad(f"percentile must be in (0, 100], got {self.percentile}", "e.g. 99.999")
+        if self.sensitivity_samples < 1:
+            raise bad(
+                f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}", "e.g. 128"
+            )
+        if self.max_float_layers is not None and self.max_float_layers < 0:
+            raise bad(
+                f"max_float_layers must be >= 0, got {self.max_float_layers}",
+                "leave it unset to allow every layer",
+            )
