@@ -342,7 +342,7 @@ def lstr_build(config: dict[str, Any]) -> LSTR:
 
 
 def lstr_info(name: str, model: LSTR, *, mean, std, weights: str):
-    from tvc.models.load import ModelInfo
+    from tvc.models.info import ModelInfo
 
     cfg = model.cfg
     return ModelInfo(
@@ -362,7 +362,7 @@ def lstr_info(name: str, model: LSTR, *, mean, std, weights: str):
 def lstr_from_name(name: str, *, weights: str | Path | None = None, input_size: int | None = None,
                    warn_random: bool = True):  # fmt: skip
     """One of LSTR_CONFIGS, randomly initialised or with a weights file for it."""
-    from tvc.models.load import LoadedModel
+    from tvc.models.info import LoadedModel
     from tvc.models.weights import load_into, read_state_dict
 
     small = LSTR_CONFIGS[name]
