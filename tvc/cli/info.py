@@ -1,14 +1,8 @@
-"""`tvc info`."""
+"""`tvc info` (what runs here) and `tvc models` (the names tvc understands)."""
 
 from __future__ import annotations
 
-import logging
-
 import click
-
-log = logging.getLogger("tvc")
-
-# --------------------------------------------------------------------------------------- info
 
 
 @click.command()
