@@ -69,7 +69,11 @@ def load_model(
         return lstr_from_name(spec, weights=weights, input_size=input_size,
                               warn_random=warn_random)  # fmt: skip
     from tvc.models.detection import DETECTION_CONFIGS, det_from_name
+    from tvc.models.igpt import CONFIGS as IGPT_CONFIGS
+    from tvc.models.igpt import igpt_from_name
 
+    if spec in IGPT_CONFIGS:  # Image GPT small configs
+        return igpt_from_name(spec, weights=weights, warn_random=warn_random)
     if spec in DETECTION_CONFIGS:  # DETR / Deformable DETR small configs
         return det_from_name(spec, weights=weights, num_classes=num_classes,
                              input_size=input_size, warn_random=warn_random)  # fmt: skip
@@ -169,6 +173,10 @@ def build_from_info(info: ModelInfo):
         from tvc.models.hf import hf_build
 
         model = hf_build(info.kwargs)
+    elif info.family == "igpt":
+        from tvc.models.igpt import igpt_build
+
+        model = igpt_build(info.kwargs)
     elif info.family == "hf-det":
         from tvc.models.detection import det_build
 
