@@ -191,9 +191,6 @@ def _explain(graph, comp: list[str]) -> str:
 # Leaving one out here, the cycle test ignores only that edge; once the import is gone,
 # test_known_cycle_edges_still_exist fails until the entry is removed.
 KNOWN_CYCLE_EDGES = {
-    # compress/quantize.py checks its graph with export/trt_rules.py while export/ calls
-    # compress/quantize.py: removed by the export rework (quantize moves into export/)
-    ("export", "compress"): "quantize lives in compress/ but is graph-side export work",
     # compress/pipeline.py asks the task registry for the teacher's task: removed when the
     # compress stage hands the pipeline both tasks
     ("compress", "tasks"): "the compress pipeline looks up the teacher's task itself",

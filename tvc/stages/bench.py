@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from tvc.errors import ConfigError
-from tvc.stages import torch_backend  # noqa: F401 - registers the `torch` backend
 from tvc.stages.config import ModelOptions, StageConfig, cli_flag, option
+from tvc.stages.evaluate import Config as EvalConfig
 
 if TYPE_CHECKING:
     from tvc.records import BenchRecord
@@ -26,6 +26,7 @@ log = logging.getLogger("tvc")
 
 SUMMARY = "latency, throughput, size, memory (and quality with --data) of every variant"
 _MODEL = ModelOptions.model_fields  # MODEL's options, declared once in stages/config.py
+_EVAL = EvalConfig.model_fields  # options bench shares with eval, declared there
 
 
 class Config(StageConfig):
@@ -34,8 +35,8 @@ class Config(StageConfig):
         lambda: ["ort"], "Comma-separated: ort, torch (trt where TensorRT is installed)."
     )
     batch: list[int] = option(lambda: [1], "e.g. 1,8")
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
-    provider: str = option("cpu", "ORT provider: cpu, cuda, trt.")
+    threads: int | None = _EVAL["threads"]
+    provider: str = _EVAL["provider"]
     warmup_s: float = Field(1.0, ge=0, description="Seconds of untimed calls first.")
     min_runs: int = Field(50, ge=1, description="Time at least this many calls.")
     min_time_s: float = Field(3.0, ge=0, description="Time for at least this many seconds.")
@@ -47,9 +48,7 @@ class Config(StageConfig):
         "Also measure top-1/top-5 on DATA's test split (into the records); COCO mAP for "
         "detectors on detection DATA.",
     )
-    limit: int | None = Field(
-        None, ge=1, description="Evaluate on a seeded subset of this many images."
-    )
+    limit: int | None = _EVAL["limit"]
     weights: str | None = _MODEL["weights"]
     num_classes: int | None = _MODEL["num_classes"]
     pretrained: bool = _MODEL["pretrained"]
@@ -72,9 +71,7 @@ class Config(StageConfig):
             raise ConfigError(f"--batch values must be >= 1, got '{got}'", "e.g. --batch 1,8")
         return v
 
-    def model_kwargs(self) -> dict[str, Any]:
-        return {"weights": self.weights, "num_classes": self.num_classes,
-                "pretrained": self.pretrained}  # fmt: skip
+    model_kwargs = ModelOptions.model_kwargs  # weights, num_classes, pretrained for load_model
 
     def command_line(self) -> str:
         """The `tvc bench` command this config stands for, for records made without one."""

@@ -59,10 +59,7 @@ class Config(StageConfig):
     weights: str | None = _MODEL["weights"]
     num_classes: int | None = _MODEL["num_classes"]
     pretrained: bool = _MODEL["pretrained"]
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return {"weights": self.weights, "num_classes": self.num_classes,
-                "pretrained": self.pretrained}  # fmt: skip
+    model_kwargs = ModelOptions.model_kwargs  # weights, num_classes, pretrained for load_model
 
 
 def run(cfg: Config) -> list[dict[str, Any]]:
