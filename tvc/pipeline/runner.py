@@ -465,6 +465,10 @@ def _clear_leftovers(run_dir: Path, step: Step, out: Path) -> list[Path]:
     if step.kind in ("bench", "report"):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+    elif out.is_dir() and not is_artifact(out):
+        # the stage's own output lost its artifact.json: a remnant no command would replace
+        shutil.rmtree(out, ignore_errors=True)
+        removed.append(out)
     return removed
 
 
