@@ -77,7 +77,7 @@ def test_reads_tusimple_own_layout(tmp_path, scenes):
     (tmp_path / "test.json").rename(tmp_path / "label_data_0313.json")
     train = load_lanes(str(tmp_path), "train")
     assert len(train) == 2 and train.name == tmp_path.name
-    with pytest.raises(DataError, match="no test.json"):
+    with pytest.raises(DataError, match=r"no test\.json"):
         load_lanes(str(tmp_path), "test")
 
 
@@ -96,12 +96,12 @@ def test_targets_and_batches_are_normalised(scenes):
     np.testing.assert_allclose(t["xs"][t["valid"]], lanes[lanes >= 0] / 128, rtol=1e-6)
     np.testing.assert_allclose(t["lower"], [scenes.h_samples[0][lane >= 0].min() / 72
                                             for lane in lanes], rtol=1e-6)  # fmt: skip
-    x, targets, pos = next(scenes.batches(5, input_size=(3, 36, 64), mean=(0.5,) * 3,
+    x, _targets, pos = next(scenes.batches(5, input_size=(3, 36, 64), mean=(0.5,) * 3,
                                           std=(0.5,) * 3))  # fmt: skip
     assert x.shape == (5, 3, 36, 64) and x.dtype == np.float32 and pos == [0, 1, 2, 3, 4]
     # flips mirror images and x labels together
-    flipped = list(scenes.batches(12, input_size=(3, 72, 128), mean=(0,) * 3, std=(1,) * 3,
-                                  shuffle_seed=0, augment=True))[0]  # fmt: skip
+    flipped = next(iter(scenes.batches(12, input_size=(3, 72, 128), mean=(0,) * 3, std=(1,) * 3,
+                                  shuffle_seed=0, augment=True)))  # fmt: skip
     xs, tg, order = flipped
     for j, i in enumerate(order):
         if not np.allclose(xs[j], scenes.images[i].transpose(2, 0, 1) / 255, atol=1e-6):
@@ -131,7 +131,7 @@ def test_spec_recognition_and_errors(tmp_path):
         read_tusimple(bad)
     missing = tmp_path / "missing.json"
     missing.write_text('{"lanes": [], "h_samples": [1], "raw_file": "a.png"}\n')
-    with pytest.raises(DataError, match="a.png not found"):
+    with pytest.raises(DataError, match=r"a\.png not found"):
         read_tusimple(missing)
 
 

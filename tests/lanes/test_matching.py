@@ -77,8 +77,10 @@ def test_hungarian_equals_brute_force(seed):
         assert sorted(cols.tolist()) == list(range(n))
         got = cost[i, rows, cols].sum()
         best = min(
-            (sum(cost[i, perm[t], t] for t in range(n)) for perm in itertools.permutations(
-                range(q), n)),
+            (
+                sum(cost[i, perm[t], t] for t in range(n))
+                for perm in itertools.permutations(range(q), n)
+            ),
             default=0.0,
         )
         assert got == pytest.approx(best, abs=1e-5)
@@ -100,7 +102,7 @@ def test_loss_is_zero_for_perfect_curves_and_confident_scores():
            "valid": np.ones((2, 10), bool), "lower": np.full(2, 0.45, np.float32),
            "upper": np.full(2, 0.75, np.float32)}  # fmt: skip
     logits = torch.tensor([[[-20.0, 20.0], [20.0, -20.0], [-20.0, 20.0], [20.0, -20.0]]])
-    total, parts, matches = lane_loss(logits, curves, pad_targets([tgt]))
+    total, _parts, matches = lane_loss(logits, curves, pad_targets([tgt]))
     assert sorted(matches[0][0].tolist()) == [0, 2]
     assert float(total) == pytest.approx(0.0, abs=1e-5)
     # a lane score flipped costs cross-entropy; a shifted curve costs points
@@ -110,7 +112,8 @@ def test_loss_is_zero_for_perfect_curves_and_confident_scores():
     shifted = curves.clone()
     shifted[0, :, 7] -= 0.1
     assert lane_loss(logits, shifted, pad_targets([tgt]))[1]["points"] == pytest.approx(
-        0.1, rel=1e-3)
+        0.1, rel=1e-3
+    )
 
 
 def test_images_without_lanes():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -471,7 +472,8 @@ def export_lanes_onnx(loaded: LoadedModel, path: str | Path, *, opset: int = 17,
     path = Path(path)
     example = torch.zeros(1, *info.input_size)
     io = LanesTask().onnx_io(info)
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(model, (example,), str(path), input_names=list(io.inputs),
                           output_names=list(io.outputs), opset_version=opset,
                           dynamic_axes=io.dynamic if dynamic_batch else None,
@@ -502,8 +504,8 @@ def quantize_lanes(fp32: str | Path, out: str | Path, calib: LaneData, *,
     loses more than `budget` points on `eval_data`, the output heads, then the decoder, then the
     encoder Linears are kept in float until it holds. Returns the quantization report with
     `accuracy_fp32`, `accuracy`, `drop`, `float_layers` and `budget_met`."""
-    from tvc.export.quantize import QuantConfig, quantize_static
     from tvc.data.base import ImageSet
+    from tvc.export.quantize import QuantConfig, quantize_static
 
     x = calib.arrays()[:calib_size]
     images = ImageSet.from_arrays(x, np.zeros(len(x), np.int64), name=calib.lanes.name,

@@ -179,6 +179,8 @@ class LaneTrainConfig:
     # a time budget: training stops after this many minutes and the cosine schedule follows
     # the elapsed share of it instead of the step count (epochs is then an upper bound)
     minutes: float | None = None
+    # keep BatchNorm running statistics as they are (eval-mode norms while training)
+    freeze_norm: bool = False
     loss: LaneLossConfig | None = None
 
     def validate(self) -> None:
@@ -218,7 +220,7 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     history, step = [], 0
     out_of_time = False
-    model.train()
+    _train_mode(model, cfg.freeze_norm)
     try:
         for epoch in range(cfg.epochs):
             sums: dict[str, float] = {}
@@ -253,7 +255,7 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
             if on_epoch is not None:
                 model.eval()
                 means.update(on_epoch(epoch) or {})
-                model.train()
+                _train_mode(model, cfg.freeze_norm)
             history.append(means)
             log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in means.items()))  # fmt: skip
@@ -263,6 +265,14 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
         model.eval()
     return {"epochs": len(history), "steps": step, "images": len(data),
             "seconds": round(time.perf_counter() - t0, 1), "history": history}  # fmt: skip
+
+
+def _train_mode(model, freeze_norm: bool) -> None:
+    model.train()
+    if freeze_norm:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _outputs(model, x, all_layers: bool):
@@ -293,10 +303,13 @@ def train_lanes(loaded, data, cfg: LaneTrainConfig | None = None, on_epoch=None)
 @dataclass
 class LaneDistillConfig(LaneTrainConfig):
     kd_weight: float = 1.0
+    set_weight: float = 1.0  # the set loss with the teacher's confident lanes as targets
     temperature: float = 2.0
     score_threshold: float = 0.5  # teacher lanes at least this confident become targets
     label_weight: float = 0.0  # > 0: also the set loss on the data's labels
     rows: int = 32  # rows at which matched curves are compared
+    # the student keeps its teacher's backbone statistics: imitation compares like with like
+    freeze_norm: bool = True
 
 
 def teacher_targets(logits: torch.Tensor, curves: torch.Tensor, *, threshold: float,
@@ -395,9 +408,10 @@ def distill_lanes(student, teacher, data, cfg: LaneDistillConfig | None = None) 
         layers = _outputs(s_model, x, cfg.aux_loss)
         loss = 0.0
         for logits, curves in layers[:-1]:
-            loss = loss + lane_loss(logits, curves, pseudo, loss_cfg)[0]
+            loss = loss + cfg.set_weight * lane_loss(logits, curves, pseudo, loss_cfg)[0]
         logits, curves = layers[-1]
         final, parts, _ = lane_loss(logits, curves, pseudo, loss_cfg)
+        final = cfg.set_weight * final
         kd = kd_loss(logits, curves, t_logits, t_curves, temperature=cfg.temperature,
                      rows=cfg.rows)  # fmt: skip
         parts["kd"] = float(kd.detach())
