@@ -331,8 +331,13 @@ def teacher_logits(teacher, data: ImageSet, ctx, cfg: DistillConfig):
     if path is not None and ctx.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-        np.save(tmp, logits.float().cpu().numpy())
-        os.replace(tmp, path)
-        log.info("cached the teacher's logits for %d images in %s", len(data), path)
+        try:
+            np.save(tmp, logits.float().cpu().numpy())
+            os.replace(tmp, path)
+            log.info("cached the teacher's logits for %d images in %s", len(data), path)
+        except OSError as exc:  # the cache only saves time: a full disk must not stop the run
+            log.warning("could not cache the teacher's logits in %s (%s)", path, exc.strerror)
+        finally:
+            tmp.unlink(missing_ok=True)
     dist.barrier(ctx)
     return logits.float(), info
