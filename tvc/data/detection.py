@@ -326,8 +326,11 @@ def write_coco(data: DetectionSet, out: str | os.PathLike) -> Path:
         image_mod.fromarray(img).save(out / entry["file_name"])
     path = out / f"{data.split}.json"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(coco) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(coco) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when the write failed (disk full)
     return path
 
 
