@@ -26,7 +26,7 @@ class Workspace:
     extra: dict = field(default_factory=dict)
 
     @property
-    def model(self) -> Path:  # a model artifact (vit_pico, 10 classes, 32 px)
+    def model(self) -> Path:  # a model artifact (vit_pico, 2 classes, 32 px)
         return self.root / "model"
 
     @property
@@ -34,7 +34,7 @@ class Workspace:
         return self.root / "onnx"
 
     @property
-    def weights(self) -> Path:  # vit_pico weights as safetensors
+    def weights(self) -> Path:  # weights of the plain vit_pico (10 classes), safetensors
         return self.root / "w.safetensors"
 
     @property
@@ -111,9 +111,12 @@ def fault_base(tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("faults-base")
     torch.manual_seed(0)
-    loaded = load_model("vit_pico", warn_random=False)
+    # two classes, like the image folder, so the artifact can be evaluated and distilled on it
+    loaded = load_model("vit_pico", num_classes=2, warn_random=False)
     write_model_artifact(loaded, base / "model", spec={"stage": "fixture"}, metrics={})
-    save_file({k: v.contiguous() for k, v in loaded.model.state_dict().items()},
+    # weights for the plain `vit_pico` name (10 classes)
+    plain = load_model("vit_pico", warn_random=False).model
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()},
               str(base / "w.safetensors"))  # fmt: skip
     export_onnx(
         load_model(str(base / "model")), base / "onnx", OnnxExportConfig(dynamic_batch=True)
