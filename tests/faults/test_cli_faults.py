@@ -376,6 +376,23 @@ case("artifact", "unknown-variant", 2, r"model.nope.onnx")(
 # ------------------------------------------------------------------------------ ONNX files
 
 
+def _nan_onnx(ws: Workspace) -> list[str]:
+    """An ONNX artifact whose weights are NaN, its hashes consistent (e.g. exported elsewhere)."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = ws.onnx / "model.onnx"
+    model = onnx.load(str(path))
+    init = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    arr = numpy_helper.to_array(init).copy()
+    arr.flat[0] = math.nan
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(model, str(path))
+    rehash(ws.onnx)
+    return ["eval", ws.onnx, "--data", ws.folder]
+
+
+case("onnx", "nan-weights-onnx-eval", 6, r"NaN/Inf")(_nan_onnx)
 case("onnx", "garbage-onnx-file-eval", 2, r"garbage.onnx")(
     lambda ws: (
         (ws.root / "garbage.onnx").write_bytes(b"\x08\x01garbage" * 10),

@@ -14,6 +14,7 @@ import numpy as np
 
 from tvc.data.base import ImageSet
 from tvc.errors import ConfigError, DataError
+from tvc.finite import check_finite_array
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -73,4 +74,6 @@ def _logits(out: np.ndarray, batch: int, who: str) -> np.ndarray:
             f"the {who} returned an output of shape {arr.shape} for a batch of {batch}",
             "evaluate a classifier whose output is logits (batch, classes)",
         )
+    # NaN logits would still "score" (argmax of NaN is 0): a corrupt model, not an accuracy
+    check_finite_array(arr, f"the {who}'s outputs", "its weights are corrupt: re-make the model")
     return arr.astype(np.float32, copy=False)
