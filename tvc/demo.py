@@ -16,12 +16,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import click
-
 from tvc.pipeline.recipe import load_recipe
-from tvc.pipeline.runner import RECORDS_FILE, Runner
+from tvc.pipeline.runner import RECORDS_FILE, Echo, Runner
+from tvc.records import read_records
 from tvc.report.render import analyse, headline
-from tvc.report.schema import read_records
 
 TRAINED_TEACHER = Path("benchmarks/artifacts/fmnist_teacher")
 
@@ -33,11 +31,13 @@ def demo_recipe(detection: bool = False) -> str:
     return "fmnist-reuse" if (TRAINED_TEACHER / "artifact.json").is_file() else "fmnist-demo"
 
 
-def run_demo(out: Path, *, threads: int | None = None, detection: bool = False) -> None:
+def run_demo(out: Path, *, threads: int | None = None, detection: bool = False,
+             echo: Echo = print, progress: Echo = print) -> None:  # fmt: skip
+    """Run the demo recipe in `out`: `progress` gets the stages' lines, `echo` the result."""
     t0 = time.perf_counter()
     name = demo_recipe(detection)
-    click.echo(f"running recipe {name} (see 'tvc recipes --show {name}')", err=True)
-    runner = Runner(load_recipe(name), out, echo=lambda s: click.echo(s, err=True))
+    progress(f"running recipe {name} (see 'tvc recipes --show {name}')")
+    runner = Runner(load_recipe(name), out, echo=progress)
     if threads is not None:
         for step in runner.steps:
             if step.kind == "bench":
@@ -55,12 +55,12 @@ def run_demo(out: Path, *, threads: int | None = None, detection: bool = False) 
         if r.step.kind == "report"
         for fmt in r.step.formats
     ]
-    click.echo(f"demo finished in {time.perf_counter() - t0:.0f} s; run directory: {out}")
+    echo(f"demo finished in {time.perf_counter() - t0:.0f} s; run directory: {out}")
     for path in reports:
-        click.echo(f"report: {path}")
+        echo(f"report: {path}")
     analysis = analyse(records)
     # The headline compares what would ship (the INT8 student) with the FP32 teacher.
     shipped = next((r.variant for r in records if r.variant.endswith("int8-qdq")), None)
     line = headline(analysis, shipped) or headline(analysis)
     if line:
-        click.echo(f"headline: {line}")
+        echo(f"headline: {line}")

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from tvc.cli import cli
 from tvc.errors import ConfigError
 from tvc.pipeline.recipe import load_recipe, parse_recipe, plan, shipped_recipes
-from tvc.pipeline.runner import check_commands
+from tvc.pipeline.runner import Runner
 
 GOOD = """\
 name: pico
@@ -128,19 +128,24 @@ def test_bench_without_an_export_is_an_order_error():
     assert error_of(text).startswith("r.yaml line 4: bench needs an export stage before it")
 
 
-def test_options_unknown_to_this_tvc_are_caught_before_work(monkeypatch):
-    # a recipe written for a newer tvc: its bench has --limit, this one (pretend) has not
-    import tvc.pipeline.runner as runner
+def test_unknown_keys_and_bad_values_are_caught_before_work(tmp_path):
+    # a recipe written for a newer tvc: its bench has a key this one lacks
+    message = error_of(GOOD.replace("backend: ort", "backend: ort\n      frobnicate: 5"))
+    assert "r.yaml line 16: stages[3].bench.frobnicate: unknown key" in message
+    assert "valid keys here:" in message and "limit" in message
+    # values are checked by the stage's own config, with its bounds
+    message = error_of(GOOD.replace("prune: 0.5", "prune: 1.5"))
+    assert "stages[1].compress.prune" in message and "1.5" in message
 
-    known = {"bench": {"--batch", "--backend", "--data", "--json"}, "report": {"--output"}}
-    monkeypatch.setattr(runner, "_cli_options", lambda kind: known.get(kind))
-    recipe = parse_recipe(GOOD.replace("backend: ort", "backend: ort\n      limit: 5"), "r.yaml")
-    steps = plan(recipe)
+
+def test_rules_between_options_are_the_stages_own(tmp_path):
+    """A combination the command line refuses (here --global without --prune) is refused for
+    the recipe too, before any stage runs, at the stage's line."""
+    text = GOOD.replace("      prune: 0.5\n", "      global: true\n")
     with pytest.raises(ConfigError) as info:
-        check_commands(recipe, [s for s in steps if s.kind == "bench"])
-    assert "r.yaml line 16: 'tvc bench' in this tvc has no --limit option" in info.value.message
-    with pytest.raises(ConfigError, match="line 5: this tvc has no 'export' command"):
-        check_commands(recipe, steps)
+        Runner(parse_recipe(text, "r.yaml"), tmp_path / "run")
+    assert "r.yaml line 8: compress: --global only applies with --prune" in info.value.message
+    assert not (tmp_path / "run").exists()
 
 
 def test_shipped_recipes_are_valid_and_listed():
@@ -160,18 +165,12 @@ def test_shipped_recipes_are_valid_and_listed():
     assert res.exit_code == 2 and "did you mean: fmnist-demo" in res.output
 
 
-def test_shipped_recipes_use_only_options_this_tvc_has():
-    """Guards against a recipe key that no `tvc` command accepts (once every command exists)."""
-    from tvc.pipeline.recipe import load_recipe
-    from tvc.pipeline.runner import _cli_options
-
+def test_shipped_recipes_make_valid_stage_configs(tmp_path):
+    """Every shipped recipe's stages are valid stage configs (the runner checks all of them
+    before any stage runs)."""
     for name in shipped_recipes():
-        recipe = load_recipe(name)
-        steps = plan(recipe, data="/some/images")
-        missing = sorted({s.kind for s in steps if _cli_options(s.kind) is None})
-        if missing:
-            pytest.skip(f"this tree has no 'tvc {', '.join(missing)}' command yet")
-        check_commands(recipe, steps)
+        runner = Runner(load_recipe(name), tmp_path / name, data="/some/images")
+        assert runner.steps[-1].kind == "report"
 
 
 def test_run_dry_run_prints_every_command(tmp_path):
@@ -193,8 +192,7 @@ def test_detection_recipe_compresses_and_benches_the_kept_detr(tmp_path):
     from tvc.pipeline.recipe import load_recipe
 
     recipe = load_recipe("fmnist-det")
-    steps = plan(recipe)
-    check_commands(recipe, steps)
+    steps = Runner(recipe, tmp_path / "check").steps
     assert recipe.model.name == "benchmarks/artifacts/detr_teacher"
     assert [(s.kind, s.id) for s in steps] == [
         ("export", "teacher-onnx"),

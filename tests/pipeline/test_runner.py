@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tvc.artifact import allow_overwrite, is_artifact, load_artifact, write_arti
 from tvc.cli import cli
 from tvc.pipeline.recipe import parse_recipe
 from tvc.pipeline.runner import Runner, StageFailedError
-from tvc.report.schema import BenchRecord, Latency, ModelRef, read_records, write_records
+from tvc.records import BenchRecord, Latency, ModelRef, read_records, write_records
 
 RECIPE = """\
 name: pico
@@ -33,7 +34,9 @@ stages:
 
 
 class FakeTvc:
-    """Stands in for `python -m tvc KIND ...`: writes a small, deterministic output per stage."""
+    """Stands in for `python -m tvc.stages KIND CONFIG COMMAND`: writes a small, deterministic
+    output per stage. It reads the `tvc` command the runner records for the stage, so the tests
+    also check that command."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -41,8 +44,9 @@ class FakeTvc:
         self.fail: dict[str, int] = {}
 
     def __call__(self, argv: list[str]) -> int:
-        args = argv[3:]
-        # like the real commands, replace an existing artifact only when told to
+        assert argv[1:3] == ["-m", "tvc.stages"] and json.loads(argv[4])  # the stage, not the CLI
+        args = shlex.split(argv[5])[1:]
+        # like the real stages, replace an existing artifact only when told to
         force = "--force" in args
         args = [a for a in args if a != "--force"]
         self.calls.append(args)

@@ -14,7 +14,7 @@ import traceback
 import click
 
 from tvc import __version__
-from tvc.errors import TvcError, first_line, storage_error
+from tvc.errors import TvcError, as_user_error, internal_error_line
 
 log = logging.getLogger("tvc")
 
@@ -57,19 +57,6 @@ class TvcGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"error: {_flat(exc.format_message())}; see 'tvc --help'", err=True)
             ctx.exit(2)
-        except ModuleNotFoundError as exc:
-            # an optional package missing where tvc did not ask for it through tvc.deps.require
-            err = _missing_module(exc)
-            if err is None:
-                _internal(ctx, exc)
-            click.echo(f"error: {err.message}", err=True)
-            ctx.exit(err.exit_code)
-        except OSError as exc:
-            err = storage_error(exc, getattr(exc, "filename", None) or "a file")
-            if err is None:
-                _internal(ctx, exc)
-            click.echo(f"error: {err.message}", err=True)
-            ctx.exit(err.exit_code)
         except BrokenPipeError:  # output piped into `head` and friends: not an error
             sys.stderr.close()
             ctx.exit(0)
@@ -79,7 +66,11 @@ class TvcGroup(click.Group):
         except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            _internal(ctx, exc)
+            err = as_user_error(exc)  # a missing optional package, a full disk, a permission
+            if err is None:
+                _internal(ctx, exc)
+            click.echo(f"error: {err.message}", err=True)
+            ctx.exit(err.exit_code)
 
 
 def _flat(text: str) -> str:
@@ -95,27 +86,10 @@ def _usage_error(ctx: click.Context, exc: click.UsageError):
     ctx.exit(2)
 
 
-def _missing_module(exc: ModuleNotFoundError) -> TvcError | None:
-    from tvc.deps import _EXTRAS, MissingDependencyError
-
-    top = (exc.name or "").split(".")[0]
-    if top not in _EXTRAS:
-        return None  # a module tvc does not know as optional: a real bug
-    return MissingDependencyError(
-        f"the Python package '{top}' is not installed",
-        f"install it with: pip install 'tvc[{_EXTRAS[top]}]'",
-    )
-
-
 def _internal(ctx: click.Context, exc: BaseException):
     if os.environ.get("TVC_DEBUG"):
         traceback.print_exc()
-    first = first_line(exc)
-    click.echo(
-        f"error: internal error {type(exc).__name__}: {first}; this is a bug in tvc, "
-        "re-run with TVC_DEBUG=1 for the traceback and report it",
-        err=True,
-    )
+    click.echo(internal_error_line(exc), err=True)
     ctx.exit(70)
 
 

@@ -95,7 +95,13 @@ def demo(out, threads, detection) -> None:
 
     if out is None:
         out = "runs/demo-det" if detection else "runs/demo"
-    run_demo(Path(out), threads=threads, detection=detection)
+    run_demo(
+        Path(out),
+        threads=threads,
+        detection=detection,
+        echo=click.echo,
+        progress=lambda s: click.echo(s, err=True),
+    )
 
 
 COMMANDS = [run_cmd, recipes, demo]

@@ -16,10 +16,10 @@ A recipe (schema 1) looks like this::
       - bench:    {batch: [1, 32]}
       - report:   {}
 
-Stage keys are the long options of the matching `tvc` command with '-' written '_'
-(`calib_size: 256` is `--calib-size 256`); `true` turns a flag on; lists become comma-separated
-values (`batch: [1, 8]` is `--batch 1,8`). A key left out keeps the command's default. Besides
-those, a stage may have:
+Stage keys are the options of the matching stage config (tvc.stages), which are also the long
+options of the `tvc` command with '-' written '_' (`calib_size: 256` is `--calib-size 256`);
+`true` turns a flag on; lists may also be written `1,8`. A key left out keeps the stage's
+default. Besides those, a stage may have:
 
 - `id`: its name, unique in the recipe (default: its kind, then kind-2, kind-3 ...). The stage's
   output is kept in `<run dir>/<id>`, and later stages refer to it as `"@<id>"`.
@@ -93,7 +93,7 @@ class ModelSpec(_Strict):
 
 
 class _Stage(_Strict):
-    """Keys every stage has. Subclasses list the command's options."""
+    """Keys every stage has; the rest are generated from the stage's config (see below)."""
 
     id: str | None = Field(None, pattern=SLUG)
 
@@ -102,90 +102,12 @@ class _ModelStage(_Stage):
     input: Ref | None = None
 
 
-class TrainStage(_ModelStage):
-    data: str | None = None
-    epochs: PositiveInt | None = None
-    lr: PositiveFloat | None = None
-    batch_size: PositiveInt | None = None
-    input_size: PositiveInt | None = None
-    limit: PositiveInt | None = None
-    eval_limit: PositiveInt | None = None
-    weight_decay: float | None = Field(None, ge=0)
-    warmup_epochs: float | None = Field(None, ge=0)
-    label_smoothing: float | None = Field(None, ge=0, lt=1)
-    augment: bool | None = None  # false: --no-augment
-    seed: int | None = None
-    device: str | None = None
-    no_progress: bool | None = None
-
-
-class CompressStage(_ModelStage):
-    prune: float | None = Field(None, gt=0, lt=1)
-    importance: Literal["magnitude", "taylor", "random"] | None = None
-    global_: bool | None = Field(None, alias="global")
-    prune_heads: bool | None = None
-    round_to: PositiveInt | None = None
-    keep: list[str] | None = Field(None, min_length=1)
-    steps: PositiveInt | None = None
-    lowrank: float | None = Field(None, gt=0, le=1)
-    lowrank_rank: PositiveFloat | None = None  # a rank (64) or a fraction of full rank (0.25)
-    distill: str | None = Field(None, min_length=1)
-    teacher_weights: str | None = None
-    data: str | None = None
-    epochs: PositiveInt | None = None
-    kd: Literal["soft", "hard", "token"] | None = None
-    temperature: PositiveFloat | None = None
-    alpha: float | None = Field(None, ge=0, le=1)
-    limit: PositiveInt | None = None
-
-    _lists = field_validator("keep", mode="before")(_comma_list)
-
-
-class ExportStage(_ModelStage):
-    opset: PositiveInt | None = None
-    batch: PositiveInt | None = None
-    dynamic_batch: bool | None = None
-    input_size: PositiveInt | None = None
-    no_simplify: bool | None = None
-    fp16: bool | None = None
-    int8: Literal["static", "dynamic"] | None = None
-    calib: str | None = None
-    calib_size: PositiveInt | None = None
-    calib_method: Literal["minmax", "percentile", "entropy"] | None = None
-    int8_budget: float | None = Field(None, ge=0)
-    allow_accuracy_drop: bool | None = None
-    int8_ops: Literal["safe", "all"] | None = None
-    eval_data: str | None = None
-    trt: bool | None = None
-    min_batch: PositiveInt | None = None
-    opt_batch: PositiveInt | None = None
-    max_batch: PositiveInt | None = None
-    workspace_mb: PositiveInt | None = None
-    timing_cache: str | None = None
-    dla: int | None = Field(None, ge=0)
-    sampling: Literal["gather", "grid"] | None = None  # Deformable DETR's bilinear sampler
-    pixel_mask: bool | None = None  # detectors: a pixel_mask input for padded images
-
-
-class BenchStage(_Stage):
+class _BenchStage(_Stage):
     targets: list[Ref] | None = Field(None, min_length=1)
-    backend: list[Literal["ort", "torch", "trt"]] | None = Field(None, min_length=1)
-    batch: list[PositiveInt] | None = Field(None, min_length=1)
-    threads: PositiveInt | None = None
-    provider: str | None = None
-    data: str | None = None
-    limit: PositiveInt | None = None
-    warmup_s: float | None = Field(None, ge=0)
-    min_runs: PositiveInt | None = None
-    min_time_s: float | None = Field(None, ge=0)
-
-    _lists = field_validator("backend", "batch", mode="before")(_comma_list)
 
 
-class ReportStage(_Stage):
+class _ReportStage(_Stage):
     records: list[Ref] | None = Field(None, min_length=1)
-    baseline: str | None = None
-    title: str | None = None
     formats: list[Literal["html", "md"]] = Field(
         default_factory=lambda: ["html", "md"], min_length=1
     )
@@ -193,15 +115,42 @@ class ReportStage(_Stage):
     _lists = field_validator("formats", mode="before")(_comma_list)
 
 
-STAGE_MODELS: dict[str, type[_Stage]] = {
-    "train": TrainStage,
-    "compress": CompressStage,
-    "export": ExportStage,
-    "bench": BenchStage,
-    "report": ReportStage,
-}
-# keys that shape the pipeline rather than becoming command-line options
+# keys that shape the pipeline rather than becoming stage options
 STRUCTURAL = {"id", "input", "targets", "records", "formats"}
+# stage config fields the runner fills in itself: what to read and where to write
+RUNNER_OWNED = {"model", "output", "force", "resume", "target", "targets", "records", "json_out",
+                "command"}  # fmt: skip
+_BASES: dict[str, type[_Stage]] = {"train": _ModelStage, "compress": _ModelStage,
+                                   "export": _ModelStage, "bench": _BenchStage,
+                                   "report": _ReportStage}  # fmt: skip
+
+
+def _recipe_stage(kind: str) -> type[_Stage]:
+    """The recipe model of one stage kind: its stage config's options, each optional (a key
+    left out keeps the stage's default), plus the structural keys of that kind."""
+    from pydantic import create_model
+    from pydantic.fields import FieldInfo
+
+    from tvc.stages import get_stage
+
+    config = get_stage(kind).config
+    fields: dict[str, Any] = {}
+    lists = []
+    for name, f in config.model_fields.items():
+        if name in RUNNER_OWNED or name in _BASES[kind].model_fields:
+            continue
+        optional = FieldInfo.merge_field_infos(f, default=None)
+        optional.default_factory = None
+        fields[name] = (f.annotation | None, optional)
+        if typing.get_origin(f.annotation) is list:
+            lists.append(name)
+    validators = {"_lists": field_validator(*lists, mode="before")(_comma_list)} if lists else {}
+    return create_model(f"{kind.title()}Stage", __base__=_BASES[kind], __validators__=validators,
+                        **fields)  # fmt: skip
+
+
+STAGE_MODELS: dict[str, type[_Stage]] = {k: _recipe_stage(k) for k in KINDS}
+TrainStage, CompressStage, ExportStage, BenchStage, ReportStage = (STAGE_MODELS[k] for k in KINDS)
 
 
 class StageEntry(_Strict):

@@ -8,7 +8,8 @@ Layout of a run directory::
       bench/records.json  a bench stage's records (one `<target>.json` per target beside it)
       report/report.html  a report stage's output
 
-Each stage runs as `python -m tvc <kind> ...`, so stages are isolated from each other, the exact
+Each stage runs as `python -m tvc.stages KIND CONFIG` (the library's stage, in a child process,
+never through the command line), so stages are isolated from each other, the equivalent `tvc`
 command behind every number is known (it is stored in run.json and in the bench records), and a
 killed run leaves finished stages intact. A stage counts as done only once its command exited
 cleanly and its output is complete; then run.json records a hash of the stage's settings and of
@@ -25,7 +26,6 @@ import ctypes
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -68,57 +68,22 @@ class StageResult:
 # ------------------------------------------------------------------------------- commands
 
 
-def flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+@dataclass
+class Invocation:
+    """One run of a stage: its config values and the equivalent `tvc` command (for records)."""
 
+    kind: str
+    values: dict[str, Any]
 
-def option_args(options: dict[str, Any]) -> list[str]:
-    """Recipe options as command-line arguments (true -> flag, list -> comma-separated)."""
-    args: list[str] = []
-    for key, value in options.items():
-        if value is True:
-            args.append(flag(key))
-        elif value is False and key in TOGGLES:
-            args.append(flag(f"no_{key}"))
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, (list, tuple)):
-            args += [flag(key), ",".join(str(v) for v in value)]
-        else:
-            args += [flag(key), str(value)]
-    return args
+    @property
+    def text(self) -> str:
+        from tvc.stages import get_stage
+        from tvc.stages.config import command_text
 
+        return command_text(self.kind, get_stage(self.kind).config, self.values)
 
-def _cli_options(kind: str) -> set[str] | None:
-    """The long options of `tvc <kind>`, or None when this tvc has no such command."""
-    from tvc.cli import cli
-
-    cmd = cli.commands.get(kind)
-    if cmd is None:
-        return None
-    return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
-
-
-def check_commands(recipe: Recipe, steps: list[Step]) -> None:
-    """Every stage's command and option exist in this tvc, before any stage runs."""
-    for step in steps:
-        known = _cli_options(step.kind)
-        where = recipe.where("stages", step.index, step.kind)
-        if known is None:
-            raise ConfigError(
-                f"{where}: this tvc has no '{step.kind}' command",
-                "upgrade tvc, or remove the stage",
-            )
-        used = dict(step.options)
-        if step.inputs == ["@model"] and step.kind in ("train", "compress", "export"):
-            used.update(_model_options(recipe))
-        for key in used:
-            if flag(key) not in known:
-                raise ConfigError(
-                    f"{recipe.where('stages', step.index, step.kind, key)}: "
-                    f"'tvc {step.kind}' in this tvc has no {flag(key)} option",
-                    f"remove `{key}:` (see tvc {step.kind} --help)",
-                )
+    def with_options(self, **options: Any) -> Invocation:
+        return Invocation(self.kind, {**self.values, **options})
 
 
 def _model_options(recipe: Recipe) -> dict[str, Any]:
@@ -126,13 +91,8 @@ def _model_options(recipe: Recipe) -> dict[str, Any]:
     return {k: v for k, v in (("weights", m.weights), ("num_classes", m.num_classes)) if v}
 
 
-def as_text(args: list[str]) -> str:
-    """A command as a person would type it."""
-    return "tvc " + shlex.join(args)
-
-
 class _Commands:
-    """Builds each stage's `tvc` argument lists, with references turned into paths."""
+    """Builds each stage's invocations, with references turned into paths."""
 
     def __init__(self, recipe: Recipe, run_dir: Path) -> None:
         self.recipe, self.run_dir = recipe, run_dir
@@ -140,23 +100,52 @@ class _Commands:
     def path(self, ref: str) -> str:
         return self.recipe.model.name if ref == "@model" else str(self.run_dir / ref[1:])
 
-    def for_step(self, step: Step) -> list[list[str]]:
+    def for_step(self, step: Step) -> list[Invocation]:
+        from tvc.stages import get_stage
+        from tvc.stages.config import argument_fields, field_with_flag
+
+        config = get_stage(step.kind).config
         out = self.run_dir / step.id
         options = {k: (self.path(v) if k in step.refs else v) for k, v in step.options.items()}
+        (arg,) = argument_fields(config)  # MODEL, TARGET or RECORDS
         if step.kind in ("train", "compress", "export"):
             src = step.inputs[0]
             extra = _model_options(self.recipe) if src == "@model" else {}
-            return [[step.kind, self.path(src), "-o", str(out), *option_args({**options, **extra})]]
+            values = {arg: self.path(src), "output": str(out), **options, **extra}
+            return [Invocation(step.kind, values)]
         if step.kind == "bench":
+            json_out = field_with_flag(config, "--json")
             return [
-                ["bench", self.path(t), "--json", str(out / f"{t[1:]}.json"), *option_args(options)]
+                Invocation(
+                    "bench", {arg: self.path(t), json_out: str(out / f"{t[1:]}.json"), **options}
+                )
                 for t in step.inputs
             ]
         records = [str(self.run_dir / b[1:] / RECORDS_FILE) for b in step.inputs]
         return [
-            ["report", *records, "-o", str(out / f"report.{fmt}"), *option_args(options)]
+            Invocation("report", {arg: records, "output": str(out / f"report.{fmt}"), **options})
             for fmt in step.formats
         ]
+
+
+def check_configs(recipe: Recipe, steps: list[Step], commands: _Commands) -> None:
+    """Every stage's options make a valid stage config, before any stage runs: the checks
+    between options (e.g. `global` only with `prune`) are the command line's own."""
+    from tvc.stages import get_stage
+
+    for step in steps:
+        config = get_stage(step.kind).config
+        for inv in commands.for_step(step):
+            try:
+                config.parse(inv.values, origin="key")
+            except ConfigError as exc:
+                where = recipe.where("stages", step.index, step.kind)
+                raise ConfigError(f"{where}: {step.title}: {exc.problem}", exc.fix) from exc
+
+
+def as_text(inv: Invocation) -> str:
+    """A stage's command as a person would type it."""
+    return inv.text
 
 
 # ---------------------------------------------------------------------------------- state
@@ -236,14 +225,14 @@ class Runner:
         self.run_dir = Path(self.run_dir).absolute()
         # every check that can fail happens here, before any stage runs
         self.steps = plan(self.recipe, data=self.data)
-        check_commands(self.recipe, self.steps)
+        self.commands = _Commands(self.recipe, self.run_dir)
+        check_configs(self.recipe, self.steps, self.commands)
         weights = self.recipe.model.weights
         if weights and not Path(weights).is_file():
             raise ConfigError(
                 f"{self.recipe.where('model')}: weights file {weights} does not exist",
                 "fix the path in the recipe or pass tvc run --weights FILE",
             )
-        self.commands = _Commands(self.recipe, self.run_dir)
         self._weights_id: str | None = None
 
     # -- what a stage depends on
@@ -286,7 +275,7 @@ class Runner:
         lines = []
         for n, step in enumerate(self.steps, 1):
             lines.append(f"[{n}/{len(self.steps)}] {step.title} -> {self.run_dir / step.id}")
-            lines += [f"    {as_text(a)}" for a in self.commands.for_step(step)]
+            lines += [f"    {inv.text}" for inv in self.commands.for_step(step)]
         return lines
 
     def run(self) -> list[StageResult]:
@@ -307,18 +296,18 @@ class Runner:
         if not self.force and _still_done(before, digest, step, out):
             self.echo(f"{counter} {step.title}: unchanged, skipped ({out})")
             return StageResult(step, "skipped", 0.0, out, before.get("commands", []))
-        argvs = self.commands.for_step(step)
+        invocations = self.commands.for_step(step)
         if before.get("status") in ("running", "failed") and before.get("hash") == digest:
             if step.kind == "train" and checkpoint_left(out):
                 # same settings: continue from the checkpoint the last attempt left
-                argvs = [[*argvs[0], "--resume"]]
+                invocations = [invocations[0].with_options(resume=True)]
                 self.echo(f"{counter} {step.title}: interrupted last time, resuming it")
             elif before["status"] == "running":
                 self.echo(f"{counter} {step.title}: interrupted last time, running it again")
         if step.kind in ("train", "compress", "export") and out.exists():
             # the run directory is the runner's own: a stage that runs again replaces its output
-            argvs = [[*argvs[0], "--force"]]
-        texts = [as_text(a) for a in argvs]
+            invocations = [invocations[0].with_options(force=True)]
+        texts = [inv.text for inv in invocations]
         for p in _clear_leftovers(self.run_dir, step, out):
             self.echo(f"{counter} {step.title}: removed {p.name}, left by a killed attempt")
         started = time.time()
@@ -331,10 +320,12 @@ class Runner:
             output=step.id,
             started=_now(),
         )
-        for i, (argv, text) in enumerate(zip(argvs, texts, strict=True)):
-            part = f" ({i + 1}/{len(argvs)})" if len(argvs) > 1 else ""
+        for i, (inv, text) in enumerate(zip(invocations, texts, strict=True)):
+            part = f" ({i + 1}/{len(invocations)})" if len(invocations) > 1 else ""
             self.echo(f"{counter} {step.title}{part}: {text}")
-            code = _call([sys.executable, "-m", "tvc", *argv])
+            # the stage runs in a child process of its own, through the library, not the CLI
+            code = _call([sys.executable, "-m", "tvc.stages", inv.kind, json.dumps(inv.values),
+                          text])  # fmt: skip
             if code != 0:
                 state.set_stage(step.id, **{**state.stage(step.id), "status": "failed"})
                 raise StageFailedError(
@@ -368,7 +359,7 @@ class Runner:
     def _merge_records(self, step: Step, out: Path, texts: list[str]) -> None:
         """One records.json for the stage: variants named after the stage they came from, each
         carrying the commands of the stages upstream of it."""
-        from tvc.report.schema import read_records, write_records
+        from tvc.records import read_records, write_records
 
         by_id = {s.id: s for s in self.steps}
         labels = [self._label(by_id[t[1:]]) for t in step.inputs]
@@ -414,8 +405,8 @@ def _still_done(before: dict[str, Any], digest: str, step: Step, out: Path) -> b
     return bool(before.get("output_id")) and output_id(step, out) == before["output_id"]
 
 
-def as_texts(argvs: list[list[str]]) -> list[str]:
-    return [as_text(a) for a in argvs]
+def as_texts(invocations: list[Invocation]) -> list[str]:
+    return [inv.text for inv in invocations]
 
 
 def _now() -> str:

@@ -123,3 +123,50 @@ class OutputOptions(StageConfig):
 
     output: str = option(..., "Artifact directory to write.", flag="-o/--output")
     force: bool = option(False, "Replace an existing artifact at OUTPUT (never the input).")
+
+
+def _cli(field: Any) -> dict[str, Any]:
+    return (field.json_schema_extra or {}).get("cli", {})
+
+
+def argument_fields(config: type[StageConfig]) -> list[str]:
+    """The config fields that are positional arguments on the command line (MODEL, TARGET)."""
+    return [n for n, f in config.model_fields.items() if _cli(f).get("argument")]
+
+
+def field_with_flag(config: type[StageConfig], flag: str) -> str | None:
+    """The config field spelled `flag` on the command line (`--json` -> "json_out")."""
+    return next((n for n, f in config.model_fields.items() if cli_flag(n, f) == flag), None)
+
+
+def command_text(kind: str, config: type[StageConfig], values: dict[str, Any]) -> str:
+    """The `tvc KIND ...` command that runs a stage with `values`, as a person would type it:
+    arguments first, then the options in the order of `values`."""
+    import shlex
+
+    fields = config.model_fields
+    by_alias = {f.alias: n for n, f in fields.items() if f.alias}
+    args = ["tvc", kind]
+    for name in argument_fields(config):
+        value = values.get(name)
+        if value is not None:
+            args += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    for key, value in values.items():
+        name = by_alias.get(key, key)
+        field = fields.get(name)
+        if field is None or _cli(field).get("argument") or value is None:
+            continue
+        spelled = _cli(field).get("flag") or cli_flag(name, field)
+        on, _, off = spelled.partition("/") if spelled.startswith("--") else (spelled, "", "")
+        if not spelled.startswith("--"):  # "-o/--output": the short form
+            on = spelled.split("/")[0]
+        if value is True:
+            args.append(on)
+        elif value is False:
+            if off:
+                args.append(off)
+        elif isinstance(value, list):
+            args += [on, ",".join(str(v) for v in value)]
+        else:
+            args += [on, str(value)]
+    return shlex.join(args)
