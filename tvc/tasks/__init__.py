@@ -70,8 +70,10 @@ def _register_builtin() -> None:
     from tvc.tasks.classification import ClassificationTask
     from tvc.tasks.detection import DetectionTask
     from tvc.tasks.lanes import LanesTask
+    from tvc.tasks.pixels import PixelsTask
 
     # lanes first: its data test reads the JSON (TuSimple lines), detection's takes any .json
     register_task(LanesTask())
     register_task(DetectionTask())
+    register_task(PixelsTask())
     register_task(ClassificationTask())

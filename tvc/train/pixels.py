@@ -141,10 +141,10 @@ def _loop(
         if cfg.time_budget_s:
             if elapsed >= cfg.time_budget_s:
                 break
-            if step == 20:  # re-plan the schedule to what the budget allows
+            if step >= 20:  # re-plan the schedule to what the rest of the budget allows
                 per_step = elapsed / step
-                planned = min(total, max(step + 1, int(cfg.time_budget_s / per_step)))
-                total = planned
+                left = int((cfg.time_budget_s - elapsed) / per_step)
+                planned = min(total, step + max(1, left))
         if pos + cfg.batch_size > n_items:
             order, pos = rng.permutation(n_items), 0
         idx = np.sort(order[pos : pos + cfg.batch_size])

@@ -1,0 +1,295 @@
+"""Image GPT on Fashion-MNIST (14x14, 16 grey levels): teacher, probe, fine-tuning, students.
+
+    .venv/bin/python benchmarks/igpt_teacher.py pretrain --minutes 45   # the teacher
+    .venv/bin/python benchmarks/igpt_teacher.py finetune --minutes 12   # its fine-tuned copy
+    .venv/bin/python benchmarks/bench_igpt.py student --minutes 12      # pruned + distilled
+    .venv/bin/python benchmarks/bench_igpt.py measure                   # everything below
+
+`student` prunes the teacher (50% of heads and MLP channels per block, by weight magnitude),
+distils it on the teacher's next-token distributions and keeps it in
+benchmarks/artifacts/igpt_student. `measure` evaluates on the 10k Fashion-MNIST test images:
+bits/dim of the teacher, its fine-tuned copy and the student (PyTorch and ONNX Runtime INT8);
+the linear probe on the probe-layer features (fitted on 10k training images) against the same
+probe on the raw pixels of the same split; the fine-tuned accuracy; ORT CPU latency of
+sequence scoring (batch 1, one thread), file sizes; greedy generation speed with and without the
+KV cache at 196 tokens; a completion picture. Writes benchmarks/results/igpt.{json,md} and
+benchmarks/results/igpt_completions.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from tvc.artifact import allow_overwrite, write_artifact  # noqa: E402
+from tvc.models.load import load_model, save_model  # noqa: E402
+from tvc.tasks.pixels import (  # noqa: E402
+    PixelsTask,
+    onnx_predictor,
+    pixel_baseline,
+    prune_igpt,
+    record_structure,
+)
+
+ART = ROOT / "benchmarks" / "artifacts"
+DATA = "fashion-mnist-pixels"
+TEACHER, TUNED, STUDENT = ART / "igpt_teacher", ART / "igpt_finetuned", ART / "igpt_student"
+
+
+def rel(p: Path | str) -> str:
+    return Path(p).resolve().relative_to(ROOT).as_posix()
+
+
+def student(minutes: float, ratio: float) -> None:
+    from tvc.data.pixels import load_pixels
+    from tvc.models.igpt import palette_of
+    from tvc.train.pixels import PixelTrainConfig, distill_pixels
+
+    teacher = load_model(str(TEACHER))
+    st = load_model(str(TEACHER))
+    prune_report = prune_igpt(st.model, ratio)
+    info = st.info
+    pal, size = palette_of(info), (info.input_size[1], info.input_size[2])
+    train = load_pixels(DATA, "train", pal, size)
+    val = load_pixels(DATA, "val", pal, size, limit=1000)
+    cfg = PixelTrainConfig(
+        epochs=0,
+        time_budget_s=minutes * 60,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=20,
+        log_every=25,
+        temperature=1.0,
+        alpha=1.0,
+    )
+    report = distill_pixels(st.model, teacher.model, train.tokens, cfg, val_tokens=val.tokens)
+    record_structure(st)
+    st.info.weights = "pruned + distilled"
+    spec = {"stage": "igpt-student", "prune": ratio, "distill_minutes": minutes, "data": DATA}
+    with (
+        allow_overwrite(),
+        write_artifact(STUDENT, "model", parent=teacher.artifact, spec=spec) as w,
+    ):
+        save_model(w, st)
+        w.meta["metrics"].update(
+            {"prune": prune_report, "distill": {k: v for k, v in report.items()}}
+        )
+    print(
+        f"wrote {rel(STUDENT)}: val bpd {report['val_bpd']:.4f} "
+        f"(teacher {report['teacher_val_bpd']:.4f}) after {report['steps']} steps"
+    )
+
+
+def _latency(path: Path, x: np.ndarray, threads: int, n: int = 30) -> dict[str, float]:
+    from tvc.runtime.ort import session_from_onnx
+
+    sess = session_from_onnx(path, threads=threads)
+    for _ in range(3):
+        sess.run(None, {"tokens": x})
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sess.run(None, {"tokens": x})
+        times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1e3
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p90_ms": round(float(np.percentile(ms, 90)), 3),
+        "n": n,
+    }
+
+
+def measure(threads: int, eval_limit: int | None, gen_images: int) -> None:
+    from tvc.export.kv_decoder import export_igpt, generation_speed
+    from tvc.tasks.pixels import complete_images
+
+    task = PixelsTask()
+    results: dict[str, Any] = {"data": DATA, "threads": threads, "models": {}}
+    lines = []
+    teacher = load_model(str(TEACHER))
+    data = task.load_data(DATA, "test", teacher.info, limit=eval_limit)
+    results["eval_images"] = len(data)
+    results["probe_train_images"] = len(data.probe_train)
+    t0 = time.perf_counter()
+    results["raw_pixel_probe_accuracy"] = round(pixel_baseline(data), 2)
+    print(
+        f"raw-pixel probe {results['raw_pixel_probe_accuracy']:.2f}% "
+        f"({time.perf_counter() - t0:.0f}s)"
+    )
+    calib = task.load_data(DATA, "train", teacher.info, limit=256, seed=7).pixels.tokens
+    tmp = Path(tempfile.mkdtemp(prefix="igpt_bench_"))
+    entries = [("teacher", TEACHER), ("finetuned", TUNED), ("student", STUDENT)]
+    for name, path in entries:
+        if not path.exists():
+            print(f"skipping {name}: {rel(path)} is missing")
+            continue
+        loaded = load_model(str(path))
+        d = task.load_data(DATA, "test", loaded.info, limit=eval_limit)
+        t0 = time.perf_counter()
+        q = task.quality(loaded, d)
+        entry: dict[str, Any] = {
+            "artifact": rel(path),
+            "params": int(sum(p.numel() for p in loaded.model.parameters())),
+            "weights_bytes": (path / "weights.safetensors").stat().st_size,
+            "torch": {k: q[k] for k in ("bpd", "probe_accuracy", "class_top1") if k in q},
+        }
+        print(f"{name}: {task.describe(q)} ({time.perf_counter() - t0:.0f}s)")
+        exported = export_igpt(
+            loaded,
+            tmp / name,
+            int8=True,
+            fp16=(name == "student"),
+            calib_tokens=calib,
+            check_tokens=d.pixels.tokens[:4],
+        )
+        ex = exported.path
+        entry["decoder_parity"] = exported.meta["metrics"]["decoder_parity"]
+        x1 = d.pixels.tokens[:1]
+        entry["onnx"] = {}
+        for variant in ("model.onnx", "model.int8.onnx"):
+            pred = onnx_predictor(ex / variant, threads=threads)
+            qv = task.evaluate(pred, d)
+            entry["onnx"][variant] = {
+                **{k: qv[k] for k in ("bpd", "probe_accuracy", "class_top1") if k in qv},
+                "size_bytes": (ex / variant).stat().st_size,
+                "latency_b1": _latency(ex / variant, x1, threads),
+            }
+            print(f"  {variant}: {task.describe(qv)}; {entry['onnx'][variant]['latency_b1']}")
+        fp32_bpd = entry["onnx"]["model.onnx"]["bpd"]
+        int8_bpd = entry["onnx"]["model.int8.onnx"]["bpd"]
+        entry["int8_gate"] = {
+            "budget_bpd": 0.05,
+            "increase_bpd": round(int8_bpd - fp32_bpd, 4),
+            "ok": int8_bpd - fp32_bpd <= 0.05,
+        }
+        start = int(loaded.info.kwargs["levels"])
+        empty = np.zeros((gen_images, 0), np.int64)  # whole images: 196 generated tokens
+        entry["generation"] = {}
+        for prec, full, dec in (
+            ("fp32", "model.onnx", "decoder.onnx"),
+            ("int8", "model.int8.onnx", "decoder.int8.onnx"),
+        ):
+            g = generation_speed(
+                ex / full,
+                ex / dec,
+                empty[:1],
+                total=loaded.model.seq_len,
+                start=start,
+                threads=threads,
+            )
+            entry["generation"][prec] = g
+            print(
+                f"  generation {prec}: cache {g['kv_cache']['tokens_per_s']} tok/s, "
+                f"no cache {g['no_cache']['tokens_per_s']} tok/s, x{g['speedup']}"
+            )
+        if name == "teacher":
+            pic = ROOT / "benchmarks" / "results" / "igpt_completions.png"
+            c = complete_images(ex, pic, prefix_rows=7, n=10, data=DATA, threads=threads)
+            results["completion"] = {
+                "picture": rel(pic),
+                "prefix_rows": 7,
+                "images": 10,
+                "model": "teacher (decoder.onnx, greedy, KV cache)",
+                "pixel_match": round(c["pixel_match"], 4),
+            }
+        results["models"][name] = entry
+        lines.append(name)
+    from common import write_result
+
+    write_result("igpt", results, markdown(results))
+    print("wrote benchmarks/results/igpt.json and igpt.md")
+
+
+def _f(v, fmt="{:.3f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    out = [
+        "# Image GPT on Fashion-MNIST (14x14, 16 grey levels, 196 tokens)",
+        "",
+        f"Test images: {r['eval_images']}; linear probe fitted on {r['probe_train_images']} "
+        f"training images. Probe on the raw pixels of the same split (the model's 14x14 "
+        f"quantized input): **{r['raw_pixel_probe_accuracy']:.2f}%**. ONNX Runtime on the CPU, "
+        f"{r['threads']} thread(s), batch 1.",
+        "",
+        "| model | params | bits/dim (torch) | probe % | fine-tuned % | INT8 bits/dim "
+        "| INT8 probe % | FP32 / INT8 size KB | FP32 / INT8 p50 ms (scoring 196 tokens) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in r["models"].items():
+        t, o = e["torch"], e["onnx"]
+        f32, i8 = o["model.onnx"], o["model.int8.onnx"]
+        out.append(
+            f"| {name} | {e['params']:,} | {_f(t.get('bpd'))} "
+            f"| {_f(t.get('probe_accuracy'), '{:.2f}')} "
+            f"| {_f(t.get('class_top1'), '{:.2f}')} | {_f(i8.get('bpd'))} "
+            f"| {_f(i8.get('probe_accuracy'), '{:.2f}')} "
+            f"| {f32['size_bytes'] / 1e3:.0f} / {i8['size_bytes'] / 1e3:.0f} "
+            f"| {f32['latency_b1']['p50_ms']:.2f} / {i8['latency_b1']['p50_ms']:.2f} |"
+        )
+    out += [
+        "",
+        "Generation of whole images (196 tokens, greedy, batch 1):",
+        "",
+        "| model | precision | KV cache tok/s | s/image | no cache tok/s | s/image | speed-up "
+        "| same tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in r["models"].items():
+        for prec, g in e["generation"].items():
+            out.append(
+                f"| {name} | {prec} | {g['kv_cache']['tokens_per_s']:.0f} "
+                f"| {g['kv_cache']['s_per_image']:.3f} | {g['no_cache']['tokens_per_s']:.0f} "
+                f"| {g['no_cache']['s_per_image']:.3f} | {g['speedup']:.1f}x | {g['same_tokens']} |"
+            )
+    out += [
+        "",
+        "INT8 gate (bits/dim increase <= 0.05): "
+        + ", ".join(
+            f"{n} {e['int8_gate']['increase_bpd']:+.4f} "
+            f"({'ok' if e['int8_gate']['ok'] else 'MISSED'})"
+            for n, e in r["models"].items()
+        ),
+    ]
+    if "completion" in r:
+        c = r["completion"]
+        out += [
+            "",
+            f"Completions ({c['model']}, top {c['prefix_rows']} rows given; rows: "
+            f"given / completed / original): ![completions](igpt_completions.png)",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=["student", "measure"])
+    ap.add_argument("--minutes", type=float, default=12, help="distillation budget")
+    ap.add_argument("--prune", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-limit", type=int, default=None, help="test images (default all)")
+    ap.add_argument("--gen-images", type=int, default=1)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if args.stage == "student":
+        student(args.minutes, args.prune)
+    else:
+        measure(args.threads, args.eval_limit, args.gen_images)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tvc.cli.main import cli
+from tvc.export.kv_decoder import export_igpt
+from tvc.tasks.pixels import PixelsTask, onnx_predictor
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from tvc.artifact import write_artifact
+    from tvc.models.igpt import igpt_from_name
+    from tvc.models.load import save_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    loaded = igpt_from_name("igpt_pico", warn_random=False)
+    d = tmp_path_factory.mktemp("igpt_cli")
+    with write_artifact(d / "model", "model", spec={"stage": "test"}) as w:
+        save_model(w, loaded)
+    calib = np.random.default_rng(3).integers(0, 8, (32, 64))
+    art = export_igpt(loaded, d / "exported", int8=True, fp16=True, calib_tokens=calib)
+    return loaded, d / "model", art
+
+
+def test_export_writes_both_graphs_int8_fp16_and_the_palette(exported, synth):
+    loaded, _, art = exported
+    names = {p.name for p in art.path.iterdir()}
+    assert {
+        "model.onnx",
+        "decoder.onnx",
+        "model.int8.onnx",
+        "decoder.int8.onnx",
+        "model.fp16.onnx",
+    } <= names
+    m = art.meta["metrics"]
+    assert m["decoder_parity"]["greedy_identical_torch_vs_ort_cache"]
+    assert all(v["ok"] for v in m["parity"].values())
+    assert art.meta["model"]["extra"]["palette"] == loaded.info.extra["palette"]
+    assert art.meta["io"]["decoder"]["start_token"] == 8
+    task = PixelsTask()
+    from tvc.tasks.pixels import PixelData
+
+    data = PixelData(synth)
+    fp32 = task.evaluate(onnx_predictor(art.path / "model.onnx", 1), data)["bpd"]
+    int8 = task.evaluate(onnx_predictor(art.path / "model.int8.onnx", 1), data)["bpd"]
+    assert abs(int8 - fp32) < 0.05
+
+
+@pytest.mark.parametrize("which", ["onnx", "model"])
+def test_tvc_generate_saves_a_grid(exported, fmnist_dir, tmp_path, which):
+    _, model_dir, art = exported
+    target = art.path if which == "onnx" else model_dir
+    out = tmp_path / "grid.png"
+    r = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            str(target),
+            "--prefix-rows",
+            "4",
+            "-n",
+            "3",
+            "--data",
+            f"pixels:fashion-mnist:{fmnist_dir}",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "completed 3 images from 4 rows" in r.output and out.is_file()
+    from PIL import Image
+
+    assert Image.open(out).size == (3 * (8 * 4 + 2) + 2, 3 * (8 * 4 + 2) + 2)
+
+
+def test_tvc_generate_refuses_bad_rows_in_one_line(exported, fmnist_dir):
+    _, _, art = exported
+    r = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            str(art.path),
+            "--prefix-rows",
+            "9",
+            "--data",
+            f"pixels:fashion-mnist:{fmnist_dir}",
+        ],
+    )
+    assert r.exit_code == 2 and "error: --prefix-rows must be in 0..7" in r.output

@@ -1,0 +1,653 @@
+"""The generative-pixels task: Image GPT on raster-ordered palette tokens.
+
+Models are tvc's iGPT configs (`igpt_pico`, `igpt_micro`, `igpt_mini`) and artifacts of family
+"igpt"; data is `fashion-mnist-pixels` or `pixels:fashion-mnist[:/dir]`, quantized with the
+palette the model carries in its info (`extra["palette"]`), at the model's resolution. The
+headline metric is bits per dimension (lower is better), with the linear-probe accuracy on the
+features of the probe layer and, for fine-tuned models, the classification accuracy beside it.
+
+Batches are int64 token ids (N, L). ONNX: `model.onnx` takes `tokens` and gives `logits`
+(N, L, K), `features` (N, D) and `class_logits` (N, C); `extra_graphs` adds `decoder.onnx`, the
+single-step decoder with past/present key/value tensors (tvc.export.kv_decoder), proven by
+greedy generation. Also here: iGPT's structured pruning (`prune_igpt`), low-rank
+factorization (`factorize_igpt`), and image completion (`complete_images`, for `tvc generate`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from tvc.errors import ConfigError, DataError
+from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
+
+if TYPE_CHECKING:
+    from tvc.data.pixels import PixelSet
+    from tvc.models.load import LoadedModel, ModelInfo
+
+log = logging.getLogger("tvc")
+
+INPUT_NAME = "tokens"
+OUTPUT_NAMES = ("logits", "features", "class_logits")
+PROBE_TRAIN = 10_000  # training images the linear probe is fitted on
+_KL = "iGPT distils the teacher's next-token distributions (KL at --temperature, --alpha)"
+_MAGNITUDE = "iGPT prunes heads and MLP channels of every block by weight magnitude"
+
+
+@dataclass
+class PixelData:
+    """A split of token images, the training images the probe is fitted on, and whether the
+    model's classification head was fine-tuned (only then is its accuracy reported)."""
+
+    pixels: PixelSet
+    probe_train: PixelSet | None = None
+    finetuned: bool = False
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def arrays(self) -> np.ndarray:
+        return self.pixels.tokens
+
+
+def _get(settings: dict[str, Any], *names: str, default=None):
+    for n in names:
+        if settings.get(n) is not None:
+            return settings[n]
+    return default
+
+
+class PixelsTask(Task):
+    name = "pixels"
+    metric = "bpd"
+    metric_label = "bits/dim"
+    noun = "image GPT"
+    quality_key = "pixels"
+    data_example = "fashion-mnist-pixels"
+    columns = (
+        Column("bpd", "bits/dim", "{:.3f}", higher_is_better=False),
+        Column("probe_accuracy", "probe %"),
+        Column("class_top1", "fine-tuned %"),
+    )
+    refuses: ClassVar[dict[str, dict[str, str]]] = {
+        "compress": {
+            "importance": _MAGNITUDE,
+            "global_": _MAGNITUDE,
+            "keep": _MAGNITUDE,
+            "steps": _MAGNITUDE,
+            "kd": _KL,
+        },
+        "train": {"resume": "iGPT training keeps no checkpoint"},
+    }
+
+    # ------------------------------------------------------------------ what belongs to the task
+    def owns_model(self, spec: str) -> bool:
+        from tvc.models.igpt import CONFIGS
+
+        if spec in CONFIGS:
+            return True
+        return _artifact_family(Path(spec)) == "igpt"
+
+    def owns_info(self, info: ModelInfo) -> bool:
+        return info.family == "igpt" or info.extra.get("task") == "pixels"
+
+    def owns_data(self, spec: str) -> bool:
+        from tvc.data.pixels import is_pixel_spec
+
+        return is_pixel_spec(spec)
+
+    # --------------------------------------------------------------------------------- data
+    def load_data(
+        self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0
+    ) -> PixelData:
+        from tvc.data.pixels import load_pixels
+        from tvc.models.igpt import palette_of
+
+        palette, size = palette_of(info), (info.input_size[1], info.input_size[2])
+        pixels = load_pixels(spec, split, palette, size, limit=limit, seed=seed)
+        probe = None
+        if split != "train":
+            n = PROBE_TRAIN if limit is None else min(PROBE_TRAIN, max(200, 2 * limit))
+            probe = load_pixels(spec, "train", palette, size, limit=n, seed=seed + 1)
+        return PixelData(pixels, probe, bool(info.extra.get("finetuned", False)))
+
+    def sample_inputs(self, info: ModelInfo, data_spec: str | None, n: int) -> tuple[Any, str]:
+        import torch
+
+        if data_spec is None:
+            k, length = (
+                int(info.kwargs["levels"]),
+                int(info.kwargs["height"] * info.kwargs["width"]),
+            )
+            x = np.random.default_rng(0).integers(0, k, (n, length))
+            return torch.from_numpy(x.astype(np.int64)), "random tokens"
+        data = self.load_data(data_spec, "test", info, limit=n)
+        return torch.from_numpy(data.pixels.tokens[:n]), f"{data.pixels.name} test images"
+
+    # ----------------------------------------------------------------------------- running
+    def outputs(self, model: Any, x: Any) -> Outputs:
+        import torch
+
+        model.eval()
+        t = x if torch.is_tensor(x) else torch.from_numpy(np.asarray(x, dtype=np.int64))
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            out = model(t.to(device=device, dtype=torch.int64))
+        return {k: v.float().cpu().numpy() for k, v in zip(OUTPUT_NAMES, out, strict=True)}
+
+    def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+        return token_agreement(reference, candidate)
+
+    def evaluate(
+        self,
+        predict: Predict,
+        data: PixelData,
+        *,
+        batch_size: int = 64,
+        reference: Predict | None = None,
+    ) -> dict[str, Any]:
+        return evaluate_pixels(predict, data, batch_size=batch_size, reference=reference)
+
+    def quality(
+        self,
+        loaded: LoadedModel,
+        data: PixelData,
+        *,
+        reference: LoadedModel | None = None,
+        device: str = "cpu",
+    ) -> dict[str, Any]:
+        loaded.model.to(device)
+        if reference is not None:
+            reference.model.to(device)
+        try:
+            return self.evaluate(
+                self.predictor(loaded),
+                data,
+                reference=self.predictor(reference) if reference else None,
+            )
+        finally:
+            for m in (loaded, reference):
+                if m is not None:
+                    m.model.cpu()
+
+    def headline(self, quality: dict[str, Any]) -> dict[str, Any]:
+        out = {self.metric: quality[self.metric], self.quality_key: quality}
+        for k in ("probe_accuracy", "class_top1"):
+            if quality.get(k) is not None:
+                out[k] = quality[k]
+        return out
+
+    def describe(self, quality: dict[str, Any]) -> str:
+        q = quality
+        parts = [f"{q['bpd']:.3f} bits/dim"]
+        if q.get("probe_accuracy") is not None:
+            parts.append(f"linear probe {q['probe_accuracy']:.2f}%")
+        if q.get("class_top1") is not None:
+            parts.append(f"fine-tuned top-1 {q['class_top1']:.2f}%")
+        return ", ".join(parts) + f" on {q['n']} images"
+
+    def eval_line(self, result: dict[str, Any]) -> str:
+        r = result
+        agree = (
+            f", next-token agreement {r['agreement']:.3f}" if r.get("agreement") is not None else ""
+        )
+        return (
+            f"{r['variant']} [{r['backend']}]: {self.describe(r)[: -len(' images')]} "
+            f"{r['dataset']} {r['split']} images{agree}"
+        )
+
+    # --------------------------------------------------------------------- train, compress
+    def train(self, loaded: LoadedModel, data_spec: str, settings: dict[str, Any]) -> dict:
+        """Pretraining by next-pixel NLL; fine-tuning for classification when settings say
+        `finetune: true` (or `objective: finetune`)."""
+        from tvc.data.pixels import load_pixels
+        from tvc.models.igpt import palette_of
+        from tvc.train.pixels import PixelTrainConfig, finetune, pretrain
+
+        info = loaded.info
+        cfg = PixelTrainConfig.from_settings(settings)
+        pal, size = palette_of(info), (info.input_size[1], info.input_size[2])
+        train = load_pixels(
+            data_spec, "train", pal, size, limit=_get(settings, "limit"), seed=cfg.seed
+        )
+        tuning = bool(settings.get("finetune")) or settings.get("objective") == "finetune"
+        if tuning:
+            if train.labels is None:
+                raise DataError(
+                    f"{data_spec} has no labels to fine-tune on",
+                    "fine-tune on labelled data, or pretrain",
+                )
+            report = finetune(loaded.model, train.tokens, train.labels, cfg)
+            info.extra["finetuned"] = True
+        else:
+            report = pretrain(loaded.model, train.tokens, cfg)
+        test = self.load_data(data_spec, "test", info, limit=_get(settings, "eval_limit"))
+        quality = self.quality(loaded, test)
+        return {
+            **self.headline(quality),
+            "training": {
+                **report,
+                "objective": "finetune" if tuning else "pretrain",
+                "data": data_spec,
+                "limit": settings.get("limit"),
+            },
+        }
+
+    def prune(
+        self, model: Any, settings: dict[str, Any], *, example: Any, batches: list | None = None
+    ) -> dict[str, Any]:
+        ratio = _get(settings, "prune", "ratio", default=0.3)
+        return prune_igpt(
+            model,
+            float(ratio),
+            heads=settings.get("heads", True),
+            mlp=settings.get("mlp", True),
+            round_to=int(_get(settings, "round_to", default=8)),
+        )
+
+    def factorize(self, model: Any, lowrank: Any, *, samples: Any) -> dict[str, Any]:
+        return factorize_igpt(model, lowrank)
+
+    def distill(
+        self, student: LoadedModel, teacher: LoadedModel, data_spec: str, settings: dict[str, Any]
+    ) -> dict[str, Any]:
+        from tvc.data.pixels import load_pixels
+        from tvc.models.igpt import palette_of
+        from tvc.train.pixels import PixelTrainConfig, distill_pixels
+
+        if student.info.extra.get("palette") != teacher.info.extra.get("palette"):
+            raise ConfigError(
+                "the student and the teacher use different palettes",
+                "distil from a teacher with the student's palette",
+            )
+        cfg = PixelTrainConfig.from_settings({"lr": 5e-4, **settings})
+        info = student.info
+        pal, size = palette_of(info), (info.input_size[1], info.input_size[2])
+        train = load_pixels(
+            data_spec, "train", pal, size, limit=_get(settings, "limit"), seed=cfg.seed
+        )
+        return distill_pixels(student.model, teacher.model, train.tokens, cfg)
+
+    # ------------------------------------------------------------------------------ export
+    def onnx_io(self, info: ModelInfo) -> OnnxIO:
+        return OnnxIO(
+            inputs=(INPUT_NAME,),
+            outputs=OUTPUT_NAMES,
+            dynamic={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
+        )
+
+    def extra_graphs(self, loaded: LoadedModel, out_dir: Any, opset: int) -> dict[str, Any]:
+        """decoder.onnx beside model.onnx, proven: cache-fill and step logits against PyTorch,
+        and greedy completions identical (PyTorch, ORT with the cache, ORT without)."""
+        import tempfile
+
+        from tvc.export.kv_decoder import (
+            DECODER_FILE,
+            FULL_FILE,
+            decoder_parity,
+            export_decoder,
+            export_full,
+        )
+
+        out_dir = Path(out_dir)
+        model = loaded.model.eval().cpu()
+        export_decoder(model, out_dir / DECODER_FILE, opset=opset)
+        x, _ = self.sample_inputs(loaded.info, None, 2)
+        width = int(loaded.info.kwargs["width"])
+        prefix = x.numpy()[:, : max(1, model.seq_len // 2 // width) * width]
+        gen = min(model.seq_len - prefix.shape[1], 2 * width)
+        full = out_dir / FULL_FILE
+        if full.is_file():
+            facts = decoder_parity(model, full, out_dir / DECODER_FILE, prefix, gen_tokens=gen)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                export_full(model, Path(tmp) / FULL_FILE, opset=opset)
+                facts = decoder_parity(
+                    model, Path(tmp) / FULL_FILE, out_dir / DECODER_FILE, prefix, gen_tokens=gen
+                )
+        return {DECODER_FILE: facts}
+
+    # ------------------------------------------------------------------------------ helpers
+    def predictor(self, loaded: LoadedModel) -> Predict:
+        model = loaded.model
+
+        def predict(x: np.ndarray) -> Outputs:
+            return self.outputs(model, x)
+
+        return predict
+
+
+def _artifact_family(path: Path) -> str | None:
+    """The model family of an artifact directory, following an export's parent."""
+    for _ in range(4):
+        meta_file = path / "artifact.json"
+        try:
+            if not meta_file.is_file():
+                return None
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict):
+            return None
+        model = meta.get("model") or {}
+        if isinstance(model, dict) and model:
+            return model.get("family")
+        parent = (meta.get("parent") or {}).get("path")
+        if not parent:
+            return None
+        path = Path(parent)
+    return None
+
+
+def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
+    """predict(tokens) -> {"logits", "features", "class_logits"} under ONNX Runtime."""
+    from tvc.runtime.ort import session_from_onnx
+
+    sess = session_from_onnx(path, threads=threads)
+    names = [o.name for o in sess.get_outputs()]
+
+    def predict(x: np.ndarray) -> Outputs:
+        out = sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.int64)})
+        return dict(zip(names, out, strict=True))
+
+    return predict
+
+
+# ----------------------------------------------------------------------- quality, agreement
+
+
+def token_agreement(reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+    """Largest |difference| of the logits, and the share of positions whose most likely next
+    token agrees (`agreement`); class agreement when both have class logits."""
+    r = np.asarray(reference["logits"], np.float64)
+    c = np.asarray(candidate["logits"], np.float64)
+    out = {
+        "max_abs_diff": float(np.abs(r - c).max()) if r.size else 0.0,
+        "agreement": float((r.argmax(-1) == c.argmax(-1)).mean()) if r.size else 1.0,
+        "n": int(r.shape[0]),
+    }
+    if "class_logits" in reference and "class_logits" in candidate:
+        out["class_agreement"] = float(
+            (reference["class_logits"].argmax(-1) == candidate["class_logits"].argmax(-1)).mean()
+        )
+    return out
+
+
+def evaluate_pixels(
+    predict: Predict, data: PixelData, *, batch_size: int = 64, reference: Predict | None = None
+) -> dict[str, Any]:
+    """bits/dim on data's split; the linear probe (fitted on data.probe_train's features) and
+    the fine-tuned accuracy where labels exist; next-token agreement with `reference`."""
+    from tvc.eval.pixels import classification_accuracy, collect, fit_probe
+
+    px = data.pixels
+    got = collect(predict, px.tokens, batch_size)
+    result: dict[str, Any] = {
+        "bpd": float(got["bpd"]),
+        "n": len(px),
+        "dataset": px.name,
+        "split": px.split,
+    }
+    if px.labels is not None and data.probe_train is not None and "features" in got:
+        train = collect(predict, data.probe_train.tokens, batch_size, keys=("features",))
+        probe = fit_probe(
+            train["features"],
+            data.probe_train.labels,
+            num_classes=int(max(px.labels.max(), data.probe_train.labels.max()) + 1),
+        )
+        result["probe_accuracy"] = 100.0 * probe.accuracy(got["features"], px.labels)
+        result["probe_train_images"] = len(data.probe_train)
+    if px.labels is not None and data.finetuned and "class_logits" in got:
+        result["class_top1"] = 100.0 * classification_accuracy(got["class_logits"], px.labels)
+    if reference is not None:
+        same, total, worst = 0, 0, 0.0
+        for s in range(0, len(px), batch_size):
+            x = px.tokens[s : s + batch_size]
+            a = token_agreement(reference(x), predict(x))
+            same += a["agreement"] * x.size
+            total += x.size
+            worst = max(worst, a["max_abs_diff"])
+        result["agreement"] = same / max(1, total)
+        result["max_abs_diff"] = worst
+    return result
+
+
+def pixel_baseline(data: PixelData) -> float:
+    """Linear-probe accuracy (%) on the model's input pixels themselves (the decoded palette
+    values at the model's resolution): what features must beat."""
+    from tvc.eval.pixels import fit_probe
+
+    if data.probe_train is None or data.pixels.labels is None:
+        raise DataError(
+            "the raw-pixel baseline needs labels and probe training images",
+            "evaluate on a labelled test or val split",
+        )
+    tr = data.probe_train.images().reshape(len(data.probe_train), -1).astype(np.float64)
+    te = data.pixels.images().reshape(len(data.pixels), -1).astype(np.float64)
+    probe = fit_probe(tr, data.probe_train.labels)
+    return 100.0 * probe.accuracy(te, data.pixels.labels)
+
+
+# ------------------------------------------------------------------------------- pruning
+
+
+def _linear(weight, bias):
+    import torch
+    from torch import nn
+
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def _prune_heads(attn, ratio: float) -> tuple[int, int]:
+    """Keep the heads with the largest (query . key + value . output) weight norms."""
+    import torch
+    from torch import nn
+
+    if not isinstance(attn.qkv, nn.Linear) or not isinstance(attn.proj, nn.Linear):
+        raise ConfigError(
+            "cannot prune heads of a factorized iGPT", "prune before low-rank factorization"
+        )
+    heads, hd = attn.num_heads, attn.head_dim
+    n = max(1, round(heads * (1 - ratio)))
+    if n >= heads:
+        return heads, heads
+    w = attn.qkv.weight.reshape(3, heads, hd, -1)
+    q, k, v = (w[i].flatten(1).norm(dim=1) for i in range(3))
+    o = attn.proj.weight.reshape(-1, heads, hd).permute(1, 0, 2).flatten(1).norm(dim=1)
+    scores = q * k + v * o
+    kept = torch.sort(torch.topk(scores, n).indices).values
+    per_head = (kept[:, None] * hd + torch.arange(hd)).reshape(-1)
+    rows = torch.cat([part * heads * hd + per_head for part in range(3)])
+    with torch.no_grad():
+        attn.qkv = _linear(attn.qkv.weight[rows], attn.qkv.bias[rows])
+        attn.proj = _linear(attn.proj.weight[:, per_head], attn.proj.bias)
+    attn.num_heads = n
+    return heads, n
+
+
+def _prune_mlp(mlp, ratio: float, round_to: int) -> tuple[int, int]:
+    import torch
+    from torch import nn
+
+    if not isinstance(mlp.fc1, nn.Linear) or not isinstance(mlp.fc2, nn.Linear):
+        raise ConfigError(
+            "cannot prune the MLP of a factorized iGPT", "prune before low-rank factorization"
+        )
+    width = mlp.fc1.out_features
+    n = max(round_to, round(width * (1 - ratio) / round_to) * round_to)
+    if n >= width:
+        return width, width
+    scores = mlp.fc1.weight.norm(dim=1) * mlp.fc2.weight.norm(dim=0)
+    keep = torch.sort(torch.topk(scores, n).indices).values
+    with torch.no_grad():
+        mlp.fc1 = _linear(mlp.fc1.weight[keep], mlp.fc1.bias[keep])
+        mlp.fc2 = _linear(mlp.fc2.weight[:, keep], mlp.fc2.bias)
+    return width, n
+
+
+def prune_igpt(
+    model, ratio: float, *, heads: bool = True, mlp: bool = True, round_to: int = 8
+) -> dict[str, Any]:
+    """Remove `ratio` of the attention heads and MLP channels of every block, in place (lowest
+    weight-magnitude scores first). Embeddings, norms and heads keep their width (the residual
+    stream is untouched, so the KV cache keeps its head_dim). Returns what was removed."""
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"--prune must be in (0, 1), got {ratio}", "e.g. --prune 0.5")
+    if not (heads or mlp):
+        raise ConfigError("nothing to prune: heads and MLP are both off", "enable one")
+    if not hasattr(model, "blocks") or not hasattr(model, "step"):
+        raise ConfigError("the model is not an Image GPT", "pass an igpt_* model or artifact")
+    before = int(sum(p.numel() for p in model.parameters()))
+    blocks = []
+    for b in model.blocks:
+        entry: dict[str, Any] = {}
+        if heads:
+            entry["heads"] = list(_prune_heads(b.attn, ratio))
+        if mlp:
+            entry["mlp"] = list(_prune_mlp(b.mlp, ratio, round_to))
+        blocks.append(entry)
+    after = int(sum(p.numel() for p in model.parameters()))
+    return {
+        "ratio": ratio,
+        "heads": heads,
+        "mlp": mlp,
+        "round_to": round_to,
+        "params_before": before,
+        "params_after": after,
+        "blocks": blocks,
+    }
+
+
+def factorize_igpt(model, cfg) -> dict[str, Any]:
+    """Replace qkv, proj, fc1, fc2 of every block by low-rank pairs (truncated SVD) where that
+    lowers MACs; `cfg` is a tvc.compress.lowrank.LowRankConfig."""
+    import torch
+    from torch import nn
+
+    from tvc.compress.lowrank import choose_rank, svd_factors
+
+    report = []
+    targets = {"attn": ("qkv", "proj"), "mlp": ("fc1", "fc2")}
+    for i, b in enumerate(model.blocks):
+        for part, leaves in targets.items():
+            if part not in cfg.targets:
+                continue
+            owner = getattr(b, part)
+            for leaf in leaves:
+                m = getattr(owner, leaf)
+                if not isinstance(m, nn.Linear):
+                    continue
+                out_f, in_f = m.out_features, m.in_features
+                with torch.no_grad():
+                    s = torch.linalg.svdvals(m.weight.double())
+                rank, energy = choose_rank(s, out_f, in_f, cfg)
+                entry = {
+                    "name": f"blocks.{i}.{part}.{leaf}",
+                    "shape": [out_f, in_f],
+                    "rank": rank,
+                    "energy": round(energy, 6),
+                }
+                if cfg.require_saving and rank * (out_f + in_f) >= out_f * in_f:
+                    report.append({**entry, "factorized": False})
+                    continue
+                with torch.no_grad():
+                    setattr(owner, leaf, svd_factors(m, rank))
+                report.append({**entry, "factorized": True})
+    return {**cfg.as_dict(), "factorized": sum(e["factorized"] for e in report), "layers": report}
+
+
+def record_structure(loaded: LoadedModel) -> None:
+    """Write the compressed shapes of `loaded.model` into its info (rebuilt from a fresh build
+    of info.kwargs plus this structure)."""
+    try:
+        from tvc.models.structure import describe_structure
+    except ImportError:  # before issue 12 moved it
+        from tvc.compress.structure import describe_structure
+    from tvc.models.igpt import igpt_build
+
+    loaded.info.structure = describe_structure(loaded.model, igpt_build(loaded.info.kwargs))
+
+
+# ---------------------------------------------------------------------------------- generate
+
+
+def complete_images(
+    target: str | Path,
+    out: str | Path,
+    *,
+    prefix_rows: int,
+    n: int = 8,
+    data: str = "fashion-mnist-pixels",
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Complete `n` test images from their top `prefix_rows` rows with the model at `target`
+    (an ONNX artifact holding decoder.onnx, or a PyTorch model artifact / name) by greedy
+    decoding, and save a picture grid (rows: prefix | completion | original) at `out`."""
+    from tvc.artifact import is_artifact, load_artifact
+    from tvc.data.pixels import Palette, load_pixels, unraster
+    from tvc.eval.pixels import save_grid
+    from tvc.export.kv_decoder import DECODER_FILE, generate_with_cache
+    from tvc.models.info import ModelInfo
+
+    meta = load_artifact(target).meta if is_artifact(target) else None
+    info = ModelInfo.from_json(meta["model"]) if meta and "model" in meta else None
+    if meta is not None and meta.get("kind") == "onnx":
+        dec = Path(target) / DECODER_FILE
+        if not dec.is_file():
+            raise DataError(
+                f"{target} has no {DECODER_FILE}", "export the iGPT model again with this tvc"
+            )
+        backend = "ort"
+    else:
+        from tvc.models.load import load_model
+
+        loaded = load_model(str(target))
+        info, backend = loaded.info, "torch"
+    if info is None or info.family != "igpt":
+        raise ConfigError(f"{target} is not an Image GPT model", "pass an igpt artifact")
+    palette = Palette.from_json(info.extra["palette"])
+    h, w = info.input_size[1], info.input_size[2]
+    if not 0 <= prefix_rows < h:
+        raise ConfigError(
+            f"--prefix-rows must be in 0..{h - 1}, got {prefix_rows}",
+            f"e.g. --prefix-rows {h // 2}",
+        )
+    test = load_pixels(data, "test", palette, (h, w), limit=n, seed=seed)
+    prefix = test.tokens[:, : prefix_rows * w]
+    if backend == "ort":
+        from tvc.runtime.ort import session_from_onnx
+
+        sess = session_from_onnx(dec, threads=threads)
+        done = generate_with_cache(sess, prefix, h * w, int(info.kwargs["levels"]))
+    else:
+        import torch
+
+        from tvc.models.igpt import generate_greedy
+
+        done = generate_greedy(loaded.model, torch.from_numpy(prefix)).numpy()
+    given = test.tokens.copy()
+    given[:, prefix_rows * w :] = -1
+    grid = save_grid(
+        out,
+        [unraster(given, (h, w)), unraster(done, (h, w)), unraster(test.tokens, (h, w))],
+        palette,
+    )
+    exact = float((done[:, prefix_rows * w :] == test.tokens[:, prefix_rows * w :]).mean())
+    return {
+        "out": str(grid),
+        "images": len(test),
+        "prefix_rows": prefix_rows,
+        "backend": backend,
+        "pixel_match": exact,
+    }
