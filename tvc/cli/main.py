@@ -102,9 +102,9 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from tvc.cli import bench, compress, evaluate, export, info, report, run, train
+    from tvc.cli import bench, compress, evaluate, export, generate, info, report, run, train
 
-    for module in (info, export, compress, bench, train, evaluate, report, run):
+    for module in (info, export, compress, bench, train, evaluate, report, run, generate):
         for command in module.COMMANDS:
             cli.add_command(command)
 
