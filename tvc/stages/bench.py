@@ -81,7 +81,7 @@ class Config(StageConfig):
             flag = cli_flag(name, type(self).model_fields[name])
             if value is True:
                 args.append(flag)
-            elif value not in (None, False):
+            elif value is not None and value is not False:  # 0 is a value
                 text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
                 args += [flag, text]
         return shlex.join(args)
