@@ -1,4 +1,4 @@
-"""`tvc export` routes DETR and Deformable DETR to the detection export."""
+"""`tvc export` of DETR and Deformable DETR: the one export flow, through the detection task."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def test_export_detr_with_dynamic_int8(tmp_path):
 def test_export_refuses_what_detectors_do_not_support(tmp_path):
     result = CliRunner().invoke(cli, ["export", "detr_pico", "-o", str(tmp_path / "x"), "--fp16"])
     assert result.exit_code == 2
-    assert "error: --fp16 is not supported for detection models" in result.output
+    assert "error: --fp16 does not apply to the detector detr_pico" in result.output
+    assert "not supported for detection models yet" in result.output
     result = CliRunner().invoke(
         cli, ["export", "detr_pico", "-o", str(tmp_path / "y"), "--pixel-mask", "--int8", "dynamic"]
     )

@@ -1,4 +1,5 @@
-"""ONNX export of tiny DETR and Deformable DETR, with parity against PyTorch."""
+"""ONNX export of tiny DETR and Deformable DETR through the one export flow, with parity
+against PyTorch, and their INT8 variants held to the mAP budget."""
 
 from __future__ import annotations
 
@@ -7,17 +8,26 @@ import onnx
 import pytest
 import torch
 
-from tvc.errors import ConfigError, UnsupportedModelError
-from tvc.export.detection import (
-    DetExportConfig,
-    deformable_sampling,
-    export_detection_onnx,
-    gather_sampling,
-    grid_sampling,
-)
+from tvc.errors import ConfigError
+from tvc.export.deformable import deformable_sampling, gather_sampling, grid_sampling
+from tvc.export.flow import export_model
+from tvc.export.onnx import OnnxExportConfig, export_onnx
 from tvc.runtime.ort import OrtRunner
+from tvc.stages.export import Config
+from tvc.tasks.detection import DetectionTask
 
 FAST = {"simplify": False, "parity_samples": 2}
+
+
+@pytest.fixture
+def short_gate(monkeypatch):
+    """The INT8 gate's mAP on 8 scenes instead of 200: the same steps, a CPU-test budget."""
+    monkeypatch.setattr(DetectionTask, "export_eval_limit", 8)
+
+
+def _int8(loaded, out, mode="static"):
+    cfg = Config(model="detr", output=str(out), int8=mode, calib_size=4, no_simplify=True)
+    return export_model(DetectionTask(), loaded, cfg)
 
 
 def _graph_facts(path):
@@ -27,9 +37,7 @@ def _graph_facts(path):
 
 
 def test_detr_export_parity_with_padding_mask(tiny_detr, tmp_path):
-    art = export_detection_onnx(
-        tiny_detr, tmp_path / "detr", DetExportConfig(pixel_mask=True, **FAST)
-    )
+    art = export_onnx(tiny_detr, tmp_path / "detr", OnnxExportConfig(pixel_mask=True, **FAST))
     p = art.meta["metrics"]["parity"]
     assert p["ok"] and p["class_agreement"] == 1.0 and p["boxes_max_abs_diff"] < 1e-4
     assert [i["name"] for i in art.meta["io"]["inputs"]] == ["input", "pixel_mask"]
@@ -51,8 +59,8 @@ def test_detr_export_parity_with_padding_mask(tiny_detr, tmp_path):
 
 @pytest.mark.parametrize("sampling", ["gather", "grid"])
 def test_deformable_export_parity_both_samplers(tiny_deformable, tmp_path, sampling):
-    cfg = DetExportConfig(sampling=sampling, **FAST)
-    art = export_detection_onnx(tiny_deformable, tmp_path / sampling, cfg)
+    cfg = OnnxExportConfig(sampling=sampling, **FAST)
+    art = export_onnx(tiny_deformable, tmp_path / sampling, cfg)
     p = art.meta["metrics"]["parity"]
     assert p["ok"] and p["class_agreement"] == 1.0
     assert p["logits_max_abs_diff"] < 1e-4 and p["boxes_max_abs_diff"] < 1e-4
@@ -91,30 +99,44 @@ def test_sampling_patch_is_reversible(tiny_deformable):
         pass
 
 
-def test_export_refuses_classifiers_and_bad_options(pico, tiny_detr, tmp_path):
-    with pytest.raises(UnsupportedModelError, match="not a detection model"):
-        export_detection_onnx(pico, tmp_path / "x", DetExportConfig())
+def test_export_refuses_bad_detector_options(tiny_detr, tmp_path):
     with pytest.raises(ConfigError, match="--sampling"):
-        export_detection_onnx(tiny_detr, tmp_path / "y", DetExportConfig(sampling="nearest"))
+        Config.parse({"model": "detr_pico", "output": str(tmp_path / "y"), "sampling": "nearest"})
+    with pytest.raises(ConfigError, match="too small for a detector"):
+        export_onnx(tiny_detr, tmp_path / "z", OnnxExportConfig(input_size=16))
+    with pytest.raises(ConfigError, match="pixel_mask"):
+        Config(model="detr_pico", output=str(tmp_path / "w"), int8="static", pixel_mask=True)
+    assert not (tmp_path / "z").exists()
 
 
-def test_deformable_static_int8_is_trt_ready(tiny_deformable, tmp_path):
+def test_detector_input_size_is_fixed_at_export(tiny_detr, tmp_path):
+    art = export_onnx(tiny_detr, tmp_path / "d", OnnxExportConfig(input_size=96, **FAST))
+    assert art.meta["io"]["inputs"][0]["shape"] == [1, 3, 96, 96]
+    assert art.meta["model"]["input_size"] == [3, 96, 96]
+    assert art.meta["io"]["outputs"][1]["format"].startswith("cxcywh")
+
+
+def test_deformable_static_int8_is_trt_ready(tiny_deformable, tmp_path, short_gate):
     """At init every layer's sampling_offsets and attention_weights weights are zero, so the
     exporter shares one initializer through Identity nodes; the TensorRT check looks through
     them (it used to flag 'per-channel weights feed Identity')."""
-    cfg = DetExportConfig(int8="static", calib_size=4, **FAST)
-    art = export_detection_onnx(tiny_deformable, tmp_path / "int8", cfg)
+    art = _int8(tiny_deformable, tmp_path / "int8")
     variant = art.meta["variants"]["model.int8.onnx"]
-    assert variant["trt_ready"] is True and variant["quantized_nodes"] > 0
+    assert variant["trt_readiness"] == {"ok": True, "violations": []}
+    assert len(variant["quantized_nodes"]) > 0
+    # The gate held it to the detector's own metric on its own data.
+    assert variant["metric"] == "map" and variant["eval_data"]["n"] == 8
+    assert variant["budget_met"] and variant["parity_vs_fp32"]["class_agreement"] > 0.5
     ops = {n.op_type for n in onnx.load(str(art.path / "model.int8.onnx")).graph.node}
     assert "Identity" in ops  # the shared weights this test is about
 
 
-def test_detr_static_int8_feeds_quantized_activations_only_to_linears(tiny_detr, tmp_path):
+def test_detr_static_int8_feeds_quantized_activations_only_to_linears(
+    tiny_detr, tmp_path, short_gate
+):
     """DETR is post-norm: a LayerNorm's output feeds q/k/v and the residual Add. Only the
     Linears may read its Q/DQ copy; the residual stream stays float."""
-    cfg = DetExportConfig(int8="static", calib_size=4, **FAST)
-    art = export_detection_onnx(tiny_detr, tmp_path / "int8", cfg)
+    art = _int8(tiny_detr, tmp_path / "int8")
     graph = onnx.load(str(art.path / "model.int8.onnx")).graph
     producers = {o: n for n in graph.node for o in n.output}
     activation_dq = {
@@ -125,4 +147,20 @@ def test_detr_static_int8_feeds_quantized_activations_only_to_linears(tiny_detr,
     }  # fmt: skip
     readers = {n.op_type for n in graph.node if any(i in activation_dq for i in n.input)}
     assert readers and readers <= {"MatMul", "Gemm", "Conv"}, readers
-    assert art.meta["variants"]["model.int8.onnx"]["trt_ready"] is True
+    assert art.meta["variants"]["model.int8.onnx"]["trt_readiness"]["ok"] is True
+
+
+def test_detector_int8_gate_fails_loudly_over_budget(tiny_detr, tmp_path, short_gate, monkeypatch):
+    """A miss of the mAP budget is AccuracyBudgetError (exit 4), as for classifiers."""
+    from tvc.errors import AccuracyBudgetError
+    from tvc.export.quantize import gate
+
+    def worse(self, model):  # every INT8 candidate scores 5 mAP points below FP32
+        return {"score": self.fp32_score - 5, "drop": 5.0}
+
+    monkeypatch.setattr(gate.TaskJudge, "measure", worse)
+    cfg = Config(model="detr", output=str(tmp_path / "q"), int8="static", calib_size=4,
+                 no_simplify=True)  # fmt: skip
+    with pytest.raises(AccuracyBudgetError, match="over the budget") as err:
+        export_model(DetectionTask(), tiny_detr, cfg)
+    assert err.value.exit_code == 4 and not (tmp_path / "q").exists()

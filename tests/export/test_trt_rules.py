@@ -138,7 +138,7 @@ def test_ort_default_asymmetric_quantization_is_flagged(tmp_path, pico_onnx):
 
 
 def test_dynamic_int8_is_not_for_tensorrt(tmp_path, pico_onnx):
-    from tvc.compress.quantize import QuantConfig, quantize_dynamic
+    from tvc.export.quantize import QuantConfig, quantize_dynamic
 
     out = tmp_path / "dyn.onnx"
     quantize_dynamic(pico_onnx.path / "model.onnx", out, QuantConfig(mode="dynamic"))

@@ -1,9 +1,14 @@
-"""`tvc export`: one artifact holding every deployable form of a model.
+"""`tvc export`: one artifact holding every deployable form of a model, for every task.
 
     MODEL or model artifact --export_into--> model.onnx (FP32, parity-checked)
     ONNX artifact           --copied-------> model.onnx
                              then, as asked: model.fp16.onnx, model.int8.onnx (Q/DQ, accuracy
                              gate), model.int8dyn.onnx, model.engine (TensorRT, built here)
+
+What differs between classifiers, detectors and the rest is asked of the task adapter: the graph
+(tvc.export.onnx), calibration and evaluation data (`load_data`, `images`), the metric the INT8
+gate holds to a budget (`evaluate`, `metric`), output agreement (`agreement`). Each INT8 variant
+is checked against TensorRT's explicit-quantization rules once, stored as `trt_readiness`.
 
 Everything is staged and committed atomically. When TensorRT is asked for but not installed, the
 ONNX variants are still written together with a ready `trtexec` command for the board, and the
@@ -14,14 +19,23 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from tvc.artifact import Artifact, is_artifact, load_artifact, write_artifact
 from tvc.errors import ConfigError, MissingDependencyError
 from tvc.export.onnx import MODEL_FILE, OnnxExportConfig, export_into
 from tvc.export.tensorrt import TRTEXEC_SCRIPT
+
+if TYPE_CHECKING:
+    from tvc.models.info import ModelInfo
+    from tvc.models.load import LoadedModel
+    from tvc.stages.export import Config
+    from tvc.tasks import Task
 
 log = logging.getLogger("tvc")
 
@@ -29,92 +43,75 @@ FP16_FILE = "model.fp16.onnx"
 INT8_FILE = "model.int8.onnx"
 INT8_DYNAMIC_FILE = "model.int8dyn.onnx"
 ENGINE_FILE = "model.engine"
+INT8_FILES = {"static": INT8_FILE, "dynamic": INT8_DYNAMIC_FILE}
+_PARITY_IMAGES = 64  # INT8 vs FP32 output parity: images it is measured on
 
 
 @dataclass
-class Int8Request:
-    mode: str  # static | dynamic
-    calib: str | None = None  # DATA spec for calibration (static)
-    calib_size: int = 512
-    calib_method: str = "minmax"
-    budget: float = 0.5
-    allow_accuracy_drop: bool = False
-    ops: str = "safe"
-    eval_data: str | None = None  # DATA for the accuracy gate; default: calib's val split
-    eval_limit: int | None = 2000
+class OnnxSource:
+    """An ONNX artifact to start from (no torch needed): its model.onnx is copied as is."""
 
-    def validate(self) -> None:
-        if self.mode not in ("static", "dynamic"):
-            raise ConfigError(
-                f"--int8 {self.mode} is unknown", "use --int8 static or --int8 dynamic"
-            )
-        if self.mode == "static" and not self.calib:
-            raise ConfigError(
-                "static INT8 needs calibration data",
-                "pass --calib DATA (e.g. --calib fashion-mnist), or use --int8 dynamic",
-            )
-        if self.budget < 0:
-            raise ConfigError(
-                f"--int8-budget must be >= 0 points, got {self.budget}", "e.g. --int8-budget 0.5"
-            )
-        if self.calib_size < 1:
-            raise ConfigError(
-                f"--calib-size must be >= 1, got {self.calib_size}", "e.g. --calib-size 512"
-            )
+    artifact: Artifact
+    info: ModelInfo
 
 
-@dataclass
-class ExportRequest:
-    onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
-    fp16: bool = False
-    int8: Int8Request | None = None
-    trt: dict[str, Any] | None = None  # EngineConfig fields when --trt is given
+def onnx_source(model: str) -> OnnxSource | None:
+    """MODEL as an ONNX artifact, or None when it is anything else."""
+    if not is_artifact(model):
+        return None
+    art = load_artifact(model)
+    if art.kind != "onnx":
+        return None
+    from tvc.models.info import ModelInfo
 
-    def spec(self) -> dict[str, Any]:
-        from dataclasses import asdict
+    if not art.meta.get("model"):
+        raise ConfigError(
+            f"the ONNX artifact {model} records no model input facts (size, mean, std)",
+            "export it with tvc export from a model",
+        )
+    return OnnxSource(art, ModelInfo.from_json(art.meta["model"]))
 
-        return {"stage": "export", **asdict(self)}
 
-
-def run_export(model: str, out: Path, req: ExportRequest, model_kwargs: dict) -> Artifact:
-    """Produce the export artifact at `out`; see the module docstring."""
-    if req.int8:
-        req.int8.validate()
-    req.onnx.validate()
-    source_onnx = _onnx_source(model)
+def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> Artifact:
+    """Produce the export artifact cfg.output from `source`; see the module docstring."""
+    out = Path(cfg.output)
+    calib = cfg.calib or task.default_calib
+    if cfg.int8 == "static" and not calib:
+        raise ConfigError(
+            "static INT8 needs calibration data",
+            f"pass --calib DATA (e.g. --calib {task.data_example}), or use --int8 dynamic",
+        )
+    settings = OnnxExportConfig(
+        opset=cfg.opset,
+        batch=cfg.batch,
+        dynamic_batch=cfg.dynamic_batch or (cfg.trt and cfg.max_batch > 1),
+        simplify=not cfg.no_simplify,
+        input_size=cfg.input_size,
+        pixel_mask=cfg.pixel_mask,
+        sampling=cfg.sampling,
+    )
+    settings.validate()
+    spec = {
+        "stage": "export",
+        "task": task.name,
+        "source": source.info.name,
+        "options": cfg.model_dump(mode="json", exclude_unset=True, exclude={"force"}),
+    }
     trt_missing: MissingDependencyError | None = None
-    if source_onnx is not None:
-        parent, loaded = source_onnx, None
-    else:
-        from tvc.models import load_model
-
-        loaded = load_model(model, **model_kwargs)
-        parent = loaded.artifact
-    with write_artifact(out, "onnx", parent=parent, spec=req.spec()) as w:
-        if loaded is not None:
-            export_into(w, loaded, req.onnx)
+    with write_artifact(out, "onnx", parent=source.artifact, spec=spec, force=cfg.force) as w:
+        if isinstance(source, OnnxSource):
+            _copy_fp32(source.artifact, w)
         else:
-            _copy_fp32(source_onnx, w)
-        fp32 = w.path_for(MODEL_FILE)
-        variants = w.meta.setdefault("variants", {MODEL_FILE: {"precision": "fp32"}})
-        if req.fp16:
-            from tvc.export.fp16 import convert_fp16
-
-            log.info("writing the FP16 variant")
-            # Real images make the overflow scan meaningful; random ones are the fallback.
-            sample = None
-            if req.int8 and req.int8.calib:
-                batch = w.meta["io"]["inputs"][0]["shape"][0]
-                n = (
-                    batch if isinstance(batch, int) else 16
-                )  # a fixed-batch model takes only its own
-                sample = next(_model_data(w, req.int8.calib, "train", n).batches(n))[0]
-            report = convert_fp16(fp32, w.path_for(FP16_FILE), sample=sample)
-            variants[FP16_FILE] = {"precision": "fp16", **report}
-        if req.int8:
-            variants.update(_int8(fp32, w, req.int8))
-        if req.trt is not None:
-            trt_missing = _engine(w, req)
+            export_into(w, task, source, settings)
+        variant = _Variants(task, w, cfg, calib)
+        if cfg.eval_data:
+            w.meta["metrics"].update(task.headline(variant.fp32_quality()))
+        if cfg.fp16:
+            variant.fp16()
+        if cfg.int8:
+            variant.int8()
+        if cfg.trt:
+            trt_missing = _engine(w, cfg)
     art = load_artifact(out)
     if trt_missing is not None:
         raise MissingDependencyError(
@@ -125,16 +122,9 @@ def run_export(model: str, out: Path, req: ExportRequest, model_kwargs: dict) ->
     return art
 
 
-def _onnx_source(model: str) -> Artifact | None:
-    if not is_artifact(model):
-        return None
-    art = load_artifact(model)
-    return art if art.kind == "onnx" else None
-
-
 def _copy_fp32(src: Artifact, w) -> None:
     shutil.copy2(src.file(MODEL_FILE), w.path_for(MODEL_FILE))
-    for key in ("model", "io", "precision"):
+    for key in ("model", "task", "io", "precision"):
         if key in src.meta:
             w.meta[key] = src.meta[key]
     w.meta["metrics"].update(src.meta.get("metrics", {}))
@@ -143,56 +133,151 @@ def _copy_fp32(src: Artifact, w) -> None:
     }
 
 
-def _model_data(w, spec: str, split: str, limit: int | None):
-    from tvc.data import load_images
+class _Variants:
+    """The FP16 and INT8 variants of the FP32 graph staged in `w`, with the data they read
+    loaded once each."""
 
-    info = w.meta.get("model") or {}
-    if not info:
-        raise ConfigError(
-            "the ONNX artifact records no model input facts (size, mean, std)",
-            "export it with tvc export from a model",
+    def __init__(self, task: Task, w, cfg: Config, calib: str | None) -> None:
+        from tvc.models.info import ModelInfo
+
+        self.task, self.w, self.cfg, self.calib = task, w, cfg, calib
+        self.info = ModelInfo.from_json(w.meta["model"])
+        self.fp32 = w.path_for(MODEL_FILE)
+        self.variants = w.meta.setdefault("variants", {MODEL_FILE: {"precision": "fp32"}})
+        self._test: tuple[Any, dict[str, Any]] | None = None
+
+    def data(self, spec: str, split: str, limit: int | None):
+        return self.task.load_data(spec, split, self.info, limit=limit)
+
+    def fp32_quality(self) -> dict[str, Any]:
+        """The task's metric of model.onnx on --eval-data's test split (measured once)."""
+        if self._test is None:
+            from tvc.export.quantize.graph import load_onnx
+            from tvc.export.quantize.scoring import predict_outputs
+
+            data = self.data(self.cfg.eval_data, "test", self.task.export_eval_limit)
+            self._test = (data, self.task.evaluate(predict_outputs(load_onnx(self.fp32)), data))
+        return self._test[1]
+
+    def fp16(self) -> None:
+        from tvc.export.fp16 import convert_fp16
+
+        log.info("writing the FP16 variant")
+        # Real images make the overflow scan meaningful; random ones are the fallback.
+        sample = None
+        if self.cfg.int8 and self.cfg.calib:
+            batch = self.w.meta["io"]["inputs"][0]["shape"][0]
+            n = batch if isinstance(batch, int) else 16  # a fixed-batch model takes only its own
+            images = self.task.images(self.data(self.cfg.calib, "train", n))
+            sample = next(images.batches(n))[0]
+        report = convert_fp16(self.fp32, self.w.path_for(FP16_FILE), sample=sample)
+        self.variants[FP16_FILE] = {"precision": "fp16", **report}
+
+    def int8(self) -> None:
+        from tvc.export.quantize import QuantConfig, quantize_dynamic
+
+        cfg, fname = self.cfg, INT8_FILES[self.cfg.int8]
+        path = self.w.path_for(fname)
+        qcfg = QuantConfig(
+            mode=cfg.int8,
+            calib_size=cfg.calib_size,
+            calib_method=cfg.calib_method,
+            budget=cfg.int8_budget,
+            ops=cfg.int8_ops,
+            allow_accuracy_drop=cfg.allow_accuracy_drop,
         )
-    return load_images(
-        spec,
-        split,
-        input_size=tuple(info["input_size"]),
-        mean=tuple(info["mean"]),
-        std=tuple(info["std"]),
-        limit=limit,
-        seed=0,
-    )
+        images = None
+        if self.calib:
+            log.info("loading %d calibration images of %s", cfg.calib_size, self.calib)
+            images = self.task.images(self.data(self.calib, "train", cfg.calib_size))
+        if cfg.int8 == "dynamic":
+            log.info("writing the dynamic INT8 variant")
+            report = quantize_dynamic(self.fp32, path, qcfg, check_data=images)
+            variant = {"precision": "int8-dynamic", **report}
+        else:
+            variant = {"precision": "int8-qdq", **self._static(path, images, qcfg)}
+        variant["parity_vs_fp32"] = self._parity(path, images)
+        variant["trt_readiness"] = _trt_readiness(path, warn=cfg.int8 == "static")
+        self.variants[fname] = variant
+
+    def _static(self, path: Path, images, qcfg) -> dict[str, Any]:
+        """Calibrated Q/DQ held to --int8-budget in the task's metric on the gate data:
+        --eval-data's test split, else the calibration set's val split."""
+        from tvc.export.quantize import TaskJudge, quantize_with_gate
+
+        limit = self.task.export_eval_limit
+        if self.cfg.eval_data:
+            self.fp32_quality()
+            data, fp32 = self._test
+        else:
+            data, fp32 = self.data(self.calib, "val", limit), None
+        log.info("calibrating static INT8 on %d images of %s", len(images), self.calib)
+        judge = TaskJudge(
+            self.task, self.fp32, data, self.task.images(data), qcfg, fp32_result=fp32
+        )
+        report = quantize_with_gate(self.fp32, path, images, qcfg, None, judge=judge)
+        report["calibration"] = {
+            **report.get("calibration", {}),
+            "data": self.calib,
+            "split": "train",
+        }
+        report["latency_ms"] = indicative_latency(self.fp32, path)
+        return report
+
+    def _parity(self, path: Path, images) -> dict[str, Any]:
+        """The INT8 model's outputs against FP32's on calibration images (random inputs
+        without them): the task's agreement and each output's worst difference."""
+        from tvc.export.parity import outputs_parity
+        from tvc.export.quantize.graph import load_onnx
+        from tvc.export.quantize.scoring import predict_outputs
+
+        if images is not None:
+            x = images.take(np.arange(min(len(images), _PARITY_IMAGES)))[0]
+        else:
+            x, _ = self.task.sample_inputs(self.info, None, 8)
+            x = np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+        ref = predict_outputs(load_onnx(self.fp32))(x)
+        got = predict_outputs(load_onnx(path))(x)
+        record = outputs_parity(self.task, [ref], [got], atol=1e-4, rtol=1e-3)
+        return {k: v for k, v in record.items() if k not in ("ok", "tolerance")}
 
 
-def _int8(fp32: Path, w, r: Int8Request) -> dict[str, Any]:
-    from tvc.compress.quantize import QuantConfig, quantize_dynamic, quantize_with_gate
+def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
+    """TensorRT's explicit-quantization rules on the file as it ships (the one check)."""
     from tvc.export.trt_rules import check_trt_qdq
 
-    cfg = QuantConfig(
-        mode=r.mode,
-        calib_size=r.calib_size,
-        calib_method=r.calib_method,
-        budget=r.budget,
-        ops=r.ops,
-        allow_accuracy_drop=r.allow_accuracy_drop,
-    )
-    if r.mode == "dynamic":
-        log.info("writing the dynamic INT8 variant")
-        report = quantize_dynamic(fp32, w.path_for(INT8_DYNAMIC_FILE), cfg)
-        return {INT8_DYNAMIC_FILE: {"precision": "int8-dynamic", **report}}
-    log.info("calibrating static INT8 on %d images of %s", r.calib_size, r.calib)
-    calib = _model_data(w, r.calib, "train", r.calib_size)
-    eval_spec = r.eval_data or r.calib
-    evaluation = _model_data(w, eval_spec, "val" if r.eval_data is None else "test", r.eval_limit)
-    report = quantize_with_gate(fp32, w.path_for(INT8_FILE), calib, cfg, evaluation)
-    violations = check_trt_qdq(w.path_for(INT8_FILE))
-    for v in violations:
+    violations = check_trt_qdq(path)
+    for v in violations if warn else ():
         log.warning("TensorRT explicit-quantization rule: %s", v)
-    report["trt_readiness"] = {"ok": not violations, "violations": violations}
-    report["calibration"] = {**report.get("calibration", {}), "data": r.calib, "split": "train"}
-    return {INT8_FILE: {"precision": "int8-qdq", **report}}
+    return {"ok": not violations, "violations": violations}
 
 
-def _engine(w, req: ExportRequest) -> MissingDependencyError | None:
+def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any]:
+    """A short single-thread batch-1 p50 of both models, interleaved round by round so a busy
+    machine slows both alike (indicative; `tvc bench` measures)."""
+    from tvc.runtime.bench import time_calls
+    from tvc.runtime.ort import OrtRunner
+
+    runners = {"fp32": OrtRunner(fp32, threads=1), "int8": OrtRunner(int8, threads=1)}
+    p50s: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            feeds = r.sample_feeds(1)
+            stats = time_calls(
+                lambda r=r, feeds=feeds: r.infer(feeds), warmup_s=0.0, min_runs=10, min_time_s=0.0
+            )
+            p50s[k].append(stats.p50)
+    p50 = {k: statistics.median(v) for k, v in p50s.items()}
+    return {
+        "fp32_p50": round(p50["fp32"], 3),
+        "int8_p50": round(p50["int8"], 3),
+        "speedup": round(p50["fp32"] / p50["int8"], 2),
+        "threads": 1,
+        "batch": 1,
+    }
+
+
+def _engine(w, cfg: Config) -> MissingDependencyError | None:
     """Build the engine from the ONNX variant matching the precision; return the error if no TRT.
 
     build_engine checks the engine against ONNX Runtime itself and fails loudly on a mismatch.
@@ -205,15 +290,17 @@ def _engine(w, req: ExportRequest) -> MissingDependencyError | None:
         write_trtexec_script,
     )
 
-    precision = "int8" if req.int8 and req.int8.mode == "static" else "fp16" if req.fp16 else "fp32"
+    precision = "int8" if cfg.int8 == "static" else "fp16" if cfg.fp16 else "fp32"
     source = {"int8": INT8_FILE, "fp16": FP16_FILE, "fp32": MODEL_FILE}[precision]
-    cfg = EngineConfig(precision=precision, **req.trt)
+    engine_cfg = EngineConfig(precision=precision, **cfg.engine_options())
     name, shape = onnx_input(w.path_for(source))
     # The script runs on the board from inside the artifact directory.
-    cmd = trtexec_command(Path(source), Path(ENGINE_FILE), cfg, input_name=name, input_shape=shape)
+    cmd = trtexec_command(
+        Path(source), Path(ENGINE_FILE), engine_cfg, input_name=name, input_shape=shape
+    )
     write_trtexec_script(w.staging, f'cd "$(dirname "$0")"\n{cmd}')
     try:
-        engine_meta = build_engine(w.path_for(source), w.path_for(ENGINE_FILE), cfg)
+        engine_meta = build_engine(w.path_for(source), w.path_for(ENGINE_FILE), engine_cfg)
     except MissingDependencyError as exc:
         return exc
     w.meta["engine"] = {**engine_meta, "source": source}

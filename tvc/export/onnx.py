@@ -1,5 +1,9 @@
-"""PyTorch -> ONNX: export, check, simplify, and prove parity with ONNX Runtime.
+"""PyTorch -> ONNX for every task: export, check, simplify, and prove parity with ONNX Runtime.
 
+The task adapter names the graph's inputs and outputs (`onnx_io`, `export_feeds`), gives the
+sample inputs (`sample_inputs`) and the outputs to compare (`outputs`, `agreement`), and patches
+the model reversibly around the export (`export_patches`: Deformable DETR's sampler). The
+reference outputs come from the unpatched model, so parity also proves the patches.
 LayerNormalization stays one fused op (opset >= 17), which keeps FP16 builds from overflowing in a
 decomposed Pow/ReduceMean. The simplified graph is kept only if it still matches PyTorch.
 """
@@ -9,22 +13,23 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tvc.artifact import Artifact, write_artifact
 from tvc.errors import ConfigError, ExportError, first_line
-from tvc.export.parity import Parity, compare, require_parity
+from tvc.export.parity import outputs_parity, require_outputs_parity
 from tvc.finite import check_finite_model
+
+if TYPE_CHECKING:
+    from tvc.tasks import Task
 
 log = logging.getLogger("tvc")
 
 MODEL_FILE = "model.onnx"
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 MIN_OPSET = 17
 
 
@@ -37,6 +42,9 @@ class OnnxExportConfig:
     parity_samples: int = 4
     atol: float = 1e-4
     rtol: float = 1e-3
+    input_size: int | None = None  # a square side, for tasks whose models take any size
+    pixel_mask: bool = False  # detectors: a pixel_mask input for padded images
+    sampling: str = "gather"  # Deformable DETR's bilinear sampler: gather | grid
 
     def validate(self) -> None:
         check_opset_and_batch(self.opset, self.batch)
@@ -54,96 +62,113 @@ def check_opset_and_batch(opset: int, batch: int) -> None:
 
 
 def export_onnx(loaded, out: str | Path, config: OnnxExportConfig) -> Artifact:
-    """Export `loaded` (a LoadedModel) to an ONNX artifact at `out`."""
-    config.validate()
-    spec = {
-        "stage": "export-onnx",
-        "opset": config.opset,
-        "batch": config.batch,
-        "dynamic_batch": config.dynamic_batch,
-        "simplify": config.simplify,
-        "source": loaded.info.name,
-    }
-    with write_artifact(out, "onnx", parent=loaded.artifact, spec=spec) as w:
-        export_into(w, loaded, config)
+    """Export `loaded` (a LoadedModel of any task) to an ONNX artifact at `out`."""
     from tvc.artifact import load_artifact
+    from tvc.tasks import task_for_info
 
+    config.validate()
+    task = task_for_info(loaded.info)
+    spec = {"stage": "export-onnx", "task": task.name, "source": loaded.info.name,
+            **asdict(config)}  # fmt: skip
+    with write_artifact(out, "onnx", parent=loaded.artifact, spec=spec) as w:
+        export_into(w, task, loaded, config)
     return load_artifact(out)
 
 
-def export_into(w, loaded, config: OnnxExportConfig) -> None:
+def export_into(w, task: Task, loaded, config: OnnxExportConfig) -> None:
     """Export, check, simplify and prove `loaded` into the artifact being staged by `w`."""
-    import torch
-
     config.validate()
-    model, info = loaded.model.eval(), loaded.info
+    model = loaded.model.eval()
     check_finite_model(model, "export", "the model's weights are corrupt: export a finite model")
-    chans, height, width = info.input_size
-    shape = (config.batch, chans, height, width)
+    info = task.export_info(loaded.info, config.input_size)
+    feeds = task.export_feeds(info, _sample_batches(task, info, config), config)
+    names = list(feeds[0])
+    outputs = task.onnx_io(info).outputs
+    ref = [_torch_outputs(task, model, f) for f in feeds]  # the unpatched model
+    task.check_finite(ref[0], f"the model {info.name}")
     path = w.path_for(MODEL_FILE)
     t0 = time.perf_counter()
-    _torch_export(model, torch.zeros(shape), path, config)
+    with task.export_patches(model, config) as facts:
+        _torch_export(model, feeds[0], names, task, info, path, config)
     export_s = time.perf_counter() - t0
     check_onnx(path)
+    parity = onnx_parity(task, path, feeds, ref, config)
+    require_outputs_parity(parity, f"the exported {task.noun}", task.parity_hint)
+    simplified = _simplify(task, path, feeds, ref, config) if config.simplify else None
 
-    # Inputs for parity: a fixed-seed batch at the exported batch size (several batches
-    # of it when the batch is 1, so agreement is measured on more than one sample).
-    rng = np.random.default_rng(0)
-    n_batches = max(1, config.parity_samples // config.batch)
-    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(n_batches)]
-    if config.dynamic_batch:
-        xs.append(rng.standard_normal((config.batch + 1, chans, height, width)).astype(np.float32))
-    with torch.no_grad():
-        ref = [model(torch.from_numpy(x)).numpy() for x in xs]
-    parity = onnx_parity(path, xs, ref, config)
-    require_parity(parity, "the exported ONNX model")
-
-    simplified = _simplify(path, xs, ref, config) if config.simplify else None
     w.meta["model"] = info.to_json()
+    w.meta["task"] = task.name
     w.meta["precision"] = "fp32"
-    w.meta["io"] = {
-        "inputs": [{"name": INPUT_NAME, "shape": _dims(shape, config), "dtype": "float32"}],
-        "outputs": [
-            {
-                "name": OUTPUT_NAME,
-                "shape": _dims((config.batch, info.num_classes), config),
-                "dtype": "float32",
-            }
-        ],
-        "dynamic_axes": {INPUT_NAME: {"0": "batch"}} if config.dynamic_batch else {},
-        "mean": list(info.mean),
-        "std": list(info.std),
-    }
+    dynamic = task.onnx_io(info).dynamic if config.dynamic_batch else {}
+    w.meta["io"] = task.export_io(
+        info,
+        {
+            "inputs": [_tensor(n, feeds[0][n], config) for n in names],
+            "outputs": [_tensor(n, ref[0][n], config) for n in outputs],
+            "dynamic_axes": {
+                n: {str(a): d for a, d in axes.items()} for n, axes in dynamic.items() if n in names
+            },
+            "mean": list(info.mean),
+            "std": list(info.std),
+        },
+    )
     w.meta.setdefault("variants", {})[MODEL_FILE] = {"precision": "fp32"}
     w.meta["metrics"].update(
         {
-            "parity": (simplified or parity).as_dict(),
-            "parity_before_simplify": parity.as_dict(),
+            "parity": simplified or parity,
+            "parity_before_simplify": parity,
             "simplified": simplified is not None,
+            **facts,
             "export_seconds": round(export_s, 3),
             "params": int(sum(p.numel() for p in model.parameters())),
         }
     )
-    w.meta["metrics"].update(loaded_metrics(loaded))
+    w.meta["metrics"].update(loaded_metrics(task, loaded))
+    extra = task.extra_graphs(loaded, w.staging, config.opset)
+    if extra:
+        w.meta["metrics"]["extra_graphs"] = extra
 
 
-def loaded_metrics(loaded) -> dict[str, Any]:
-    """Metrics carried forward from the source artifact (accuracy, MACs) when it has them."""
+def loaded_metrics(task: Task, loaded) -> dict[str, Any]:
+    """Quality and MACs carried forward from the source artifact when it has them."""
     if loaded.artifact is None:
         return {}
-    keep = ("macs", "accuracy", "top1", "top5")
+    keep = {"macs", task.metric, task.quality_key, *(c.key for c in task.columns)}
     return {k: v for k, v in loaded.artifact.meta.get("metrics", {}).items() if k in keep}
 
 
-def _dims(shape: tuple[int, ...], config: OnnxExportConfig) -> list[int | str]:
-    return ["batch" if (i == 0 and config.dynamic_batch) else d for i, d in enumerate(shape)]
+def _sample_batches(task: Task, info, config: OnnxExportConfig) -> list[np.ndarray]:
+    """Seeded batches at the exported batch size (several when it is 1, so agreement covers
+    more than one sample), plus one of another size for a dynamic-batch export."""
+    n = max(1, config.parity_samples // config.batch)
+    sizes = [config.batch] * n + ([config.batch + 1] if config.dynamic_batch else [])
+    x, _ = task.sample_inputs(info, None, sum(sizes))
+    x = np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+    return np.split(x, np.cumsum(sizes)[:-1])
 
 
-def _torch_export(model, example, path: Path, config: OnnxExportConfig) -> None:
+def _torch_outputs(task: Task, model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
+    args = tuple(torch.from_numpy(a) for a in feeds.values())
+    return task.outputs(model, args[0] if len(args) == 1 else args)
+
+
+def _tensor(name: str, array: np.ndarray, config: OnnxExportConfig) -> dict[str, Any]:
+    shape = list(array.shape)
+    if config.dynamic_batch:
+        shape[0] = "batch"
+    return {"name": name, "shape": shape, "dtype": str(array.dtype)}
+
+
+def _torch_export(model, feeds, names, task: Task, info, path: Path, config) -> None:
+    import torch
+
+    io = task.onnx_io(info)
     dynamic_axes = (
-        {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if config.dynamic_batch else None
+        {n: axes for n, axes in io.dynamic.items() if n in names or n in io.outputs}
+        if config.dynamic_batch
+        else None
     )
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -152,10 +177,10 @@ def _torch_export(model, example, path: Path, config: OnnxExportConfig) -> None:
             # no onnxscript; it is the path TensorRT's own samples use.
             torch.onnx.export(
                 model,
-                (example,),
+                tuple(torch.from_numpy(feeds[n]) for n in names),
                 str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                input_names=names,
+                output_names=list(io.outputs),
                 opset_version=config.opset,
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
@@ -182,29 +207,17 @@ def check_onnx(path: Path) -> None:
 
 
 def onnx_parity(
-    path: Path, xs: list[np.ndarray], ref: list[np.ndarray], config: OnnxExportConfig
-) -> Parity:
+    task: Task, path: Path, feeds: list[dict], ref: list[dict], config: OnnxExportConfig
+) -> dict[str, Any]:
+    """ONNX Runtime's outputs on `feeds` against the reference outputs (outputs_parity)."""
     from tvc.runtime.ort import OrtRunner
 
     with OrtRunner(path, threads=1) as runner:
-        got = [runner.infer(x)[OUTPUT_NAME] for x in xs]
-    # Compare per batch: a dynamic-batch export adds a batch of another size.
-    parities = [
-        compare(r, g, atol=config.atol, rtol=config.rtol) for r, g in zip(ref, got, strict=True)
-    ]
-    worst = max(parities, key=lambda p: p.max_abs_diff - p.tolerance)
-    n = sum(p.n for p in parities)
-    agree = sum(p.top1_agreement * p.n for p in parities) / n
-    return Parity(
-        worst.max_abs_diff,
-        float(np.mean([p.mean_abs_diff for p in parities])),
-        agree,
-        n,
-        worst.tolerance,
-    )
+        got = [runner.infer(f) for f in feeds]
+    return outputs_parity(task, ref, got, atol=config.atol, rtol=config.rtol)
 
 
-def _simplify(path: Path, xs, ref, config: OnnxExportConfig) -> Parity | None:
+def _simplify(task: Task, path: Path, feeds, ref, config: OnnxExportConfig) -> dict | None:
     """Simplify with onnxslim in place; keep the result only if it still matches."""
     import onnx
 
@@ -218,15 +231,15 @@ def _simplify(path: Path, xs, ref, config: OnnxExportConfig) -> Parity | None:
         slim = onnxslim.slim(onnx.load(str(path)))
         onnx.save(slim, str(path))
         check_onnx(path)
-        parity = onnx_parity(path, xs, ref, config)
+        parity = onnx_parity(task, path, feeds, ref, config)
     except Exception as exc:  # onnxslim raises many types; any failure means "keep original"
         log.warning("simplification failed (%s); keeping the unsimplified graph", exc)
         path.write_bytes(original)
         return None
-    if not parity.ok:
+    if not parity["ok"]:
         log.warning(
             "the simplified graph differs from PyTorch (max abs diff %.3g); keeping the original",
-            parity.max_abs_diff,
+            parity["max_abs_diff"],
         )
         path.write_bytes(original)
         return None

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tvc.errors import ParityError
+
+if TYPE_CHECKING:
+    from tvc.tasks import Task
+    from tvc.tasks.base import Outputs
 
 
 @dataclass
@@ -55,3 +60,41 @@ def require_parity(p: Parity, what: str) -> None:
             f"{p.tolerance:.3g} (top-1 agreement {p.top1_agreement:.1%})",
             "try another --opset or --no-simplify; if it persists, report the model",
         )
+
+
+def outputs_parity(
+    task: Task, reference: list[Outputs], got: list[Outputs], *, atol: float, rtol: float
+) -> dict[str, Any]:
+    """Parity of every named output over several batches: the task's agreement (top-1, class
+    agreement, ...) plus each output's worst difference against its tolerance. `ok` only when
+    every output is within its tolerance."""
+    ref = {k: np.concatenate([r[k] for r in reference]) for k in reference[0]}
+    out = {k: np.concatenate([g[k] for g in got]) for k in ref}
+    per = {k: compare(ref[k], out[k], atol=atol, rtol=rtol) for k in ref}
+    record = dict(task.agreement(ref, out))
+    if len(per) > 1:
+        record.update({f"{k}_max_abs_diff": p.max_abs_diff for k, p in per.items()})
+    record["max_abs_diff"] = max(p.max_abs_diff for p in per.values())
+    if len(per) == 1:
+        record["tolerance"] = next(iter(per.values())).tolerance
+    else:
+        record["tolerance"] = {k: p.tolerance for k, p in per.items()}
+    record["ok"] = all(p.ok for p in per.values())
+    return record
+
+
+def require_outputs_parity(record: dict[str, Any], what: str, fix: str) -> None:
+    """A parity record (outputs_parity) that is not ok is a ParityError naming the worst gap."""
+    if record["ok"]:
+        return
+    tol = record["tolerance"]
+    shown = (
+        f"{tol:.3g}"
+        if isinstance(tol, float)
+        else ", ".join(f"{k} {v:.3g}" for k, v in tol.items())
+    )
+    raise ParityError(
+        f"{what} does not match PyTorch: max abs diff {record['max_abs_diff']:.3g} > tolerance "
+        f"{shown} (agreement {record['agreement']:.1%})",
+        fix,
+    )

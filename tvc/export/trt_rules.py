@@ -89,6 +89,17 @@ UNSUPPORTED_OPS = frozenset(
 )
 
 
+def trt_readiness(variant: dict) -> dict | None:
+    """A variant's TensorRT readiness as artifact.json records it: `trt_readiness`
+    ({ok, violations}, written once per INT8 variant). Artifacts from before kept it as
+    `trt_ready` (and `trt_violations`); None when the variant was never judged."""
+    if "trt_readiness" in variant:
+        return variant["trt_readiness"]
+    if "trt_ready" in variant:
+        return {"ok": bool(variant["trt_ready"]), "violations": variant.get("trt_violations", [])}
+    return None
+
+
 def check_trt_qdq(model_path: str | os.PathLike) -> list[str]:
     """Violations of TensorRT's explicit-quantization rules in `model_path`; [] when it is fine."""
     import onnx

@@ -18,8 +18,9 @@ Conventions every adapter follows:
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -177,6 +178,49 @@ class Task(ABC):
     @abstractmethod
     def onnx_io(self, info: ModelInfo) -> OnnxIO:
         """ONNX input and output names of this task's models."""
+
+    # Images the export's INT8 gate and FP32 evaluation read at most; calibration DATA when
+    # --calib is not given (None: static INT8 needs --calib); how to fix a failed parity proof.
+    export_eval_limit: ClassVar[int] = 2000
+    default_calib: ClassVar[str | None] = None
+    parity_hint: ClassVar[str] = (
+        "try another --opset or --no-simplify; if it persists, report the model"
+    )
+
+    def export_info(self, info: ModelInfo, input_size: int | None) -> ModelInfo:
+        """The model facts the ONNX graph fixes. By default the loaded ones: a classifier's
+        size is chosen when it is built, so `input_size` cannot change a loaded artifact."""
+        if input_size is not None and info.input_size[1] != input_size:
+            import logging
+
+            logging.getLogger("tvc").warning(
+                "--input-size is ignored for artifacts and directories (fixed at %s)",
+                info.input_size[1],
+            )
+        return info
+
+    @contextlib.contextmanager
+    def export_patches(self, model: Any, options: Any) -> Iterator[dict[str, Any]]:
+        """Reversible model patches around torch.onnx.export (restored on exit); yields facts
+        for the artifact's metrics. None by default."""
+        yield {}
+
+    def export_feeds(
+        self, info: ModelInfo, batches: list[np.ndarray], options: Any
+    ) -> list[dict[str, np.ndarray]]:
+        """The ONNX feeds ({input name: array}) for sample batches: the graph's inputs are
+        their keys. By default the one input of `onnx_io`."""
+        name = self.onnx_io(info).inputs[0]
+        return [{name: x} for x in batches]
+
+    def export_io(self, info: ModelInfo, io: dict[str, Any]) -> dict[str, Any]:
+        """artifact.json's `io` (inputs, outputs, mean, std) with what this task adds."""
+        return io
+
+    def images(self, data: Any) -> Any:
+        """`load_data`'s result as an image set (tvc.data.base.ImageSet): what INT8
+        calibration reads. By default the data already is one."""
+        return data
 
     def extra_graphs(self, loaded: LoadedModel, out_dir: Any, opset: int) -> dict[str, Any]:
         """ONNX graphs a task exports beside model.onnx (iGPT's single-step decoder with

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -23,6 +23,12 @@ class ClassificationTask(Task):
     quality_key = "accuracy"
     data_example = "fashion-mnist"
     columns = (Column("top1", "top-1 %"), Column("top5", "top-5 %"))
+    refuses: ClassVar[dict[str, dict[str, str]]] = {
+        "export": {
+            "sampling": "only Deformable DETR's attention samples bilinearly",
+            "pixel_mask": "classifiers take whole images, never padded ones",
+        },
+    }
 
     # The fallback task: anything no other task claims is an image classifier.
     def owns_model(self, spec: str) -> bool:

@@ -14,9 +14,13 @@ if TYPE_CHECKING:
     from tvc.data.detection import DetectionSet
     from tvc.models.load import LoadedModel, ModelInfo
 
-INPUT, LOGITS, BOXES = "input", "logits", "boxes"
+INPUT, LOGITS, BOXES, MASK = "input", "logits", "boxes", "pixel_mask"
 _FINE_TUNE_ONLY = "detectors prune heads and FFN channels of every layer by weight magnitude"
 _SET_LOSS = "detectors distil with DETR's set loss on matched queries"
+_NO_ENGINE_YET = (
+    "not supported for detection models yet: export the FP32/INT8 ONNX here and build the "
+    "engine with trtexec from model.onnx"
+)
 
 
 @dataclass
@@ -51,6 +55,11 @@ class DetectionTask(Task):
             "kd": _SET_LOSS,
             "temperature": _SET_LOSS,
             "alpha": _SET_LOSS,
+        },
+        "export": {
+            "fp16": _NO_ENGINE_YET,
+            "trt": _NO_ENGINE_YET,
+            "dynamic_batch": _NO_ENGINE_YET,
         },
         "train": {
             "label_smoothing": "detectors train with DETR's set loss",
@@ -112,8 +121,8 @@ class DetectionTask(Task):
     def outputs(self, model: Any, x: Any) -> Outputs:
         import torch
 
-        with torch.no_grad():
-            logits, boxes = model.eval()(x)
+        with torch.no_grad():  # x: images, or (images, pixel_mask) for a padded export
+            logits, boxes = model.eval()(*x) if isinstance(x, tuple) else model.eval()(x)
         return {LOGITS: logits.float().cpu().numpy(), BOXES: boxes.float().cpu().numpy()}
 
     def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
@@ -127,7 +136,10 @@ class DetectionTask(Task):
             "class_agreement": same,
             "max_abs_diff": float(np.abs(got_l - ref_l).max()),
             "logits_max_abs_diff": float(np.abs(got_l - ref_l).max()),
+            "scores_max_abs_diff": float(np.abs(_softmax(got_l) - _softmax(ref_l)).max()),
+            "boxes_max_abs_diff": float(np.abs(candidate[BOXES] - reference[BOXES]).max()),
             "boxes_mean_abs_diff": float(np.abs(candidate[BOXES] - reference[BOXES]).mean()),
+            "top1_agreement": same,  # the name tvc's classifier parity records use
         }
 
     def evaluate(
@@ -252,3 +264,80 @@ class DetectionTask(Task):
     # -------------------------------------------------------------------------------- export
     def onnx_io(self, info: ModelInfo) -> OnnxIO:
         return OnnxIO((INPUT,), (LOGITS, BOXES), {INPUT: {0: "batch"}})
+
+    export_eval_limit = 200  # COCO mAP of every gate step: scenes cost more than images
+    default_calib = "fashion-mnist-det"
+    parity_hint = (
+        "try --sampling grid (or gather) or another --opset; if it persists, report the model"
+    )
+
+    def export_info(self, info: ModelInfo, input_size: int | None) -> ModelInfo:
+        """Detectors take any size; each export fixes one (a square side)."""
+        if input_size is None:
+            return info
+        if input_size < 32:
+            raise ConfigError(
+                f"--input-size {input_size} is too small for a detector "
+                "(the backbone downsamples 16-32x)",
+                "use 64 or more",
+            )
+        from tvc.models.info import ModelInfo
+
+        return ModelInfo.from_json(
+            {**info.to_json(), "input_size": [info.input_size[0], input_size, input_size]}
+        )
+
+    def export_patches(self, model: Any, options: Any):
+        """Deformable DETR's bilinear sampler as Gathers or GridSample (tvc.export.deformable);
+        plain DETR has nothing to patch."""
+        import contextlib
+
+        from tvc.export.deformable import deformable_sampling
+
+        @contextlib.contextmanager
+        def patched():
+            with deformable_sampling(model, options.sampling) as n:
+                yield {"sampling": options.sampling if n else None}
+
+        return patched()
+
+    def export_feeds(
+        self, info: ModelInfo, batches: list[np.ndarray], options: Any
+    ) -> list[dict[str, np.ndarray]]:
+        """With --pixel-mask a `pixel_mask` input (1 = real pixel); every other sample batch
+        is padded at the bottom/right, so parity covers masked pixels too."""
+        if not options.pixel_mask:
+            return super().export_feeds(info, batches, options)
+        rng = np.random.default_rng(0)
+        feeds = []
+        for i, x in enumerate(batches):
+            b, _, h, w = x.shape
+            mask = np.ones((b, h, w), np.int64)
+            if i % 2 == 1:
+                for j in range(b):
+                    mask[j, int(rng.integers(h // 2, h + 1)) :, :] = 0
+                    mask[j, :, int(rng.integers(w // 2, w)) :] = 0
+            feeds.append({INPUT: x, MASK: mask})
+        return feeds
+
+    def export_io(self, info: ModelInfo, io: dict[str, Any]) -> dict[str, Any]:
+        for out in io["outputs"]:
+            if out["name"] == BOXES:
+                out["format"] = "cxcywh, normalised to [0, 1]"
+        return {**io, "no_object_class": bool(info.extra.get("no_object_class", False))}
+
+    def images(self, data: Scenes) -> Any:
+        from tvc.data.base import ImageSet
+
+        view = {"input_size": data.input_size, "mean": data.mean, "std": data.std}
+        x = np.concatenate([b[0] for b in data.scenes.batches(64, **view)])
+        scenes = data.scenes
+        return ImageSet.from_arrays(
+            x, np.zeros(len(x), np.int64), name=scenes.name, split=scenes.split
+        )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities (any trailing "no object" column included)."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)

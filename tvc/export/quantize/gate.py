@@ -17,7 +17,7 @@ from tvc.export.quantize.calibration import check_image_size
 from tvc.export.quantize.config import QuantConfig
 from tvc.export.quantize.dynamic import quantize_dynamic, run_dynamic
 from tvc.export.quantize.graph import check_model, input_spec, load_onnx, prepare, save_onnx, sizes
-from tvc.export.quantize.scoring import Scorer, logit_errors, predict_all, run_outputs, session
+from tvc.export.quantize.scoring import Scorer, logit_errors, predict_all, predict_outputs, session
 from tvc.export.quantize.static import StaticJob
 
 if TYPE_CHECKING:
@@ -216,17 +216,26 @@ class TaskJudge:
     """The task's own metric (`task.evaluate`) on the task's own data: top-1 for classifiers,
     COCO mAP for detectors. `images` is the same data as an image set (for layer ranking)."""
 
-    def __init__(self, task: Task, fp32: Path, data: Any, images: ImageSet, cfg: QuantConfig):
+    def __init__(
+        self,
+        task: Task,
+        fp32: Path,
+        data: Any,
+        images: ImageSet,
+        cfg: QuantConfig,
+        *,
+        fp32_result: dict[str, Any] | None = None,
+    ) -> None:
         self.task, self.data, self.images, self.cfg = task, data, images, cfg
-        self.reference = _remembered(_predict(load_onnx(fp32)))
-        self.fp32 = task.evaluate(self.reference, data)
+        self.reference = _remembered(predict_outputs(load_onnx(fp32)))
+        self.fp32 = fp32_result or task.evaluate(self.reference, data)
         self.metric = task.metric
         self.fp32_score = round(float(self.fp32[task.metric]), 3)
         self.eval_data = {"name": self.fp32.get("dataset"), "split": self.fp32.get("split"),
                           "n": self.fp32.get("n"), "labelled": True}  # fmt: skip
 
     def measure(self, model: ModelProto) -> dict[str, Any]:
-        result = self.task.evaluate(_predict(model), self.data, reference=self.reference)
+        result = self.task.evaluate(predict_outputs(model), self.data, reference=self.reference)
         score = float(result[self.metric])
         return {"score": round(score, 3), "drop": round(self.fp32_score - score, 3), **result}
 
@@ -238,11 +247,6 @@ def _subset(data: ImageSet, cfg: QuantConfig) -> np.ndarray:
     from tvc.data.base import seeded_subset
 
     return data.take(seeded_subset(len(data), cfg.sensitivity_samples, cfg.seed))[0]
-
-
-def _predict(model: ModelProto) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    opened = session(model)
-    return lambda x: run_outputs(opened, np.ascontiguousarray(x, dtype=np.float32))
 
 
 def _remembered(predict: Callable) -> Callable:

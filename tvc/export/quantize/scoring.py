@@ -4,6 +4,7 @@ of the accuracy gate."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,13 @@ def run_outputs(session, x: np.ndarray, batch: int = 64) -> dict[str, np.ndarray
             chunk = np.concatenate([chunk, chunk[-1:].repeat(b - n, axis=0)])
         parts.append([o[:n] for o in sess.run(None, {spec.name: chunk})])
     return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+
+def predict_outputs(model: ModelProto) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """predict(x) -> every output by name, for an in-memory (or loaded) ONNX model: the shape
+    tvc.tasks' `evaluate` reads."""
+    opened = session(model)
+    return lambda x: run_outputs(opened, np.ascontiguousarray(x, dtype=np.float32))
 
 
 def predict_array(session, x: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -1,0 +1,119 @@
+"""The export stage: MODEL (or an ONNX artifact) to one artifact holding its deployable forms.
+
+model.onnx (proven against PyTorch), and as asked model.fp16.onnx, model.int8.onnx (Q/DQ, held
+to an accuracy budget), model.int8dyn.onnx and model.engine (TensorRT). Every task goes through
+the same flow (tvc.export.flow); what differs between classifiers, detectors and the rest lives
+in their task adapter (tvc.tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tvc.errors import ConfigError
+from tvc.stages.config import ModelOptions, OutputOptions, option
+
+log = logging.getLogger("tvc")
+
+SUMMARY = "export a model to ONNX (parity-proven), FP16/INT8 variants and a TensorRT engine"
+
+
+class Config(ModelOptions, OutputOptions):
+    opset: int = option(17, "ONNX opset (LayerNormalization needs 17 or newer).")
+    batch: int = Field(1, ge=1, description="Fixed batch size.")
+    dynamic_batch: bool = option(False, "Export with a dynamic batch dimension.")
+    input_size: int | None = Field(None, ge=1, description="Input resolution (model names only).")
+    no_simplify: bool = option(False, "Skip onnxslim simplification.")
+    fp16: bool = option(False, "Also write an FP16 ONNX (norms/softmax kept FP32).")
+    int8: Literal["static", "dynamic"] | None = option(
+        None, "Also write an INT8 ONNX: static (calibrated Q/DQ) or dynamic."
+    )
+    calib: str | None = option(None, "Calibration DATA for static INT8.")
+    calib_size: int = Field(512, ge=1, description="Calibration images.")
+    calib_method: Literal["minmax", "percentile", "entropy"] = option(
+        "minmax", "How calibration turns activations into ranges."
+    )
+    int8_budget: float = Field(
+        0.5,
+        ge=0,
+        description="Max points of the task's metric (top-1, mAP) INT8 may lose before layers "
+        "fall back to float.",
+    )
+    allow_accuracy_drop: bool = option(
+        False, "Keep an INT8 model that misses its budget (exit 0, loud warning)."
+    )
+    int8_ops: Literal["safe", "all"] = option(
+        "safe", "safe: only Linear/MatMul inputs; all: every op (the naive setting)."
+    )
+    eval_data: str | None = option(
+        None,
+        "DATA for the INT8 accuracy gate (default: the calibration set's val split); its test "
+        "split also measures the FP32 model.",
+    )
+    trt: bool = option(False, "Build a TensorRT engine on this machine.")
+    min_batch: int = Field(1, ge=1, description="TensorRT profile: smallest batch.")
+    opt_batch: int = Field(1, ge=1, description="TensorRT profile: batch to tune for.")
+    max_batch: int = Field(8, ge=1, description="TensorRT profile: largest batch.")
+    workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace (MiB).")
+    timing_cache: str | None = option(None, "Timing cache file, reused across builds.")
+    dla: int | None = Field(None, ge=0, description="Jetson DLA core to build for.")
+    sampling: Literal["gather", "grid"] = option(
+        "gather", "Deformable DETR: bilinear sampling by Gathers, or by GridSample."
+    )
+    pixel_mask: bool = option(False, "Detectors: add a pixel_mask input for padding.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.trt and not (self.min_batch <= self.opt_batch <= self.max_batch):
+            raise ConfigError(
+                f"batch profile must satisfy min <= opt <= max, got "
+                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}",
+                "e.g. --min-batch 1 --opt-batch 1 --max-batch 8",
+            )
+        if self.int8 and self.pixel_mask:
+            raise ConfigError(
+                "INT8 calibration takes images only, not a pixel_mask input",
+                "drop --pixel-mask for an INT8 export",
+            )
+        return self
+
+    def engine_options(self) -> dict:
+        """The EngineConfig fields --trt asks for (precision aside)."""
+        return {
+            "min_batch": self.min_batch,
+            "opt_batch": self.opt_batch,
+            "max_batch": self.max_batch,
+            "workspace_mb": self.workspace_mb,
+            "timing_cache": Path(self.timing_cache) if self.timing_cache else None,
+            "dla_core": self.dla,
+        }
+
+
+def run(cfg: Config):
+    """Export cfg.model as cfg asks and write the export artifact cfg.output."""
+    from tvc.export.flow import export_model, onnx_source
+    from tvc.export.onnx import check_opset_and_batch
+    from tvc.stages.common import claim_output, refuse_options
+
+    claim_output(cfg, cfg.model, cfg.weights, cfg.calib, cfg.eval_data, cfg.timing_cache)
+    check_opset_and_batch(cfg.opset, cfg.batch)
+    source = onnx_source(cfg.model)
+    if source is not None:  # an ONNX artifact: no torch needed (a board adding an engine)
+        from tvc.tasks import task_for_info
+
+        task = task_for_info(source.info)
+        refuse_options(task, "export", cfg)
+        return export_model(task, source, cfg)
+    from tvc.stages.common import task_of_model
+
+    task = task_of_model(cfg.model, "export")
+    refuse_options(task, "export", cfg)
+    is_path = Path(cfg.model).exists()
+    loaded = task.load_model(
+        cfg.model, **cfg.model_kwargs(), input_size=None if is_path else cfg.input_size
+    )
+    return export_model(task, loaded, cfg)
