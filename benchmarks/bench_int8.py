@@ -36,10 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result
 
-from tvc.compress.quantize import QuantConfig, quantize_dynamic, quantize_static, quantize_with_gate
 from tvc.data.base import ImageSet
 from tvc.errors import AccuracyBudgetError
 from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.quantize import QuantConfig, quantize_dynamic, quantize_static, quantize_with_gate
+from tvc.export.trt_rules import check_trt_qdq
 from tvc.models import load_model
 from tvc.models.load import LoadedModel
 from tvc.runtime.bench import LatencyStats
@@ -162,7 +163,7 @@ def speed(name: str, args, work: Path) -> dict[str, Any]:
                 "size_bytes": size,
                 "smaller_vs_fp32": round(files["fp32"].stat().st_size / size, 2),
                 "ort_kernels": fused_ops(path),
-                "trt_ready": reports.get(k, {}).get("trt_ready"),
+                "trt_ready": not check_trt_qdq(path) if k in reports else None,
             }
         )
     return {"model": name, "threads": args.threads, "batch": 1, "rows": rows}
@@ -210,7 +211,7 @@ def accuracy(label: str, spec: str | None, args, work: Path, reference=None) -> 
     gate_cfg = dataclasses.replace(base, budget=args.budget, allow_accuracy_drop=True)
     try:
         notes["int8-qdq safe+gate"] = quantize_with_gate(
-            fp32, variants["int8-qdq safe+gate"], calib, gate_cfg, val, latency=False
+            fp32, variants["int8-qdq safe+gate"], calib, gate_cfg, val
         )
     except AccuracyBudgetError as exc:  # not raised with allow_accuracy_drop; kept for clarity
         notes["int8-qdq safe+gate"] = {"error": exc.message}
