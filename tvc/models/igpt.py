@@ -280,7 +280,7 @@ def igpt_build(kwargs: dict[str, Any]) -> ImageGPT:
 
 def igpt_info(name: str, cfg: IGPTConfig, palette=None, weights: str = "random"):
     from tvc.data.pixels import levels_palette
-    from tvc.models.load import ModelInfo
+    from tvc.models.info import ModelInfo
 
     pal = palette or levels_palette(cfg.levels)
     if pal.size != cfg.levels:
@@ -307,7 +307,7 @@ def igpt_from_name(
     name: str, *, weights: str | Path | None = None, warn_random: bool = True, **overrides: Any
 ):
     """A LoadedModel of one of tvc's iGPT configs (random, or `weights` from a safetensors)."""
-    from tvc.models.load import LoadedModel
+    from tvc.models.info import LoadedModel
 
     cfg = CONFIGS[name]
     over = {k: v for k, v in overrides.items() if v is not None}
