@@ -70,3 +70,22 @@ def test_generation_speed_reports_both_paths(exported, tokens):
     assert r["same_tokens"] and r["new_tokens_per_image"] == 56
     assert r["kv_cache"]["tokens_per_s"] > 0 and r["no_cache"]["tokens_per_s"] > 0
     assert r["speedup"] == pytest.approx(r["no_cache"]["seconds"] / r["kv_cache"]["seconds"], 0.02)
+
+
+def test_fixed_batch_export_is_run_one_image_at_a_time(exported, tokens, tmp_path):
+    from tvc.export.kv_decoder import run_full
+
+    model = exported[0]
+    fixed = export_full(model, tmp_path / "fixed.onnx", dynamic_batch=False)
+    sess = session_from_onnx(fixed, threads=1)
+    logits = run_full(sess, tokens, ["logits"])[0]
+    assert logits.shape == (3, 64, 8)
+    assert np.allclose(logits, model.logits(torch.from_numpy(tokens)).detach().numpy(), atol=1e-5)
+    ref = generate_greedy(model, torch.from_numpy(tokens[:, :16])).numpy()
+    assert np.array_equal(generate_without_cache(sess, tokens[:, :16], 64), ref)
+
+
+def test_image_shaped_float_tokens_are_accepted(exported, tokens):
+    model = exported[0]
+    as_image = torch.from_numpy(tokens).float().reshape(3, 1, 8, 8)
+    assert torch.equal(model(as_image)[0], model(torch.from_numpy(tokens))[0])

@@ -180,13 +180,29 @@ def generate_without_cache(sess, prefix: np.ndarray, total: int) -> np.ndarray:
     in for the pixels not yet generated; causality makes them irrelevant)."""
     prefix = np.asarray(prefix, dtype=np.int64)
     n, p = prefix.shape
-    length = sess.get_inputs()[0].shape[1]  # the graph's fixed sequence length
+    batch, length = sess.get_inputs()[0].shape[:2]  # the sequence length is fixed
+    if isinstance(batch, int) and batch != n:  # a fixed-batch export: one image at a time
+        return np.concatenate(
+            [generate_without_cache(sess, prefix[i : i + 1], total) for i in range(n)]
+        )
     seq = np.zeros((n, length), dtype=np.int64)
     seq[:, :p] = prefix
     for i in range(p, total):
         logits = sess.run(["logits"], {"tokens": seq})[0]
         seq[:, i] = logits[:, i].argmax(-1)
     return seq[:, :total]
+
+
+def run_full(sess, tokens: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+    """Run the full-sequence graph on `tokens`, one image at a time when its batch is fixed."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    batch = sess.get_inputs()[0].shape[0]
+    if isinstance(batch, int) and batch != len(tokens):
+        parts = [
+            sess.run(names, {"tokens": tokens[i : i + batch]}) for i in range(0, len(tokens), batch)
+        ]
+        return [np.concatenate(col) for col in zip(*parts, strict=True)]
+    return sess.run(names, {"tokens": tokens})
 
 
 def generation_speed(
@@ -323,7 +339,7 @@ def full_parity(
     x = np.asarray(tokens, dtype=np.int64)
     with torch.no_grad():
         ref = [t.numpy() for t in model.eval()(torch.from_numpy(x))]
-    got = sess.run(list(FULL_OUTPUTS), {"tokens": x})
+    got = run_full(sess, x, list(FULL_OUTPUTS))
     facts = {}
     for name, r, g in zip(FULL_OUTPUTS, ref, got, strict=True):
         p = compare(r, g, atol=atol, rtol=rtol)

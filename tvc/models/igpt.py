@@ -187,6 +187,10 @@ class ImageGPT(nn.Module):
         return x
 
     def forward(self, tokens: torch.Tensor):
+        if tokens.dim() > 2 or tokens.is_floating_point():
+            # token ids given image-shaped (N, 1, H, W) or as floats: generic tools (the MAC
+            # counter) build their inputs from input_size; the exported graph takes int64 (N, L)
+            tokens = tokens.flatten(1).round().long()
         inp = self.shifted(tokens)
         t = inp.shape[1]
         x = self.tok_emb(inp) + self.pos_emb[:, :t]

@@ -346,14 +346,14 @@ def _artifact_family(path: Path) -> str | None:
 
 def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
     """predict(tokens) -> {"logits", "features", "class_logits"} under ONNX Runtime."""
+    from tvc.export.kv_decoder import run_full
     from tvc.runtime.ort import session_from_onnx
 
     sess = session_from_onnx(path, threads=threads)
     names = [o.name for o in sess.get_outputs()]
 
     def predict(x: np.ndarray) -> Outputs:
-        out = sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.int64)})
-        return dict(zip(names, out, strict=True))
+        return dict(zip(names, run_full(sess, x, names), strict=True))
 
     return predict
 
