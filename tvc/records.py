@@ -53,6 +53,19 @@ class Detection(BaseModel):
     ap75: float | None = None
 
 
+class Lanes(BaseModel):
+    """The TuSimple benchmark of a lane model (LSTR) on lane data, in percent."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    split: str = "test"
+    n: int
+    accuracy: float  # TuSimple accuracy
+    f1: float
+    fp: float | None = None
+    fn: float | None = None
+
+
 @dataclass(frozen=True)
 class Quality:
     """The model-quality number of a record: top-1 for classifiers, COCO mAP for detectors."""
@@ -103,6 +116,7 @@ class BenchRecord(BaseModel):
     peak_rss_mb: float | None = None
     accuracy: Accuracy | None = None
     detection: Detection | None = None  # detectors benched with detection --data
+    lanes: Lanes | None = None  # lane models benched with lane --data
     energy: Energy | None = None
     board: str  # human label of the machine
     environment: dict[str, Any]
@@ -119,6 +133,10 @@ class BenchRecord(BaseModel):
         if self.detection is not None:
             d = self.detection
             return Quality("mAP", d.map, "", "COCO mAP", (d.dataset, d.split, d.n))
+        if self.lanes is not None:
+            ln = self.lanes
+            return Quality("TuSimple acc", ln.accuracy, "%", "TuSimple accuracy (%)",
+                           (ln.dataset, ln.split, ln.n))  # fmt: skip
         return None
 
     def to_json(self) -> dict[str, Any]:

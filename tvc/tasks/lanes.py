@@ -238,6 +238,17 @@ class LanesTask(Task):
             dynamic={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
         )
 
+    export_eval_limit = 500  # the built-in test split; each INT8 gate step decodes them all
+    default_calib = "lanes-synth"
+    parity_hint = "export with another --opset; if it persists, report the model"
+
+    def images(self, data: LaneData) -> Any:
+        from tvc.data.base import ImageSet
+
+        x = data.arrays()
+        return ImageSet.from_arrays(x, np.zeros(len(x), np.int64), name=data.lanes.name,
+                                    split=data.lanes.split)  # fmt: skip
+
     # ------------------------------------------------------------------------------ helpers
     def predictor(self, loaded: LoadedModel) -> Predict:
         """predict(batch) -> {"logits", "curves"} of a PyTorch model."""
@@ -289,7 +300,7 @@ def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
 def curve_agreement(reference: Outputs, candidate: Outputs, threshold: float = 0.5
                     ) -> dict[str, Any]:  # fmt: skip
     """How closely `candidate` follows `reference`: max |difference| of raw outputs, the share of
-    queries whose lane / no-lane decision agrees (`agreement`), and on queries both call lanes
+    queries whose lane / no-lane decision agrees (`agreement`, also `class_agreement`), and on queries both call lanes
     the largest curve difference in normalised x over the reference's rows (`curve_max_diff`),
     also in pixels of a 1280-wide image (`curve_max_px_1280`, TuSimple's threshold is 20)."""
     from tvc.data.lanes import curve_x
@@ -315,6 +326,7 @@ def curve_agreement(reference: Outputs, candidate: Outputs, threshold: float = 0
     return {
         "max_abs_diff": max_abs,
         "agreement": float((a == b).mean()),
+        "class_agreement": float((a == b).mean()),  # per query, lane / no lane (as detectors)
         "curve_max_diff": worst,
         "curve_max_px_1280": worst * REFERENCE_WIDTH,
         "n": int(a.size),
