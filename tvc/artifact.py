@@ -108,9 +108,16 @@ _FORCE: contextvars.ContextVar[bool] = contextvars.ContextVar("tvc_artifact_forc
 _COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("tvc_command", default=None)
 
 
-def record_command(command: str | None) -> None:
-    """Record `command` in the spec of every artifact written from now on in this context."""
-    _COMMAND.set(command)
+def record_command(command: str | None) -> contextvars.Token:
+    """Record `command` in the spec of every artifact written from now on in this context;
+    returns a token for `forget_command`."""
+    return _COMMAND.set(command)
+
+
+def forget_command(token: contextvars.Token) -> None:
+    """Undo `record_command`: a command run in-process (tests, a notebook) must not stamp its
+    command line on artifacts written after it."""
+    _COMMAND.reset(token)
 
 
 @contextlib.contextmanager

@@ -43,10 +43,16 @@ class TvcGroup(click.Group):
             _usage_error(ctx, exc)
 
     def invoke(self, ctx: click.Context):
-        from tvc.artifact import record_command
+        from tvc.artifact import forget_command, record_command
         from tvc.cli.options import command_line
 
-        record_command(command_line())
+        token = record_command(command_line())
+        try:
+            return self._invoke_guarded(ctx)
+        finally:
+            forget_command(token)
+
+    def _invoke_guarded(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except TvcError as exc:
