@@ -92,3 +92,11 @@ def test_output_parity_covers_every_output_and_fails_loudly():
     with pytest.raises(ParityError, match="does not match PyTorch") as err:
         require_outputs_parity(bad, "the exported classifier", task.parity_hint)
     assert err.value.exit_code == 3 and "--opset" in err.value.fix
+
+
+def test_calibration_data_must_be_of_the_models_task(tmp_path):
+    with pytest.raises(ConfigError, match="--calib fashion-mnist-det is detection data"):
+        export(model="vit_pico", output=str(tmp_path / "k"), int8="static",
+               calib="fashion-mnist-det")  # fmt: skip
+    with pytest.raises(ConfigError, match="--eval-data is empty"):
+        export(model="vit_pico", output=str(tmp_path / "k"), eval_data=" ")

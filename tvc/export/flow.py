@@ -103,13 +103,13 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
             _copy_fp32(source.artifact, w)
         else:
             export_into(w, task, source, settings)
-        variant = _Variants(task, w, cfg, calib)
+        variants = _Variants(task, w, cfg, calib)
         if cfg.eval_data:
-            w.meta["metrics"].update(task.headline(variant.fp32_quality()))
+            w.meta["metrics"].update(task.headline(variants.fp32_quality()))
         if cfg.fp16:
-            variant.fp16()
+            variants.fp16()
         if cfg.int8:
-            variant.int8()
+            variants.int8()
         if cfg.trt:
             trt_missing = _engine(w, cfg)
     art = load_artifact(out)

@@ -106,14 +106,35 @@ def run(cfg: Config):
         from tvc.tasks import task_for_info
 
         task = task_for_info(source.info)
-        refuse_options(task, "export", cfg)
-        return export_model(task, source, cfg)
-    from tvc.stages.common import task_of_model
+    else:
+        from tvc.stages.common import task_of_model
 
-    task = task_of_model(cfg.model, "export")
+        task = task_of_model(cfg.model, "export")
     refuse_options(task, "export", cfg)
+    _check_data(task, cfg)
+    if source is not None:
+        return export_model(task, source, cfg)
     is_path = Path(cfg.model).exists()
     loaded = task.load_model(
         cfg.model, **cfg.model_kwargs(), input_size=None if is_path else cfg.input_size
     )
     return export_model(task, loaded, cfg)
+
+
+def _check_data(task, cfg: Config) -> None:
+    """--calib and --eval-data hold the task's kind of data (a detector calibrates on scenes)."""
+    from tvc.tasks import task_for_data
+
+    for flag, data in (("--calib", cfg.calib), ("--eval-data", cfg.eval_data)):
+        if data is None:
+            continue
+        if not data.strip():
+            raise ConfigError(
+                f"{flag} is empty", f"pass a dataset, e.g. {flag} {task.data_example}"
+            )
+        kind = task_for_data(data)
+        if kind is not task:
+            raise ConfigError(
+                f"{cfg.model} is a {task.noun} but {flag} {data} is {kind.name} data",
+                f"pass {task.name} data (e.g. {flag} {task.data_example})",
+            )
