@@ -82,6 +82,8 @@ def main() -> None:
             "bpd": round(heldout_bpd(loaded.model, val.tokens), 4),
         }
     loaded.info.weights = "trained" if src is None else "fine-tuned"
+    if src is not None:
+        loaded.info.extra["finetuned"] = True  # eval reports its classification accuracy
     spec = {
         "stage": f"igpt-{args.stage}",
         "data": DATA,

@@ -184,6 +184,11 @@ class PixelSet:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    def subset(self, n: int) -> PixelSet:
+        """The first `n` images (splits are already in a fixed order)."""
+        labels = None if self.labels is None else self.labels[:n]
+        return PixelSet(self.tokens[:n], labels, self.palette, self.size, self.name, self.split)
+
     def images(self, idx: np.ndarray | slice | None = None) -> np.ndarray:
         """The quantized images (decoded palette colours) of a selection, uint8."""
         t = self.tokens if idx is None else self.tokens[idx]
