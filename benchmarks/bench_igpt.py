@@ -93,6 +93,28 @@ def student(minutes: float, ratio: float) -> None:
     )
 
 
+@torch.no_grad()
+def probe_sweep(model, data) -> dict[str, float]:
+    """Linear-probe accuracy (%) on the averaged features after each block (iGPT sweeps the
+    layer; the model's probe_layer is what `eval` reports)."""
+    from tvc.eval.pixels import fit_probe
+
+    def feats(tokens):
+        parts = [
+            model.layer_features(torch.from_numpy(tokens[s : s + 64]))
+            for s in range(0, len(tokens), 64)
+        ]
+        return [torch.cat([p[i] for p in parts]).numpy() for i in range(len(parts[0]))]
+
+    train, test = feats(data.probe_train.tokens), feats(data.pixels.tokens)
+    return {
+        f"layer_{i + 1}": round(
+            100 * fit_probe(tr, data.probe_train.labels).accuracy(te, data.pixels.labels), 2
+        )
+        for i, (tr, te) in enumerate(zip(train, test, strict=True))
+    }
+
+
 def _latency(path: Path, x: np.ndarray, threads: int, n: int = 30) -> dict[str, float]:
     from tvc.runtime.ort import session_from_onnx
 
@@ -112,7 +134,9 @@ def _latency(path: Path, x: np.ndarray, threads: int, n: int = 30) -> dict[str, 
     }
 
 
-def measure(threads: int, eval_limit: int | None, gen_images: int, gate_limit: int) -> None:
+def measure(
+    threads: int, eval_limit: int | None, gen_images: int, gate_limit: int, sweep: bool
+) -> None:
     from tvc.export.kv_decoder import export_igpt, generation_speed
     from tvc.tasks.pixels import complete_images
 
@@ -152,6 +176,9 @@ def measure(threads: int, eval_limit: int | None, gen_images: int, gate_limit: i
         }
         print(f"{name}: {task.describe(q)} ({time.perf_counter() - t0:.0f}s)")
         results["models"][name] = entry
+        if name == "teacher" and sweep:
+            entry["probe_by_layer"] = probe_sweep(loaded.model, d)
+            print(f"  probe by layer: {entry['probe_by_layer']}")
         if not export:
             continue
         exported = export_igpt(
@@ -270,6 +297,13 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {g['kv_cache']['s_per_image']:.3f} | {g['no_cache']['tokens_per_s']:.0f} "
                 f"| {g['no_cache']['s_per_image']:.3f} | {g['speedup']:.1f}x | {g['same_tokens']} |"
             )
+    sweep = r["models"].get("teacher", {}).get("probe_by_layer")
+    if sweep:
+        out += [
+            "",
+            "Teacher linear probe by layer (features after each block): "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.2f}%" for k, v in sweep.items()),
+        ]
     gates = [(n, e["int8_gate"]) for n, e in r["models"].items() if "int8_gate" in e]
     out += [
         "",
@@ -307,13 +341,18 @@ def main() -> None:
         help="test images for the teacher's INT8 bits/dim gate",
     )
     ap.add_argument("--gen-images", type=int, default=1)
+    ap.add_argument(
+        "--probe-sweep",
+        action="store_true",
+        help="also probe the teacher's features after every block",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     if args.stage == "student":
         student(args.minutes, args.prune)
     else:
-        measure(args.threads, args.eval_limit, args.gen_images, args.gate_limit)
+        measure(args.threads, args.eval_limit, args.gen_images, args.gate_limit, args.probe_sweep)
 
 
 if __name__ == "__main__":

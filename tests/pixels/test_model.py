@@ -66,3 +66,10 @@ def test_load_model_builds_igpt_by_name_and_from_info(igpt_loaded):
     rebuilt = build_from_info(loaded.info)
     assert isinstance(rebuilt, ImageGPT) and rebuilt.seq_len == 64
     assert np.array_equal(np.array(loaded.info.input_size), [1, 8, 8])
+
+
+def test_layer_features_match_the_probe_features(igpt, tokens):
+    x = torch.from_numpy(tokens)
+    per_layer = igpt.layer_features(x)
+    assert len(per_layer) == 2
+    assert torch.allclose(per_layer[igpt.probe_layer - 1], igpt(x)[1], atol=1e-6)

@@ -209,6 +209,18 @@ class ImageGPT(nn.Module):
     def features(self, tokens: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         return self.hidden(tokens, layer or self.probe_layer).mean(1)
 
+    def layer_features(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """The sequence-averaged residual stream after every block (for a probe-layer sweep)."""
+        inp = self.shifted(tokens)
+        t = inp.shape[1]
+        x = self.tok_emb(inp) + self.pos_emb[:, :t]
+        allowed = self.causal[:t, :t]
+        out = []
+        for b in self.blocks:
+            x = b(x, allowed)
+            out.append(x.mean(1))
+        return out
+
     def empty_cache(self, n: int, device=None) -> list[torch.Tensor]:
         """Keys and values of zero cached tokens: [k_0, v_0, k_1, v_1, ...], each (N, H, 0, hd)."""
         out = []
