@@ -20,7 +20,7 @@ from pathlib import Path
 from tvc.demo import run_demo
 from tvc.pipeline.runner import RECORDS_FILE
 from tvc.report.render import write_report
-from tvc.report.schema import read_records
+from tvc.records import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

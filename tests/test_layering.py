@@ -187,16 +187,10 @@ def _explain(graph, comp: list[str]) -> str:
     return f"{' <-> '.join(comp)}:\n" + "\n".join(edges)
 
 
-# Package imports that close a cycle today, each waiting for a change in progress elsewhere.
-# Leaving one out here, the cycle test ignores only that edge; once the import is gone,
+# Package imports that close a cycle, each with the reason it is allowed. Leaving one out here,
+# the cycle test ignores only that edge; once the import is gone,
 # test_known_cycle_edges_still_exist fails until the entry is removed.
-KNOWN_CYCLE_EDGES = {
-    # compress/pipeline.py asks the task registry for the teacher's task: removed when the
-    # compress stage hands the pipeline both tasks
-    ("compress", "tasks"): "the compress pipeline looks up the teacher's task itself",
-    # errors.as_user_error reads deps._EXTRAS (deps raises errors' MissingDependencyError)
-    ("errors", "deps"): "the two floor modules import each other",
-}
+KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 
 def test_no_import_cycle_between_packages():

@@ -113,30 +113,3 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when empty), for one-line errors."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
 
-
-def as_user_error(exc: BaseException) -> TvcError | None:
-    """The user or environment fault behind `exc` as a TvcError (itself; a missing optional
-    package; a full disk or a permission), or None when it is a bug in tvc."""
-    if isinstance(exc, TvcError):
-        return exc
-    if isinstance(exc, ModuleNotFoundError):
-        from tvc.deps import _EXTRAS
-
-        top = (exc.name or "").split(".")[0]
-        if top not in _EXTRAS:
-            return None  # a module tvc does not know as optional: a real bug
-        return MissingDependencyError(
-            f"the Python package '{top}' is not installed",
-            f"install it with: pip install 'tvc[{_EXTRAS[top]}]'",
-        )
-    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-        return storage_error(exc, getattr(exc, "filename", None) or "a file")
-    return None
-
-
-def internal_error_line(exc: BaseException) -> str:
-    """The one line tvc prints for a bug: what broke and how to report it."""
-    return (
-        f"error: internal error {type(exc).__name__}: {first_line(exc)}; this is a bug in tvc, "
-        "re-run with TVC_DEBUG=1 for the traceback and report it"
-    )

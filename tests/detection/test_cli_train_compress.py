@@ -12,7 +12,7 @@ from tvc.cli import cli
 from tvc.compress.detection import DetPruneConfig, compress_detector
 from tvc.models import load_model
 from tvc.models.detection import is_detector
-from tvc.report.schema import read_records
+from tvc.records import read_records
 from tvc.stages.torch_backend import TorchRunner
 
 DATA = "fashion-mnist-det"

@@ -107,7 +107,6 @@ def test_runtime_report_engine_build_and_bench_import_without_torch(tmp_path):
         "tvc.runtime.power",
         "tvc.runtime.bench",
         "tvc.export.tensorrt",
-        "tvc.report.schema",
         "tvc.records",
         "tvc.stages.bench",
         "tvc.cli",

@@ -38,6 +38,8 @@ def _comma_list(item: type, flag: str) -> Callable[[click.Context, Any, Any], An
         if value is None or value == ():
             return None if value is None else []
         texts = value if isinstance(value, tuple) else (value,)
+        if all(not str(text).strip() for text in texts):
+            return []  # `--backend ''`: the config says what an empty list means
         parts = [p.strip() for text in texts for p in str(text).split(",")]
         if any(p == "" for p in parts):
             raise ConfigError(

@@ -14,7 +14,8 @@ import traceback
 import click
 
 from tvc import __version__
-from tvc.errors import TvcError, as_user_error, internal_error_line
+from tvc.boundary import as_user_error, internal_error_line
+from tvc.errors import TvcError
 
 log = logging.getLogger("tvc")
 

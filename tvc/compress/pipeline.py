@@ -16,8 +16,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tvc.errors import ConfigError, UnsupportedModelError
-
 if TYPE_CHECKING:
     from tvc.artifact import Artifact
     from tvc.models.load import LoadedModel
@@ -41,7 +39,6 @@ def compress_model(
     from tvc.models.structure import describe_structure
     from tvc.train.dist import pick_device
 
-    _check_teacher(task, loaded, teacher)
     info = loaded.info
     original = loaded.model.eval()
     student = LoadedModel(
@@ -144,25 +141,6 @@ def _prune_spec(cfg: Config) -> dict[str, Any]:
 
 def _agreement(task: Task, reference, candidate, samples, source: str) -> dict[str, Any]:
     return {"inputs": source, **task.agreement(reference, task.outputs(candidate, samples))}
-
-
-def _check_teacher(task: Task, loaded: LoadedModel, teacher: LoadedModel | None) -> None:
-    if teacher is None:
-        return
-    from tvc.tasks import task_for_info
-
-    if task_for_info(teacher.info) is not task:
-        raise UnsupportedModelError(
-            f"the teacher {teacher.info.name} is not a {task.name} model",
-            f"distil a {task.name} model from a {task.name} model (e.g. its uncompressed source)",
-        )
-    if teacher.artifact is None and teacher.info.weights == "random":
-        raise ConfigError(
-            f"the teacher {teacher.info.name} has random weights, so there is nothing to learn "
-            "from it",
-            "distil from a trained model: a tvc train artifact, or --weights / "
-            "--teacher-weights with the trained weights",
-        )
 
 
 def _check_rebuild(task: Task, student: LoadedModel, x) -> None:

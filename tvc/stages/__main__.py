@@ -3,8 +3,8 @@
 The recipe runner starts each stage this way, in a child process of its own: the stage is
 isolated and a killed run leaves finished stages intact, yet no command line is parsed. CONFIG
 is the stage config's fields as JSON, inline or in a file; COMMAND is the equivalent `tvc ...`
-command, recorded in the artifacts so each number says how to reproduce it. Errors end as one line and the exit codes
-of the command line (see tvc.errors).
+command, recorded in the artifacts so each number says how to reproduce it. Errors end as one
+line and the exit codes of the command line (see tvc.errors and tvc.boundary).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from tvc.errors import ConfigError, as_user_error, internal_error_line
+from tvc.boundary import as_user_error, internal_error_line
+from tvc.errors import ConfigError
 
 
 def main(argv: list[str]) -> int:

@@ -180,4 +180,24 @@ def run(cfg: Config):
             same_model(cfg.distill, cfg.model) and cfg.teacher_weights in (None, cfg.weights)
         )
         teacher = loaded if own else task.load_model(cfg.distill, weights=cfg.teacher_weights)
+        _check_teacher(task, teacher)
     return compress_model(task, loaded, cfg, Path(cfg.output), teacher=teacher)
+
+
+def _check_teacher(task, teacher) -> None:
+    """A teacher of the same task, with weights worth learning from."""
+    from tvc.errors import UnsupportedModelError
+    from tvc.tasks import task_for_info
+
+    if task_for_info(teacher.info) is not task:
+        raise UnsupportedModelError(
+            f"the teacher {teacher.info.name} is not a {task.noun}",
+            f"distil a {task.noun} from a {task.noun} (e.g. its uncompressed source)",
+        )
+    if teacher.artifact is None and teacher.info.weights == "random":
+        raise ConfigError(
+            f"the teacher {teacher.info.name} has random weights, so there is nothing to learn "
+            "from it",
+            "distil from a trained model: a tvc train artifact, or --weights / "
+            "--teacher-weights with the trained weights",
+        )
