@@ -24,18 +24,21 @@ from tvc.report.render import analyse, headline
 TRAINED_TEACHER = Path("benchmarks/artifacts/fmnist_teacher")
 
 
-def demo_recipe(detection: bool = False) -> str:
-    """The recipe the demo runs: detection, or classification from the kept teacher if present."""
+def demo_recipe(detection: bool = False, lanes: bool = False) -> str:
+    """The recipe the demo runs: detection, lanes, or classification from the kept teacher if
+    present."""
+    if lanes:  # LSTR trained here on the built-in lane scenes (benchmarks/bench_lanes.py)
+        return "lanes-synth"
     if detection:  # DETR trained here on the built-in detection scenes (about 5 min on 2 cores)
         return "fmnist-det"
     return "fmnist-reuse" if (TRAINED_TEACHER / "artifact.json").is_file() else "fmnist-demo"
 
 
 def run_demo(out: Path, *, threads: int | None = None, detection: bool = False,
-             echo: Echo = print, progress: Echo = print) -> None:  # fmt: skip
+             echo: Echo = print, progress: Echo = print, lanes: bool = False) -> None:  # fmt: skip
     """Run the demo recipe in `out`: `progress` gets the stages' lines, `echo` the result."""
     t0 = time.perf_counter()
-    name = demo_recipe(detection)
+    name = demo_recipe(detection, lanes)
     progress(f"running recipe {name} (see 'tvc recipes --show {name}')")
     runner = Runner(load_recipe(name), out, echo=progress)
     if threads is not None:
@@ -55,6 +58,11 @@ def run_demo(out: Path, *, threads: int | None = None, detection: bool = False,
         if r.step.kind == "report"
         for fmt in r.step.formats
     ]
+    if lanes:  # the picture of predicted lanes joins the report
+        from tvc.tasks.lanes import demo_picture
+
+        for line in demo_picture(results, reports):
+            progress(line)
     echo(f"demo finished in {time.perf_counter() - t0:.0f} s; run directory: {out}")
     for path in reports:
         echo(f"report: {path}")

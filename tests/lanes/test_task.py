@@ -169,3 +169,26 @@ def test_onnx_io_names(pico_lstr):
     io = TASK.onnx_io(pico_lstr.info)
     assert io.inputs == ("input",) and io.outputs == ("logits", "curves")
     assert io.dynamic["curves"] == {0: "batch"}
+
+
+def test_lanes_picture(tmp_path, pico_lstr, scenes):
+    from PIL import Image
+
+    from tvc.tasks.lanes import lanes_picture
+
+    data = LaneData(scenes, pico_lstr.info.input_size, pico_lstr.info.mean, pico_lstr.info.std)
+    p = TASK.predictor(pico_lstr)
+    out = lanes_picture(data, {"a": p, "b": p}, tmp_path / "lanes.png", n=3, scale=2)
+    with Image.open(out) as im:
+        assert im.size == (2 * 128 * 2, 3 * 72 * 2)
+        px = np.asarray(im.convert("RGB"))
+    assert ((px == [40, 220, 60]).all(-1)).sum() > 50  # ground-truth points drawn
+
+
+def test_recipe_is_valid():
+    from tvc.demo import demo_recipe
+    from tvc.pipeline.recipe import load_recipe
+
+    assert demo_recipe(lanes=True) == "lanes-synth"
+    recipe = load_recipe("lanes-synth")
+    assert recipe.data == "lanes-synth"

@@ -76,7 +76,8 @@ def recipes(show) -> None:
     "out",
     default=None,
     type=click.Path(file_okay=False),
-    help="Run directory, reused on a re-run [default: runs/demo; runs/demo-det with --detection].",
+    help="Run directory, reused on a re-run [default: runs/demo; runs/demo-det with --detection, "
+    "runs/demo-lanes with --lanes].",
 )
 @click.option(
     "--threads",
@@ -89,16 +90,23 @@ def recipes(show) -> None:
     is_flag=True,
     help="The detection story instead: DETR on the built-in Fashion-MNIST scenes (fmnist-det).",
 )
-def demo(out, threads, detection) -> None:
+@click.option(
+    "--lanes",
+    is_flag=True,
+    help="The lane story instead: LSTR on the built-in rendered roads (lanes-synth), with a "
+    "picture of the lanes the teacher and the INT8 student predict.",
+)
+def demo(out, threads, detection, lanes) -> None:
     """The main job on the built-in default: Fashion-MNIST ViT, pruned, distilled, INT8, report."""
     from tvc.demo import run_demo
 
     if out is None:
-        out = "runs/demo-det" if detection else "runs/demo"
+        out = "runs/demo-lanes" if lanes else "runs/demo-det" if detection else "runs/demo"
     run_demo(
         Path(out),
         threads=threads,
         detection=detection,
+        lanes=lanes,
         echo=click.echo,
         progress=lambda s: click.echo(s, err=True),
     )

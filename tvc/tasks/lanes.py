@@ -286,10 +286,16 @@ def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
     from tvc.runtime.ort import OrtRunner
 
     runner = OrtRunner(path, threads=threads)
+    fixed = runner.session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else None  # a fixed-batch export runs in chunks
 
     def predict(x: np.ndarray) -> Outputs:
-        out = runner.infer(np.ascontiguousarray(x, np.float32))
-        return {k: out[k] for k in OUTPUT_NAMES}
+        x = np.ascontiguousarray(x, np.float32)
+        if step is None or len(x) == step:
+            out = runner.infer(x)
+            return {k: out[k] for k in OUTPUT_NAMES}
+        parts = [predict(x[i : i + step]) for i in range(0, len(x), step)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
 
     return predict
 
@@ -300,9 +306,10 @@ def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
 def curve_agreement(reference: Outputs, candidate: Outputs, threshold: float = 0.5
                     ) -> dict[str, Any]:  # fmt: skip
     """How closely `candidate` follows `reference`: max |difference| of raw outputs, the share of
-    queries whose lane / no-lane decision agrees (`agreement`, also `class_agreement`), and on queries both call lanes
-    the largest curve difference in normalised x over the reference's rows (`curve_max_diff`),
-    also in pixels of a 1280-wide image (`curve_max_px_1280`, TuSimple's threshold is 20)."""
+    queries whose lane / no-lane decision agrees (`agreement`, also `class_agreement`), and on
+    queries both call lanes the largest curve difference in normalised x over the reference's
+    rows (`curve_max_diff`), also in pixels of a 1280-wide image (`curve_max_px_1280`;
+    TuSimple's threshold is 20)."""
     from tvc.data.lanes import curve_x
     from tvc.eval.lanes import lane_scores
 
@@ -545,3 +552,84 @@ def quantize_lanes(fp32: str | Path, out: str | Path, calib: LaneData, *,
     report.update(accuracy_fp32=base, accuracy=acc, drop=base - acc, budget=budget,
                   float_layers=kept_float, budget_met=base - acc <= budget)  # fmt: skip
     return report
+
+
+# --------------------------------------------------------------------------------- picture
+
+_COLOURS = {"ground truth": (40, 220, 60), 0: (60, 140, 255), 1: (255, 60, 40), 2: (255, 200, 0)}
+
+
+def lanes_picture(data: LaneData, predictors: dict[str, Predict], out: str | Path, *,
+                  n: int = 6, scale: int = 4) -> Path:  # fmt: skip
+    """A PNG of the first `n` frames of `data`, one row per frame: the ground truth (green) and
+    each predictor's lanes (blue, red, ...) drawn as points at the label rows, one panel per
+    predictor, `scale` times the image size. Returns the path."""
+    from tvc.data.lanes import _pil
+    from tvc.eval.lanes import decode
+
+    image_mod = _pil()
+    from PIL import ImageDraw
+
+    frames = data.lanes.subset(min(n, len(data.lanes)))
+    sub = LaneData(frames, data.input_size, data.mean, data.std)
+    x = sub.arrays()
+    outs = {name: p(x) for name, p in predictors.items()}
+    rows = []
+    for i, img in enumerate(frames.images):
+        h, w = img.shape[:2]
+        ys = np.asarray(frames.h_samples[i], np.float64)
+        panels = []
+        for k, (name, out_k) in enumerate(outs.items()):
+            im = image_mod.fromarray(img).resize((w * scale, h * scale), image_mod.NEAREST)
+            draw = ImageDraw.Draw(im)
+            lanes, _ = decode(out_k["logits"][i], out_k["curves"][i], ys, w, h)
+            for colour, group, r in ((_COLOURS["ground truth"], frames.lanes[i], 3),
+                                     (_COLOURS.get(k, (255, 0, 255)), lanes, 2)):  # fmt: skip
+                for lane in group:
+                    for xv, yv in zip(lane, ys, strict=True):
+                        if xv >= 0:
+                            cx, cy = (xv + 0.5) * scale, (yv + 0.5) * scale
+                            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour)
+            draw.text((4, 2), name, fill=(255, 255, 0))
+            panels.append(np.asarray(im))
+        rows.append(np.concatenate(panels, axis=1))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_mod.fromarray(np.concatenate(rows, axis=0)).save(out)
+    return out
+
+
+def demo_picture(results: list, reports: list[Path], n: int = 6) -> list[str]:
+    """After the lanes-synth recipe: draw the teacher's FP32 and the student's INT8 lanes (ONNX
+    Runtime) over the first `n` test frames into lanes.png beside the report, add it to the
+    Markdown and HTML reports, and return the lines to print."""
+    from tvc.models.info import ModelInfo
+
+    by_id = {r.step.id: Path(r.output) for r in results}
+    teacher, student = by_id.get("teacher-onnx"), by_id.get("student-onnx")
+    if teacher is None or student is None or not reports:
+        return []
+    meta = json.loads((student / "artifact.json").read_text())
+    info = ModelInfo.from_json(meta["model"])
+    data = LanesTask().load_data("lanes-synth", "test", info, limit=n)
+    out = reports[0].parent / "lanes.png"
+    lanes_picture(data, {"teacher FP32": onnx_predictor(teacher / "model.onnx", threads=1),
+                         "student INT8": onnx_predictor(student / "model.int8.onnx",
+                                                        threads=1)}, out, n=n)  # fmt: skip
+    caption = (
+        f"Lanes on {len(data)} test frames: ground truth green; left the teacher (FP32, "
+        "blue), right the pruned + distilled INT8 student (red), both on ONNX Runtime"
+    )
+    for report in reports:
+        text = report.read_text()
+        if "lanes.png" in text:
+            continue
+        if report.suffix == ".md":
+            report.write_text(
+                f"{text}\n## Predicted lanes\n\n![{caption}](lanes.png)\n\n{caption}.\n"
+            )
+        elif report.suffix == ".html" and "</body>" in text:
+            fig = (f'<h2>Predicted lanes</h2><figure><img src="lanes.png" alt="predicted lanes">'
+                   f"<figcaption>{caption}.</figcaption></figure>")  # fmt: skip
+            report.write_text(text.replace("</body>", fig + "</body>", 1))
+    return [f"lanes: {out}"]
