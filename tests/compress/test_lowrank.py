@@ -6,8 +6,8 @@ from torch import nn
 
 from tvc.compress.lowrank import LowRankConfig, choose_rank, factorize, svd_factors
 from tvc.compress.report import count_macs
-from tvc.models.structure import LowRankLinear
 from tvc.errors import ConfigError
+from tvc.models.structure import LowRankLinear
 
 
 def factorized(model: nn.Module, x: torch.Tensor, **cfg):

@@ -8,10 +8,10 @@ import torch
 from tvc.artifact import write_artifact
 from tvc.compress.lowrank import LowRankConfig, factorize
 from tvc.compress.prune import PruneConfig, prune
-from tvc.models.structure import apply_structure, describe_structure
 from tvc.errors import ArtifactError
 from tvc.models import load_model
 from tvc.models.load import LoadedModel, build_from_info, save_model
+from tvc.models.structure import apply_structure, describe_structure
 
 
 def compressed(loaded: LoadedModel, x: torch.Tensor, prune_cfg=None, lowrank_cfg=None):

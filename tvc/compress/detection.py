@@ -18,7 +18,7 @@
   truncated SVD, with the rank rules of tvc.compress.lowrank.
 - The result records its shapes (tvc.models.structure) in `info.structure`, so a saved
   artifact rebuilds without pickles. Distil it afterwards (tvc.train.detection) and quantize it
-  at export (tvc.export.detection, `--int8`).
+  at export (tvc.export.flow, `--int8`).
 """
 
 from __future__ import annotations
@@ -244,9 +244,9 @@ def compress_detector(loaded, *, prune: DetPruneConfig | None = None, lowrank=No
 
     Returns (new LoadedModel, report). The original is left untouched, e.g. as the teacher.
     """
-    from tvc.models.structure import describe_structure
     from tvc.models.detection import det_build, is_detector
     from tvc.models.load import LoadedModel, ModelInfo
+    from tvc.models.structure import describe_structure
 
     if not is_detector(loaded):
         raise UnsupportedModelError(

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from tvc.compress.prune import _known_keys, vit_layout
-from tvc.models.structure import LowRankLinear
 from tvc.errors import ConfigError
+from tvc.models.structure import LowRankLinear
 
 TARGETS = ("attn", "mlp")
 

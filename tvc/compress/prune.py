@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tvc.models.structure import LowRankLinear
 from tvc.deps import require
 from tvc.errors import ConfigError, UnsupportedModelError
+from tvc.models.structure import LowRankLinear
 
 log = logging.getLogger("tvc")
 
