@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tvc.demo import run_demo
 from tvc.pipeline.runner import RECORDS_FILE
-from tvc.report.render import write_report
 from tvc.records import read_records
+from tvc.report.render import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -112,4 +112,3 @@ def storage_error(exc: OSError, where: str | object) -> StorageError | None:
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when empty), for one-line errors."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
-

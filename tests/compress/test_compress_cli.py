@@ -106,8 +106,16 @@ def test_distillation_runs_after_pruning_through_the_contract(tmp_path, pico_art
         return {"wall_s": 1.0}
 
     monkeypatch.setattr(distill_mod, "distill", fake_distill)
-    cfg = Config.parse({"model": str(pico_art), "output": str(tmp_path / "kd"), "prune": 0.3,
-                        "distill": "", "data": "fashion-mnist", "eval_limit": 64})
+    cfg = Config.parse(
+        {
+            "model": str(pico_art),
+            "output": str(tmp_path / "kd"),
+            "prune": 0.3,
+            "distill": "",
+            "data": "fashion-mnist",
+            "eval_limit": 64,
+        }
+    )
     art = get_stage("compress").run(cfg)
     assert seen["embed"] == 48 and seen["structure"]["params"]["cls_token"] == [1, 1, 48]
     quality = art.meta["metrics"]["compression"]["quality"]
