@@ -10,6 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from tvc.data.base import ImageSet
+from tvc.errors import AccuracyBudgetError, ConfigError, DataError, UnsupportedModelError
 from tvc.export.quantize import (
     QuantConfig,
     quantizable_nodes,
@@ -17,8 +19,6 @@ from tvc.export.quantize import (
     quantize_static,
     quantize_with_gate,
 )
-from tvc.data.base import ImageSet
-from tvc.errors import AccuracyBudgetError, ConfigError, DataError, UnsupportedModelError
 from tvc.export.trt_rules import check_trt_qdq
 
 LINEAR = {
