@@ -61,13 +61,11 @@ def check_opset_and_batch(opset: int, batch: int) -> None:
         raise ConfigError(f"--batch must be >= 1, got {batch}", "use --batch 1")
 
 
-def export_onnx(loaded, out: str | Path, config: OnnxExportConfig) -> Artifact:
-    """Export `loaded` (a LoadedModel of any task) to an ONNX artifact at `out`."""
+def export_onnx(task: Task, loaded, out: str | Path, config: OnnxExportConfig) -> Artifact:
+    """Export `loaded` (a LoadedModel of `task`) to an ONNX artifact at `out`."""
     from tvc.artifact import load_artifact
-    from tvc.tasks import task_for_info
 
     config.validate()
-    task = task_for_info(loaded.info)
     spec = {"stage": "export-onnx", "task": task.name, "source": loaded.info.name,
             **asdict(config)}  # fmt: skip
     with write_artifact(out, "onnx", parent=loaded.artifact, spec=spec) as w:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from tvc.errors import ConfigError
 from tvc.stages.config import ModelOptions, OutputOptions, option
+
+if TYPE_CHECKING:
+    from tvc.artifact import Artifact
+    from tvc.export.onnx import OnnxExportConfig
+    from tvc.models.info import LoadedModel
 
 log = logging.getLogger("tvc")
 
@@ -138,3 +143,12 @@ def _check_data(task, cfg: Config) -> None:
                 f"{cfg.model} is a {task.noun} but {flag} {data} is {kind.name} data",
                 f"pass {task.name} data (e.g. {flag} {task.data_example})",
             )
+
+
+def export_loaded(loaded: LoadedModel, out: str | Path, config: OnnxExportConfig) -> Artifact:
+    """`tvc.export.onnx.export_onnx` for a loaded model of any task: its task is looked up
+    here, above export/ (which must not import the task registry)."""
+    from tvc.export.onnx import export_onnx
+    from tvc.tasks import task_for_info
+
+    return export_onnx(task_for_info(loaded.info), loaded, out, config)
