@@ -23,10 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result
 
-from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.onnx import OnnxExportConfig
 from tvc.models import load_model
 from tvc.runtime.bench import LatencyStats
 from tvc.runtime.ort import OrtRunner
+from tvc.stages.export import export_loaded
 
 
 def interleaved(fns: dict[str, callable], rounds: int, per_round_s: float, min_per_round: int):
@@ -59,7 +60,7 @@ def main() -> None:
     for name in models:
         loaded = load_model(name, warn_random=False)
         t0 = time.perf_counter()
-        art = export_onnx(loaded, workdir / name, OnnxExportConfig(dynamic_batch=True))
+        art = export_loaded(loaded, workdir / name, OnnxExportConfig(dynamic_batch=True))
         export_s = time.perf_counter() - t0
         params = art.meta["metrics"]["params"]
         for threads in (1, 2):

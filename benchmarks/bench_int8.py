@@ -38,13 +38,14 @@ from common import write_result
 
 from tvc.data.base import ImageSet
 from tvc.errors import AccuracyBudgetError
-from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.onnx import OnnxExportConfig
 from tvc.export.quantize import QuantConfig, quantize_dynamic, quantize_static, quantize_with_gate
 from tvc.export.trt_rules import check_trt_qdq
 from tvc.models import load_model
 from tvc.models.load import LoadedModel
 from tvc.runtime.bench import LatencyStats
 from tvc.runtime.ort import OrtRunner
+from tvc.stages.export import export_loaded
 
 log = logging.getLogger("tvc")
 
@@ -127,7 +128,7 @@ def pruned(loaded: LoadedModel, ratio: float) -> LoadedModel | None:
 def speed(name: str, args, work: Path) -> dict[str, Any]:
     loaded = like_trained(load_model(name, warn_random=False))
     d = work / name
-    fp32 = export_onnx(loaded, d / "fp32", OnnxExportConfig(batch=1)).path / "model.onnx"
+    fp32 = export_loaded(loaded, d / "fp32", OnnxExportConfig(batch=1)).path / "model.onnx"
     calib = noise_images(loaded, args.speed_calib)
     files = {"fp32": fp32, "int8-qdq": d / "int8.onnx", "int8-dynamic": d / "int8dyn.onnx"}
     reports = {
@@ -139,7 +140,7 @@ def speed(name: str, args, work: Path) -> dict[str, Any]:
     if args.prune > 0:
         small = pruned(loaded, args.prune)
         if small is not None:
-            pf = export_onnx(small, d / "pruned", OnnxExportConfig(batch=1)).path / "model.onnx"
+            pf = export_loaded(small, d / "pruned", OnnxExportConfig(batch=1)).path / "model.onnx"
             files[f"pruned{args.prune:g}-fp32"] = pf
             files[f"pruned{args.prune:g}+int8-qdq"] = d / "pruned.int8.onnx"
             reports[f"pruned{args.prune:g}+int8-qdq"] = quantize_static(
@@ -184,7 +185,9 @@ def accuracy(label: str, spec: str | None, args, work: Path, reference=None) -> 
         loaded = load_model(spec)
     info = loaded.info
     d = work / label.split()[0]
-    fp32 = export_onnx(loaded, d / "fp32", OnnxExportConfig(dynamic_batch=True)).path / "model.onnx"
+    fp32 = (
+        export_loaded(loaded, d / "fp32", OnnxExportConfig(dynamic_batch=True)).path / "model.onnx"
+    )
 
     def data(split: str, limit: int) -> ImageSet:
         return load_images(

@@ -38,11 +38,12 @@ from common import write_result
 from tvc.compress.lowrank import LowRankConfig, factorize
 from tvc.compress.prune import PruneConfig, prune
 from tvc.compress.report import count_macs, count_params, output_agreement
-from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.onnx import OnnxExportConfig
 from tvc.models import load_model
 from tvc.models.load import LoadedModel
 from tvc.runtime.bench import time_calls
 from tvc.runtime.ort import OrtRunner
+from tvc.stages.export import export_loaded
 
 DEFAULT_VARIANTS = "dense,prune0.3,prune0.5,lowrank0.9,lowrank0.95,prune0.3+lowrank0.9"
 STAGES = ("prune", "lowrank", "rank")  # prune<ratio>, lowrank<energy>, rank<fraction of full>
@@ -117,7 +118,7 @@ def measure_model(spec: str, weights: str | None, args, workdir: Path) -> dict[s
     for variant in args.variants.split(","):
         model, notes = build_variant(loaded, parse_variant(variant), samples)
         out = workdir / f"{Path(spec).name}-{variant}"
-        art = export_onnx(LoadedModel(model, info), out, OnnxExportConfig(batch=1))
+        art = export_loaded(LoadedModel(model, info), out, OnnxExportConfig(batch=1))
         row = {
             "variant": variant,
             "params": count_params(model),

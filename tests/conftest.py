@@ -33,7 +33,8 @@ def pico():
 @pytest.fixture(scope="session")
 def pico_onnx(tmp_path_factory, pico):
     """vit_pico exported to an ONNX artifact with a dynamic batch."""
-    from tvc.export.onnx import OnnxExportConfig, export_onnx
+    from tvc.export.onnx import OnnxExportConfig
+    from tvc.stages.export import export_loaded
 
     out = tmp_path_factory.mktemp("pico") / "exported"
-    return export_onnx(pico, out, OnnxExportConfig(dynamic_batch=True))
+    return export_loaded(pico, out, OnnxExportConfig(dynamic_batch=True))

@@ -8,10 +8,11 @@ from tvc.artifact import load_artifact
 from tvc.cli import cli
 from tvc.compress.report import count_macs, count_params
 from tvc.errors import ConfigError
-from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.onnx import OnnxExportConfig
 from tvc.models import load_model
 from tvc.stages import get_stage
 from tvc.stages.compress import Config
+from tvc.stages.export import export_loaded
 from tvc.tasks.classification import ClassificationTask
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -68,14 +69,14 @@ def test_hf_vit_directory_prunes_and_exports(tmp_path, hf_dir):
     out = tmp_path / "hf-pruned"
     res = run("compress", hf_dir, "-o", out, "--prune", "0.5", "--prune-heads", "--lowrank", "0.9")
     assert res.exit_code == 0, res.output
-    art = export_onnx(load_model(str(out)), tmp_path / "onnx", OnnxExportConfig())
+    art = export_loaded(load_model(str(out)), tmp_path / "onnx", OnnxExportConfig())
     assert art.meta["metrics"]["parity"]["ok"]
 
 
 def test_distilled_deit_exports_after_pruning(tmp_path):
     res = run("compress", "deit_pico_distilled", "-o", tmp_path / "d", "--prune", "0.3")
     assert res.exit_code == 0, res.output
-    assert export_onnx(load_model(str(tmp_path / "d")), tmp_path / "onnx",
+    assert export_loaded(load_model(str(tmp_path / "d")), tmp_path / "onnx",
                        OnnxExportConfig()).meta["metrics"]["parity"]["ok"]  # fmt: skip
 
 

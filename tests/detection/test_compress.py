@@ -12,9 +12,10 @@ from tvc.artifact import load_artifact, write_artifact
 from tvc.compress.detection import DetPruneConfig, compress_detector, prune_detector
 from tvc.compress.lowrank import LowRankConfig
 from tvc.errors import ConfigError, UnsupportedModelError
-from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.onnx import OnnxExportConfig
 from tvc.models import load_model
 from tvc.models.load import model_from_artifact, save_model
+from tvc.stages.export import export_loaded
 
 
 def _deformable(model):
@@ -150,7 +151,7 @@ def test_pruned_deformable_export_parity(tiny_deformable, tmp_path, sampling):
     """tvc's samplers take the head count from the pruned value tensor, not from the config."""
     small, _ = compress_detector(_distinct_heads(tiny_deformable), prune=DetPruneConfig(0.5))
     cfg = OnnxExportConfig(sampling=sampling, simplify=False, parity_samples=2)
-    art = export_onnx(small, tmp_path / sampling, cfg)
+    art = export_loaded(small, tmp_path / sampling, cfg)
     p = art.meta["metrics"]["parity"]
     assert p["ok"] and p["class_agreement"] == 1.0
     assert p["logits_max_abs_diff"] < 1e-4 and p["boxes_max_abs_diff"] < 1e-4

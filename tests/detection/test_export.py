@@ -11,9 +11,9 @@ import torch
 from tvc.errors import ConfigError
 from tvc.export.deformable import deformable_sampling, gather_sampling, grid_sampling
 from tvc.export.flow import export_model
-from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.onnx import OnnxExportConfig
 from tvc.runtime.ort import OrtRunner
-from tvc.stages.export import Config
+from tvc.stages.export import Config, export_loaded
 from tvc.tasks.detection import DetectionTask
 
 FAST = {"simplify": False, "parity_samples": 2}
@@ -37,7 +37,7 @@ def _graph_facts(path):
 
 
 def test_detr_export_parity_with_padding_mask(tiny_detr, tmp_path):
-    art = export_onnx(tiny_detr, tmp_path / "detr", OnnxExportConfig(pixel_mask=True, **FAST))
+    art = export_loaded(tiny_detr, tmp_path / "detr", OnnxExportConfig(pixel_mask=True, **FAST))
     p = art.meta["metrics"]["parity"]
     assert p["ok"] and p["class_agreement"] == 1.0 and p["boxes_max_abs_diff"] < 1e-4
     assert [i["name"] for i in art.meta["io"]["inputs"]] == ["input", "pixel_mask"]
@@ -60,7 +60,7 @@ def test_detr_export_parity_with_padding_mask(tiny_detr, tmp_path):
 @pytest.mark.parametrize("sampling", ["gather", "grid"])
 def test_deformable_export_parity_both_samplers(tiny_deformable, tmp_path, sampling):
     cfg = OnnxExportConfig(sampling=sampling, **FAST)
-    art = export_onnx(tiny_deformable, tmp_path / sampling, cfg)
+    art = export_loaded(tiny_deformable, tmp_path / sampling, cfg)
     p = art.meta["metrics"]["parity"]
     assert p["ok"] and p["class_agreement"] == 1.0
     assert p["logits_max_abs_diff"] < 1e-4 and p["boxes_max_abs_diff"] < 1e-4
@@ -103,14 +103,14 @@ def test_export_refuses_bad_detector_options(tiny_detr, tmp_path):
     with pytest.raises(ConfigError, match="--sampling"):
         Config.parse({"model": "detr_pico", "output": str(tmp_path / "y"), "sampling": "nearest"})
     with pytest.raises(ConfigError, match="too small for a detector"):
-        export_onnx(tiny_detr, tmp_path / "z", OnnxExportConfig(input_size=16))
+        export_loaded(tiny_detr, tmp_path / "z", OnnxExportConfig(input_size=16))
     with pytest.raises(ConfigError, match="pixel_mask"):
         Config(model="detr_pico", output=str(tmp_path / "w"), int8="static", pixel_mask=True)
     assert not (tmp_path / "z").exists()
 
 
 def test_detector_input_size_is_fixed_at_export(tiny_detr, tmp_path):
-    art = export_onnx(tiny_detr, tmp_path / "d", OnnxExportConfig(input_size=96, **FAST))
+    art = export_loaded(tiny_detr, tmp_path / "d", OnnxExportConfig(input_size=96, **FAST))
     assert art.meta["io"]["inputs"][0]["shape"] == [1, 3, 96, 96]
     assert art.meta["model"]["input_size"] == [3, 96, 96]
     assert art.meta["io"]["outputs"][1]["format"].startswith("cxcywh")

@@ -63,15 +63,16 @@ def overflowing(tmp_path_factory, pico):
     """vit_pico whose first MLP sees activations around 1.5e5: beyond FP16's 65504."""
     import torch
 
-    from tvc.export.onnx import OnnxExportConfig, export_onnx
+    from tvc.export.onnx import OnnxExportConfig
     from tvc.models.load import LoadedModel
+    from tvc.stages.export import export_loaded
 
     model = copy.deepcopy(pico.model)
     with torch.no_grad():
         model.blocks[0].mlp.fc1.weight.mul_(1e5)
         model.blocks[0].mlp.fc2.weight.div_(1e5)
     out = tmp_path_factory.mktemp("overflow") / "exported"
-    art = export_onnx(LoadedModel(model, pico.info), out, OnnxExportConfig(batch=2))
+    art = export_loaded(LoadedModel(model, pico.info), out, OnnxExportConfig(batch=2))
     return art.path / "model.onnx"
 
 

@@ -3,9 +3,10 @@ import onnx
 import pytest
 
 from tvc.errors import ConfigError, ParityError
-from tvc.export.onnx import OnnxExportConfig, export_onnx
+from tvc.export.onnx import OnnxExportConfig
 from tvc.export.parity import compare, require_parity
 from tvc.runtime.ort import OrtRunner
+from tvc.stages.export import export_loaded
 
 
 def test_export_records_parity_and_io(pico_onnx):
@@ -38,7 +39,7 @@ def test_dynamic_batch_runs_any_batch(pico_onnx, pico):
 
 
 def test_fixed_batch_and_no_simplify(tmp_path, pico):
-    art = export_onnx(pico, tmp_path / "e", OnnxExportConfig(batch=2, simplify=False))
+    art = export_loaded(pico, tmp_path / "e", OnnxExportConfig(batch=2, simplify=False))
     assert art.meta["io"]["inputs"][0]["shape"] == [2, 3, 32, 32]
     assert art.meta["metrics"]["simplified"] is False
     with OrtRunner(art.path / "model.onnx") as r, pytest.raises(ConfigError, match="fixed to 2"):
@@ -47,7 +48,7 @@ def test_fixed_batch_and_no_simplify(tmp_path, pico):
 
 def test_old_opset_rejected(tmp_path, pico):
     with pytest.raises(ConfigError, match="opset >= 17"):
-        export_onnx(pico, tmp_path / "e", OnnxExportConfig(opset=13))
+        export_loaded(pico, tmp_path / "e", OnnxExportConfig(opset=13))
     assert not (tmp_path / "e").exists()
 
 

@@ -171,8 +171,9 @@ def sensitive(tmp_path_factory, pico):
     function, but per-tensor INT8 of fc1's input in block 1 wipes out every other channel."""
     import torch
 
-    from tvc.export.onnx import OnnxExportConfig, export_onnx
+    from tvc.export.onnx import OnnxExportConfig
     from tvc.models.load import LoadedModel
+    from tvc.stages.export import export_loaded
 
     model = copy.deepcopy(pico.model)
     with torch.no_grad():
@@ -180,7 +181,7 @@ def sensitive(tmp_path_factory, pico):
         model.blocks[1].mlp.fc1.weight[:, 3] /= 300.0
         model.head.weight.mul_(20)  # decisive logits, so only real damage flips predictions
     out = tmp_path_factory.mktemp("sensitive") / "exported"
-    art = export_onnx(LoadedModel(model, pico.info), out, OnnxExportConfig(dynamic_batch=True))
+    art = export_loaded(LoadedModel(model, pico.info), out, OnnxExportConfig(dynamic_batch=True))
     path = art.path / "model.onnx"
     x = images(96, seed=3)
     return path, labelled_by(path, x[:32]), labelled_by(path, x[32:])

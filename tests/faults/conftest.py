@@ -105,9 +105,10 @@ def fault_base(tmp_path_factory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from tvc.export.onnx import OnnxExportConfig, export_onnx
+    from tvc.export.onnx import OnnxExportConfig
     from tvc.models import load_model
     from tvc.models.load import write_model_artifact
+    from tvc.stages.export import export_loaded
 
     base = tmp_path_factory.mktemp("faults-base")
     torch.manual_seed(0)
@@ -118,7 +119,7 @@ def fault_base(tmp_path_factory) -> Path:
     plain = load_model("vit_pico", warn_random=False).model
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()},
               str(base / "w.safetensors"))  # fmt: skip
-    export_onnx(
+    export_loaded(
         load_model(str(base / "model")), base / "onnx", OnnxExportConfig(dynamic_batch=True)
     )
     for c in ("cat", "dog"):
