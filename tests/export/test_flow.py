@@ -100,3 +100,16 @@ def test_calibration_data_must_be_of_the_models_task(tmp_path):
                calib="fashion-mnist-det")  # fmt: skip
     with pytest.raises(ConfigError, match="--eval-data is empty"):
         export(model="vit_pico", output=str(tmp_path / "k"), eval_data=" ")
+
+
+def test_the_export_command_prints_the_int8_drop_in_the_tasks_metric(tmp_path, short_gate):
+    from click.testing import CliRunner
+
+    from tvc.cli import cli
+
+    res = CliRunner().invoke(cli, ["export", "vit_pico", "-o", str(tmp_path / "e"), "--int8",
+                                   "static", "--calib", "fashion-mnist", "--calib-size", "32",
+                                   "--no-simplify"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.strip().startswith("model.int8.onnx"))
+    assert "int8-qdq" in line and "top1 drop" in line and "points" in line

@@ -42,8 +42,8 @@ def _print_export(art) -> None:
             continue
         size = art.meta["files"].get(fname, {}).get("bytes", 0) / 1e6
         line = f"  {fname}: {v['precision']}, {size:.2f} MB"
-        if "accuracy_drop" in v:
-            line += f", top-1 drop {v['accuracy_drop']:.2f} points"
+        if "drop" in v:  # the gate's drop, in the task's metric (top-1 %, mAP, ...)
+            line += f", {v.get('metric', 'quality')} drop {v['drop']:.2f} points"
         if v.get("float_layers"):
             line += f", {len(v['float_layers'])} layer(s) kept in float"
         click.echo(line)
