@@ -289,7 +289,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ".",
         "",
         "Agreement of the distilled student with the teacher (COCO mAP of its detections scored "
-        f"against the teacher's): {det['student']['agreement_with_teacher']:.2f}.",
+        f"against the teacher's): {_pts(det['student']['agreement_with_teacher'])}.",
         "",
         f"ONNX Runtime CPU, batch 1, {result['config']['threads']} thread(s):",
         "",
@@ -333,6 +333,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"{g['boxes_max_abs_diff']:.2e}, class agreement {g['class_agreement']:.1%}.",
     ]
     return "\n".join(lines)
+
+
+def _pts(value: float | None) -> str:
+    """mAP points, or why there are none (a teacher with no confident detection to agree with)."""
+    return (
+        "n/a (the teacher detects nothing with score >= 0.5)" if value is None else f"{value:.2f}"
+    )
 
 
 def _control(student: dict[str, Any]) -> str:
