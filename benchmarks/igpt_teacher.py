@@ -51,7 +51,7 @@ def main() -> None:
     info = loaded.info
     pal, size = palette_of(info), (info.input_size[1], info.input_size[2])
     train = load_pixels(DATA, "train", pal, size)
-    val = load_pixels(DATA, "val", pal, size)
+    val = load_pixels(DATA, "val", pal, size, limit=None if args.stage == "pretrain" else 1000)
     budget = args.minutes * 60
     if args.stage == "pretrain":
         cfg = PixelTrainConfig(
