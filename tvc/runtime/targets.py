@@ -44,9 +44,11 @@ def onnx_variants(target: str) -> list[Variant]:
         return []
     art = load_artifact(p)
     name = art.meta.get("model", {}).get("name", p.name)
+    # graphs exported beside the model (iGPT's single-step decoder) are not variants of it
+    extra_graphs = set(art.meta.get("metrics", {}).get("extra_graphs") or {})
     variants = []
     for fname, info in art.meta["files"].items():
-        if not fname.endswith(".onnx"):
+        if not fname.endswith(".onnx") or fname in extra_graphs:
             continue
         precision = art.meta.get("variants", {}).get(fname, {}).get(
             "precision"

@@ -149,7 +149,9 @@ def model_info(runner: Runner, variant: Variant) -> ModelInfo:
     fixed = all(isinstance(d, int) and d > 0 for d in shape)
     if "input_size" in facts:
         info = ModelInfo.from_json(facts)
-        if fixed:  # the graph is what is fed: an export may fix another size than the model's
+        # the graph is what is fed: an export may fix another image size than the model's
+        # (a token graph, iGPT's, has another rank and keeps the model's facts)
+        if fixed and len(shape) == len(info.input_size):
             info.input_size = tuple(int(d) for d in shape)
         return info
     if runner.is_detector:
