@@ -34,14 +34,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tvc.artifact import allow_overwrite, write_artifact  # noqa: E402
+from tvc.compress.igpt import prune_igpt, record_structure  # noqa: E402
 from tvc.models.load import load_model, save_model  # noqa: E402
 from tvc.tasks.pixels import (  # noqa: E402
     PixelData,
     PixelsTask,
     onnx_predictor,
     pixel_baseline,
-    prune_igpt,
-    record_structure,
 )
 
 ART = ROOT / "benchmarks" / "artifacts"

@@ -237,9 +237,10 @@ def time_onnx(rows: list, x, rounds: int, quick: bool) -> None:
 def cmd_students(args) -> None:
     import copy
 
+    from tvc.compress.lstr import record_structure
     from tvc.models import load_model
     from tvc.models.load import write_model_artifact
-    from tvc.tasks.lanes import LanesTask, record_structure
+    from tvc.tasks.lanes import LanesTask
     from tvc.train.lanes import LaneDistillConfig, LaneTrainConfig, distill_lanes, train_lanes
 
     task = LanesTask()

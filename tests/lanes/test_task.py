@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from tvc.compress.lstr import prune_lstr, record_structure
 from tvc.models import load_model
-from tvc.tasks.lanes import LaneData, LanesTask, curve_agreement, prune_lstr, record_structure
+from tvc.tasks.lanes import LaneData, LanesTask, curve_agreement
 
 TASK = LanesTask()
 
@@ -67,7 +68,7 @@ def test_prune_keeps_the_kept_heads_exact():
     torch.manual_seed(0)
     attn = Attention(16, 4)
     x = torch.randn(2, 5, 16)
-    from tvc.tasks.lanes import _prune_heads
+    from tvc.compress.lstr import _prune_heads
 
     with torch.no_grad():
         attn.v_proj.weight[4:8] *= 0.01  # head 1 is the weakest

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from tvc.compress.igpt import prune_igpt, record_structure
 from tvc.data.pixels import levels_palette, synthetic_pixels
 from tvc.tasks import task_for_data, task_for_info, task_for_model, task_named
-from tvc.tasks.pixels import PixelData, PixelsTask, prune_igpt, record_structure
+from tvc.tasks.pixels import PixelData, PixelsTask
 
 
 @pytest.fixture
