@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tvc.compress.surgery import keep_largest, linear_from
 from tvc.errors import ConfigError, UnsupportedModelError
 
 log = logging.getLogger("tvc")
@@ -76,28 +77,15 @@ def _standard_attentions(layer: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new
-
-
-def _keep(scores: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.sort(torch.topk(scores, n).indices).values
-
-
 def _prune_ffn(mlp: nn.Module, ratio: float, round_to: int) -> tuple[int, int]:
     fc1, fc2 = mlp.fc1, mlp.fc2
     width = fc1.out_features
     n = max(round_to, round(width * (1 - ratio) / round_to) * round_to)
     if n >= width:
         return width, width
-    keep = _keep(fc1.weight.norm(dim=1) * fc2.weight.norm(dim=0), n)
-    mlp.fc1 = _linear(fc1.weight[keep], fc1.bias[keep] if fc1.bias is not None else None)
-    mlp.fc2 = _linear(fc2.weight[:, keep], fc2.bias)
+    keep = keep_largest(fc1.weight.norm(dim=1) * fc2.weight.norm(dim=0), n)
+    mlp.fc1 = linear_from(fc1.weight[keep], fc1.bias[keep] if fc1.bias is not None else None)
+    mlp.fc2 = linear_from(fc2.weight[:, keep], fc2.bias)
     return width, n
 
 
@@ -115,14 +103,16 @@ def _prune_heads(attn: nn.Module, ratio: float) -> tuple[int, int]:
     scores = per_head(attn.v_proj.weight) * per_head(o_cols) + per_head(
         attn.q_proj.weight
     ) * per_head(attn.k_proj.weight)
-    kept_heads = _keep(scores, n)
+    kept_heads = keep_largest(scores, n)
     rows = (kept_heads[:, None] * hd + torch.arange(hd)).reshape(-1)
     for name in ("q_proj", "k_proj", "v_proj"):
         lin = getattr(attn, name)
         setattr(
-            attn, name, _linear(lin.weight[rows], lin.bias[rows] if lin.bias is not None else None)
+            attn,
+            name,
+            linear_from(lin.weight[rows], lin.bias[rows] if lin.bias is not None else None),
         )
-    attn.o_proj = _linear(attn.o_proj.weight[:, rows], attn.o_proj.bias)
+    attn.o_proj = linear_from(attn.o_proj.weight[:, rows], attn.o_proj.bias)
     return heads, n
 
 
@@ -153,7 +143,7 @@ def _prune_deformable_heads(attn: nn.Module, ratio: float) -> tuple[int, int]:
     if n >= heads or not all(isinstance(getattr(attn, a), nn.Linear) for a in projections):
         return heads, heads  # already factorized projections have no per-head rows to slice
     hd = attn.d_model // heads
-    kept = _keep(deformable_head_scores(attn), n)
+    kept = keep_largest(deformable_head_scores(attn), n)
 
     def rows(per_head: int) -> torch.Tensor:  # heads-major rows of the kept heads
         return (kept[:, None] * per_head + torch.arange(per_head)).reshape(-1)
@@ -168,8 +158,8 @@ def _prune_deformable_heads(attn: nn.Module, ratio: float) -> tuple[int, int]:
     ):
         lin, r = getattr(attn, name), rows(per_head)
         bias = lin.bias[r] if lin.bias is not None else None
-        setattr(attn, name, _linear(lin.weight[r], bias))
-    attn.output_proj = _linear(attn.output_proj.weight[:, rows(hd)], attn.output_proj.bias)
+        setattr(attn, name, linear_from(lin.weight[r], bias))
+    attn.output_proj = linear_from(attn.output_proj.weight[:, rows(hd)], attn.output_proj.bias)
     # forward splits value_proj's output as (n_heads, d_model // n_heads): both shrink together.
     attn.n_heads, attn.d_model = n, n * hd
     return heads, n

@@ -6,22 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tvc.compress.surgery import linear_from
 from tvc.errors import ConfigError
 
 if TYPE_CHECKING:
     from tvc.models.info import LoadedModel
-
-
-def _linear(weight, bias):
-    import torch
-    from torch import nn
-
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new
 
 
 def _prune_heads(attn, ratio: float) -> tuple[int, int]:
@@ -45,8 +34,8 @@ def _prune_heads(attn, ratio: float) -> tuple[int, int]:
     per_head = (kept[:, None] * hd + torch.arange(hd)).reshape(-1)
     rows = torch.cat([part * heads * hd + per_head for part in range(3)])
     with torch.no_grad():
-        attn.qkv = _linear(attn.qkv.weight[rows], attn.qkv.bias[rows])
-        attn.proj = _linear(attn.proj.weight[:, per_head], attn.proj.bias)
+        attn.qkv = linear_from(attn.qkv.weight[rows], attn.qkv.bias[rows])
+        attn.proj = linear_from(attn.proj.weight[:, per_head], attn.proj.bias)
     attn.num_heads = n
     return heads, n
 
@@ -66,8 +55,8 @@ def _prune_mlp(mlp, ratio: float, round_to: int) -> tuple[int, int]:
     scores = mlp.fc1.weight.norm(dim=1) * mlp.fc2.weight.norm(dim=0)
     keep = torch.sort(torch.topk(scores, n).indices).values
     with torch.no_grad():
-        mlp.fc1 = _linear(mlp.fc1.weight[keep], mlp.fc1.bias[keep])
-        mlp.fc2 = _linear(mlp.fc2.weight[:, keep], mlp.fc2.bias)
+        mlp.fc1 = linear_from(mlp.fc1.weight[keep], mlp.fc1.bias[keep])
+        mlp.fc2 = linear_from(mlp.fc2.weight[:, keep], mlp.fc2.bias)
     return width, n
 
 

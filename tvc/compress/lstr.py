@@ -6,22 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tvc.compress.surgery import linear_from
 from tvc.errors import ConfigError
 
 if TYPE_CHECKING:
     from tvc.models.info import LoadedModel
-
-
-def _linear(weight, bias):
-    import torch
-    from torch import nn
-
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new
 
 
 def _prune_heads(attn, ratio: float) -> tuple[int, int]:
@@ -46,8 +35,8 @@ def _prune_heads(attn, ratio: float) -> tuple[int, int]:
     with torch.no_grad():
         for name in ("q_proj", "k_proj", "v_proj"):
             lin = getattr(attn, name)
-            setattr(attn, name, _linear(lin.weight[rows], lin.bias[rows]))
-        attn.o_proj = _linear(attn.o_proj.weight[:, rows], attn.o_proj.bias)
+            setattr(attn, name, linear_from(lin.weight[rows], lin.bias[rows]))
+        attn.o_proj = linear_from(attn.o_proj.weight[:, rows], attn.o_proj.bias)
     return heads, n
 
 
@@ -61,8 +50,8 @@ def _prune_ffn(ffn, ratio: float, round_to: int) -> tuple[int, int]:
     scores = ffn.fc1.weight.norm(dim=1) * ffn.fc2.weight.norm(dim=0)
     keep = torch.sort(torch.topk(scores, n).indices).values
     with torch.no_grad():
-        ffn.fc1 = _linear(ffn.fc1.weight[keep], ffn.fc1.bias[keep])
-        ffn.fc2 = _linear(ffn.fc2.weight[:, keep], ffn.fc2.bias)
+        ffn.fc1 = linear_from(ffn.fc1.weight[keep], ffn.fc1.bias[keep])
+        ffn.fc2 = linear_from(ffn.fc2.weight[:, keep], ffn.fc2.bias)
     return width, n
 
 

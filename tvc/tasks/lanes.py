@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from tvc.compress.lstr import factorize_lstr, prune_lstr
 from tvc.errors import ParityError
 from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
 
@@ -211,6 +210,8 @@ class LanesTask(Task):
     def prune(self, model: Any, settings: dict[str, Any], *, example: Any,
               batches: list | None = None) -> dict[str, Any]:  # fmt: skip
         ratio = _settings_get(settings, "prune", "ratio", default=0.3)
+        from tvc.compress.lstr import prune_lstr
+
         return prune_lstr(model, float(ratio), heads=settings.get("heads", True),
                           ffn=settings.get("ffn", True),
                           round_to=int(settings.get("round_to", 8)))  # fmt: skip
@@ -228,6 +229,8 @@ class LanesTask(Task):
         return distill_lanes(student, teacher, train, cfg)
 
     def factorize(self, model: Any, lowrank: Any, *, samples: Any) -> dict[str, Any]:
+        from tvc.compress.lstr import factorize_lstr
+
         return factorize_lstr(model, lowrank)
 
     # ------------------------------------------------------------------------------ export

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from tvc.compress.igpt import factorize_igpt, prune_igpt
 from tvc.errors import ConfigError, DataError
 from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
 
@@ -243,6 +242,8 @@ class PixelsTask(Task):
         self, model: Any, settings: dict[str, Any], *, example: Any, batches: list | None = None
     ) -> dict[str, Any]:
         ratio = _get(settings, "prune", "ratio", default=0.3)
+        from tvc.compress.igpt import prune_igpt
+
         return prune_igpt(
             model,
             float(ratio),
@@ -252,6 +253,8 @@ class PixelsTask(Task):
         )
 
     def factorize(self, model: Any, lowrank: Any, *, samples: Any) -> dict[str, Any]:
+        from tvc.compress.igpt import factorize_igpt
+
         return factorize_igpt(model, lowrank)
 
     def distill(
