@@ -19,9 +19,11 @@ Conventions every adapter follows:
 from __future__ import annotations
 
 import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -123,8 +125,24 @@ class Task(ABC):
         reference: LoadedModel | None = None,
         device: str = "cpu",
     ) -> dict[str, Any]:
-        """`evaluate` of a PyTorch model (with `reference`'s agreement), on `device`."""
-        raise NotImplementedError(f"the {self.name} task cannot evaluate a PyTorch model yet")
+        """`evaluate` of a PyTorch model (with `reference`'s agreement), on `device`. By default
+        each batch goes through `outputs`, which then must accept numpy batches."""
+        models = [m for m in (loaded, reference) if m is not None]
+        for m in models:
+            m.model.to(device)
+        try:
+            return self.evaluate(
+                self.predictor(loaded),
+                data,
+                reference=self.predictor(reference) if reference else None,
+            )
+        finally:
+            for m in models:
+                m.model.cpu()
+
+    def predictor(self, loaded: LoadedModel) -> Predict:
+        """predict(batch) -> outputs of a PyTorch model, for `evaluate`."""
+        return lambda x: self.outputs(loaded.model, x)
 
     def headline(self, quality: dict[str, Any]) -> dict[str, Any]:
         """The artifact metrics a quality result contributes: the headline metric and the
@@ -237,3 +255,26 @@ class Task(ABC):
                     f"{who} produced non-finite values in its '{key}' output",
                     "check the weights (and the learning rate if it was just trained)",
                 )
+
+
+def artifact_family(path: Path) -> str | None:
+    """The model family of an artifact directory (following an export's parent), read without
+    building anything; None when `path` is not a readable artifact."""
+    for _ in range(4):
+        meta_file = path / "artifact.json"
+        try:
+            if not meta_file.is_file():
+                return None
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict):
+            return None
+        model = meta.get("model") or {}
+        if isinstance(model, dict) and model:
+            return model.get("family")
+        parent = (meta.get("parent") or {}).get("path")
+        if not parent:
+            return None
+        path = Path(parent)
+    return None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from tvc.errors import ParityError
-from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
+from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task, artifact_family
 
 if TYPE_CHECKING:
     from tvc.data.lanes import LaneSet
@@ -100,7 +100,7 @@ class LanesTask(Task):
 
         if spec in LSTR_CONFIGS:
             return True
-        return _artifact_family(Path(spec)) == "lstr"
+        return artifact_family(Path(spec)) == "lstr"
 
     def owns_info(self, info: ModelInfo) -> bool:
         return info.family == "lstr" or info.extra.get("task") == "lanes"
@@ -151,22 +151,6 @@ class LanesTask(Task):
         metrics.update(dataset=data.lanes.name, split=data.lanes.split)
         metrics[self.metric] = metrics["accuracy"]
         return metrics
-
-    def quality(self, loaded: LoadedModel, data: LaneData, *, reference: LoadedModel | None = None,
-                device: str = "cpu") -> dict[str, Any]:  # fmt: skip
-        loaded.model.to(device)
-        if reference is not None:
-            reference.model.to(device)
-        try:
-            return self.evaluate(
-                self.predictor(loaded),
-                data,
-                reference=self.predictor(reference) if reference else None,
-            )
-        finally:
-            for m in (loaded, reference):
-                if m is not None:
-                    m.model.cpu()
 
     def headline(self, quality: dict[str, Any]) -> dict[str, Any]:
         return {self.metric: quality[self.metric], "f1": quality["f1"],
@@ -251,37 +235,6 @@ class LanesTask(Task):
         x = data.arrays()
         return ImageSet.from_arrays(x, np.zeros(len(x), np.int64), name=data.lanes.name,
                                     split=data.lanes.split)  # fmt: skip
-
-    # ------------------------------------------------------------------------------ helpers
-    def predictor(self, loaded: LoadedModel) -> Predict:
-        """predict(batch) -> {"logits", "curves"} of a PyTorch model."""
-        model = loaded.model
-
-        def predict(x: np.ndarray) -> Outputs:
-            return self.outputs(model, x)
-
-        return predict
-
-
-def _artifact_family(path: Path) -> str | None:
-    """The model family of an artifact directory, following an export's parent; None if
-    `path` is not an artifact."""
-    for _ in range(4):
-        meta_file = path / "artifact.json"
-        try:
-            if not meta_file.is_file():
-                return None
-            meta = json.loads(meta_file.read_text())
-        except (OSError, ValueError):
-            return None
-        model = meta.get("model") or {}
-        if model:
-            return model.get("family")
-        parent = (meta.get("parent") or {}).get("path")
-        if not parent:
-            return None
-        path = Path(parent)
-    return None
 
 
 def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:

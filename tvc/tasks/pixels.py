@@ -15,7 +15,6 @@ greedy generation. Pruning and low-rank are tvc.compress.igpt's; image completio
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from tvc.errors import ConfigError, DataError
-from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
+from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task, artifact_family
 
 if TYPE_CHECKING:
     from tvc.data.pixels import PixelSet
@@ -91,7 +90,7 @@ class PixelsTask(Task):
 
         if spec in CONFIGS:
             return True
-        return _artifact_family(Path(spec)) == "igpt"
+        return artifact_family(Path(spec)) == "igpt"
 
     def owns_info(self, info: ModelInfo) -> bool:
         return info.family == "igpt" or info.extra.get("task") == "pixels"
@@ -152,28 +151,6 @@ class PixelsTask(Task):
         reference: Predict | None = None,
     ) -> dict[str, Any]:
         return evaluate_pixels(predict, data, batch_size=batch_size, reference=reference)
-
-    def quality(
-        self,
-        loaded: LoadedModel,
-        data: PixelData,
-        *,
-        reference: LoadedModel | None = None,
-        device: str = "cpu",
-    ) -> dict[str, Any]:
-        loaded.model.to(device)
-        if reference is not None:
-            reference.model.to(device)
-        try:
-            return self.evaluate(
-                self.predictor(loaded),
-                data,
-                reference=self.predictor(reference) if reference else None,
-            )
-        finally:
-            for m in (loaded, reference):
-                if m is not None:
-                    m.model.cpu()
 
     def headline(self, quality: dict[str, Any]) -> dict[str, Any]:
         out = {self.metric: quality[self.metric], self.quality_key: quality}
@@ -315,37 +292,6 @@ class PixelsTask(Task):
                     model, Path(tmp) / FULL_FILE, out_dir / DECODER_FILE, prefix, gen_tokens=gen
                 )
         return {DECODER_FILE: facts}
-
-    # ------------------------------------------------------------------------------ helpers
-    def predictor(self, loaded: LoadedModel) -> Predict:
-        model = loaded.model
-
-        def predict(x: np.ndarray) -> Outputs:
-            return self.outputs(model, x)
-
-        return predict
-
-
-def _artifact_family(path: Path) -> str | None:
-    """The model family of an artifact directory, following an export's parent."""
-    for _ in range(4):
-        meta_file = path / "artifact.json"
-        try:
-            if not meta_file.is_file():
-                return None
-            meta = json.loads(meta_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict):
-            return None
-        model = meta.get("model") or {}
-        if isinstance(model, dict) and model:
-            return model.get("family")
-        parent = (meta.get("parent") or {}).get("path")
-        if not parent:
-            return None
-        path = Path(parent)
-    return None
 
 
 def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
