@@ -278,3 +278,11 @@ def artifact_family(path: Path) -> str | None:
             return None
         path = Path(parent)
     return None
+
+
+def first_set(settings: dict[str, Any], *names: str, default: Any = None) -> Any:
+    """The value of the first of `names` set in `settings` (stage options; aliases allowed)."""
+    for n in names:
+        if settings.get(n) is not None:
+            return settings[n]
+    return default

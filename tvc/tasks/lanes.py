@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from tvc.errors import ParityError
-from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task, artifact_family
+from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task, artifact_family, first_set
 
 if TYPE_CHECKING:
     from tvc.data.lanes import LaneSet
@@ -54,13 +54,6 @@ class LaneData:
     def arrays(self, batch_size: int = 64) -> np.ndarray:
         return np.concatenate([b[0] for b in self.lanes.batches(
             batch_size, input_size=self.input_size, mean=self.mean, std=self.std)])  # fmt: skip
-
-
-def _settings_get(settings: dict[str, Any], *names: str, default=None):
-    for n in names:
-        if settings.get(n) is not None:
-            return settings[n]
-    return default
 
 
 class LanesTask(Task):
@@ -178,13 +171,13 @@ class LanesTask(Task):
         if settings.get("warmup_epochs") is not None:
             settings["warmup_steps"] = None  # set below, once the data size is known
         cfg = lane_train_config(loaded, settings)
-        train = load_lanes(data_spec, "train", limit=_settings_get(settings, "limit"))
+        train = load_lanes(data_spec, "train", limit=first_set(settings, "limit"))
         if settings.get("warmup_epochs") is not None:
             per_epoch = -(-len(train) // cfg.batch_size)
             cfg.warmup_steps = max(1, round(settings["warmup_epochs"] * per_epoch))
         report = train_lanes(loaded, train, cfg)
         test = self.load_data(data_spec, "test", loaded.info,
-                              limit=_settings_get(settings, "eval_limit"))  # fmt: skip
+                              limit=first_set(settings, "eval_limit"))  # fmt: skip
         quality = self.quality(loaded, test, device=cfg.device)
         return {
             **self.headline(quality),
@@ -193,7 +186,7 @@ class LanesTask(Task):
 
     def prune(self, model: Any, settings: dict[str, Any], *, example: Any,
               batches: list | None = None) -> dict[str, Any]:  # fmt: skip
-        ratio = _settings_get(settings, "prune", "ratio", default=0.3)
+        ratio = first_set(settings, "prune", "ratio", default=0.3)
         from tvc.compress.lstr import prune_lstr
 
         return prune_lstr(model, float(ratio), heads=settings.get("heads", True),
@@ -209,7 +202,7 @@ class LanesTask(Task):
                                           "label_weight", "minutes") if k in settings}  # fmt: skip
         # distilling starts from trained weights: lr 5e-4 (FINE_TUNE's 2e-4 is for labels)
         cfg = lane_train_config(student, {"epochs": 1, "lr": 5e-4, **given}, LaneDistillConfig)
-        train = load_lanes(data_spec, "train", limit=_settings_get(settings, "limit"))
+        train = load_lanes(data_spec, "train", limit=first_set(settings, "limit"))
         return distill_lanes(student, teacher, train, cfg)
 
     def factorize(self, model: Any, lowrank: Any, *, samples: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from tvc.errors import ConfigError, DataError
-from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task, artifact_family
+from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task, artifact_family, first_set
 
 if TYPE_CHECKING:
     from tvc.data.pixels import PixelSet
@@ -52,13 +52,6 @@ class PixelData:
 
     def arrays(self) -> np.ndarray:
         return self.pixels.tokens
-
-
-def _get(settings: dict[str, Any], *names: str, default=None):
-    for n in names:
-        if settings.get(n) is not None:
-            return settings[n]
-    return default
 
 
 class PixelsTask(Task):
@@ -190,7 +183,7 @@ class PixelsTask(Task):
         cfg = PixelTrainConfig.from_settings(settings)
         pal, size = palette_of(info), (info.input_size[1], info.input_size[2])
         train = load_pixels(
-            data_spec, "train", pal, size, limit=_get(settings, "limit"), seed=cfg.seed
+            data_spec, "train", pal, size, limit=first_set(settings, "limit"), seed=cfg.seed
         )
         tuning = bool(settings.get("finetune")) or settings.get("objective") == "finetune"
         if tuning:
@@ -203,7 +196,7 @@ class PixelsTask(Task):
             info.extra["finetuned"] = True
         else:
             report = pretrain(loaded.model, train.tokens, cfg)
-        test = self.load_data(data_spec, "test", info, limit=_get(settings, "eval_limit"))
+        test = self.load_data(data_spec, "test", info, limit=first_set(settings, "eval_limit"))
         quality = self.quality(loaded, test)
         return {
             **self.headline(quality),
@@ -218,7 +211,7 @@ class PixelsTask(Task):
     def prune(
         self, model: Any, settings: dict[str, Any], *, example: Any, batches: list | None = None
     ) -> dict[str, Any]:
-        ratio = _get(settings, "prune", "ratio", default=0.3)
+        ratio = first_set(settings, "prune", "ratio", default=0.3)
         from tvc.compress.igpt import prune_igpt
 
         return prune_igpt(
@@ -226,7 +219,7 @@ class PixelsTask(Task):
             float(ratio),
             heads=settings.get("heads", True),
             mlp=settings.get("mlp", True),
-            round_to=int(_get(settings, "round_to", default=8)),
+            round_to=int(first_set(settings, "round_to", default=8)),
         )
 
     def factorize(self, model: Any, lowrank: Any, *, samples: Any) -> dict[str, Any]:
@@ -250,7 +243,7 @@ class PixelsTask(Task):
         info = student.info
         pal, size = palette_of(info), (info.input_size[1], info.input_size[2])
         train = load_pixels(
-            data_spec, "train", pal, size, limit=_get(settings, "limit"), seed=cfg.seed
+            data_spec, "train", pal, size, limit=first_set(settings, "limit"), seed=cfg.seed
         )
         return distill_pixels(student.model, teacher.model, train.tokens, cfg)
 
