@@ -228,3 +228,16 @@ def test_demo_runs_a_builtin_recipe_for_each_task(tmp_path, monkeypatch):
     assert demo.demo_recipe(detection=True) == "fmnist-det"
     for task in (False, True):
         load_recipe(demo.demo_recipe(task))  # each names a recipe that exists and validates
+
+
+def test_recorded_commands_name_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """A run inside the working directory records no absolute machine path."""
+    monkeypatch.chdir(tmp_path)
+    recipe = parse_recipe(
+        "name: pico\nmodel: vit_pico\nstages:\n  - export: {}\n  - bench: {}\n", "r.yaml"
+    )
+    text = "\n".join(Runner(recipe, tmp_path / "run").plan_text())
+    assert "tvc export vit_pico -o run/export" in text
+    assert "tvc bench run/export --json run/bench/export.json" in text
+    commands = [line for line in text.splitlines() if line.strip().startswith("tvc ")]
+    assert len(commands) == 2 and not any(str(tmp_path) in c for c in commands)

@@ -98,7 +98,7 @@ class _Commands:
         self.recipe, self.run_dir = recipe, run_dir
 
     def path(self, ref: str) -> str:
-        return self.recipe.model.name if ref == "@model" else str(self.run_dir / ref[1:])
+        return self.recipe.model.name if ref == "@model" else _shown(self.run_dir / ref[1:])
 
     def for_step(self, step: Step) -> list[Invocation]:
         from tvc.stages import get_stage
@@ -111,21 +111,30 @@ class _Commands:
         if step.kind in ("train", "compress", "export"):
             src = step.inputs[0]
             extra = _model_options(self.recipe) if src == "@model" else {}
-            values = {arg: self.path(src), "output": str(out), **options, **extra}
+            values = {arg: self.path(src), "output": _shown(out), **options, **extra}
             return [Invocation(step.kind, values)]
         if step.kind == "bench":
             json_out = field_with_flag(config, "--json")
             return [
                 Invocation(
-                    "bench", {arg: self.path(t), json_out: str(out / f"{t[1:]}.json"), **options}
+                    "bench", {arg: self.path(t), json_out: _shown(out / f"{t[1:]}.json"), **options}
                 )
                 for t in step.inputs
             ]
-        records = [str(self.run_dir / b[1:] / RECORDS_FILE) for b in step.inputs]
+        records = [_shown(self.run_dir / b[1:] / RECORDS_FILE) for b in step.inputs]
         return [
-            Invocation("report", {arg: records, "output": str(out / f"report.{fmt}"), **options})
+            Invocation("report", {arg: records, "output": _shown(out / f"report.{fmt}"), **options})
             for fmt in step.formats
         ]
+
+
+def _shown(path: Path) -> str:
+    """A stage's path as its command records it: relative to the working directory when inside
+    it (the stage runs there), so records and run.json name no machine's absolute paths."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def check_configs(recipe: Recipe, steps: list[Step], commands: _Commands) -> None:
