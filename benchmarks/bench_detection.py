@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
+from common import rel, write_result
 
 from tvc.artifact import load_artifact, update_metrics
 from tvc.compress.detection import DetPruneConfig, compress_detector
@@ -184,7 +184,7 @@ def onnx_rows(art, name: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 "variant": f"{name} {v['precision']}",
-                "file": str(art.path / fname),
+                "file": rel(art.path / fname),
                 "precision": v["precision"],
                 "map": det.get("map"),
                 "ap50": det.get("ap50"),

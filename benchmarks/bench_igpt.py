@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import rel  # noqa: E402
+
 from tvc.artifact import allow_overwrite, write_artifact  # noqa: E402
 from tvc.compress.igpt import prune_igpt, record_structure  # noqa: E402
 from tvc.models.load import load_model, save_model  # noqa: E402
@@ -46,10 +48,6 @@ from tvc.tasks.pixels import (  # noqa: E402
 ART = ROOT / "benchmarks" / "artifacts"
 DATA = "fashion-mnist-pixels"
 TEACHER, TUNED, STUDENT = ART / "igpt_teacher", ART / "igpt_finetuned", ART / "igpt_student"
-
-
-def rel(p: Path | str) -> str:
-    return Path(p).resolve().relative_to(ROOT).as_posix()
 
 
 def student(minutes: float, ratio: float) -> None:

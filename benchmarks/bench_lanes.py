@@ -31,19 +31,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
+from common import rel, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "benchmarks" / "artifacts" / "lstr_teacher"
 log = logging.getLogger("tvc")
-
-
-def rel(p: Path | str) -> str:
-    p = Path(p).resolve()
-    try:
-        return p.relative_to(ROOT).as_posix()
-    except ValueError:
-        return str(p)
 
 
 def torch_predict(model):

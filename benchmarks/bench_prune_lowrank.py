@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
+from common import rel, write_result
 
 from tvc.compress.lowrank import LowRankConfig, factorize
 from tvc.compress.prune import PruneConfig, prune
@@ -155,7 +155,8 @@ def measure_model(spec: str, weights: str | None, args, workdir: Path) -> dict[s
         row["mac_reduction"] = dense_macs / row["macs"]
         row["speedup"] = dense_p50 / row["p50_ms"]
         row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
-    return {"model": spec, "arch": info.arch, "weights": str(source),
+    weights = rel(source) if Path(str(source)).exists() else str(source)  # or "random init"
+    return {"model": spec, "arch": info.arch, "weights": weights,
             "input_size": list(info.input_size), "variants": rows}  # fmt: skip
 
 

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rel(p: Path | str) -> str:
+    """A path as results record it: relative to the repository when inside it."""
+    p = Path(p).resolve()
+    try:
+        return p.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(p)
 
 
 def write_result(name: str, data: dict[str, Any], markdown: str) -> Path:
