@@ -57,13 +57,8 @@ from tvc.runtime.bench import time_calls
 from tvc.runtime.ort import OrtRunner
 from tvc.stages.export import Config as ExportConfig
 from tvc.tasks.detection import DetectionTask
-from tvc.train.detection import (
-    DetDistillConfig,
-    DetTrainConfig,
-    SetLossConfig,
-    distill_detector,
-    train_detector,
-)
+from tvc.train.detection import DetDistillConfig, DetTrainConfig, distill_detector, train_detector
+from tvc.train.set_loss import SetLossConfig
 
 log = logging.getLogger("tvc")
 

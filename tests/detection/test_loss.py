@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tvc.train.detection import SetLossConfig, set_loss
+from tvc.train.set_loss import SetLossConfig, set_loss
 
 TARGET = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
 

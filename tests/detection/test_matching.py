@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvc.train.detection import (
+from tvc.train.set_loss import (
     SetLossConfig,
     cxcywh_to_xyxy,
     generalized_box_iou,
