@@ -19,6 +19,6 @@ def pico_lstr():
 @pytest.fixture(scope="session")
 def scenes():
     """12 built-in test scenes (128x72)."""
-    from tvc.data.lanes import make_synthetic
+    from tvc.data.lanes_synth import make_synthetic
 
     return make_synthetic("test", 12)

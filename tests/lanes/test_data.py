@@ -12,10 +12,10 @@ from tvc.data.lanes import (
     LaneSet,
     is_lanes_spec,
     load_lanes,
-    make_synthetic,
     read_tusimple,
     write_tusimple,
 )
+from tvc.data.lanes_synth import make_synthetic
 from tvc.errors import DataError
 
 

@@ -97,7 +97,7 @@ def test_config_errors():
 
 
 def test_task_train_returns_artifact_metrics(monkeypatch, scenes):
-    import tvc.data.lanes as lanes_mod
+    import tvc.data.lanes_synth as lanes_mod
 
     monkeypatch.setattr(lanes_mod, "make_synthetic",
                         lambda split, n, seed=0: scenes.subset(min(n, 4)))  # fmt: skip
