@@ -5,7 +5,8 @@ import timm
 import torch
 from torch import nn
 
-from tvc.compress.prune import PruneConfig, prune, vit_layout
+from tvc.compress.prune import PruneConfig, prune
+from tvc.compress.vit_layout import vit_layout
 from tvc.errors import ConfigError, UnsupportedModelError
 from tvc.models import load_model
 

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tvc.compress.prune import _known_keys, vit_layout
+from tvc.compress.prune import _known_keys
+from tvc.compress.vit_layout import vit_layout
 from tvc.errors import ConfigError
 from tvc.models.structure import LowRankLinear
 

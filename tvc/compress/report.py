@@ -63,7 +63,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
 
 def widths(model: nn.Module) -> dict[str, Any] | None:
     """Embedding width and per-block heads, head_dim and MLP width; None for other models."""
-    from tvc.compress.prune import vit_layout
+    from tvc.compress.vit_layout import vit_layout
 
     try:
         return vit_layout(model).widths()
