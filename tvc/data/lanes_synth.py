@@ -1,7 +1,8 @@
 """tvc's built-in lane set (`lanes-synth`): road scenes rendered in perspective from a camera model.
 
 Scenes are 128x72 (TuSimple's 1280x720 at a tenth: rows `h_samples` 16..71 are TuSimple's
-160..710), deterministic in (seed, split, index). Generator parameters (SYNTH; every draw uniform unless said):
+160..710), deterministic in (seed, split, index). Generator parameters (SYNTH; every draw
+uniform unless said):
 
 - camera: height 1.2-1.8 m, pitch 1-4 deg down, focal 100-125 px (about 55-65 deg across),
   principal point at the image centre;
