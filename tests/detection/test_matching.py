@@ -77,3 +77,14 @@ def test_generalized_iou_known_values():
     c = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
     d = torch.tensor([[2.0, 0.0, 3.0, 1.0]])
     assert generalized_box_iou(c, d).item() == pytest.approx(-1 / 3, abs=1e-6)
+
+
+def test_non_finite_costs_are_a_non_finite_error_not_a_scipy_failure():
+    from tvc.errors import NonFiniteError
+    from tvc.train.set_loss import assign
+
+    rows, cols = assign(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "test")
+    assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
+    with pytest.raises(NonFiniteError, match="NaN/Inf") as info:
+        assign(np.array([[np.nan, 1.0], [0.0, 1.0]]), "test")
+    assert info.value.exit_code == 6

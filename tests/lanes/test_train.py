@@ -107,3 +107,17 @@ def test_task_train_returns_artifact_metrics(monkeypatch, scenes):
     assert set(metrics) >= {"tusimple_accuracy", "f1", "lanes", "training"}
     assert metrics["training"]["config"]["lr"] == 1e-3  # from random weights
     assert np.isfinite(metrics["tusimple_accuracy"])
+
+
+def test_a_diverging_run_is_a_non_finite_error_not_a_model(scenes):
+    import torch
+
+    from tvc.errors import NonFiniteError
+
+    loaded = load_model("lstr_pico", warn_random=False)
+    with torch.no_grad():  # a weight already broken: the first loss is NaN
+        next(loaded.model.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="outputs hold NaN/Inf") as info:
+        train_lanes(loaded, scenes.subset(4), LaneTrainConfig(epochs=1, batch_size=4,
+                                                             device="cpu"))  # fmt: skip
+    assert info.value.exit_code == 6

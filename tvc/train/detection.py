@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tvc.deps import require
 from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
 from tvc.train.set_loss import (
     SetLossConfig,
+    assign,
     cxcywh_to_xyxy,
     generalized_box_iou,
     set_loss,
@@ -226,7 +226,6 @@ def match_queries(
     their class distributions (L1) and boxes (L1 + GIoU, weighted by the teacher's objectness)
     are. A compressed student's query i is usually still the teacher's query i; matching does
     not rely on it."""
-    scipy_opt = require("scipy.optimize", "Hungarian matching for detection distillation")
     out = []
     for sl, sb, tl, tb in zip(
         student_logits.float(),
@@ -239,8 +238,7 @@ def match_queries(
         giou = generalized_box_iou(cxcywh_to_xyxy(sb), cxcywh_to_xyxy(tb))
         cost_box = 5 * torch.cdist(sb, tb, p=1) - 2 * giou
         cost = cost_class + _foreground(tl, no_object_class)[None, :] * cost_box
-        rows, cols = scipy_opt.linear_sum_assignment(cost.cpu().numpy())
-        out.append((rows.astype(np.int64), cols.astype(np.int64)))
+        out.append(assign(cost, "Hungarian matching for detection distillation"))
     return out
 
 

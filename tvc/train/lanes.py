@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from tvc.data.lanes import curve_x
-from tvc.deps import require
-from tvc.errors import ConfigError, DataError
+from tvc.errors import ConfigError, DataError, NonFiniteError
+from tvc.finite import check_finite_model
+from tvc.train.set_loss import assign
 
 log = logging.getLogger("tvc")
 
@@ -104,7 +105,6 @@ def hungarian_match(logits: torch.Tensor, curves: torch.Tensor, tg: dict[str, to
                     cfg: LaneLossConfig | None = None
                     ) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Per image, (query indices, lane indices) of the minimum-cost one-to-one assignment."""
-    scipy_opt = require("scipy.optimize", "Hungarian matching for lane training")
     cfg = cfg or LaneLossConfig()
     cost = batch_cost(logits.float(), curves.float(), tg, cfg).cpu().numpy()
     counts = tg["present"].sum(1).tolist()
@@ -113,8 +113,7 @@ def hungarian_match(logits: torch.Tensor, curves: torch.Tensor, tg: dict[str, to
         if n == 0:
             out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
             continue
-        rows, cols = scipy_opt.linear_sum_assignment(cost[i, :, :n])
-        out.append((rows.astype(np.int64), cols.astype(np.int64)))
+        out.append(assign(cost[i, :, :n], "Hungarian matching for lane training"))
     return out
 
 
@@ -236,8 +235,10 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
                     torch.from_numpy(x).to(cfg.device), pad_targets(targets, cfg.device)
                 )
                 if not torch.isfinite(loss):
-                    raise ConfigError(f"the lane loss became {float(loss)} at step {step}",
-                                      "lower --lr")  # fmt: skip
+                    raise NonFiniteError(
+                        f"the lane loss became {float(loss)} at step {step}",
+                        "the run diverged: lower --lr or --grad-clip and run it again",
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -263,6 +264,8 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
                 break
     finally:
         model.eval()
+    # a diverged run must not save as a success
+    check_finite_model(model, "training", "the run diverged: lower --lr and run it again")
     return {"epochs": len(history), "steps": step, "images": len(data),
             "seconds": round(time.perf_counter() - t0, 1), "history": history}  # fmt: skip
 
@@ -344,7 +347,6 @@ def match_queries(s_logits, s_curves, t_logits, t_curves, rows: int = 32):
     """Per image, a one-to-one pairing of student and teacher queries (Hungarian) by how alike
     their lane probabilities are (L1) and, weighted by the teacher's lane probability, their
     curves (mean L1 over fixed rows, start, end)."""
-    scipy_opt = require("scipy.optimize", "Hungarian matching for lane distillation")
     grid = torch.linspace(0, 1, rows, device=s_curves.device)
     out = []
     for sl, sc, tl, tc in zip(s_logits.float(), s_curves.float(), t_logits.float(),
@@ -354,8 +356,7 @@ def match_queries(s_logits, s_curves, t_logits, t_curves, rows: int = 32):
         tpx = _points(tc, grid[None].expand(len(tc), -1))
         dist = torch.cdist(spx, tpx, p=1) / rows + torch.cdist(sc[:, :2], tc[:, :2], p=1)
         cost = (sp[:, None] - tp[None]).abs() + tp[None] * 5 * dist
-        r, c = scipy_opt.linear_sum_assignment(cost.cpu().numpy())
-        out.append((r.astype(np.int64), c.astype(np.int64)))
+        out.append(assign(cost, "Hungarian matching for lane distillation"))
     return out
 
 

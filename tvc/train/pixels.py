@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tvc.errors import ConfigError, NonFiniteError
+from tvc.finite import check_finite_model
 
 log = logging.getLogger("tvc")
 LN2 = math.log(2.0)
@@ -179,6 +180,8 @@ def _loop(
             log.info("%s step %d/%d %s", what, step, total, row)
             running = {}
     model.eval()
+    # a diverged run must not save as a success
+    check_finite_model(model, "training", "the run diverged: lower --lr and run it again")
     return {
         "history": history,
         "steps": step,

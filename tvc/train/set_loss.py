@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tvc.deps import require
+from tvc.errors import NonFiniteError
 
 # --------------------------------------------------------------------------------- box maths
 
@@ -96,6 +97,21 @@ def match_cost(
 
 
 @torch.no_grad()
+def assign(cost: torch.Tensor | np.ndarray, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the minimum-cost one-to-one assignment of a cost matrix (scipy's
+    linear_sum_assignment). NaN/Inf costs, from a model whose outputs went non-finite, are a
+    NonFiniteError rather than scipy's 'cost matrix is infeasible'."""
+    scipy_opt = require("scipy.optimize", purpose)
+    cost = cost.detach().cpu().numpy() if isinstance(cost, torch.Tensor) else np.asarray(cost)
+    if not np.isfinite(cost).all():
+        raise NonFiniteError(
+            "the model's outputs hold NaN/Inf (seen while matching predictions to targets)",
+            "the run diverged or the weights are damaged: lower --lr, or check the weights",
+        )
+    rows, cols = scipy_opt.linear_sum_assignment(cost)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
 def hungarian_match(
     logits: torch.Tensor,
     boxes: torch.Tensor,
@@ -105,7 +121,6 @@ def hungarian_match(
     cfg: SetLossConfig | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image, (query indices, target indices) of the minimum-cost one-to-one assignment."""
-    scipy_opt = require("scipy.optimize", "Hungarian matching for detection training")
     cfg = cfg or SetLossConfig()
     out = []
     for lg, bx, tgt in zip(logits.float(), boxes.float(), targets, strict=True):
@@ -113,8 +128,7 @@ def hungarian_match(
             out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
             continue
         cost = match_cost(lg, bx, tgt, no_object_class=no_object_class, cfg=cfg)
-        rows, cols = scipy_opt.linear_sum_assignment(cost.cpu().numpy())
-        out.append((rows.astype(np.int64), cols.astype(np.int64)))
+        out.append(assign(cost, "Hungarian matching for detection training"))
     return out
 
 
