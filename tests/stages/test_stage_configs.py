@@ -84,3 +84,20 @@ def test_the_recorded_command_parses_back_to_the_same_config(name, values, monke
     assert got.value.args[0].model_dump(exclude={"command"}) == stage.config.parse(
         values
     ).model_dump(exclude={"command"})
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        ("lstr_pico", "/nonexistent"),
+        ("vit_pico", "/nonexistent"),
+        ("vit_pico", "fashion-mnist:/no"),
+    ],
+)
+def test_data_that_does_not_exist_is_named_as_missing_for_every_task(model, data):
+    """Not 'is classification data': the fallback task owns any spec, so a missing path must be
+    reported as missing whatever the model's task."""
+    from tvc.stages.common import check_data_task, task_of_model
+
+    with pytest.raises(ConfigError, match=f"dataset '{data}' not found"):
+        check_data_task(task_of_model(model, "test"), model, data)

@@ -42,6 +42,11 @@ def check_data_task(task: Task, model: str, data: str | None) -> None:
     from tvc.tasks import task_for_data
 
     data_task = task_for_data(data)
+    if not data_task.names_data(data):
+        raise ConfigError(
+            f"dataset '{data}' not found (neither a known name nor an existing path)",
+            f"pass {task.name} data, e.g. --data {task.data_example}",
+        )
     if data_task is not task:
         raise ConfigError(
             f"{model} is a {task.noun} but --data {data} is {data_task.name} data",

@@ -82,6 +82,11 @@ class Task(ABC):
     def owns_data(self, spec: str) -> bool:
         """True when DATA `spec` is this task's kind of data."""
 
+    def names_data(self, spec: str) -> bool:
+        """True when `spec` names data that exists: a known dataset name or an existing path.
+        The fallback task owns any spec, so it says here which of them are real."""
+        return self.owns_data(spec)
+
     # ------------------------------------------------------------------------------- models
     def load_model(self, spec: str, **kwargs: Any) -> LoadedModel:
         from tvc.models import load_model

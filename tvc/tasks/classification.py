@@ -40,6 +40,16 @@ class ClassificationTask(Task):
     def owns_data(self, spec: str) -> bool:
         return True
 
+    def names_data(self, spec: str) -> bool:
+        from pathlib import Path
+
+        from tvc.data import FASHION_MNIST
+
+        head, _, rest = spec.strip().partition(":")
+        if head.lower() == FASHION_MNIST:
+            return not rest or Path(rest).expanduser().exists()
+        return Path(spec.strip()).expanduser().exists()
+
     # ---------------------------------------------------------------------------------- data
     def load_data(
         self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0

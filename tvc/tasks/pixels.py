@@ -58,7 +58,7 @@ class PixelsTask(Task):
     name = "pixels"
     metric = "bpd"
     metric_label = "bits/dim"
-    noun = "image GPT"
+    noun = "generative pixel model"
     quality_key = "pixels"
     data_example = "fashion-mnist-pixels"
     columns = (
