@@ -37,13 +37,14 @@ from common import rel, write_result
 
 from tvc.compress.lowrank import LowRankConfig, factorize
 from tvc.compress.prune import PruneConfig, prune
-from tvc.compress.report import count_macs, count_params, output_agreement
+from tvc.compress.report import count_macs, count_params
 from tvc.export.onnx import OnnxExportConfig
 from tvc.models import load_model
 from tvc.models.load import LoadedModel
 from tvc.runtime.bench import time_calls
 from tvc.runtime.ort import OrtRunner
 from tvc.stages.export import export_loaded
+from tvc.tasks.classification import ClassificationTask
 
 DEFAULT_VARIANTS = "dense,prune0.3,prune0.5,lowrank0.9,lowrank0.95,prune0.3+lowrank0.9"
 STAGES = ("prune", "lowrank", "rank")  # prune<ratio>, lowrank<energy>, rank<fraction of full>
@@ -105,11 +106,9 @@ def measure_model(spec: str, weights: str | None, args, workdir: Path) -> dict[s
     source = loaded.artifact.path if loaded.artifact else (weights or "random init")
     print(f"== {spec}: weights {source}", flush=True)
     gen = torch.Generator().manual_seed(0)
+    task = ClassificationTask()
     if args.data:
-        from tvc.compress.pipeline import sample_inputs
-
-        samples, sample_source = sample_inputs(info, args.data)
-        samples = samples[: args.samples]
+        samples, sample_source = task.sample_inputs(info, args.data, args.samples)
     else:
         samples = torch.randn(args.samples, *info.input_size, generator=gen)
         sample_source = "random inputs"
@@ -125,7 +124,10 @@ def measure_model(spec: str, weights: str | None, args, workdir: Path) -> dict[s
             "macs": count_macs(model, info.input_size),
             "onnx_mb": round(art.file("model.onnx").stat().st_size / 1e6, 2),
             "parity_max_abs_diff": art.meta["metrics"]["parity"]["max_abs_diff"],
-            "vs_dense": output_agreement(loaded.model, model, samples, source=sample_source),
+            "vs_dense": {
+                "inputs": sample_source,
+                **task.agreement(task.outputs(loaded.model, samples), task.outputs(model, samples)),
+            },
             **notes,
         }
         if args.data:

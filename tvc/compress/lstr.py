@@ -123,11 +123,8 @@ def factorize_lstr(model, cfg) -> dict[str, Any]:
 def record_structure(loaded: LoadedModel) -> None:
     """Write the compressed shapes of `loaded.model` into its info (rebuilt from a fresh
     build of info.kwargs plus this structure)."""
-    try:
-        from tvc.models.structure import describe_structure
-    except ImportError:  # before issue 12 moved it
-        from tvc.compress.structure import describe_structure
     from tvc.models.lstr import lstr_build
+    from tvc.models.structure import describe_structure
 
     loaded.info.structure = describe_structure(loaded.model, lstr_build(loaded.info.kwargs))
 

@@ -80,25 +80,6 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, A
     }
 
 
-def output_agreement(
-    reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor, *, source: str
-) -> dict[str, Any]:
-    """How closely `candidate`'s logits follow `reference`'s on the same inputs."""
-    with torch.no_grad():
-        ref = reference.eval()(inputs).double()
-        got = candidate.eval()(inputs).double()
-    diff = (got - ref).abs()
-    rel = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
-    return {
-        "inputs": source,
-        "n": int(inputs.shape[0]),
-        "top1_agreement": float((got.argmax(1) == ref.argmax(1)).double().mean()),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "rel_error": rel,
-    }
-
-
 def ratio(after: float, before: float) -> float | None:
     return round(after / before, 4) if before else None
 

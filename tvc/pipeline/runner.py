@@ -454,9 +454,6 @@ def _call(argv: list[str]) -> int:
         raise
 
 
-_pid_alive = pid_alive
-
-
 def _clear_leftovers(run_dir: Path, step: Step, out: Path) -> list[Path]:
     """Remove what a killed attempt of this stage left: staging and old directories, temporary
     files, partial bench/report files. The run lock guarantees that no other run is writing them.
@@ -485,7 +482,7 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 raise ConfigError(
                     f"another 'tvc run' (pid {pid}) is using {run_dir}",
                     "wait for it to finish, or choose another run directory with -o",
