@@ -183,6 +183,16 @@ class Task(ABC):
         """Structured pruning of `model` in place; returns what was removed. `settings` are the
         compress stage's options (`prune`, `round_to`, ... as in `tvc compress --help`)."""
 
+    def taylor_batches(self, info: ModelInfo, data_spec: str, n: int, size: int) -> list:
+        """`n` labelled batches of `size` inputs for taylor importance; tasks that rank
+        channels by magnitude only refuse `--importance taylor` (see `refuses`)."""
+        from tvc.errors import ConfigError
+
+        raise ConfigError(
+            f"--importance taylor is not available for the {self.name} task",
+            "use --importance magnitude",
+        )
+
     def factorize(self, model: Any, lowrank: Any, *, samples: Any) -> dict[str, Any]:
         """Low-rank factorization of `model` in place (a `tvc.compress.lowrank.LowRankConfig`);
         by default every attention and MLP Linear that `target_linears` finds."""
