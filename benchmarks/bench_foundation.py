@@ -25,13 +25,13 @@ from common import write_result
 
 from tvc.export.onnx import OnnxExportConfig
 from tvc.models import load_model
-from tvc.runtime.bench import LatencyStats
+from tvc.records import Latency
 from tvc.runtime.ort import OrtRunner
 from tvc.stages.export import export_loaded
 
 
 def interleaved(fns: dict[str, callable], rounds: int, per_round_s: float, min_per_round: int):
-    """Time each fn in turn, round after round; return name -> LatencyStats."""
+    """Time each fn in turn, round after round; return name -> Latency."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         for _ in range(3):
@@ -45,7 +45,7 @@ def interleaved(fns: dict[str, callable], rounds: int, per_round_s: float, min_p
                 fn()
                 samples[name].append(time.perf_counter() - t0)
                 n += 1
-    return {k: LatencyStats.from_samples(v) for k, v in samples.items()}
+    return {k: Latency.from_samples(v) for k, v in samples.items()}
 
 
 def main() -> None:

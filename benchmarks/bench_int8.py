@@ -43,7 +43,7 @@ from tvc.export.quantize import QuantConfig, quantize_dynamic, quantize_static, 
 from tvc.export.trt_rules import check_trt_qdq
 from tvc.models import load_model
 from tvc.models.load import LoadedModel
-from tvc.runtime.bench import LatencyStats
+from tvc.records import Latency
 from tvc.runtime.ort import OrtRunner
 from tvc.stages.export import export_loaded
 
@@ -51,7 +51,7 @@ log = logging.getLogger("tvc")
 
 
 def interleaved(runners: dict[str, OrtRunner], rounds: int, per_round_s: float, min_calls: int):
-    """Time every runner on the same batch-1 input, round after round: name -> LatencyStats."""
+    """Time every runner on the same batch-1 input, round after round: name -> Latency."""
     feeds = {k: r.sample_feeds(1) for k, r in runners.items()}
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for k, r in runners.items():  # warm-up
@@ -65,7 +65,7 @@ def interleaved(runners: dict[str, OrtRunner], rounds: int, per_round_s: float, 
                 r.infer(feeds[k])
                 samples[k].append(time.perf_counter() - t0)
                 n += 1
-    return {k: LatencyStats.from_samples(v) for k, v in samples.items()}
+    return {k: Latency.from_samples(v) for k, v in samples.items()}
 
 
 def fused_ops(path: Path) -> dict[str, int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tvc.errors import ConfigError
@@ -20,6 +21,8 @@ SCHEMA = "tvc.bench/1"
 
 
 class Latency(BaseModel):
+    """Latency of one inference call in milliseconds, over `n` timed runs."""
+
     model_config = ConfigDict(extra="forbid")
     p50: float
     p90: float
@@ -29,6 +32,18 @@ class Latency(BaseModel):
     min: float
     max: float
     n: int
+
+    @classmethod
+    def from_samples(cls, samples_s: list[float] | np.ndarray) -> Latency:
+        """Percentiles, mean and spread of call times given in seconds."""
+        ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(ms.mean()),
+                   std=float(ms.std(ddof=1)) if ms.size > 1 else 0.0, min=float(ms.min()),
+                   max=float(ms.max()), n=int(ms.size))  # fmt: skip
+
+    def as_dict(self) -> dict[str, float]:
+        return self.model_dump()
 
 
 class Accuracy(BaseModel):

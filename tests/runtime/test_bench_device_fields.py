@@ -1,6 +1,7 @@
 """Bench records carry GPU compute time and energy when the runner and the host provide them."""
 
-from tvc.runtime.bench import LatencyStats, device_measurements
+from tvc.records import Latency
+from tvc.runtime.bench import device_measurements
 from tvc.runtime.ort import OrtRunner
 from tvc.runtime.power import PowerSource
 
@@ -24,7 +25,7 @@ class TimedOrtRunner(OrtRunner):
     """ORT runner with a gpu_time_ms like TrtRunner's, returning fixed CUDA-event timings."""
 
     def gpu_time_ms(self, batch: int) -> dict:
-        stats = LatencyStats.from_samples([0.001, 0.002, 0.003]).as_dict()
+        stats = Latency.from_samples([0.001, 0.002, 0.003]).as_dict()
         return {"batch": batch, "gpu_compute_ms": stats, "end_to_end_ms": stats}
 
 

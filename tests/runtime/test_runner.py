@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from tvc.errors import ConfigError, ExportError
-from tvc.runtime.bench import LatencyStats, time_calls
+from tvc.records import Latency
+from tvc.runtime.bench import time_calls
 from tvc.runtime.ort import OrtRunner
 
 
@@ -29,7 +30,7 @@ def test_corrupt_onnx_is_a_clear_error(tmp_path):
 
 
 def test_latency_stats_percentiles():
-    s = LatencyStats.from_samples([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    s = Latency.from_samples([i / 1000 for i in range(1, 101)])  # 1..100 ms
     assert s.n == 100
     assert s.p50 == pytest.approx(50.5)
     assert s.p90 == pytest.approx(90.1)

@@ -9,44 +9,10 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
+from tvc.records import Latency
 from tvc.runtime.base import Runner
-
-
-@dataclass
-class LatencyStats:
-    """Latency of one inference call in milliseconds, over `n` timed runs."""
-
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    std: float
-    min: float
-    max: float
-    n: int
-
-    @classmethod
-    def from_samples(cls, samples_s: list[float] | np.ndarray) -> LatencyStats:
-        ms = np.asarray(samples_s, dtype=np.float64) * 1e3
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(
-            p50=float(p50),
-            p90=float(p90),
-            p99=float(p99),
-            mean=float(ms.mean()),
-            std=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
-            min=float(ms.min()),
-            max=float(ms.max()),
-            n=int(ms.size),
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def time_calls(
@@ -56,7 +22,7 @@ def time_calls(
     min_runs: int = 50,
     min_time_s: float = 3.0,
     max_runs: int = 100_000,
-) -> LatencyStats:
+) -> Latency:
     """Time `fn()` after a warm-up: at least `min_runs` calls and `min_time_s` seconds."""
     end = time.perf_counter() + warmup_s
     warm = 0
@@ -71,10 +37,10 @@ def time_calls(
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    return LatencyStats.from_samples(samples)
+    return Latency.from_samples(samples)
 
 
-def time_runner(runner: Runner, batch: int, **kwargs) -> LatencyStats:
+def time_runner(runner: Runner, batch: int, **kwargs) -> Latency:
     feeds = runner.sample_feeds(batch)
     return time_calls(lambda: runner.infer(feeds), **kwargs)
 
@@ -89,9 +55,9 @@ def peak_rss_mb() -> float:
 # Benchmarking variants into bench records
 
 
-def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, command: str, **fields):
+def make_record(variant, runner: Runner, batch: int, stats: Latency, command: str, **fields):
     """A BenchRecord for one timed (variant, backend, batch)."""
-    from tvc.records import BenchRecord, Latency, ModelRef
+    from tvc.records import BenchRecord, ModelRef
     from tvc.runtime.device import board_name, environment
 
     env = environment()
@@ -119,7 +85,7 @@ def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, comman
         provider=desc["provider"],
         threads=desc.get("threads"),
         batch=batch,
-        latency_ms=Latency(**stats.as_dict()),
+        latency_ms=stats,
         throughput_ips=batch * 1e3 / stats.mean,
         size_bytes=variant.size_bytes,
         peak_rss_mb=round(peak_rss_mb(), 1),
@@ -134,7 +100,7 @@ def make_record(variant, runner: Runner, batch: int, stats: LatencyStats, comman
 
 def device_measurements(runner: Runner, batch: int, n: int, power: Any) -> dict[str, Any]:
     """GPU compute time (TensorRT, from CUDA events) and energy per image where measurable."""
-    from tvc.records import Energy, Latency
+    from tvc.records import Energy
     from tvc.runtime.power import PowerSampler
 
     fields: dict[str, Any] = {}

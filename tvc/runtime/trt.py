@@ -241,12 +241,12 @@ class TrtRunner(Runner):
         cuda_graph: bool | None = None,
         seed: int = 0,
     ) -> dict[str, Any]:
-        """GPU time per inference from CUDA events, as LatencyStats dicts (milliseconds).
+        """GPU time per inference from CUDA events, as Latency dicts (milliseconds).
 
         `gpu_compute_ms`: the engine alone; `end_to_end_ms`: copy in + engine + copy out.
         `cuda_graph` (default: the runner's setting) replays a captured graph of the engine.
         """
-        from tvc.runtime.bench import LatencyStats
+        from tvc.records import Latency
 
         use_graph = self.cuda_graph if cuda_graph is None else bool(cuda_graph)
         if use_graph and not self.api.supports_graphs:
@@ -262,8 +262,8 @@ class TrtRunner(Runner):
         return {
             "batch": batch,
             "cuda_graph": use_graph,
-            "gpu_compute_ms": LatencyStats.from_samples(np.array(t.compute_ms) / 1e3).as_dict(),
-            "end_to_end_ms": LatencyStats.from_samples(np.array(t.end_to_end_ms) / 1e3).as_dict(),
+            "gpu_compute_ms": Latency.from_samples(np.array(t.compute_ms) / 1e3).as_dict(),
+            "end_to_end_ms": Latency.from_samples(np.array(t.end_to_end_ms) / 1e3).as_dict(),
         }
 
     def close(self) -> None:
