@@ -6,11 +6,12 @@ random place (overlaps kept small). Boxes are exact: they are the bounds of the 
 Scenes are deterministic in (seed, split, index), so `limit` simply takes the first scenes.
 Train scenes use Fashion-MNIST's train objects, val its hold-out, test its test images.
 
-DATA specs:
+DATA specs (the COCO layouts are described in tvc.data.detection_layout):
 - `fashion-mnist-det` (alias `fmnist-det`), or `fashion-mnist-det:/dir/with/idx/files`;
-- a COCO-format JSON file (images found beside it, or under `images/`);
-- a directory holding `annotations.json` or `<split>.json` plus the images (what `write_coco`
-  writes).
+- a COCO-format JSON file holding every split (divided seeded 80/10/10, or by the images'
+  "split" field), images beside it or under `images/`;
+- a directory in one of the COCO layouts: per-split JSON files (what `write_coco` writes),
+  per-split folders, `annotations/instances_<split>.json` + `<split>2017/`, or one file.
 
 Boxes are kept as COCO does, [x, y, w, h] in pixels; `batches` turns them into what DETR trains
 on, normalised [cx, cy, w, h] in [0, 1]. numpy only (Pillow to read and write image files).
@@ -139,19 +140,23 @@ def normalised_target(image: np.ndarray, target: dict[str, np.ndarray]) -> dict[
 
 def is_detection_spec(spec: str) -> bool:
     """True when `spec` names detection data (the built-in set or COCO-format annotations)."""
+    from tvc.data.detection_layout import is_coco_directory
+
     text = spec.strip()
     if text.lower().split(":", 1)[0] in ALIASES:
         return True
     path = Path(text).expanduser()
     if path.suffix.lower() == ".json":
         return True
-    return path.is_dir() and any(_coco_json(path, split) for split in _SPLIT_CODE)
+    return path.is_dir() and is_coco_directory(path)
 
 
 def load_detection(
     spec: str, split: str = "test", *, limit: int | None = None, seed: int = 0
 ) -> DetectionSet:
     """Load split `split` of detection DATA `spec` (see the module docstring)."""
+    from tvc.data.detection_layout import split_source
+
     if split not in _SPLIT_CODE:
         raise DataError(f"unknown split '{split}'", "use one of: train, val, test")
     if limit is not None and limit < 1:
@@ -167,28 +172,21 @@ def load_detection(
         n = SPLIT_SIZES[split] if limit is None else limit
         return make_builtin(split, n, seed=seed, directory=directory)
     path = Path(text).expanduser()
-    if path.is_dir():
-        found = _coco_json(path, split)
-        if found is None:
-            raise DataError(
-                f"{path} holds no annotations.json or {split}.json",
-                "pass a COCO-format JSON file, or a directory written by tvc's write_coco",
-            )
-        path = found
-    if not path.is_file():
+    if not path.exists():
         raise DataError(
             f"detection dataset '{spec}' not found",
             f"pass '{BUILTIN}', a COCO-format JSON file, or a directory holding one",
         )
-    data = load_coco(path, split=split)
+    source = split_source(path, split)
+    data = load_coco(
+        source.json,
+        split=split,
+        roots=source.roots,
+        base=source.base,
+        part=source.part,
+        name=path.name if path.is_dir() else None,
+    )
     return data.subset(limit) if limit is not None else data
-
-
-def _coco_json(directory: Path, split: str) -> Path | None:
-    for name in (f"{split}.json", "annotations.json"):
-        if (directory / name).is_file():
-            return directory / name
-    return None
 
 
 # ------------------------------------------------------------------------------- built-in set
@@ -334,17 +332,31 @@ def write_coco(data: DetectionSet, out: str | os.PathLike) -> Path:
     return path
 
 
-def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
-    """Read a COCO-format detection JSON and its images (relative to the JSON or images/).
+def load_coco(
+    path: str | os.PathLike,
+    *,
+    split: str = "test",
+    roots: tuple[Path, ...] | None = None,
+    base: Path | None = None,
+    part: str | None = None,
+    name: str | None = None,
+) -> DetectionSet:
+    """Read a COCO-format detection JSON and its images, looked up under `roots` (default: the
+    JSON's directory and its images/) and never outside `base` (default: the JSON's directory).
 
-    Category ids map to labels 0..K-1 in id order; crowd annotations are left out.
+    With `part`, the file holds every split and only the images of split `part` are read
+    (tvc.data.detection_layout.select_images). Category ids map to labels 0..K-1 in id order;
+    crowd annotations are left out.
     """
+    from tvc.data.detection_layout import read_json, select_images, split_source
+
     image_mod = _pil()
     path = Path(path)
-    try:
-        coco = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read COCO annotations {path} ({exc})", "check the file") from exc
+    if roots is None:
+        source = split_source(path, split)
+        roots, base = source.roots, source.base
+    base = base or path.parent
+    coco = read_json(path)
     if not isinstance(coco, dict):
         raise DataError(
             f"{path} is not a COCO JSON object", "pass COCO-format detection annotations"
@@ -368,9 +380,12 @@ def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
                 "list every category in 'categories'",
             )
         by_image.setdefault(ann["image_id"], []).append(ann)
+    entries = coco["images"]
+    if part is not None and entries:
+        entries = [entries[i] for i in select_images(path, part, entries)]
     images, targets, ids = [], [], []
-    for entry in coco["images"]:
-        file = _find_image(path.parent, entry["file_name"])
+    for entry in entries:
+        file = _find_image(roots, base, entry["file_name"])
         try:
             with image_mod.open(file) as im:
                 images.append(np.asarray(im.convert("RGB")))
@@ -392,14 +407,9 @@ def load_coco(path: str | os.PathLike, *, split: str = "test") -> DetectionSet:
         ids.append(int(entry["id"]))
     if not images:
         raise DataError(f"{path} lists no images", "pass annotations with an 'images' list")
-    return DetectionSet(
-        path.stem if path.stem != "annotations" else path.parent.name,
-        split,
-        [c["name"] for c in cats],
-        images,
-        targets,
-        ids,
-    )
+    if name is None:
+        name = path.stem if path.stem != "annotations" else path.parent.name
+    return DetectionSet(name, split, [c["name"] for c in cats], images, targets, ids)
 
 
 def _require_fields(path: Path, key: str, entries: list, fields: tuple[str, ...]) -> None:
@@ -437,7 +447,9 @@ def _check_box(path: Path, ann: dict, width: int, height: int) -> None:
         )
 
 
-def _find_image(root: Path, name: str) -> Path:
+def _find_image(roots: tuple[Path, ...], base: Path, name: str) -> Path:
+    """The file an image entry's file_name names: tried under each root as given, then by its
+    base name; it must lie inside `base` (no absolute paths, no '..', no links out)."""
     if (
         not isinstance(name, str)
         or not name
@@ -445,19 +457,22 @@ def _find_image(root: Path, name: str) -> Path:
         or ".." in Path(name).parts
     ):
         raise DataError(
-            f"image file_name {name!r} in the annotations points outside {root}",
-            "file_name must be a path relative to the annotations' directory",
+            f"image file_name {name!r} in the annotations points outside {base}",
+            "file_name must be a path relative to the dataset's directory",
         )
-    base = root.resolve()
-    for candidate in (root / name, root / "images" / name, root / "images" / Path(name).name):
-        if candidate.is_file():
-            if base not in candidate.resolve().parents:
-                raise DataError(
-                    f"image {name} in the annotations links outside {root}",
-                    "keep the images themselves beside the JSON file or in images/",
-                )
-            return candidate
+    inside = base.resolve()
+    for root in roots:
+        for candidate in (root / name, root / Path(name).name):
+            if candidate.is_file():
+                if inside not in candidate.resolve().parents:
+                    raise DataError(
+                        f"image {name} in the annotations links outside {base}",
+                        "keep the images themselves inside the dataset's directory",
+                    )
+                return candidate
+    where = ", ".join(str(r) for r in dict.fromkeys(roots) if r.is_dir()) or str(base)
     raise DataError(
-        f"image {name} listed in the annotations is not under {root}",
-        "keep the images beside the JSON file or in images/",
+        f"image {name} listed in the annotations is in none of: {where}",
+        "put the images beside their JSON file, in images/, or in the split's folder "
+        "(README: COCO layouts)",
     )
