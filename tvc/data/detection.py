@@ -313,15 +313,26 @@ def _pil():
     return Image
 
 
-def write_coco(data: DetectionSet, out: str | os.PathLike) -> Path:
-    """Write `data` as COCO: OUT/images/<id>.png and OUT/<split>.json. Returns the JSON path."""
+def write_images(
+    data: DetectionSet, folder: Path, *, relative_to: Path, prefix: str = ""
+) -> dict[str, Any]:
+    """Save `data`'s images as PNGs in `folder`; its COCO dictionary with file names relative
+    to `relative_to` (where its JSON file goes)."""
     image_mod = _pil()
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     coco = data.to_coco()
     for entry, img in zip(coco["images"], data.images, strict=True):
-        entry["file_name"] = f"images/{entry['file_name']}"
-        image_mod.fromarray(img).save(out / entry["file_name"])
+        file = folder / f"{prefix}{entry['file_name']}"
+        image_mod.fromarray(img).save(file)
+        entry["file_name"] = os.path.relpath(file, relative_to)
+    return coco
+
+
+def write_coco(data: DetectionSet, out: str | os.PathLike) -> Path:
+    """Write `data` as COCO: OUT/images/<split>-<id>.png and OUT/<split>.json (the split in the
+    image names, so that every split can be written into the same OUT). Returns the JSON path."""
+    out = Path(out)
+    coco = write_images(data, out / "images", relative_to=out, prefix=f"{data.split}-")
     path = out / f"{data.split}.json"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -381,8 +392,6 @@ def load_coco(
             )
         by_image.setdefault(ann["image_id"], []).append(ann)
     entries = coco["images"]
-    if part is not None and entries:
-        entries = [entries[i] for i in select_images(path, part, entries)]
     images, targets, ids = [], [], []
     for entry in entries:
         file = _find_image(roots, base, entry["file_name"])
@@ -407,6 +416,9 @@ def load_coco(
         ids.append(int(entry["id"]))
     if not images:
         raise DataError(f"{path} lists no images", "pass annotations with an 'images' list")
+    if part is not None:  # after reading all: every image and box of the file is checked
+        keep = select_images(path, part, entries)
+        images, targets, ids = ([v[i] for i in keep] for v in (images, targets, ids))
     if name is None:
         name = path.stem if path.stem != "annotations" else path.parent.name
     return DetectionSet(name, split, [c["name"] for c in cats], images, targets, ids)

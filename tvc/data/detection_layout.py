@@ -221,3 +221,48 @@ def read_json(path: Path) -> object:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read COCO annotations {path} ({exc})", "check the file") from exc
+
+
+LAYOUTS = ("files", "folders", "coco", "single")
+
+
+def write_layout(splits: dict, out: Path, layout: str) -> Path:
+    """Write DetectionSets (split -> set) as a COCO dataset in `layout`: "files" (train.json +
+    images/), "folders" (train/_annotations.coco.json + its images, val as valid/), "coco"
+    (annotations/instances_train2017.json + train2017/) or "single" (one annotations.json,
+    each image marked with its "split"). For tests, benchmarks and converting the built-in set."""
+    from tvc.data.detection import write_images
+
+    out = Path(out)
+    single: dict = {"images": [], "annotations": [], "categories": []}
+    for split, data in splits.items():
+        if layout == "files":
+            folder, ann = out / "images", out / f"{split}.json"
+        elif layout == "folders":
+            folder = out / ("valid" if split == "val" else split)
+            ann = folder / "_annotations.coco.json"
+        elif layout == "coco":
+            folder, ann = out / f"{split}2017", out / "annotations" / f"instances_{split}2017.json"
+        elif layout == "single":
+            folder, ann = out / "images", out / "annotations.json"
+        else:
+            raise ValueError(f"unknown layout {layout!r}; one of {LAYOUTS}")
+        prefix = f"{split}-" if layout in ("files", "single") else ""
+        # COCO's own file names are bare (000001.jpg), found in the split's image folder
+        rel = folder if layout == "coco" else ann.parent
+        coco = write_images(data, folder, relative_to=rel, prefix=prefix)
+        if layout != "single":
+            ann.parent.mkdir(parents=True, exist_ok=True)
+            ann.write_text(json.dumps(coco) + "\n")
+            continue
+        offset = len(single["images"])
+        for entry in coco["images"]:
+            entry.update(id=entry["id"] + offset, split=split)
+        for a in coco["annotations"]:
+            a.update(id=len(single["annotations"]) + 1, image_id=a["image_id"] + offset)
+            single["annotations"].append(a)
+        single["images"] += coco["images"]
+        single["categories"] = coco["categories"]
+    if layout == "single":
+        (out / "annotations.json").write_text(json.dumps(single) + "\n")
+    return out
