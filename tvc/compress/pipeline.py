@@ -68,6 +68,7 @@ def compress_model(
         log.info("pruning %s by %.0f%%", info.name, cfg.prune * 100)
         report["prune"] = task.prune(student.model, settings, example=samples[:1], batches=batches)
         report["prune"]["agreement"] = _agreement(task, reference, student.model, samples, source)
+        _warn_collapse(report["prune"])
     lowrank = cfg.lowrank_config()
     if lowrank is not None:
         log.info("factorizing the attention and MLP layers of %s", info.name)
@@ -136,7 +137,23 @@ def _prune_spec(cfg: Config) -> dict[str, Any]:
         "round_to": cfg.round_to,
         "keep": list(cfg.keep),
         "steps": cfg.steps,
+        "seed": cfg.seed,
     }
+
+
+COLLAPSE_AGREEMENT = 0.5  # below this output agreement with the parent, pruning has collapsed
+
+
+def _warn_collapse(prune_report: dict[str, Any]) -> None:
+    """Say loudly (terminal and artifact) when the pruned model no longer follows its parent."""
+    agree = prune_report["agreement"].get("agreement")
+    if agree is None or agree >= COLLAPSE_AGREEMENT:
+        return
+    prune_report["warning"] = (
+        f"pruning collapsed the model: agreement with its parent {agree:.1%} on "
+        f"{prune_report['agreement']['inputs']}; prune less or add --distill to recover"
+    )
+    log.warning("PRUNING COLLAPSED: %s", prune_report["warning"])
 
 
 def _agreement(task: Task, reference, candidate, samples, source: str) -> dict[str, Any]:

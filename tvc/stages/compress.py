@@ -16,7 +16,7 @@ from tvc.stages.config import ModelOptions, OutputOptions, cli_flag, option
 
 SUMMARY = "prune, factorize and/or distil a model into a smaller model artifact"
 
-_PRUNE_ONLY = ("importance", "global_", "prune_heads", "keep", "steps")
+_PRUNE_ONLY = ("importance", "global_", "prune_heads", "keep", "steps", "seed")
 _DISTILL_ONLY = (
     "teacher_weights",
     "epochs",
@@ -60,6 +60,7 @@ class Config(ModelOptions, OutputOptions):
     steps: int = Field(
         1, ge=1, description="Iterative pruning: reach the ratio in this many steps."
     )
+    seed: int = Field(0, ge=0, description="Seed of --importance random (the control).")
     lowrank: float | None = Field(
         None, gt=0, le=1, description="Low-rank: spectral energy to keep per layer, in (0, 1]."
     )

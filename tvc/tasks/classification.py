@@ -210,6 +210,7 @@ class ClassificationTask(Task):
             round_to=settings.get("round_to", 8),
             keep=keep,
             steps=settings.get("steps", 1),
+            seed=settings.get("seed", 0),
         )
         return prune(model, cfg, example_input=example, batches=batches)
 
