@@ -322,6 +322,21 @@ def write_artifact(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def recorded_data(art: Artifact) -> tuple[str, str] | None:
+    """The DATA the nearest step in `art`'s history read (its own spec first, then its lineage
+    from the newest step back), with that step's name: what a model was trained, compressed or
+    calibrated on. None when no step recorded any."""
+    entries = [{"kind": art.kind, "spec": art.meta.get("spec") or {}}]
+    entries += list(reversed(art.meta.get("lineage") or []))
+    for entry in entries:
+        spec = entry.get("spec") or {}
+        options = spec.get("options") or {}
+        data = spec.get("data") or options.get("calib") or options.get("data")
+        if isinstance(data, str) and data.strip():
+            return data, str(spec.get("stage") or spec.get("step") or entry.get("kind"))
+    return None
+
+
 def _lineage_entry(parent: Artifact) -> dict[str, Any]:
     return {
         "id": parent.id,

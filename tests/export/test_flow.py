@@ -71,7 +71,7 @@ def test_classifiers_refuse_detector_options(tmp_path, option, value):
 def test_trt_batch_profile_is_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="min <= opt <= max"):
         STAGE.config.parse({"model": "vit_pico", "output": str(tmp_path / "t"), "trt": True,
-                            "opt_batch": 9})  # fmt: skip
+                            "opt_batch": 9, "max_batch": 8})  # fmt: skip
 
 
 def test_trt_readiness_reads_artifacts_of_both_layouts():

@@ -14,6 +14,9 @@ from tvc.stages.compress import Config
 def compress(ctx: click.Context, **options) -> None:
     """Prune, factorize and/or distil MODEL into a smaller model artifact.
 
+    Without MODEL, --distill MODEL compresses that model and distils it from its uncompressed
+    self: `tvc compress --prune 0.3 --distill vit_b16 --weights W.safetensors --data D`.
+
     Detectors (DETR, Deformable DETR) lose attention heads and FFN channels (--prune), get
     low-rank projections (--lowrank), and are distilled on detection --data from their
     uncompressed source (--distill) or another detector (--distill TEACHER).

@@ -76,13 +76,13 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
     calib = cfg.calib or task.default_calib
     if cfg.int8 == "static" and not calib:
         raise ConfigError(
-            "static INT8 needs calibration data",
+            "static INT8 needs calibration data, and the model's lineage records none",
             f"pass --calib DATA (e.g. --calib {task.data_example}), or use --int8 dynamic",
         )
     settings = OnnxExportConfig(
         opset=cfg.opset,
         batch=cfg.batch,
-        dynamic_batch=cfg.dynamic_batch or (cfg.trt and cfg.max_batch > 1),
+        dynamic_batch=cfg.dynamic_batch or (cfg.trt and (cfg.max_batch or 1) > 1),
         simplify=not cfg.no_simplify,
         input_size=cfg.input_size,
         pixel_mask=cfg.pixel_mask,
@@ -289,8 +289,10 @@ def _engine(w, cfg: Config) -> MissingDependencyError | None:
 
     precision = "int8" if cfg.int8 == "static" else "fp16" if cfg.fp16 else "fp32"
     source = {"int8": INT8_FILE, "fp16": FP16_FILE, "fp32": MODEL_FILE}[precision]
-    engine_cfg = EngineConfig(precision=precision, **cfg.engine_options())
     name, shape = onnx_input(w.path_for(source))
+    engine_cfg = EngineConfig(
+        precision=precision, **cfg.engine_options(shape[0] if shape else None)
+    )
     # The script runs on the board from inside the artifact directory.
     cmd = trtexec_command(
         Path(source), Path(ENGINE_FILE), engine_cfg, input_name=name, input_shape=shape

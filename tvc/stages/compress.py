@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tvc.errors import ConfigError
-from tvc.stages.config import ModelOptions, OutputOptions, cli_flag, option
+from tvc.stages.common import same_model
+from tvc.stages.config import ModelOptions, OutputOptions, cli_flag, default_output, option
 
 SUMMARY = "prune, factorize and/or distil a model into a smaller model artifact"
 
@@ -31,6 +32,14 @@ _DISTILL_ONLY = (
 
 
 class Config(ModelOptions, OutputOptions):
+    # MODEL may be left out when --distill names a model: that model is then compressed and
+    # distilled from its own uncompressed self (`tvc compress --prune 0.3 --distill vit_b16`).
+    model: str | None = option(None, "", argument=True)
+    output: str | None = option(
+        None,
+        "Artifact directory to write [default: MODEL's name + '-compressed', here].",
+        flag="-o/--output",
+    )
     prune: float | None = Field(
         None,
         gt=0,
@@ -134,7 +143,32 @@ class Config(ModelOptions, OutputOptions):
                 "compress has nothing to do",
                 "pass --prune RATIO, --lowrank ENERGY / --lowrank-rank R, or --distill [TEACHER]",
             )
+        if self.model is None and not self.distill:
+            raise ConfigError(
+                "compress needs a MODEL",
+                "pass MODEL, or --distill MODEL to compress that model and distil it from its "
+                "uncompressed self",
+            )
+        both = None not in (self.weights, self.teacher_weights)
+        if self.model is None and both and self.weights != self.teacher_weights:
+            raise ConfigError(
+                f"--weights and --teacher-weights name two files for the one model {self.distill}",
+                "pass only one of them",
+            )
         return self
+
+    def resolved(self) -> Config:
+        """This config with MODEL and -o filled in: MODEL left out is the --distill model
+        (with --weights or --teacher-weights), -o left out is MODEL's name + '-compressed'."""
+        update: dict = {}
+        if self.model is None:
+            update["model"] = self.distill
+            update["weights"] = self.weights or self.teacher_weights
+            update["distill"] = ""  # its own uncompressed self teaches
+        model = update.get("model", self.model)
+        if self.output is None:
+            update["output"] = default_output(model, "compressed")
+        return self.model_copy(update=update) if update else self
 
     def lowrank_config(self):
         """The LowRankConfig that --lowrank / --lowrank-rank ask for, or None."""
@@ -157,10 +191,11 @@ def run(cfg: Config):
         check_data_task,
         claim_output,
         refuse_options,
-        same_model,
         task_of_model,
     )
 
+    cfg = cfg.resolved()
+    _refuse_random_teacher(cfg)  # at once: before the output, the data or any model is touched
     claim_output(cfg, cfg.model, cfg.weights, cfg.distill, cfg.teacher_weights, cfg.data)
     task = task_of_model(cfg.model, "compression")
     refuse_options(task, "compress", cfg)
@@ -183,6 +218,25 @@ def run(cfg: Config):
         teacher = loaded if own else task.load_model(cfg.distill, weights=cfg.teacher_weights)
         _check_teacher(task, teacher)
     return compress_model(task, loaded, cfg, Path(cfg.output), teacher=teacher)
+
+
+def _refuse_random_teacher(cfg: Config) -> None:
+    """A teacher given by name without weights would be randomly initialised (tvc never
+    downloads): refuse it before anything is built, rather than after loading it."""
+    if cfg.distill is None:
+        return
+    own = cfg.distill == "" or (
+        same_model(cfg.distill, cfg.model) and cfg.teacher_weights in (None, cfg.weights)
+    )
+    name, weights = (cfg.model, cfg.weights) if own else (cfg.distill, cfg.teacher_weights)
+    if weights is None and not Path(name).exists():
+        flag = "--weights" if own else "--teacher-weights"
+        raise ConfigError(
+            f"the teacher {name} would have random weights (tvc never downloads, and no "
+            f"{flag} was given), so there is nothing to distil from it",
+            f"pass the trained weights with {flag} FILE, or a tvc train artifact or Hugging "
+            "Face directory instead of the name",
+        )
 
 
 def _check_teacher(task, teacher) -> None:

@@ -118,6 +118,15 @@ class ModelOptions(StageConfig):
         }
 
 
+def default_output(model: str, suffix: str) -> str:
+    """The artifact a stage writes when -o is left out: MODEL's last path part (or name) plus
+    `-suffix`, in the current directory (`vit_b16` -> `vit_b16-compressed`)."""
+    from pathlib import Path
+
+    stem = Path(model.rstrip("/")).name or "model"
+    return f"{stem}-{suffix}"
+
+
 class OutputOptions(StageConfig):
     """Where a stage writes its artifact, and whether it may replace one."""
 

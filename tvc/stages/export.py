@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from tvc.errors import ConfigError
-from tvc.stages.config import ModelOptions, OutputOptions, option
+from tvc.stages.config import ModelOptions, OutputOptions, default_output, option
 
 if TYPE_CHECKING:
     from tvc.artifact import Artifact
@@ -28,16 +28,33 @@ SUMMARY = "export a model to ONNX (parity-proven), FP16/INT8 variants and a Tens
 
 
 class Config(ModelOptions, OutputOptions):
+    output: str | None = option(
+        None,
+        "Artifact directory to write [default: MODEL's name + '-exported', here].",
+        flag="-o/--output",
+    )
     opset: int = option(17, "ONNX opset (LayerNormalization needs 17 or newer).")
     batch: int = Field(1, ge=1, description="Fixed batch size.")
     dynamic_batch: bool = option(False, "Export with a dynamic batch dimension.")
-    input_size: int | None = Field(None, ge=1, description="Input resolution (model names only).")
+    input_size: int | None = Field(
+        None,
+        ge=1,
+        description="Input resolution for a model name or Hugging Face directory (position "
+        "embeddings are resampled as the model family does).",
+    )
     no_simplify: bool = option(False, "Skip onnxslim simplification.")
     fp16: bool = option(False, "Also write an FP16 ONNX (norms/softmax kept FP32).")
     int8: Literal["static", "dynamic"] | None = option(
-        None, "Also write an INT8 ONNX: static (calibrated Q/DQ) or dynamic."
+        None,
+        "Also write an INT8 ONNX: static (calibrated Q/DQ; a bare --int8) or dynamic.",
+        metavar="[static|dynamic]",
+        flag_value="static",
     )
-    calib: str | None = option(None, "Calibration DATA for static INT8.")
+    calib: str | None = option(
+        None,
+        "Calibration DATA for static INT8 [default: the data MODEL was trained or compressed on, "
+        "as its lineage records].",
+    )
     calib_size: int = Field(512, ge=1, description="Calibration images.")
     calib_method: Literal["minmax", "percentile", "entropy"] = option(
         "minmax", "How calibration turns activations into ranges."
@@ -60,9 +77,20 @@ class Config(ModelOptions, OutputOptions):
         "split also measures the FP32 model.",
     )
     trt: bool = option(False, "Build a TensorRT engine on this machine.")
-    min_batch: int = Field(1, ge=1, description="TensorRT profile: smallest batch.")
-    opt_batch: int = Field(1, ge=1, description="TensorRT profile: batch to tune for.")
-    max_batch: int = Field(8, ge=1, description="TensorRT profile: largest batch.")
+    # Unset, the profile is the ONNX model's batch (a fixed-batch graph takes only that one);
+    # for a dynamic batch 1/1/8. A --max-batch above 1 exports a dynamic batch.
+    min_batch: int | None = Field(
+        None, ge=1, description="TensorRT profile: smallest batch [default: the ONNX model's]."
+    )
+    opt_batch: int | None = Field(
+        None, ge=1, description="TensorRT profile: batch to tune for [default: the ONNX model's]."
+    )
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        description="TensorRT profile: largest batch [default: the ONNX model's; 8 for a "
+        "dynamic batch].",
+    )
     workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace (MiB).")
     timing_cache: str | None = option(None, "Timing cache file, reused across builds.")
     dla: int | None = Field(None, ge=0, description="Jetson DLA core to build for.")
@@ -73,7 +101,8 @@ class Config(ModelOptions, OutputOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if self.trt and not (self.min_batch <= self.opt_batch <= self.max_batch):
+        typed = [b for b in (self.min_batch, self.opt_batch, self.max_batch) if b is not None]
+        if self.trt and typed != sorted(typed):
             raise ConfigError(
                 f"batch profile must satisfy min <= opt <= max, got "
                 f"{self.min_batch}/{self.opt_batch}/{self.max_batch}",
@@ -86,12 +115,17 @@ class Config(ModelOptions, OutputOptions):
             )
         return self
 
-    def engine_options(self) -> dict:
-        """The EngineConfig fields --trt asks for (precision aside)."""
+    def engine_options(self, onnx_batch: int | str | None = None) -> dict:
+        """The EngineConfig fields --trt asks for (precision aside). `onnx_batch` is the ONNX
+        input's batch dimension: an int when fixed, which the unset profile batches take."""
+        fixed = onnx_batch if isinstance(onnx_batch, int) and onnx_batch > 0 else None
+        lo = self.min_batch or fixed or 1
+        opt = self.opt_batch or fixed or lo
+        hi = self.max_batch or fixed or max(8, opt)
         return {
-            "min_batch": self.min_batch,
-            "opt_batch": self.opt_batch,
-            "max_batch": self.max_batch,
+            "min_batch": lo,
+            "opt_batch": opt,
+            "max_batch": hi,
             "workspace_mb": self.workspace_mb,
             "timing_cache": Path(self.timing_cache) if self.timing_cache else None,
             "dla_core": self.dla,
@@ -104,6 +138,8 @@ def run(cfg: Config):
     from tvc.export.onnx import check_opset_and_batch
     from tvc.stages.common import claim_output, refuse_options
 
+    if cfg.output is None:
+        cfg = cfg.model_copy(update={"output": default_output(cfg.model, "exported")})
     claim_output(cfg, cfg.model, cfg.weights, cfg.calib, cfg.eval_data, cfg.timing_cache)
     check_opset_and_batch(cfg.opset, cfg.batch)
     source = onnx_source(cfg.model)
@@ -117,6 +153,8 @@ def run(cfg: Config):
         task = task_of_model(cfg.model, "export")
     refuse_options(task, "export", cfg)
     _check_data(task, cfg)
+    if cfg.int8 == "static" and cfg.calib is None:
+        cfg = _lineage_calib(task, cfg)
     if source is not None:
         return export_model(task, source, cfg)
     is_path = Path(cfg.model).exists()
@@ -124,6 +162,33 @@ def run(cfg: Config):
         cfg.model, **cfg.model_kwargs(), input_size=None if is_path else cfg.input_size
     )
     return export_model(task, loaded, cfg)
+
+
+def _lineage_calib(task, cfg: Config) -> Config:
+    """Static INT8 without --calib calibrates on the data MODEL's lineage records (what it was
+    trained, compressed or calibrated on) when that data is the task's and still there."""
+    from tvc.artifact import is_artifact, load_artifact, recorded_data
+    from tvc.tasks import task_for_data
+
+    if not is_artifact(cfg.model):
+        return cfg
+    found = recorded_data(load_artifact(cfg.model, verify=False))
+    if found is None:
+        return cfg
+    data, step = found
+    if task_for_data(data) is not task or not task.names_data(data):
+        log.warning(
+            "the %s step in %s's lineage read %s, which is not %s data found here; not "
+            "calibrating on it",
+            step,
+            cfg.model,
+            data,
+            task.name,
+        )
+        return cfg
+    log.info("calibrating on %s, the data of the %s step in %s's lineage (--calib to choose)",
+             data, step, cfg.model)  # fmt: skip
+    return cfg.model_copy(update={"calib": data})
 
 
 def _check_data(task, cfg: Config) -> None:
