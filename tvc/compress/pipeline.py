@@ -1,4 +1,5 @@
-"""One compress pipeline for every task: prune -> low-rank -> distil, then a model artifact.
+"""One compress pipeline for every task: prune -> low-rank -> token merging -> distil, then a
+model artifact.
 
 What differs between tasks (how to prune, which outputs to compare, the metric, the
 distillation loss) is asked of the task adapter (tvc.tasks); the steps, the rebuild proof, the
@@ -35,6 +36,7 @@ def compress_model(
     """Compress a copy of `loaded` as `cfg` asks, distil it from `teacher` when cfg.distill
     is set, and write the model artifact `out` with the report in metrics["compression"]."""
     from tvc.compress import report as rep
+    from tvc.compress.merge import merge, merging_suspended, parse_schedule
     from tvc.models.load import LoadedModel, build_from_info, write_model_artifact
     from tvc.models.structure import describe_structure
     from tvc.train.dist import pick_device
@@ -61,18 +63,28 @@ def compress_model(
         "before": rep.summarize(original, info.input_size),
     }
 
-    if cfg.prune is not None:
-        batches = None
-        if cfg.importance == "taylor":
-            batches = task.taylor_batches(info, cfg.data, TAYLOR_BATCHES, TAYLOR_BATCH_SIZE)
-        log.info("pruning %s by %.0f%%", info.name, cfg.prune * 100)
-        report["prune"] = task.prune(student.model, settings, example=samples[:1], batches=batches)
-        report["prune"]["agreement"] = _agreement(task, reference, student.model, samples, source)
-        _warn_collapse(report["prune"])
     lowrank = cfg.lowrank_config()
-    if lowrank is not None:
-        log.info("factorizing the attention and MLP layers of %s", info.name)
-        report["lowrank"] = task.factorize(student.model, lowrank, samples=samples)
+    # Widths first, on the model without token merging (a merged source keeps its schedule).
+    with merging_suspended(student.model):
+        if cfg.prune is not None:
+            batches = None
+            if cfg.importance == "taylor":
+                batches = task.taylor_batches(info, cfg.data, TAYLOR_BATCHES, TAYLOR_BATCH_SIZE)
+            log.info("pruning %s by %.0f%%", info.name, cfg.prune * 100)
+            report["prune"] = task.prune(
+                student.model, settings, example=samples[:1], batches=batches
+            )
+            report["prune"]["agreement"] = _agreement(
+                task, reference, student.model, samples, source
+            )
+            _warn_collapse(report["prune"])
+        if lowrank is not None:
+            log.info("factorizing the attention and MLP layers of %s", info.name)
+            report["lowrank"] = task.factorize(student.model, lowrank, samples=samples)
+    if cfg.merge_tokens is not None:
+        report["merge"] = merge(student.model, parse_schedule(cfg.merge_tokens), info.input_size)
+        log.info("merging tokens of %s: %s per block", info.name, report["merge"]["schedule"])
+        report["merge"]["agreement"] = _agreement(task, reference, student.model, samples, source)
 
     # The structure is relative to a fresh build of the architecture, so compressing a
     # compressed artifact again records the whole change, not only the last one.
@@ -87,7 +99,7 @@ def compress_model(
     test = task.load_data(cfg.data, "test", info, limit=cfg.eval_limit) if measure else None
     if test is not None:
         quality["source"] = task.quality(loaded, test, device=device)
-        if cfg.prune is not None or lowrank is not None:
+        if cfg.prune is not None or lowrank is not None or cfg.merge_tokens is not None:
             quality["compressed"] = task.quality(
                 student, test, reference=teacher or loaded, device=device
             )
@@ -121,6 +133,7 @@ def compress_model(
         "source": info.name,
         "prune": _prune_spec(cfg) if cfg.prune is not None else None,
         "lowrank": lowrank.as_dict() if lowrank is not None else None,
+        "merge": _merge_spec(report["merge"]) if cfg.merge_tokens is not None else None,
         "distill": {"teacher": report["teacher"], **settings} if teacher else None,
         "data": cfg.data,
         "options": cfg.model_dump(mode="json", exclude_unset=True, exclude={"force"}),
@@ -154,6 +167,10 @@ def _warn_collapse(prune_report: dict[str, Any]) -> None:
         f"{prune_report['agreement']['inputs']}; prune less or add --distill to recover"
     )
     log.warning("PRUNING COLLAPSED: %s", prune_report["warning"])
+
+
+def _merge_spec(merged: dict[str, Any]) -> dict[str, Any]:
+    return {k: merged[k] for k in ("requested", "schedule", "proportional_attention")}
 
 
 def _agreement(task: Task, reference, candidate, samples, source: str) -> dict[str, Any]:

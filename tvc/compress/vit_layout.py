@@ -110,7 +110,7 @@ _GENERIC_OK = {
 }  # fmt: skip
 _TIMM_OK = {
     "VisionTransformer", "VisionTransformerDistilled", "PatchEmbed", "Block", "Attention", "Mlp",
-    "LayerScale", "PatchDropout",
+    "LayerScale", "PatchDropout", "MergingBlocks",  # token merging's loop (tvc.models.merge)
 }  # fmt: skip
 _HF_OK = {
     "HFClassifier", "ViTForImageClassification", "ViTModel", "ViTEmbeddings",

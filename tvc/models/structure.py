@@ -3,8 +3,8 @@
 A pruned or factorized model differs from a freshly built one only in the shapes of some modules
 and parameters and in a few width attributes (num_heads, head_dim, the attention scale, the
 embedding width). `describe_structure` records exactly those differences as JSON;
-`apply_structure` replays them on a fresh model, after which the saved safetensors weights load
-with strict=True. Loading never runs code from a file.
+`apply_structure` replays them (and token merging, tvc.models.merge) on a fresh model, after
+which the saved safetensors weights load with strict=True. Loading never runs code from a file.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tvc.errors import ArtifactError
+from tvc.models.merge import apply_merging, merging_spec
 
 # Integer attributes that models derive from their widths; kept in step with pruning.
 # timm Attention: num_heads, head_dim, attn_dim; timm VisionTransformer: embed_dim,
@@ -143,7 +144,11 @@ def describe_structure(model: nn.Module, reference: nn.Module) -> dict[str, Any]
             continue
         if name in ref_params and ref_params[name].shape != p.shape:
             params[name] = list(p.shape)
-    return {"modules": modules, "params": params, "attrs": attrs}
+    out: dict[str, Any] = {"modules": modules, "params": params, "attrs": attrs}
+    merge = merging_spec(model)
+    if merge is not None:  # token merging (tvc.models.merge): recorded only when present
+        out["merge"] = merge
+    return out
 
 
 def _parent_and_leaf(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -166,6 +171,8 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
             m = model.get_submodule(name) if name else model
             for attr, value in values.items():
                 setattr(m, attr, value)
+        if structure.get("merge"):
+            apply_merging(model, structure["merge"])
     except AttributeError as exc:
         raise ArtifactError(
             f"the recorded structure does not fit this architecture ({exc})",

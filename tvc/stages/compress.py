@@ -76,6 +76,12 @@ class Config(ModelOptions, OutputOptions):
     lowrank_rank: float | None = Field(
         None, gt=0, description="Low-rank: a fixed rank (64) or a fraction of full rank (0.25)."
     )
+    merge_tokens: str | None = option(
+        None,
+        "Token merging (ToMe): merge R tokens after each block's attention, or a schedule "
+        "R1,R2,... with one value per block.",
+        metavar="R",
+    )
     distill: str | None = option(
         None,
         "Distil from this teacher MODEL after pruning / factorizing; alone, from the "
@@ -138,10 +144,16 @@ class Config(ModelOptions, OutputOptions):
                 f"--lowrank-rank {r} is neither a whole rank nor a fraction below 1",
                 "e.g. --lowrank-rank 64 or --lowrank-rank 0.25",
             )
-        if self.prune is None and self.lowrank is None and r is None and self.distill is None:
+        if self.merge_tokens is not None:
+            from tvc.compress.merge import parse_schedule
+
+            parse_schedule(self.merge_tokens)
+        nothing = (self.prune, self.lowrank, r, self.distill, self.merge_tokens)
+        if all(v is None for v in nothing):
             raise ConfigError(
                 "compress has nothing to do",
-                "pass --prune RATIO, --lowrank ENERGY / --lowrank-rank R, or --distill [TEACHER]",
+                "pass --prune RATIO, --lowrank ENERGY / --lowrank-rank R, --merge-tokens R, or "
+                "--distill [TEACHER]",
             )
         if self.model is None and not self.distill:
             raise ConfigError(

@@ -1,0 +1,46 @@
+"""Token merging (tvc.compress.merge / tvc.models.merge): exactness, rebuild, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tvc.compress.merge import merge, parse_schedule
+from tvc.errors import ConfigError
+from tvc.models import load_model
+from tvc.models.merge import MergingBlocks
+from tvc.models.structure import apply_structure, describe_structure
+
+
+@pytest.fixture(scope="module")
+def pico():
+    return load_model("vit_pico", warn_random=False)
+
+
+def test_zero_schedule_matches_the_plain_model(pico):
+    m = copy.deepcopy(pico.model)
+    x = torch.randn(2, *pico.info.input_size)
+    ref = m(x)
+    m.blocks = MergingBlocks(list(m.blocks), [0, 0], 1, True)
+    assert torch.allclose(m(x), ref, atol=1e-5)
+
+
+def test_merge_shrinks_tokens_and_rebuilds(pico):
+    m = copy.deepcopy(pico.model)
+    rep = merge(m, [40], pico.info.input_size)
+    assert rep["schedule"] == [32, 16] and rep["clamped"]  # 64 patches: at most half each time
+    assert rep["tokens_in"] == [65, 33] and rep["tokens_out"] == 17
+    structure = describe_structure(m, pico.model)
+    assert structure["merge"]["schedule"] == [32, 16]
+    fresh = apply_structure(copy.deepcopy(pico.model), structure)
+    fresh.load_state_dict(m.state_dict(), strict=True)
+    x = torch.randn(2, *pico.info.input_size)
+    assert torch.equal(fresh(x), m(x))
+
+
+@pytest.mark.parametrize("text", ["a", "-1", "0,0", "8,,8"])
+def test_bad_schedules_are_config_errors(text):
+    with pytest.raises(ConfigError):
+        parse_schedule(text)

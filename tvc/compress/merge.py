@@ -1,0 +1,126 @@
+"""Token merging as a compress step: `--merge-tokens R` (or a per-block schedule R1,R2,...).
+
+Pruning and low-rank shrink the widths; token merging shrinks the other axis of a transformer's
+cost, the sequence. The merging itself (bipartite soft matching, proportional attention) is part
+of the model's rebuildable structure and lives in tvc.models.merge; this module checks that the
+model can take it, turns the user's R into a per-block schedule that fits the model's token count,
+and reports the token count of every block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from tvc.errors import ConfigError, UnsupportedModelError
+
+EXAMPLE = "e.g. --merge-tokens 8, or one value per block: --merge-tokens 8,8,6,6,4,4"
+
+
+def parse_schedule(text: str | int) -> list[int]:
+    """'8' -> [8] (every block), '8,8,6' -> [8, 8, 6]; anything else is a ConfigError."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(
+            f"--merge-tokens {text!r} is not a token count or a comma-separated list of them",
+            EXAMPLE,
+        ) from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"--merge-tokens {text!r} has a negative token count", EXAMPLE)
+    if not any(values):
+        raise ConfigError(f"--merge-tokens {text!r} merges nothing", EXAMPLE)
+    return values
+
+
+def expand_schedule(values: list[int], depth: int) -> list[int]:
+    """One R for every block, or exactly one value per block."""
+    if len(values) == 1:
+        return values * depth
+    if len(values) != depth:
+        raise ConfigError(
+            f"--merge-tokens gives {len(values)} values for a model with {depth} blocks",
+            f"give one R for every block or exactly {depth} comma-separated values",
+        )
+    return list(values)
+
+
+def check_mergeable(model: Any) -> None:
+    """Token merging needs a plain timm ViT/DeiT whose classifier reads the prefix tokens."""
+    from tvc.compress.vit_layout import vit_layout
+
+    layout = vit_layout(model)  # refuses unknown layers with their names
+    if layout.family != "timm":
+        raise UnsupportedModelError(
+            f"token merging supports timm ViT/DeiT models, not {type(layout.model).__name__} "
+            "(Hugging Face ViT)",
+            "compress the timm build of the architecture, or use --prune / --lowrank",
+        )
+    pool = getattr(model, "global_pool", "token")
+    if getattr(model, "attn_pool", None) is not None or pool not in ("token", ""):
+        raise UnsupportedModelError(
+            f"token merging needs a classifier on the class token; this model pools '{pool}'",
+            "use a ViT/DeiT with global_pool='token' (the standard ones)",
+        )
+    if getattr(model, "dynamic_img_size", False):
+        raise UnsupportedModelError(
+            "token merging fixes the token count of every block; this model takes any image size",
+            "build it with a fixed img_size",
+        )
+
+
+def tokens_entering_blocks(model: Any, input_size: tuple[int, int, int]) -> int:
+    """The sequence length the first block sees (patch + prefix tokens), by running the model."""
+    import torch
+
+    seen: list[int] = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size))
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def merge(
+    model: Any, values: list[int], input_size: tuple[int, int, int], *, proportional: bool = True
+) -> dict[str, Any]:
+    """Put token merging on `model` (in place, replacing any earlier schedule); the report."""
+    from tvc.models.merge import MergingBlocks, clamp_schedule, remove_merging, token_counts
+
+    check_mergeable(model)
+    remove_merging(model)
+    depth = len(model.blocks)
+    asked = expand_schedule(values, depth)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    patches = tokens_entering_blocks(model, input_size) - prefix
+    schedule = clamp_schedule(patches, asked)
+    model.blocks = MergingBlocks(list(model.blocks), schedule, prefix, proportional)
+    counts = token_counts(patches, prefix, schedule)
+    return {
+        "requested": asked,
+        "schedule": schedule,
+        "clamped": schedule != asked,
+        "prefix_tokens": prefix,
+        "proportional_attention": proportional,
+        "tokens_in": counts[:-1],
+        "tokens_out": counts[-1],
+        "mean_tokens": sum(counts[:-1]) / depth,
+    }
+
+
+@contextlib.contextmanager
+def merging_suspended(model: Any) -> Iterator[None]:
+    """Run the blocks without merging inside (pruning and low-rank trace and measure the plain
+    model), then put the same schedule back on the possibly reshaped blocks."""
+    from tvc.models.merge import apply_merging, remove_merging
+
+    spec = remove_merging(model)
+    try:
+        yield
+    finally:
+        if spec is not None:
+            apply_merging(model, spec)

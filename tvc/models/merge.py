@@ -1,0 +1,189 @@
+"""Token merging (ToMe: Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023) as a
+rebuildable piece of a timm ViT's structure.
+
+After each block's attention, bipartite soft matching merges `r` patch tokens into their most
+similar partners (cosine similarity of the attention keys, averaged over heads): the patch tokens
+alternate into sets A and B, every A token picks its best B token, and the `r` A tokens with the
+best matches are averaged (weighted by how many patches each token already holds) into their B
+token. Attention then sees each token with its size: proportional attention adds log(size) to
+the attention logits, so a merged token weighs as much as the patches it stands for. The prefix
+tokens (class, distillation) are never merged and stay at the front, so the classifier reads
+them where it always did.
+
+Here it lives in `tvc.models` (not `tvc.compress`) because rebuilding an artifact needs it: the
+structure records `{"merge": ...}` and `apply_structure` swaps `model.blocks` for a
+`MergingBlocks`. That container is an nn.Sequential of the very same blocks, so the weights'
+names do not change; it only replaces the loop over the blocks. Every token count is fixed by
+the input size and the schedule, so the ONNX graph has static shapes, and the matching is written
+with ops ONNX Runtime and TensorRT run (ReduceMax/ArgMax, TopK, GatherElements, and a one-hot
+MatMul in place of a scatter-add).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from tvc.errors import ArtifactError
+
+
+class MergingBlocks(nn.Sequential):
+    """The blocks of a timm VisionTransformer with `schedule[i]` tokens merged after block i's
+    attention. `prefix` tokens (class / distillation) at the front are never merged."""
+
+    def __init__(
+        self, blocks: Iterable[nn.Module], schedule: list[int], prefix: int, proportional: bool
+    ) -> None:
+        super().__init__(*blocks)
+        if len(schedule) != len(self):
+            raise ValueError(f"merge schedule has {len(schedule)} entries for {len(self)} blocks")
+        self.schedule = [int(r) for r in schedule]
+        self.prefix = int(prefix)
+        self.proportional = bool(proportional)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size: torch.Tensor | None = None  # patches per token (B, N, 1); None until a merge
+        for block, r in zip(self, self.schedule, strict=True):
+            x, size = merging_block(block, x, size, r, self.prefix, self.proportional)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"merge={self.schedule}, prefix={self.prefix}, proportional={self.proportional}"
+
+
+def merging_block(
+    block: nn.Module,
+    x: torch.Tensor,
+    size: torch.Tensor | None,
+    r: int,
+    prefix: int,
+    proportional: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """timm Block.forward with token merging between the attention and the MLP."""
+    y, keys = _attention(block.attn, block.norm1(x), size if proportional else None)
+    x = x + block.drop_path1(block.ls1(y))
+    if r > 0:
+        x, size = merge_tokens(x, keys.mean(1), size, r, prefix)
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, size
+
+
+def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
+    """timm Attention (unfused, so the size bias can enter the logits); also returns the keys
+    (B, heads, N, head_dim), the similarity metric for matching."""
+    b, n, _ = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    if size is not None:  # proportional attention: a token of s patches counts s times
+        logits = logits + size.log()[:, None, None, :, 0]
+    weights = attn.attn_drop(logits.softmax(dim=-1))
+    out = (weights @ v).transpose(1, 2).reshape(b, n, -1)
+    out = attn.proj_drop(attn.proj(attn.norm(out)))
+    return out, k
+
+
+def merge_tokens(
+    x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge `r` of x's patch tokens (bipartite soft matching on `metric`, B x N x C'), size-
+    weighted; returns the shorter x and every token's size."""
+    if size is None:
+        size = torch.ones_like(x[..., :1])
+    merge = bipartite_matching(metric, r, prefix)
+    merged = merge(torch.cat([x * size, size], dim=-1))
+    total = merged[..., -1:]
+    return merged[..., :-1] / total, total
+
+
+def bipartite_matching(metric: torch.Tensor, r: int, prefix: int):
+    """The function that merges `r` tokens of a (B, N, C) tensor: A = even, B = odd patch tokens;
+    the r A tokens most similar to some B token are summed into it (callers weight by size)."""
+    tokens = metric[:, prefix:]
+    tokens = tokens / tokens.norm(dim=-1, keepdim=True)
+    a, b = tokens[:, ::2], tokens[:, 1::2]
+    n_b = b.shape[1]
+    scores = a @ b.transpose(-1, -2)  # (B, Na, Nb) cosine similarities
+    best, best_idx = scores.max(dim=-1)  # every A token's best B partner
+    order = best.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
+    src_idx, keep_idx = order[:, :r], order[:, r:]
+    dst_idx = best_idx[..., None].gather(1, src_idx)  # (B, r, 1)
+    # A one-hot (B, r, Nb) matrix sums the moved tokens into their partners: a MatMul where a
+    # scatter-add would need ScatterElements' reduction (which not every runtime supports).
+    onehot = (dst_idx == torch.arange(n_b, device=metric.device)).to(metric.dtype)
+
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[-1]
+        head, rest = x[:, :prefix], x[:, prefix:]
+        src, dst = rest[:, ::2], rest[:, 1::2]
+        kept = src.gather(1, keep_idx.expand(-1, -1, channels))
+        moved = src.gather(1, src_idx.expand(-1, -1, channels))
+        dst = dst + onehot.to(x.dtype).transpose(1, 2) @ moved
+        return torch.cat([head, kept, dst], dim=1)
+
+    return merge
+
+
+def token_counts(patches: int, prefix: int, schedule: list[int]) -> list[int]:
+    """Tokens entering each block, then the count after the last (prefix included)."""
+    counts = [patches + prefix]
+    for r in schedule:
+        counts.append(counts[-1] - r)
+    return counts
+
+
+def clamp_schedule(patches: int, schedule: list[int]) -> list[int]:
+    """The schedule with each r capped at half the patch tokens left (the A set's size, and
+    what ToMe allows), so a merge never runs out of tokens."""
+    out, left = [], patches
+    for r in schedule:
+        r = max(0, min(int(r), left // 2))
+        out.append(r)
+        left -= r
+    return out
+
+
+# ----------------------------------------------------------------------------- structure
+def merging_spec(model: nn.Module) -> dict[str, Any] | None:
+    """What `apply_merging` needs to put token merging back on a fresh build; None if absent."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, MergingBlocks):
+        return None
+    return {
+        "schedule": list(blocks.schedule),
+        "prefix": blocks.prefix,
+        "proportional": blocks.proportional,
+    }
+
+
+def apply_merging(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """Swap model.blocks for MergingBlocks of the same blocks (in place; weights untouched)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not isinstance(blocks, nn.Sequential):
+        raise ArtifactError(
+            f"the recorded token merging needs a timm ViT with blocks, not {type(model).__name__}",
+            "the artifact's model section and its structure disagree; re-run 'tvc compress'",
+        )
+    try:
+        model.blocks = MergingBlocks(
+            list(blocks), list(spec["schedule"]), int(spec["prefix"]), bool(spec["proportional"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"the recorded token merging is unreadable ({exc})",
+            "re-run 'tvc compress --merge-tokens' to write it again",
+        ) from exc
+    return model
+
+
+def remove_merging(model: nn.Module) -> dict[str, Any] | None:
+    """Put a plain nn.Sequential of the same blocks back; returns the spec that was removed."""
+    spec = merging_spec(model)
+    if spec is not None:
+        model.blocks = nn.Sequential(*list(model.blocks))
+    return spec
