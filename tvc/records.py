@@ -21,7 +21,11 @@ SCHEMA = "tvc.bench/1"
 
 
 class Latency(BaseModel):
-    """Latency of one inference call in milliseconds, over `n` timed runs."""
+    """Latency of one inference call in milliseconds, over `n` timed runs.
+
+    `ci_low`..`ci_high` is a 95% confidence interval of the median (p50) and `mad` the median
+    absolute deviation; records written before they existed leave them out (None).
+    """
 
     model_config = ConfigDict(extra="forbid")
     p50: float
@@ -32,18 +36,65 @@ class Latency(BaseModel):
     min: float
     max: float
     n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+    mad: float | None = None
 
     @classmethod
-    def from_samples(cls, samples_s: list[float] | np.ndarray) -> Latency:
-        """Percentiles, mean and spread of call times given in seconds."""
+    def from_samples(
+        cls, samples_s: list[float] | np.ndarray, blocks: list[int] | np.ndarray | None = None
+    ) -> Latency:
+        """Percentiles, mean and spread of call times given in seconds. `blocks` numbers the
+        round each sample was timed in; with it the median's interval is bootstrapped over
+        whole rounds, so a burst of load during one round widens it as it should."""
         ms = np.asarray(samples_s, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        lo, hi = median_ci(ms, blocks)
         return cls(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(ms.mean()),
                    std=float(ms.std(ddof=1)) if ms.size > 1 else 0.0, min=float(ms.min()),
-                   max=float(ms.max()), n=int(ms.size))  # fmt: skip
+                   max=float(ms.max()), n=int(ms.size), ci_low=lo, ci_high=hi,
+                   mad=float(np.median(np.abs(ms - p50))))  # fmt: skip
 
     def as_dict(self) -> dict[str, float]:
         return self.model_dump()
+
+    @property
+    def has_ci(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None
+
+    def ci_text(self) -> str:
+        """'1.52-1.61' (the median's 95% interval), or '' for a record without one."""
+        return f"{self.ci_low:.3g}-{self.ci_high:.3g}" if self.has_ci else ""
+
+
+def median_ci(
+    values: np.ndarray, blocks: list[int] | np.ndarray | None = None
+) -> tuple[float | None, float | None]:
+    """A 95% confidence interval of the median of `values`.
+
+    Without blocks: the distribution-free order-statistic interval (binomial ranks). With
+    blocks (the round of each value): a seeded bootstrap that resamples whole rounds, which
+    keeps the correlation of calls timed back to back. Fewer than 6 values give (None, None).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    n = v.size
+    if n < 6:
+        return None, None
+    if blocks is not None and len(set(np.asarray(blocks).tolist())) >= 5:
+        b = np.asarray(blocks)
+        groups = [v[b == k] for k in np.unique(b)]
+        rng = np.random.default_rng(0)
+        meds = np.empty(400)
+        for i in range(meds.size):
+            pick = rng.integers(0, len(groups), len(groups))
+            meds[i] = np.median(np.concatenate([groups[j] for j in pick]))
+        lo, hi = np.percentile(meds, [2.5, 97.5])
+        return float(lo), float(hi)
+    s = np.sort(v)
+    half = 1.959964 * np.sqrt(n) / 2  # ranks n/2 -+ z*sqrt(n)/2 of a Binomial(n, 1/2)
+    j = max(int(np.floor(n / 2 - half)), 0)
+    k = min(int(np.ceil(n / 2 + half)), n - 1)
+    return float(s[j]), float(s[k])
 
 
 class Accuracy(BaseModel):
@@ -102,6 +153,38 @@ class Energy(BaseModel):
     joules_per_inference: float
 
 
+class Conditions(BaseModel):
+    """What the machine was doing while a record was timed, and whether to trust it.
+
+    Load is the 1-minute load average (os.getloadavg); CPU frequency comes from cpufreq in
+    /sys, else /proc/cpuinfo's "cpu MHz", else it is unknown (`freq_source` says which).
+    `noisy` is the verdict and `reasons` say why, in words a user can act on.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    cpu_count: int
+    load_before: float | None = None  # 1-min load average just before timing
+    load_during: float | None = None  # highest 1-min load average seen while timing
+    freq_source: str = "unknown"
+    mhz_before: float | None = None  # mean over the CPUs
+    mhz_during_min: float | None = None  # lowest / highest mean seen while timing
+    mhz_during_max: float | None = None
+    pinned_cpus: list[int] | None = None  # the CPUs the process was pinned to, if it was
+    rounds: int = 1  # timing rounds (each variant timed once per round)
+    interleaved: list[str] = Field(default_factory=list)  # variants timed in the same rounds
+    run_id: str | None = None  # records from one interleaved run share it
+    noisy: bool = False
+    reasons: list[str] = Field(default_factory=list)
+
+    def freq_text(self, which: str = "during") -> str:
+        if which == "before":
+            return f"{self.mhz_before:.0f} MHz" if self.mhz_before else "unknown"
+        lo, hi = self.mhz_during_min, self.mhz_during_max
+        if lo is None or hi is None:
+            return "unknown"
+        return f"{lo:.0f} MHz" if abs(hi - lo) < 1 else f"{lo:.0f}-{hi:.0f} MHz"
+
+
 class ModelRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -133,6 +216,7 @@ class BenchRecord(BaseModel):
     detection: Detection | None = None  # detectors benched with detection --data
     lanes: Lanes | None = None  # lane models benched with lane --data
     energy: Energy | None = None
+    conditions: Conditions | None = None  # load, CPU clock, rounds and the noise verdict
     board: str  # human label of the machine
     environment: dict[str, Any]
     command: str
