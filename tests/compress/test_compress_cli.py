@@ -145,7 +145,7 @@ def test_distillation_runs_after_pruning_through_the_contract(tmp_path, pico_art
         (["--prune", "0.3", "--keep", "blocks.5"], "--keep 'blocks.5' names no part"),
         (["--global"], "--global only applies with --prune"),
         (["--prune", "0.3", "--epochs", "2"], "--epochs only applies with --distill"),
-        (["--prune", "0.3", "--distill", "vit_pico"], "the teacher vit_pico would have random"),
+        (["--prune", "0.3", "--distill", "vit_pico"], "--distill needs --data"),
     ],
 )
 def test_bad_input_is_one_error_line_and_no_artifact(tmp_path, args, message):

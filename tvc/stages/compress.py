@@ -207,7 +207,6 @@ def run(cfg: Config):
     )
 
     cfg = cfg.resolved()
-    _refuse_random_teacher(cfg)  # at once: before the output, the data or any model is touched
     claim_output(cfg, cfg.model, cfg.weights, cfg.distill, cfg.teacher_weights, cfg.data)
     task = task_of_model(cfg.model, "compression")
     refuse_options(task, "compress", cfg)
@@ -218,6 +217,9 @@ def run(cfg: Config):
         )
     if cfg.distill is not None and cfg.data is None:
         raise ConfigError("--distill needs --data to train on", f"e.g. --data {task.data_example}")
+    # A random teacher is refused before any data or model is loaded (the options' own
+    # errors come first: they say what to change in the command line as typed).
+    _refuse_random_teacher(cfg)
     check_data_task(task, cfg.model, cfg.data)
     loaded = task.load_model(cfg.model, **cfg.model_kwargs())
     teacher = None
