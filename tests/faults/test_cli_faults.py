@@ -437,7 +437,6 @@ case("onnx", "unknown-option", 2, r"no such option.*run 'tvc export --help'")(
 case("onnx", "unknown-command", 2, r"no such command 'exprot'")(
     lambda ws: ["exprot", ws.model, "-o", ws.p("o")]
 )
-case("onnx", "missing-output", 2, r"--output")(lambda ws: ["export", ws.model])
 
 # ----------------------------------------------------------------------------------- data
 
@@ -649,6 +648,20 @@ def test_fault(c: Case, ws: Workspace) -> None:
         assert marker is None or not marker.exists(), "a pickle ran code"
     if c.check is not None:
         c.check(ws)
+
+
+def test_default_output_never_replaces_an_artifact(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without -o, export writes `<model>-exported` in the working directory; a second run
+    finds it there and refuses to replace it without --force."""
+    monkeypatch.chdir(ws.root)
+    assert tvc("export", "model").code == 0
+    made = ws.root / "model-exported"
+    assert (made / "model.onnx").is_file()
+    before = snapshot(made)
+    assert_one_line_error(tvc("export", "model"), 2, r"existing artifact; pass --force")
+    assert snapshot(made) == before
 
 
 def test_the_table_covers_every_class() -> None:
