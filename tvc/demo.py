@@ -19,7 +19,7 @@ from pathlib import Path
 from tvc.pipeline.recipe import load_recipe
 from tvc.pipeline.runner import RECORDS_FILE, Echo, Runner
 from tvc.records import read_records
-from tvc.report.render import analyse, headline
+from tvc.report.headline import run_headline
 
 TRAINED_TEACHER = Path("benchmarks/artifacts/fmnist_teacher")
 
@@ -66,9 +66,9 @@ def run_demo(out: Path, *, threads: int | None = None, detection: bool = False,
     echo(f"demo finished in {time.perf_counter() - t0:.0f} s; run directory: {out}")
     for path in reports:
         echo(f"report: {path}")
-    analysis = analyse(records)
-    # The headline compares what would ship (the INT8 student) with the FP32 teacher.
-    shipped = next((r.variant for r in records if r.variant.endswith("int8-qdq")), None)
-    line = headline(analysis, shipped) or headline(analysis)
+    # the report's own headline (what would ship, the most derived variant, vs the baseline)
+    baseline = next((r.step.options.get("baseline") for r in results if r.step.kind == "report"),
+                    None)  # fmt: skip
+    line = run_headline(records, baseline)
     if line:
         echo(f"headline: {line}")

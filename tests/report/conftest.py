@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tvc.records import Accuracy, BenchRecord, Detection, Energy, Latency, ModelRef
+from tvc.records import Accuracy, BenchRecord, Conditions, Detection, Energy, Latency, ModelRef
 
 CPU = "AMD EPYC 7B13 x2"
 NANO = "NVIDIA Jetson Orin Nano Developer Kit"
@@ -99,3 +99,56 @@ def detections() -> list[BenchRecord]:
         record("detr-student fp32", CPU, 2.5, size=1_000_000, map_=28.5),
         record("detr-student int8-qdq", CPU, 2.0, precision="int8-qdq", size=500_000, map_=27.25),
     ]
+
+
+def timed(rec: BenchRecord, lo: float, hi: float, *, run: str | None = "run-1",
+          reasons: list[str] | None = None, **model) -> BenchRecord:  # fmt: skip
+    """`rec` with a median interval lo..hi and, where `run` is given, the conditions of an
+    interleaved run (noisy when `reasons` are given)."""
+    lat = rec.latency_ms.model_copy(update={"ci_low": lo, "ci_high": hi, "mad": 0.01})
+    cond = (
+        Conditions(cpu_count=2, load_before=1.0, load_during=4.5 if reasons else 1.2,
+                   rounds=12, run_id=run, noisy=bool(reasons), reasons=reasons or [])
+        if run
+        else None
+    )  # fmt: skip
+    return rec.model_copy(
+        update={"latency_ms": lat, "conditions": cond, "model": rec.model.model_copy(update=model)}
+    )
+
+
+TEACHER = [{"id": "t0", "kind": "model"}, {"id": "t1", "kind": "onnx"}]
+STUDENT = [
+    {"id": "t0", "kind": "model"},
+    {"id": "s0", "kind": "model"},
+    {"id": "s1", "kind": "onnx"},
+]
+
+
+@pytest.fixture
+def noisy_records() -> list[BenchRecord]:
+    """An interleaved run as old benches labelled it: every variant by its architecture
+    ('vit_fmnist ...'), given in no particular order; the INT8 student was timed under load;
+    the teacher also ran on torch."""
+
+    def arch(variant, path, lineage, **kw):
+        r = record(variant, CPU, **kw)
+        return r.model_copy(update={"model": r.model.model_copy(
+            update={"name": "vit_fmnist", "path": path, "lineage": lineage,
+                    "artifact_id": lineage[-1]["id"]})})  # fmt: skip
+
+    teacher = "runs/demo/teacher-onnx/model.onnx"
+    student = "runs/demo/student-onnx/model.onnx"
+    int8 = "runs/demo/student-onnx/model.int8.onnx"
+    noisy = ["load average 4.5 on 2 CPU(s): other work competed"]
+    return [
+        timed(arch("vit_fmnist int8-qdq", int8, STUDENT, p50=1.0, precision="int8-qdq",
+                   size=1_090_000, top1=90.26), 0.95, 1.0, reasons=noisy, macs=63_000_000),
+        timed(arch("vit_fmnist fp32", student, STUDENT, p50=1.6, size=3_730_000, top1=90.33),
+              1.55, 1.65, macs=63_000_000),
+        timed(arch("vit_fmnist fp32", teacher, TEACHER, p50=3.0, size=7_280_000, top1=92.01),
+              2.9, 3.1, params=1_800_000),
+        timed(arch("vit_fmnist fp32", teacher, TEACHER, p50=4.0, backend="torch"), 3.8, 4.2,
+              params=1_800_000),
+        timed(arch("vit_fmnist fp32", student, STUDENT, p50=3.9, backend="torch"), 3.7, 4.1),
+    ]  # fmt: skip

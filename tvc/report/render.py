@@ -1,252 +1,33 @@
-"""Reports from bench records: Markdown, or one self-contained HTML page (plots inline).
+"""Reports from bench records: Markdown, or one self-contained HTML page (plots inline as SVG).
 
-Records from any number of machines merge into one comparison: tables are grouped by board, each
-row is one variant on one backend at one batch size, and every row is compared with a baseline
-variant measured on the same board at the same batch (speed-up in p50 latency, size, and the
-change in quality: top-1 of classifiers, COCO mAP of detectors, each only against the same metric
-on the same data). Every number links to the command and the package versions that produced it.
-No torch.
+Records from any number of machines merge into one comparison (tvc/report/analysis.py): tables
+are grouped by board, rows come in lineage order, and every row is compared with the baseline
+measured on the same board at the same batch. Each board has two tables that fit a 1280-px page
+and a sheet of paper: timing (p50 with its 95% interval, speed-up with its interval, noise) and
+model (size, compute, quality on a named evaluation set, resources). The headline is computed
+once (tvc/report/headline.py). Every number links to the command and the package versions that
+produced it. No torch.
 """
 
 from __future__ import annotations
 
-import base64
-import difflib
 import html
 import os
+import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tvc import __version__
 from tvc.errors import ConfigError
 from tvc.records import BenchRecord
-from tvc.report.fmt import fmt_count, fmt_ms, times
+from tvc.report.analysis import Analysis, analyse, backend_label, evaluation_sets, set_text
+from tvc.report.columns import DASH, TABLES, Cell, Column, footnotes, table
+from tvc.report.fmt import fmt_ms
+from tvc.report.headline import headline_text
 
-# ----------------------------------------------------------------------------------- analysis
+__all__ = ["analyse", "headline", "render_html", "render_markdown", "write_report"]
 
-
-@dataclass
-class Row:
-    """One record with its comparison against the baseline."""
-
-    n: int  # 1-based number of the record; its provenance entry is #rec-<n>
-    rec: BenchRecord
-    speedup: float | None  # baseline p50 / this p50, same board and batch
-    size_ratio: float | None  # baseline size / this size
-    d_quality: float | None  # change of the record's quality metric (top-1 or mAP), in points
-    is_baseline: bool
-
-
-@dataclass
-class Analysis:
-    records: list[BenchRecord]
-    baseline: str
-    boards: list[str]
-    variants: list[str]
-    rows: list[Row]
-
-    def rows_for(self, board: str) -> list[Row]:
-        rows = [r for r in self.rows if r.rec.board == board]
-        return sorted(
-            rows,
-            key=lambda r: (self.variants.index(r.rec.variant), backend_label(r.rec), r.rec.batch),
-        )
-
-
-def _unique(items) -> list:
-    return list(dict.fromkeys(items))
-
-
-def choose_baseline(records: list[BenchRecord], baseline: str | None) -> str:
-    """The baseline variant: the one named, else the first FP32 variant, else the first."""
-    variants = _unique(r.variant for r in records)
-    if baseline is None:
-        return next((r.variant for r in records if r.precision == "fp32"), variants[0])
-    if baseline in variants:
-        return baseline
-    close = difflib.get_close_matches(baseline, variants, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise ConfigError(
-        f"--baseline '{baseline}' is not a variant in these records",
-        f"{hint}variants: {', '.join(variants)}",
-    )
-
-
-def _baseline_for(rec: BenchRecord, pool: list[BenchRecord]) -> BenchRecord | None:
-    """The baseline record to compare `rec` with: same board and batch, same backend if any."""
-    same = [b for b in pool if b.board == rec.board and b.batch == rec.batch]
-    for match in (
-        lambda b: b.backend == rec.backend and b.provider == rec.provider,
-        lambda b: b.backend == rec.backend,
-        lambda b: True,
-    ):
-        found = [b for b in same if match(b)]
-        if found:
-            return found[0]
-    return None
-
-
-def _quality_change(rec: BenchRecord, pool: list[BenchRecord]) -> float | None:
-    """`rec`'s quality minus the baseline's, in points: the same metric on the same data, from
-    the same board where there is one."""
-    q = rec.quality
-    if q is None:
-        return None
-    same = [b for b in pool if b.quality and (b.quality.name, b.quality.data) == (q.name, q.data)]
-    base = next((b for b in same if b.board == rec.board), same[0] if same else None)
-    return q.value - base.quality.value if base else None
-
-
-def analyse(records: list[BenchRecord], baseline: str | None = None) -> Analysis:
-    if not records:
-        raise ConfigError("no bench records to report", "pass files written by 'tvc bench --json'")
-    base = choose_baseline(records, baseline)
-    pool = [r for r in records if r.variant == base]
-    rows = []
-    for n, rec in enumerate(records, 1):
-        b = _baseline_for(rec, pool)
-        # an engine's size depends on the board: prefer the baseline's size on the same board
-        sizes = [x.size_bytes for x in pool if x.size_bytes and x.board == rec.board]
-        sizes = sizes or [x.size_bytes for x in pool if x.size_bytes]
-        rows.append(
-            Row(
-                n=n,
-                rec=rec,
-                speedup=b.latency_ms.p50 / rec.latency_ms.p50 if b else None,
-                size_ratio=sizes[0] / rec.size_bytes if sizes and rec.size_bytes else None,
-                d_quality=_quality_change(rec, pool),
-                is_baseline=rec.variant == base,
-            )
-        )
-    return Analysis(
-        records=records,
-        baseline=base,
-        boards=_unique(r.board for r in records),
-        variants=_unique(r.variant for r in records),
-        rows=rows,
-    )
-
-
-def headline(analysis: Analysis, variant: str | None = None) -> str | None:
-    """One sentence: `variant` (default: the fastest) against the baseline, on the baseline's
-    first board at its smallest batch and on the baseline's backend."""
-    first = next(r for r in analysis.rows if r.is_baseline)
-    board = first.rec.board
-    batch = min(r.rec.batch for r in analysis.rows if r.is_baseline and r.rec.board == board)
-    rows = [
-        r
-        for r in analysis.rows
-        if r.rec.board == board
-        and r.rec.batch == batch
-        and not r.is_baseline
-        and r.speedup
-        and r.rec.backend == first.rec.backend
-        and variant in (None, r.rec.variant)
-    ]
-    if not rows:
-        return None
-    best = max(rows, key=lambda r: r.speedup or 0)
-    base = _baseline_for(best.rec, [r.rec for r in analysis.rows if r.is_baseline])
-    parts = [
-        f"{best.rec.variant} vs {analysis.baseline} on {board} "
-        f"({backend_label(best.rec)}, batch {batch}): {times(best.speedup, 'faster', 'slower')} "
-        f"(p50 {fmt_ms(best.rec.latency_ms.p50)} ms vs {fmt_ms(base.latency_ms.p50)} ms)"
-    ]
-    if best.size_ratio:
-        parts.append(times(best.size_ratio, "smaller", "larger"))
-    if best.d_quality is not None:
-        q = best.rec.quality
-        parts.append(f"{q.name} {best.d_quality:+.2f} pts ({q.text()})")
-    return ", ".join(parts)
-
-
-# ---------------------------------------------------------------------------------- formatting
-
-
-def backend_label(rec: BenchRecord) -> str:
-    """'ort CPU, 2 threads' / 'trt' / 'torch, 4 threads'."""
-    label = rec.backend
-    provider = rec.provider.replace("ExecutionProvider", "")
-    if rec.backend == "ort" and provider:
-        label += f" {provider}"
-    if rec.threads:
-        label += f", {rec.threads} thr"
-    return label
-
-
-def _ips(v: float) -> str:
-    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
-
-
-def _metric(name: str) -> Callable[[Row], str]:
-    """Cells of one quality metric ("top-1" or "mAP"): empty where a row has another or none."""
-
-    def cell(row: Row) -> str:
-        q = row.rec.quality
-        return f"{q.value:.2f}" if q and q.name == name else ""
-
-    return cell
-
-
-def _metric_change(name: str) -> Callable[[Row], str]:
-    def cell(row: Row) -> str:
-        q = row.rec.quality
-        ok = q and q.name == name and row.d_quality is not None
-        return f"{row.d_quality:+.2f}" if ok else ""
-
-    return cell
-
-
-def _agreement(rec: BenchRecord) -> str:
-    agree = rec.accuracy.agreement if rec.accuracy else None
-    return "" if agree is None else f"{agree:.1f}"
-
-
-def _millijoules(rec: BenchRecord) -> str:
-    return f"{rec.energy.joules_per_inference * 1e3:.2f}" if rec.energy else ""
-
-
-@dataclass
-class Column:
-    title: str
-    cell: Callable[[Row], str]
-    numeric: bool = True
-
-
-COLUMNS = [
-    Column("#", lambda r: str(r.n)),
-    Column("Variant", lambda r: r.rec.variant + (" (baseline)" if r.is_baseline else ""), False),
-    Column("Precision", lambda r: r.rec.precision, False),
-    Column("Backend", lambda r: backend_label(r.rec), False),
-    Column("Batch", lambda r: str(r.rec.batch)),
-    Column("p50 ms", lambda r: fmt_ms(r.rec.latency_ms.p50)),
-    Column("p90 ms", lambda r: fmt_ms(r.rec.latency_ms.p90)),
-    Column("p99 ms", lambda r: fmt_ms(r.rec.latency_ms.p99)),
-    Column("img/s", lambda r: _ips(r.rec.throughput_ips)),
-    Column("Speed-up", lambda r: f"{r.speedup:.2f}x" if r.speedup else ""),
-    Column("Size MB", lambda r: f"{r.rec.size_bytes / 1e6:.2f}" if r.rec.size_bytes else ""),
-    Column("Smaller", lambda r: f"{r.size_ratio:.2f}x" if r.size_ratio else ""),
-    Column("Params", lambda r: fmt_count(r.rec.model.params)),
-    Column("MACs", lambda r: fmt_count(r.rec.model.macs)),
-    Column("Top-1 %", _metric("top-1")),
-    Column("Δ top-1", _metric_change("top-1")),
-    Column("Agree %", lambda r: _agreement(r.rec)),
-    Column("mAP", _metric("mAP")),
-    Column("AP50", lambda r: f"{r.rec.detection.ap50:.2f}" if r.rec.detection else ""),
-    Column("Δ mAP", _metric_change("mAP")),
-    Column("Peak RSS MB", lambda r: f"{r.rec.peak_rss_mb:.0f}" if r.rec.peak_rss_mb else ""),
-    Column("Power W", lambda r: f"{r.rec.energy.avg_power_w:.2f}" if r.rec.energy else ""),
-    Column("mJ/img", lambda r: _millijoules(r.rec)),
-]
-
-
-def table(rows: list[Row]) -> tuple[list[Column], list[list[str]]]:
-    """The columns that have a value in some row, and the cells."""
-    cells = [[c.cell(r) for c in COLUMNS] for r in rows]
-    keep = [i for i, c in enumerate(COLUMNS) if any(row[i] for row in cells)]
-    return [COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in cells]
+headline = headline_text  # the headline sentence (tvc.report.headline has it in numbers)
 
 
 def cross_board(analysis: Analysis) -> tuple[int, list[str], list[list[str]]] | None:
@@ -322,6 +103,27 @@ def _md_table(header: list[str], body: list[list[str]], numeric: list[bool]) -> 
     return lines
 
 
+def board_tables(a: Analysis, board: str) -> list[tuple[str, list[Column], list[list[Cell]]]]:
+    """(title, columns, cells) of the board's tables, the columns without a value left out."""
+    rows = a.rows_for(board)
+    return [(title, *table(rows, cols)) for title, cols in TABLES]
+
+
+def dash_notes(cols: list[Column], cells: list[list[Cell]]) -> list[str]:
+    """Why cells are empty, one line per column and reason: paper shows no tooltips."""
+    out = []
+    for j, col in enumerate(cols):
+        whys = list(dict.fromkeys(row[j].why for row in cells if row[j].text == DASH))
+        whys = [w for w in whys if w]
+        if whys:
+            out.append(f"{DASH} in {col.title}: {'; '.join(whys)}")
+    return out
+
+
+def _text(cell: Cell) -> str:
+    return cell.text + cell.mark
+
+
 def render_markdown(
     records: list[BenchRecord],
     *,
@@ -339,9 +141,18 @@ def render_markdown(
         out += [f"![{caption}]({link})", ""]
     out += [f"_{n}_" for n in notes or []]
     for board in a.boards:
-        cols, body = table(a.rows_for(board))
-        out += ["", f"## {board}", ""]
-        out += _md_table([c.title for c in cols], body, [c.numeric for c in cols])
+        out += ["", f"## {board}"]
+        for name, cols, body in board_tables(a, board):
+            out += ["", f"### {name}", ""]
+            out += _md_table(
+                [c.title for c in cols],
+                [[_text(c) for c in row] for row in body],
+                [c.numeric for c in cols],
+            )
+            extra = footnotes(a.rows_for(board)) if name == TABLES[0][0] else []
+            extra += dash_notes(cols, body)
+            if extra:
+                out += [""] + [f"- {_md_cell(x)}" for x in extra]
     cross = cross_board(a)
     if cross:
         batch, header, body = cross
@@ -365,19 +176,66 @@ def render_markdown(
     return "\n".join(out).rstrip() + "\n"
 
 
+def _sets_line(a: Analysis) -> list[str]:
+    """The evaluation set and its size beside every quality figure; different sets said so."""
+    lines = []
+    for metric, pairs in evaluation_sets(a).items():
+        sets = list(dict.fromkeys(data for _, data in pairs))
+        if len(sets) == 1:
+            lines.append(f"{metric} of every variant on {set_text(sets[0])}")
+        else:
+            each = "; ".join(f"{v}: {set_text(d)}" for v, d in pairs)
+            lines.append(
+                f"{metric} was measured on different evaluation sets, so only variants on the "
+                f"same set are compared: {each}"
+            )
+    return lines
+
+
+def _timing_line(a: Analysis) -> str:
+    noisy = [r for r in a.rows if r.noisy]
+    judged = [r for r in a.rows if r.rec.conditions is not None]
+    if not judged:
+        return (
+            "timing: these records carry no load, clock or noise verdict (benched before tvc "
+            "recorded them): speed-ups are point estimates"
+        )
+    runs = {r.rec.conditions.run_id for r in judged}
+    how = (
+        "all timed interleaved in one run"
+        if len(runs) == 1 and len(judged) == len(a.rows)
+        else f"timed in {len(runs)} separate run(s)"
+    )
+    verdict = (
+        f"{len(noisy)} of {len(a.rows)} record(s) noisy (marked *)" if noisy else "no record noisy"
+    )
+    return f"timing: {how}; {verdict}; intervals are 95% intervals of the median"
+
+
 def _summary_lines(a: Analysis) -> list[str]:
     lines = []
-    head = headline(a)
+    head = headline_text(a)
     if head:
         lines += [f"**Headline:** {head}.", ""]
-    metrics = _unique(r.quality.name for r in a.records if r.quality)
+    metrics = list(dict.fromkeys(r.quality.name for r in a.records if r.quality))
     deltas = "".join(f"; Δ {m}" for m in metrics) + (" in points" if metrics else "")
+    base = next(r for r in a.rows if r.is_baseline)
     lines += [
         f"- {len(a.records)} record(s) from {len(a.boards)} board(s): {', '.join(a.boards)}",
-        f"- baseline: {a.baseline} (speed-up is baseline p50 / variant p50 on the same board and"
-        f" batch{deltas})",
-        f"- made by tvc {__version__} on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- baseline: {a.baseline} on {backend_label(base.rec)} (speed-up is baseline p50 / "
+        f"variant p50 on the same board and batch, on the same backend where the baseline was "
+        f"measured there{deltas}; ≈1x where the intervals overlap)",
+        *(f"- {s}" for s in _sets_line(a)),
+        f"- {_timing_line(a)}",
     ]
+    if a.renamed:
+        lines.append(
+            "- variants named by their directories where records shared a label: "
+            + ", ".join(f"{new} (was '{old}')" for new, old in a.renamed.items())
+        )
+    lines.append(
+        f"- made by tvc {__version__} on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     return lines
 
 
@@ -386,26 +244,44 @@ def _summary_lines(a: Analysis) -> list[str]:
 CSS = """
 *{box-sizing:border-box}
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
-  color:#1d232a;background:#fff;margin:0 auto;padding:1.5rem;max-width:1400px}
+  color:#1d232a;background:#fff;margin:0 auto;padding:1.5rem;max-width:1280px}
 h1{font-size:1.6rem;margin:.2rem 0 1rem}
 h2{font-size:1.2rem;margin:2rem 0 .6rem;border-bottom:1px solid #d8dde3;padding-bottom:.2rem}
+h3{font-size:1rem;margin:1.2rem 0 .4rem}
 .headline{background:#eef6ee;border-left:4px solid #3c8c3c;padding:.6rem .9rem;margin:1rem 0}
 .scroll{overflow-x:auto;max-width:100%}
-table{border-collapse:collapse;font-size:.86rem;font-variant-numeric:tabular-nums}
-th,td{padding:.3rem .55rem;border-bottom:1px solid #e3e7eb;white-space:nowrap}
-th{background:#f4f6f8;text-align:left;position:sticky;top:0}
+table{border-collapse:collapse;font-size:.82rem;font-variant-numeric:tabular-nums}
+th,td{padding:.25rem .45rem;border-bottom:1px solid #e3e7eb;white-space:nowrap}
+th{background:#f4f6f8;text-align:left;vertical-align:bottom;white-space:normal}
 td.num{text-align:right}
+td.txt{white-space:normal;min-width:6em;max-width:16em;overflow-wrap:anywhere}
+td[title]{cursor:help}
+td.na{color:#8a949e;text-align:center}
 tr.base td{background:#fbf7e6}
+tr.noisy td{background:#fff1ee}
+sup{color:#b0361c}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}
 figure{margin:0;flex:1 1 460px;min-width:0;max-width:760px}
-figure img{width:100%;height:auto;border:1px solid #e3e7eb}
+figure svg{width:100%;height:auto;border:1px solid #e3e7eb;display:block}
 figcaption{font-size:.85rem;color:#555}
 .note{color:#7a5b00;font-size:.9rem}
+ul.tnotes{font-size:.8rem;color:#444;margin:.3rem 0 0;padding-left:1.2rem}
 details{margin:.3rem 0;border:1px solid #e3e7eb;border-radius:4px;padding:.3rem .6rem}
 summary{cursor:pointer}
 pre{background:#f4f6f8;padding:.5rem;white-space:pre-wrap;overflow-wrap:anywhere;margin:.4rem 0}
 .meta{font-size:.85rem;color:#444;overflow-wrap:anywhere}
 a{color:#1f5fa8}
+@media print{
+  body{max-width:none;padding:0;font-size:11px}
+  .scroll{overflow:visible}
+  table{font-size:9px}
+  th,td{padding:.15rem .3rem}
+  h2{break-after:avoid}
+  figure,table,tr{break-inside:avoid}
+  figure{flex-basis:100%;max-width:100%}
+  details{border:none;padding:0}
+  a{color:inherit;text-decoration:none}
+}
 """
 
 
@@ -413,9 +289,20 @@ def _e(text: object) -> str:
     return html.escape(str(text))
 
 
+def _html_cell(cell: Cell, numeric: bool, link: bool) -> str:
+    text = _e(cell.text)
+    if link and cell.text != DASH:
+        text = f'<a href="#rec-{_e(cell.text)}">{text}</a>'
+    if cell.mark:
+        text += f"<sup>{_e(cell.mark)}</sup>"
+    classes = ["na"] if cell.text == DASH else ["num" if numeric else "txt"]
+    title = f' title="{_e(cell.why)}"' if cell.why else ""
+    return f'<td class="{" ".join(classes)}"{title}>{text}</td>'
+
+
 def _html_table(
     header: list[str],
-    body: list[list[str]],
+    body: list[list[Cell]],
     numeric: list[bool],
     classes: list[str] | None = None,
     link_col: int | None = None,
@@ -424,17 +311,26 @@ def _html_table(
     rows = []
     for i, row in enumerate(body):
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        cells = []
-        for j, (cell, num) in enumerate(zip(row, numeric, strict=True)):
-            text = _e(cell)
-            if j == link_col and cell:
-                text = f'<a href="#rec-{_e(cell)}">{text}</a>'
-            cells.append(f'<td class="num">{text}</td>' if num else f"<td>{text}</td>")
+        cells = [
+            _html_cell(cell, num, j == link_col)
+            for j, (cell, num) in enumerate(zip(row, numeric, strict=True))
+        ]
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return (
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
+
+
+def _inline_svg(svg: bytes, title: str, prefix: str) -> str:
+    """matplotlib's SVG without its XML prolog, sized by CSS, labelled for screen readers, its
+    ids prefixed so that several SVGs in one page never share one."""
+    text = svg.decode()
+    text = text[text.index("<svg") :]
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", text)
+    text = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', text)
+    return text.replace("<svg", f'<svg role="img" aria-label="{_e(title)}"', 1)
 
 
 def render_html(
@@ -456,14 +352,12 @@ def render_html(
         summary = summary[2:]
     body.append("<ul>" + "".join(f"<li>{_e(s[2:])}</li>" for s in summary) + "</ul>")
 
-    plots, notes = make_plots(a)
+    plots, notes = make_plots(a, fmt="svg")
     if plots:
         body.append('<h2>Plots</h2><div class="plots">')
         for p in plots:
-            data = base64.b64encode(p.png).decode()
             body.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{_e(p.title)}" '
-                f'width="{p.width}" height="{p.height}">'
+                f"<figure>{_inline_svg(p.data, p.title, p.name)}"
                 f"<figcaption>{_e(p.caption)}</figcaption></figure>"
             )
         body.append("</div>")
@@ -471,22 +365,34 @@ def render_html(
 
     for board in a.boards:
         rows = a.rows_for(board)
-        cols, cells = table(rows)
         body.append(f"<h2>{_e(board)}</h2>")
-        body.append(
-            _html_table(
-                [c.title for c in cols],
-                cells,
-                [c.numeric for c in cols],
-                ["base" if r.is_baseline else "" for r in rows],
-                link_col=0,
+        for name, cols, cells in board_tables(a, board):
+            body.append(f"<h3>{_e(name)}</h3>")
+            body.append(
+                _html_table(
+                    [c.title for c in cols],
+                    cells,
+                    [c.numeric for c in cols],
+                    ["base" if r.is_baseline else "noisy" if r.noisy else "" for r in rows],
+                    link_col=0,
+                )
             )
-        )
+            extra = (footnotes(rows) if name == TABLES[0][0] else []) + dash_notes(cols, cells)
+            if extra:
+                body.append('<ul class="tnotes">' + "".join(f"<li>{_e(x)}</li>" for x in extra)
+                            + "</ul>")  # fmt: skip
     cross = cross_board(a)
     if cross:
         batch, header, cells = cross
         body.append(f"<h2>All boards: p50 latency at batch {batch}</h2>")
-        body.append(_html_table(header, cells, [False] + [True] * (len(header) - 1)))
+        body.append(
+            _html_table(
+                header,
+                [[Cell(c or DASH, "" if c else "not measured on this board") for c in row]
+                 for row in cells],
+                [False] + [True] * (len(header) - 1),
+            )
+        )  # fmt: skip
 
     body.append("<h2>How each number was produced</h2>")
     for row in a.rows:
@@ -543,7 +449,7 @@ def write_report(
     links = []
     for p in plots:
         rel = f"{out.stem}_plots/{p.name}.png"
-        _write_atomic(out.parent / rel, p.png)
+        _write_atomic(out.parent / rel, p.data)
         links.append((p.caption, rel))
     text = render_markdown(records, baseline=baseline, title=title, plot_links=links, notes=notes)
     _write_atomic(out, text.encode())
