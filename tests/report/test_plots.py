@@ -43,7 +43,15 @@ def _texts(fig):
     ]
 
 
-@pytest.mark.parametrize("which", ["records", "noisy_records", "detections"])
+@pytest.fixture
+def wide_interval(noisy_records):
+    """The teacher timed under heavy load: its median's interval reaches far right."""
+    teacher = noisy_records[2]
+    lat = teacher.latency_ms.model_copy(update={"ci_low": 2.6, "ci_high": 4.5})
+    return [*noisy_records[:2], teacher.model_copy(update={"latency_ms": lat})]
+
+
+@pytest.mark.parametrize("which", ["records", "noisy_records", "detections", "wide_interval"])
 def test_labels_stay_inside_their_figure_and_apart(which, request):
     drawn, _ = draw_plots(analyse(request.getfixturevalue(which)))
     assert len(drawn) == 3
@@ -54,8 +62,12 @@ def test_labels_stay_inside_their_figure_and_apart(which, request):
         for text, r in texts:
             assert box.x0 - 0.5 <= r.x0 and r.x1 <= box.x1 + 0.5, f"{d.name}: {text} clipped"
             assert box.y0 - 0.5 <= r.y0 and r.y1 <= box.y1 + 0.5, f"{d.name}: {text} clipped"
-        for ax in d.fig.axes:  # bar labels end inside the axes, not over its frame
+        for ax in d.fig.axes:  # bar labels are drawn and end inside the axes, not over its frame
+            for line in ax.get_lines():  # error bars and points stay inside the view too
+                x = [v for v in line.get_xdata() if v == v]
+                assert not x or max(x) <= ax.get_xlim()[1], f"{d.name}: a point leaves the axes"
             for t in ax.texts:
+                assert t.xy[0] <= ax.get_xlim()[1], f"{d.name}: {t.get_text()} is not drawn"
                 r = t.get_window_extent(d.fig.canvas.get_renderer())
                 assert r.x1 <= ax.bbox.x1 + 0.5, f"{d.name}: {t.get_text()} leaves the axes"
         for (ta, a), (tb, b) in itertools.combinations(texts, 2):

@@ -195,7 +195,7 @@ def _latency_vs_accuracy(analysis: Analysis) -> tuple[Drawn | None, str | None]:
     colors = _colors(analysis)
     fig = _figure(4.8)
     ax = fig.add_subplot()
-    all_x, all_y, seen = [], [], {}
+    all_x, all_y, all_hi, seen = [], [], [], {}
     for k, board in enumerate(analysis.boards):
         rows = [
             r
@@ -206,6 +206,7 @@ def _latency_vs_accuracy(analysis: Analysis) -> tuple[Drawn | None, str | None]:
             continue
         pts = [(r.rec.latency_ms.p50, r.rec.quality.value) for r in rows]
         all_x += [p[0] for p in pts]
+        all_hi += [r.rec.latency_ms.ci_high or r.rec.latency_ms.p50 for r in rows]
         all_y += [p[1] for p in pts]
         front = pareto_front(pts)
         fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
@@ -230,7 +231,7 @@ def _latency_vs_accuracy(analysis: Analysis) -> tuple[Drawn | None, str | None]:
     if all_x and max(all_x) / max(min(all_x), 1e-9) > 10:
         ax.set_xscale("log")
     else:
-        ax.set_xlim(0, max(all_x) * 1.15)
+        ax.set_xlim(0, max(all_x + all_hi) * 1.1)  # room for the widest interval
     ax.set_xlabel("p50 latency (ms), lower is better")
     ax.set_ylabel(metric.axis)
     ax.set_title("Latency vs accuracy")
@@ -302,7 +303,13 @@ def _size_per_variant(analysis: Analysis) -> tuple[Drawn | None, str | None]:
             else ""
         )
         texts.append(
-            ax.annotate(f" {sizes[n]:.2f} MB{ratio}", (sizes[n], i), va="center", fontsize=8)
+            ax.annotate(
+                f" {sizes[n]:.2f} MB{ratio}",
+                (sizes[n], i),
+                va="center",
+                fontsize=8,
+                annotation_clip=False,
+            )
         )
     ax.set_xlim(0, max(sizes.values()) * 1.1)
     ax.set_xlabel("size on disk (MB)")
@@ -351,11 +358,12 @@ def _latency_per_board(analysis: Analysis) -> tuple[Drawn | None, str | None]:
                 note = f" ({r.rec.backend})" if several_backends else ""
                 hi = r.rec.latency_ms.ci_high or x
                 texts.append(ax.annotate(f" {x:.3g} ms{note}", (max(x, hi), y), va="center",
-                                         fontsize=8))  # fmt: skip
+                                         fontsize=8, annotation_clip=False))  # fmt: skip
     ax.set_yticks(range(len(variants)), [_name(v, analysis) for v in variants], fontsize=8)
     _mark_baseline_ticks(ax, analysis)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(r.rec.latency_ms.p50 for r in best.values()) * 1.1)
+    ends = [max(r.rec.latency_ms.p50, r.rec.latency_ms.ci_high or 0) for r in best.values()]
+    ax.set_xlim(0, max(ends) * 1.1)  # the bars and their intervals; labels get room below
     ax.set_xlabel("p50 latency (ms), lower is better")
     ax.grid(True, axis="x", alpha=0.3)
     if nb > 1:
