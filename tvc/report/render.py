@@ -157,6 +157,7 @@ def render_markdown(
     if cross:
         batch, header, body = cross
         out += ["", f"## All boards: p50 latency at batch {batch}", ""]
+        body = [[c or f"{DASH} (not measured)" for c in row] for row in body]
         out += _md_table(header, body, [False] + [True] * (len(header) - 1))
     out += ["", "## How each number was produced", ""]
     for row in a.rows:
