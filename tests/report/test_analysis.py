@@ -67,3 +67,14 @@ def test_speedup_interval_is_taken_conservatively(noisy_records):
         update={"latency_ms": noisy_records[2].latency_ms.model_copy(update={"ci_low": None})}
     )
     assert ratio_interval(old, noisy_records[0]) is None  # a record without an interval
+
+
+def test_every_board_has_its_own_baseline_row(records):
+    # the teacher ran on ort on the CPU and on TensorRT on the Orins: each is its board's baseline
+    a = analyse(records)
+    for board in a.boards:
+        base = [r for r in a.rows_for(board) if r.is_baseline]
+        assert base and all(r.rec.variant == "teacher fp32" for r in base), board
+        assert all(r.speedup == pytest.approx(1.0) for r in base)
+    nano = [r for r in a.rows if r.rec.backend == "trt" and r.is_baseline]
+    assert [r.n for r in nano] == [6, 8]

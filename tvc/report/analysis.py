@@ -230,6 +230,12 @@ def analyse(records: list[BenchRecord], baseline: str | None = None) -> Analysis
         for i, r in enumerate(records)
     ]
     base = choose_baseline(records, baseline, renamed)
+    # on each board the baseline is its first backend measured there (the others are compared
+    # with it, and are not marked as the baseline)
+    home: dict[str, tuple[str, str]] = {}
+    for r in records:
+        if r.variant == base:
+            home.setdefault(r.board, (r.backend, r.provider))
     variants = lineage_order(records)
     boards = _unique(r.board for r in records)
     records = sorted(
@@ -238,16 +244,12 @@ def analyse(records: list[BenchRecord], baseline: str | None = None) -> Analysis
                        backend_label(r)),
     )  # fmt: skip
     pool = [r for r in records if r.variant == base]
-    first = pool[0]
-    home = [r for r in pool if (r.backend, r.provider) == (first.backend, first.provider)]
+    homes = [r for r in pool if (r.backend, r.provider) == home[r.board]]
     rows = []
     for n, rec in enumerate(records, 1):
-        is_base = rec.variant == base and (rec.backend, rec.provider) == (
-            first.backend,
-            first.provider,
-        )
+        is_base = rec.variant == base and (rec.backend, rec.provider) == home[rec.board]
         # the baseline's own rows on other backends are compared with its home backend
-        b = baseline_for(rec, home if rec.variant == base else pool)
+        b = baseline_for(rec, homes if rec.variant == base else pool)
         # an engine's size depends on the board: prefer the baseline's size on the same board
         sizes = [x.size_bytes for x in pool if x.size_bytes and x.board == rec.board]
         sizes = sizes or [x.size_bytes for x in pool if x.size_bytes]

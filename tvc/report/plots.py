@@ -368,7 +368,12 @@ def _latency_per_board(analysis: Analysis) -> tuple[Drawn | None, str | None]:
     ax.grid(True, axis="x", alpha=0.3)
     if nb > 1:
         ax.set_title("Latency per board")
-        fig.legend(fontsize=8, loc="outside lower center", frameon=False)
+        from matplotlib.patches import Patch
+
+        # plain swatches: the baseline's hatch does not belong to a board
+        swatches = [Patch(color=COLORS[k % len(COLORS)]) for k in range(nb)]
+        fig.legend(swatches, [legends[b] for b in analysis.boards], fontsize=8,
+                   loc="outside lower center", frameon=False)  # fmt: skip
     else:
         ax.set_title(f"Latency on {legends[analysis.boards[0]]}")
     if texts:

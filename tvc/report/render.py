@@ -51,7 +51,9 @@ def cross_board(analysis: Analysis) -> tuple[int, list[str], list[list[str]]] | 
                 line.append("")
                 continue
             best = min(rows, key=lambda r: r.rec.latency_ms.p50)
-            up = f", {best.speedup:.2f}x" if best.speedup and not best.is_baseline else ""
+            up = ""
+            if best.speedup and not best.is_baseline:
+                up = ", ≈1x" if best.overlaps else f", {best.speedup:.2f}x"
             line.append(
                 f"{fmt_ms(best.rec.latency_ms.p50)} ms ({best.rec.backend}{up}) [#{best.n}]"
             )
