@@ -30,6 +30,12 @@ ARTIFACTS = ROOT / "benchmarks" / "artifacts"
 WIDTH = 1280
 
 
+def rel(path: Path) -> str:
+    """`path` as the commands recorded in the records show it: relative to the repository."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def tvc(*args: str) -> None:
     cmd = [sys.executable, "-m", "tvc", *args]
     print("$ tvc " + " ".join(args), flush=True)
@@ -93,7 +99,7 @@ def main() -> None:
     records = run / "bench.json"
     page = run / "report.html"
     title = "Fashion-MNIST ViT: teacher vs pruned + distilled student (small run)"
-    tvc("report", str(records), "-o", str(page), "--title", title)
+    tvc("report", rel(records), "-o", rel(page), "--title", title)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.records:
         shutil.copy(records, RESULTS / "report_page.records.json")
@@ -110,12 +116,12 @@ def main() -> None:
 def measure(run: Path, limit: int) -> None:
     """Export the teacher and the student, and bench all three variants interleaved."""
     teacher, student = run / "teacher-onnx", run / "student-onnx"
-    tvc("export", str(ARTIFACTS / "fmnist_teacher"), "-o", str(teacher))
-    tvc("export", str(ARTIFACTS / "fmnist_student_p50_kd"), "-o", str(student), "--int8",
+    tvc("export", rel(ARTIFACTS / "fmnist_teacher"), "-o", rel(teacher))
+    tvc("export", rel(ARTIFACTS / "fmnist_student_p50_kd"), "-o", rel(student), "--int8",
         "static", "--calib", "fashion-mnist", "--calib-size", "256")  # fmt: skip
-    tvc("bench", str(teacher), str(student), "--threads", "1", "--data", "fashion-mnist",
+    tvc("bench", rel(teacher), rel(student), "--threads", "1", "--data", "fashion-mnist",
         "--limit", str(limit), "--min-time-s", "1.5", "--max-time-s", "5",
-        "--json", str(run / "bench.json"))  # fmt: skip
+        "--json", rel(run / "bench.json"))  # fmt: skip
 
 
 if __name__ == "__main__":
