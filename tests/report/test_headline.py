@@ -67,6 +67,10 @@ def test_variants_on_different_evaluation_sets_are_not_compared(records):
     assert "top-1 was measured on different evaluation sets, so only variants on the same set " \
         "are compared: teacher fp32: fashion-mnist test, n=10,000; " in md  # fmt: skip
     assert "- top-1 of every variant" not in md
+    assert (
+        "- Top-1 % on different evaluation sets, compared only within one: #1: fashion-mnist "
+        "test, n=10,000; #2: fashion-mnist test, n=10,000; #3: fashion-mnist test, n=500" in md
+    )
     assert "- top-1 of every variant on fashion-mnist test, n=10,000" in render_markdown(records)
 
 

@@ -84,6 +84,8 @@ def test_markdown_has_board_tables_cross_board_table_and_commands(records):
     # every cell is filled or says why not: batch 8 ran without --data, the teacher has no MACs
     assert model[4]["Top-1 %"] == "–" and "- – in Top-1 %: benched without --data" in md
     assert model[0]["MACs"] == "–" and "only compressed artifacts record MACs" in md
+    # the evaluation set beside the quality figures, under the table that shows them
+    assert "- Top-1 % on fashion-mnist test, n=10,000\n" in md.split(f"## {NANO}")[0]
     # energy columns appear for the board that measured power, not for the others
     nano_table = md.split(f"## {NANO}")[1].split("\n## ")[0]
     assert "mJ/img" in nano_table and "| 4.00 |" in nano_table

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tvc.report.analysis import Row, backend_label
+from tvc.report.analysis import Row, backend_label, set_text
 from tvc.report.fmt import fmt_count, fmt_ms
 
 DASH = "–"
@@ -192,3 +192,24 @@ def table(
 def footnotes(rows: list[Row]) -> list[str]:
     """The reasons behind marked cells, for paper and Markdown where tooltips do not show."""
     return [f"* #{r.n} is noisy: {'; '.join(r.noisy)}" for r in rows if r.noisy]
+
+
+QUALITY_TITLES = {"top-1": "Top-1 %", "mAP": "mAP"}
+
+
+def set_notes(rows: list[Row]) -> list[str]:
+    """The evaluation set beside the quality columns: 'Top-1 % on fashion-mnist test, n=2,000'."""
+    out = []
+    for metric, title in QUALITY_TITLES.items():
+        sets = list(dict.fromkeys(r.rec.quality.data for r in rows
+                                  if r.rec.quality and r.rec.quality.name == metric))  # fmt: skip
+        if len(sets) == 1:
+            out.append(f"{title} on {set_text(sets[0])}")
+        elif sets:
+            each = "; ".join(
+                f"#{r.n}: {set_text(r.rec.quality.data)}"
+                for r in rows
+                if r.rec.quality and r.rec.quality.name == metric
+            )
+            out.append(f"{title} on different evaluation sets, compared only within one: {each}")
+    return out

@@ -21,7 +21,7 @@ from tvc import __version__
 from tvc.errors import ConfigError
 from tvc.records import BenchRecord
 from tvc.report.analysis import Analysis, analyse, backend_label, evaluation_sets, set_text
-from tvc.report.columns import DASH, TABLES, Cell, Column, footnotes, table
+from tvc.report.columns import DASH, TABLES, Cell, Column, footnotes, set_notes, table
 from tvc.report.fmt import fmt_ms
 from tvc.report.headline import headline_text
 
@@ -122,6 +122,12 @@ def dash_notes(cols: list[Column], cells: list[list[Cell]]) -> list[str]:
     return out
 
 
+def _notes(a: Analysis, board: str, table_name: str) -> list[str]:
+    """Noise footnotes under the timing table, evaluation sets under the model table."""
+    rows = a.rows_for(board)
+    return footnotes(rows) if table_name == TABLES[0][0] else set_notes(rows)
+
+
 def _text(cell: Cell) -> str:
     return cell.text + cell.mark
 
@@ -151,8 +157,7 @@ def render_markdown(
                 [[_text(c) for c in row] for row in body],
                 [c.numeric for c in cols],
             )
-            extra = footnotes(a.rows_for(board)) if name == TABLES[0][0] else []
-            extra += dash_notes(cols, body)
+            extra = _notes(a, board, name) + dash_notes(cols, body)
             if extra:
                 out += [""] + [f"- {_md_cell(x)}" for x in extra]
     cross = cross_board(a)
@@ -380,7 +385,7 @@ def render_html(
                     link_col=0,
                 )
             )
-            extra = (footnotes(rows) if name == TABLES[0][0] else []) + dash_notes(cols, cells)
+            extra = _notes(a, board, name) + dash_notes(cols, cells)
             if extra:
                 body.append('<ul class="tnotes">' + "".join(f"<li>{_e(x)}</li>" for x in extra)
                             + "</ul>")  # fmt: skip
