@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,40 @@ class HFClassifier(nn.Module):
         return self.inner(pixel_values=pixel_values).logits
 
 
+@contextlib.contextmanager
+def static_position_embeddings(model: nn.Module) -> Iterator[None]:
+    """While tracing for export: use a position table as it is when the input has exactly the
+    tokens it was made for. transformers interpolates it unconditionally under tracing (DINOv2
+    with registers through a bicubic antialiased resize that ONNX has no operator for); at the
+    export's fixed image size that resize is the identity."""
+    patched = []
+    for m in model.modules():
+        table = getattr(m, "position_embeddings", None)
+        if not isinstance(table, nn.Parameter) or not hasattr(m, "interpolate_pos_encoding"):
+            continue
+        original = m.interpolate_pos_encoding
+
+        def shortcut(embeddings, height, width, _original=original, _m=m):
+            if embeddings.shape[1] == _m.position_embeddings.shape[1] and height == width:
+                return _m.position_embeddings
+            return _original(embeddings, height, width)
+
+        m.interpolate_pos_encoding = shortcut
+        patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.interpolate_pos_encoding
+
+
 def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
     transformers = require("transformers", "Hugging Face models")
     cfg = dict(config_dict)
     model_type = cfg.pop("model_type")
+    # The class within the model type (DeiT: with or without its teacher head) comes from
+    # `architectures`; transformers needs a list there, even an empty one.
+    cfg["architectures"] = cfg.get("architectures") or []
     config = transformers.AutoConfig.for_model(model_type, **cfg)
     # Eager attention exports and prunes predictably.
     config._attn_implementation = "eager"
