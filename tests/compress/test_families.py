@@ -1,4 +1,4 @@
-"""Every ViT family in tvc.compress.vit_families: prune, low-rank, rebuild, ONNX parity.
+"""Every ViT family in tvc.models.families: prune, low-rank, rebuild, ONNX parity.
 
 Tiny random models of each Hugging Face family (hidden 32, 2 layers, 4 heads of 8, 32x32
 images in 8x8 patches) saved with save_pretrained and loaded the way users bring them.

@@ -13,7 +13,7 @@ whole, and a ratio that would empty a layer is refused before anything changes. 
 attention bookkeeping (num_heads, head_dim, attn_dim, scale) is fixed so forward, ONNX export and
 fused attention stay correct.
 
-Supported: the families in tvc.compress.vit_families (timm ViT / DeiT / DeiT distilled / DINOv2;
+Supported: the families in tvc.models.families (timm ViT / DeiT / DeiT distilled / DINOv2;
 Hugging Face ViT, DeiT, DINOv2 with and without registers, BEiT); anything else is refused with
 the names of the layers that are not understood.
 """

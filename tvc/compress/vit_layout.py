@@ -3,7 +3,7 @@
 `vit_layout(model)` names, per block, the attention (q, k, v and output projections, heads, head
 dimension) and the MLP (its two Linears), plus the residual width, the classifier(s) and the
 parameters torch-pruning cannot trace (per-head bias tables, mask tokens), for every family in
-tvc.compress.vit_families (timm ViT / DeiT / DINOv2, Hugging Face ViT, DeiT, DINOv2 with and
+tvc.models.families (timm ViT / DeiT / DINOv2, Hugging Face ViT, DeiT, DINOv2 with and
 without registers, BEiT; HF models are wrapped by tvc.models.hf.HFClassifier). Anything else is
 refused with the names of the layers that are not understood.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from tvc.compress.vit_families import GENERIC_MODULES, Family, family_of, supported_names
 from tvc.errors import ConfigError, UnsupportedModelError
+from tvc.models.families import GENERIC_MODULES, Family, family_of, supported_names
 from tvc.models.structure import LowRankLinear
 
 # (dotted name, owning module, attribute): a parameter that follows a width torch-pruning prunes

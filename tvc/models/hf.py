@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from torch import nn
 
 from tvc.deps import require
 from tvc.errors import ModelNotFoundError, WeightsError, first_line
+
+log = logging.getLogger("tvc")
 
 
 class HFClassifier(nn.Module):
@@ -49,6 +52,21 @@ def static_position_embeddings(model: nn.Module) -> Iterator[None]:
     finally:
         for m in patched:
             del m.interpolate_pos_encoding
+
+
+def family_statistics(model_type: str, path: Path) -> dict[str, Any]:
+    """The normalisation of the family's released checkpoints, for a directory without a
+    preprocessor_config.json; said on the terminal, since it is a guess about this model."""
+    from tvc.models.families import HALF, family_of_model_type
+
+    fam = family_of_model_type(model_type)
+    label, mean, std = fam.stats if fam is not None else HALF
+    whose = f"{fam.title}'s" if fam is not None else f"the default ({model_type})"
+    log.warning(
+        f"{path.name} has no preprocessor_config.json: using {whose} {label} statistics "
+        f"(mean {list(mean)}, std {list(std)})"
+    )
+    return {"image_mean": list(mean), "image_std": list(std)}
 
 
 def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
@@ -107,7 +125,7 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
     config_dict = inner.config.to_dict()
     weights = path
     pre = path / "preprocessor_config.json"
-    proc = read_json(pre) if pre.is_file() else {}
+    proc = read_json(pre) if pre.is_file() else family_statistics(config.model_type, path)
     size = config.image_size
     info = ModelInfo(
         name=path.name,

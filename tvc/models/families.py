@@ -6,7 +6,8 @@ projection, the classifier(s), and the parameters that torch-pruning cannot see 
 pruned width: per-head tables (BEiT's relative position bias: its last axis indexes the heads) and
 embedding-wide parameters only used in masked pretraining (a `mask_token`). Pruning, low-rank,
 the structure rebuild and export read models through `tvc.compress.vit_layout`, which reads this
-table; adding a family is adding one entry here.
+table, and loading a Hugging Face directory without a preprocessor_config.json takes the family's
+normalisation statistics from it; adding a family is adding one entry here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ GENERIC_MODULES = frozenset({
     "GELU", "GELUTanh", "QuickGELU", "SiLU", "ReLU", "Tanh", "Sequential", "ModuleList",
     "GELUActivation",
 })  # fmt: skip
+
+
+IMAGENET = ("ImageNet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+HALF = ("0.5/0.5", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class Family:
     shared_per_head: tuple[str, ...] = ()  # in the backbone: the same, shared by all blocks
     per_embed: tuple[str, ...] = ()  # in the backbone: last axis is the embedding, untraced
     classifier_concat: int = 1  # the classifiers read this many embeddings side by side
+    # Hugging Face: the config's model_type, and the normalisation the family's released
+    # checkpoints use (their preprocessor_config.json), for directories that lack that file
+    model_types: tuple[str, ...] = ()
+    title: str = ""  # the family's name in messages, e.g. "DINOv2"
+    stats: tuple[str, tuple[float, ...], tuple[float, ...]] = HALF
 
     @property
     def heads_attr(self) -> str:
@@ -91,6 +101,9 @@ FAMILIES: tuple[Family, ...] = (
         embed="embeddings.patch_embeddings.projection",
         classifiers=("inner.classifier",),
         modules=_hf("ViT", *_HF_PARTS, "ForImageClassification"),
+        model_types=("vit",),
+        title="ViT",
+        stats=HALF,
     ),
     Family(
         name="hf-deit",  # DeiT and DeiT with its distillation token and second classifier
@@ -104,6 +117,9 @@ FAMILIES: tuple[Family, ...] = (
             "DeiT", *_HF_PARTS, "ForImageClassification", "ForImageClassificationWithTeacher"
         ),
         per_embed=("embeddings.mask_token",),
+        model_types=("deit",),
+        title="DeiT",
+        stats=IMAGENET,
     ),
     Family(
         name="hf-dinov2",  # LayerScale; the classifier reads [class token, mean patch token]
@@ -116,6 +132,9 @@ FAMILIES: tuple[Family, ...] = (
         modules=_hf("Dinov2", *_HF_PARTS, "LayerScale", "DropPath", "ForImageClassification"),
         per_embed=("embeddings.mask_token",),
         classifier_concat=2,
+        model_types=("dinov2",),
+        title="DINOv2",
+        stats=IMAGENET,
     ),
     Family(
         name="hf-dinov2-registers",
@@ -130,6 +149,9 @@ FAMILIES: tuple[Family, ...] = (
         ),
         per_embed=("embeddings.mask_token",),
         classifier_concat=2,
+        model_types=("dinov2_with_registers",),
+        title="DINOv2 with registers",
+        stats=IMAGENET,
     ),
     Family(
         name="hf-beit",  # relative position bias per block or shared; LayerScale on the block
@@ -150,6 +172,9 @@ FAMILIES: tuple[Family, ...] = (
         per_head=(_BEIT_REL,),
         shared_per_head=("shared_position_bias.relative_position_bias_table",),
         per_embed=("embeddings.mask_token",),
+        model_types=("beit",),
+        title="BEiT",
+        stats=HALF,
     ),
 )
 
@@ -166,6 +191,11 @@ def family_of(model: object) -> Family | None:
         if probe in fam.classes:
             return fam
     return None
+
+
+def family_of_model_type(model_type: str) -> Family | None:
+    """The Hugging Face family whose config has this model_type, or None."""
+    return next((f for f in FAMILIES if model_type in f.model_types), None)
 
 
 def supported_names() -> str:
