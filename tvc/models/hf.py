@@ -83,7 +83,7 @@ def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
     return HFClassifier(inner)
 
 
-def hf_from_directory(path: Path, *, num_classes: int | None = None):
+def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size: int | None = None):
     from tvc.models.info import LoadedModel, ModelInfo, read_json
 
     transformers = require("transformers", "Hugging Face models")
@@ -122,11 +122,20 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
             "check that config.json and the weights belong together",
         ) from exc
     model = HFClassifier(inner).eval()
+    extra: dict[str, Any] = {}
+    if input_size is not None:
+        from tvc.models.resize import resize_hf
+
+        resized = resize_hf(model, input_size)
+        if resized is not None:
+            extra["resized"] = resized
+            log.info(f"{path.name}: input size {resized['from']} -> {input_size} px, position "
+                     "embeddings interpolated as the family does")  # fmt: skip
     config_dict = inner.config.to_dict()
     weights = path
     pre = path / "preprocessor_config.json"
     proc = read_json(pre) if pre.is_file() else family_statistics(config.model_type, path)
-    size = config.image_size
+    size = _square(inner.config.image_size)
     info = ModelInfo(
         name=path.name,
         family="hf",
@@ -137,5 +146,10 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
         mean=tuple(proc.get("image_mean", (0.5, 0.5, 0.5))),
         std=tuple(proc.get("image_std", (0.5, 0.5, 0.5))),
         weights=str(weights),
+        extra=extra,
     )
     return LoadedModel(model, info)
+
+
+def _square(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
