@@ -185,3 +185,34 @@ def test_timm_dinov2_style_vit_with_layerscale_and_registers_prunes(x):
     assert model.reg_token.shape == (1, 2, 16) and model.blocks[0].ls1.gamma.shape == (16,)
     with torch.no_grad():
         assert torch.isfinite(model(x)).all() and model(x).shape == (3, 5)
+
+
+def test_hf_beit_prunes_and_distils_from_its_uncompressed_self(tmp_path, x):
+    """`tvc compress DIR --prune R --distill --data D`: the pruned BEiT (relative position bias
+    tables sliced) trains against the uncompressed one and its artifact rebuilds."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from tvc.artifact import load_artifact
+    from tvc.cli import cli
+
+    build("beit").save_pretrained(tmp_path / "beit")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c", "d", "e"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(4):
+            pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(tmp_path / "data" / c / f"{i}.png")
+    out = tmp_path / "small"
+    args = ["compress", tmp_path / "beit", "--prune", "0.5", "--prune-heads", "--distill",
+            "--data", tmp_path / "data", "--epochs", "1", "--batch-size", "4", "-o", out]  # fmt: skip
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    report = load_artifact(out).meta["metrics"]["compression"]
+    assert report["distill"] and report["after"]["widths"]["blocks"][0]["heads"] == 2
+    again = load_model(str(out))
+    tables = [p for n, p in again.model.named_parameters() if n.endswith("bias_table")]
+    assert tables and all(t.shape[-1] == 2 for t in tables)
+    with torch.no_grad():
+        assert torch.isfinite(again.model(x)).all()
