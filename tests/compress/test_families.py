@@ -206,7 +206,8 @@ def test_hf_beit_prunes_and_distils_from_its_uncompressed_self(tmp_path, x):
             Image.fromarray(pixels).save(tmp_path / "data" / c / f"{i}.png")
     out = tmp_path / "small"
     args = ["compress", tmp_path / "beit", "--prune", "0.5", "--prune-heads", "--distill",
-            "--data", tmp_path / "data", "--epochs", "1", "--batch-size", "4", "-o", out]  # fmt: skip
+            "--data", tmp_path / "data", "--epochs", "1", "--batch-size", "4",
+            "-o", out]  # fmt: skip
     res = CliRunner().invoke(cli, [str(a) for a in args])
     assert res.exit_code == 0, res.output
     report = load_artifact(out).meta["metrics"]["compression"]
