@@ -217,3 +217,15 @@ def test_hf_beit_prunes_and_distils_from_its_uncompressed_self(tmp_path, x):
     assert tables and all(t.shape[-1] == 2 for t in tables)
     with torch.no_grad():
         assert torch.isfinite(again.model(x)).all()
+
+
+def test_timm_beit_and_hf_token_merging_are_refused_with_what_works(x):
+    from timm.models.beit import Beit
+
+    from tvc.compress.merge import check_mergeable
+
+    beit = Beit(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, num_classes=5)
+    with pytest.raises(UnsupportedModelError, match=r"factorize Beit.*Hugging Face"):
+        prune(beit, PruneConfig(0.5), example_input=x[:1])
+    with pytest.raises(UnsupportedModelError, match=r"Dinov2ForImageClassification \(hf-dinov2\)"):
+        check_mergeable(wrapped(build("dinov2")))
