@@ -156,3 +156,19 @@ def test_compress_and_export_a_directory_at_another_input_size(tmp_path):
     res = CliRunner().invoke(cli, ["export", str(out), "--input-size", "64", "-o",
                                    str(tmp_path / "o2")])  # fmt: skip
     assert res.exit_code == 2 and "keeps the size it was made at (48 px)" in res.output
+
+
+def test_export_a_directory_at_another_input_size(tmp_path):
+    """`tvc export DIR --input-size N` exports at N (the issue: it used to keep the config's)."""
+    from click.testing import CliRunner
+
+    from tvc.artifact import load_artifact
+    from tvc.cli import cli
+
+    path = save("dinov2", tmp_path / "dino", mlp_ratio=2)
+    args = ["export", str(path), "--input-size", "64", "-o", str(tmp_path / "onnx")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    meta = load_artifact(tmp_path / "onnx").meta
+    assert meta["io"]["inputs"][0]["shape"][-2:] == [64, 64]
+    assert meta["model"]["input_size"] == [3, 64, 64] and meta["metrics"]["parity"]["ok"]

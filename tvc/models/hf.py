@@ -95,7 +95,7 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
     from tvc.models.detection import DETECTION_TYPES, det_from_directory
 
     if cfg["model_type"] in DETECTION_TYPES:  # DETR / Deformable DETR
-        return det_from_directory(path, num_classes=num_classes)
+        return det_from_directory(path, num_classes=num_classes, input_size=input_size)
     config = transformers.AutoConfig.for_model(**cfg)
     if num_classes is not None:
         config.num_labels = num_classes
