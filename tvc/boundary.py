@@ -7,8 +7,8 @@ module does not recognise is a bug in tvc (exit 70).
 
 from __future__ import annotations
 
-from tvc.deps import _EXTRAS
-from tvc.errors import MissingDependencyError, TvcError, first_line, storage_error
+from tvc.deps import missing_dependency
+from tvc.errors import TvcError, first_line, storage_error
 
 
 def as_user_error(exc: BaseException) -> TvcError | None:
@@ -16,14 +16,9 @@ def as_user_error(exc: BaseException) -> TvcError | None:
     package; a full disk or a permission), or None when it is a bug in tvc."""
     if isinstance(exc, TvcError):
         return exc
-    if isinstance(exc, ModuleNotFoundError):
-        top = (exc.name or "").split(".")[0]
-        if top not in _EXTRAS:
-            return None  # a module tvc does not know as optional: a real bug
-        return MissingDependencyError(
-            f"the Python package '{top}' is not installed",
-            f"install it with: pip install 'tvc[{_EXTRAS[top]}]'",
-        )
+    if isinstance(exc, ImportError):
+        # A missing optional package, or one failing to import deep inside (None: a real bug).
+        return missing_dependency(exc)
     if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
         return storage_error(exc, getattr(exc, "filename", None) or "a file")
     return None

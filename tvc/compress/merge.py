@@ -52,10 +52,11 @@ def check_mergeable(model: Any) -> None:
     from tvc.compress.vit_layout import vit_layout
 
     layout = vit_layout(model)  # refuses unknown layers with their names
-    if layout.family != "timm":
+    if layout.name != "timm-vit":
+        inner = getattr(layout.model, "inner", layout.model)
         raise UnsupportedModelError(
-            f"token merging supports timm ViT/DeiT models, not {type(layout.model).__name__} "
-            "(Hugging Face ViT)",
+            f"token merging supports timm ViT/DeiT models, not {type(inner).__name__} "
+            f"({layout.name})",
             "compress the timm build of the architecture, or use --prune / --lowrank",
         )
     pool = getattr(model, "global_pool", "token")

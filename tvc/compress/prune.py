@@ -13,9 +13,9 @@ whole, and a ratio that would empty a layer is refused before anything changes. 
 attention bookkeeping (num_heads, head_dim, attn_dim, scale) is fixed so forward, ONNX export and
 fused attention stay correct.
 
-Supported: the layouts tvc.compress.vit_layout understands (timm ViT / DeiT / DeiT distilled with
-dist_token/head_dist, Hugging Face ViTForImageClassification); anything else is refused with the
-names of the layers that are not understood.
+Supported: the families in tvc.models.families (timm ViT / DeiT / DeiT distilled / DINOv2;
+Hugging Face ViT, DeiT, DINOv2 with and without registers, BEiT); anything else is refused with
+the names of the layers that are not understood.
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ def prune(
     layout = vit_layout(model)
     _check_keep(layout, cfg.keep)
     _check_classifier(layout, cfg)
+    if cfg.prune_heads:
+        layout.check_head_pruning()
     if cfg.importance == "taylor" and not batches:
         raise ConfigError(
             "taylor importance needs a few batches of labelled images",
@@ -139,7 +141,10 @@ def prune(
         # torch-pruning warns about the class/position tokens it detects as "unwrapped"
         # parameters; it prunes their last dimension, which is the embedding width: right.
         warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with layout.tracing():  # what the layout prunes itself stays out of the graph
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, ignored_params=layout.untraced()
+            )
     for step in range(1, cfg.steps + 1):
         ratio = cfg.ratio * step / cfg.steps
         if cfg.importance == "taylor":
@@ -155,6 +160,7 @@ def prune(
                     f"pruning would empty a layer coupled to {_name_of(model, root)}",
                     "use a smaller ratio or a smaller --round-to",
                 )
+            layout.follow(root, idxs)  # per-head tables, mask tokens: not traced by the graph
             group.prune()
         _fix_bookkeeping(layout, attn_shapes, embed_before)
         model.zero_grad(set_to_none=True)

@@ -162,6 +162,8 @@ def _tensor(name: str, array: np.ndarray, config: OnnxExportConfig) -> dict[str,
 def _torch_export(model, feeds, names, task: Task, info, path: Path, config) -> None:
     import torch
 
+    from tvc.models.hf import static_position_embeddings
+
     io = task.onnx_io(info)
     dynamic_axes = (
         {n: axes for n, axes in io.dynamic.items() if n in names or n in io.outputs}
@@ -169,7 +171,7 @@ def _torch_export(model, feeds, names, task: Task, info, path: Path, config) -> 
         else None
     )
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), static_position_embeddings(model):
             warnings.simplefilter("ignore")
             # The TorchScript exporter keeps LayerNormalization fused at opset >= 17 and needs
             # no onnxscript; it is the path TensorRT's own samples use.

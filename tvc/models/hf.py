@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,8 @@ from torch import nn
 
 from tvc.deps import require
 from tvc.errors import ModelNotFoundError, WeightsError, first_line
+
+log = logging.getLogger("tvc")
 
 
 class HFClassifier(nn.Module):
@@ -22,10 +27,55 @@ class HFClassifier(nn.Module):
         return self.inner(pixel_values=pixel_values).logits
 
 
+@contextlib.contextmanager
+def static_position_embeddings(model: nn.Module) -> Iterator[None]:
+    """While tracing for export: use a position table as it is when the input has exactly the
+    tokens it was made for. transformers interpolates it unconditionally under tracing (DINOv2
+    with registers through a bicubic antialiased resize that ONNX has no operator for); at the
+    export's fixed image size that resize is the identity."""
+    patched = []
+    for m in model.modules():
+        table = getattr(m, "position_embeddings", None)
+        if not isinstance(table, nn.Parameter) or not hasattr(m, "interpolate_pos_encoding"):
+            continue
+        original = m.interpolate_pos_encoding
+
+        def shortcut(embeddings, height, width, _original=original, _m=m):
+            if embeddings.shape[1] == _m.position_embeddings.shape[1] and height == width:
+                return _m.position_embeddings
+            return _original(embeddings, height, width)
+
+        m.interpolate_pos_encoding = shortcut
+        patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.interpolate_pos_encoding
+
+
+def family_statistics(model_type: str, path: Path) -> dict[str, Any]:
+    """The normalisation of the family's released checkpoints, for a directory without a
+    preprocessor_config.json; said on the terminal, since it is a guess about this model."""
+    from tvc.models.families import HALF, family_of_model_type
+
+    fam = family_of_model_type(model_type)
+    label, mean, std = fam.stats if fam is not None else HALF
+    whose = f"{fam.title}'s" if fam is not None else f"the default ({model_type})"
+    log.warning(
+        f"{path.name} has no preprocessor_config.json: using {whose} {label} statistics "
+        f"(mean {list(mean)}, std {list(std)})"
+    )
+    return {"image_mean": list(mean), "image_std": list(std)}
+
+
 def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
     transformers = require("transformers", "Hugging Face models")
     cfg = dict(config_dict)
     model_type = cfg.pop("model_type")
+    # The class within the model type (DeiT: with or without its teacher head) comes from
+    # `architectures`; transformers needs a list there, even an empty one.
+    cfg["architectures"] = cfg.get("architectures") or []
     config = transformers.AutoConfig.for_model(model_type, **cfg)
     # Eager attention exports and prunes predictably.
     config._attn_implementation = "eager"
@@ -33,7 +83,7 @@ def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
     return HFClassifier(inner)
 
 
-def hf_from_directory(path: Path, *, num_classes: int | None = None):
+def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size: int | None = None):
     from tvc.models.info import LoadedModel, ModelInfo, read_json
 
     transformers = require("transformers", "Hugging Face models")
@@ -45,7 +95,7 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
     from tvc.models.detection import DETECTION_TYPES, det_from_directory
 
     if cfg["model_type"] in DETECTION_TYPES:  # DETR / Deformable DETR
-        return det_from_directory(path, num_classes=num_classes)
+        return det_from_directory(path, num_classes=num_classes, input_size=input_size)
     config = transformers.AutoConfig.for_model(**cfg)
     if num_classes is not None:
         config.num_labels = num_classes
@@ -72,11 +122,20 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
             "check that config.json and the weights belong together",
         ) from exc
     model = HFClassifier(inner).eval()
+    extra: dict[str, Any] = {}
+    if input_size is not None:
+        from tvc.models.resize import resize_hf
+
+        resized = resize_hf(model, input_size)
+        if resized is not None:
+            extra["resized"] = resized
+            log.info(f"{path.name}: input size {resized['from']} -> {input_size} px, position "
+                     "embeddings interpolated as the family does")  # fmt: skip
     config_dict = inner.config.to_dict()
     weights = path
     pre = path / "preprocessor_config.json"
-    proc = read_json(pre) if pre.is_file() else {}
-    size = config.image_size
+    proc = read_json(pre) if pre.is_file() else family_statistics(config.model_type, path)
+    size = _square(inner.config.image_size)
     info = ModelInfo(
         name=path.name,
         family="hf",
@@ -87,5 +146,10 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None):
         mean=tuple(proc.get("image_mean", (0.5, 0.5, 0.5))),
         std=tuple(proc.get("image_std", (0.5, 0.5, 0.5))),
         weights=str(weights),
+        extra=extra,
     )
     return LoadedModel(model, info)
+
+
+def _square(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)

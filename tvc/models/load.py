@@ -43,11 +43,18 @@ def load_model(
                     f"{spec} is an artifact and carries its own weights",
                     "drop --weights, or pass the architecture name with --weights",
                 )
-            return model_from_artifact(load_artifact(path))
+            loaded = model_from_artifact(load_artifact(path))
+            if input_size is not None and input_size != loaded.info.input_size[-1]:
+                raise ConfigError(
+                    f"--input-size {input_size} does not apply to the artifact {spec}: it keeps "
+                    f"the size it was made at ({loaded.info.input_size[-1]} px)",
+                    "drop --input-size, or start again from the original model with it",
+                )
+            return loaded
         if path.is_dir() and (path / "config.json").is_file():
             from tvc.models.hf import hf_from_directory
 
-            return hf_from_directory(path, num_classes=num_classes)
+            return hf_from_directory(path, num_classes=num_classes, input_size=input_size)
         if path.suffix == ".onnx":
             raise ModelNotFoundError(
                 f"{spec} is an ONNX file, but this step needs a PyTorch model",

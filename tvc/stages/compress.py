@@ -40,6 +40,12 @@ class Config(ModelOptions, OutputOptions):
         "Artifact directory to write [default: MODEL's name + '-compressed', here].",
         flag="-o/--output",
     )
+    input_size: int | None = Field(
+        None,
+        ge=1,
+        description="Input resolution for a model name or Hugging Face directory (position "
+        "embeddings are resampled as the model family does); recorded in the artifact.",
+    )
     prune: float | None = Field(
         None,
         gt=0,
@@ -221,7 +227,7 @@ def run(cfg: Config):
     # errors come first: they say what to change in the command line as typed).
     _refuse_random_teacher(cfg)
     check_data_task(task, cfg.model, cfg.data)
-    loaded = task.load_model(cfg.model, **cfg.model_kwargs())
+    loaded = task.load_model(cfg.model, **cfg.model_kwargs(), input_size=cfg.input_size)
     teacher = None
     if cfg.distill is not None:
         # The uncompressed source teaches unless another model is named: reusing it (rather

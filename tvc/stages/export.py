@@ -157,10 +157,9 @@ def run(cfg: Config):
         cfg = _lineage_calib(task, cfg)
     if source is not None:
         return export_model(task, source, cfg)
-    is_path = Path(cfg.model).exists()
-    loaded = task.load_model(
-        cfg.model, **cfg.model_kwargs(), input_size=None if is_path else cfg.input_size
-    )
+    # A name is built at --input-size, a Hugging Face directory resized to it (position
+    # embeddings interpolated as its family does); an artifact keeps its size (else an error).
+    loaded = task.load_model(cfg.model, **cfg.model_kwargs(), input_size=cfg.input_size)
     return export_model(task, loaded, cfg)
 
 
