@@ -88,3 +88,23 @@ def test_eval_prints_the_baseline_and_warns_on_a_small_split(tmp_path):
     record = json.loads((tmp_path / "e.json").read_text())[0]
     assert record["baseline"]["n"] == 5 and 0 <= record["baseline"]["map"] <= 100
     assert record["warnings"] and "says little" in record["warnings"][0]
+
+
+def test_eval_reads_every_readme_layout(tmp_path):
+    """Each layout of the README's "Detection datasets" trees, written from built-in scenes,
+    is evaluated with its own training split as the baseline's statistics."""
+    from tvc.data.detection import load_detection
+    from tvc.data.detection_layout import LAYOUTS, write_layout
+
+    splits = {s: load_detection("fashion-mnist-det", s, limit=n)
+              for s, n in (("train", 4), ("val", 2), ("test", 3))}  # fmt: skip
+    out = tmp_path / "det"
+    result = CliRunner().invoke(cli, ["export", "detr_pico", "-o", str(out), "--input-size",
+                                      "64", "--no-simplify"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for layout in LAYOUTS:
+        root = write_layout(splits, tmp_path / layout, layout)
+        result = CliRunner().invoke(cli, ["eval", str(out), "--data", str(root)])
+        assert result.exit_code == 0, (layout, result.output)
+        assert f"on 3 images of the test split of {layout}" in result.output
+        assert f"from the {layout} train split (4 images)" in result.output
