@@ -91,6 +91,7 @@ def test_tolerance_scales_with_the_input_and_names_each_miss():
         (["--sampling", "grid"], "--sampling grid applies to Deformable DETR only"),
         (["--trt"], "--trt does not apply to the detector"),
         (["--dynamic-batch"], "not supported for detectors yet"),
+        (["--fp16", "--pixel-mask"], "the FP16 converter takes models with one input"),
     ],
 )
 def test_export_options_that_would_do_nothing_are_refused(tmp_path, args, message):
@@ -155,3 +156,16 @@ def test_a_variant_outside_its_tolerance_is_warned_about_and_recorded(tmp_path, 
     assert "-- OUTSIDE TOLERANCE" in result.output  # and the summary line says so
     p = load_artifact(out).meta["variants"]["model.int8.onnx"]["parity_vs_fp32"]
     assert p["within_tolerance"] is False and "score difference" in p["warning"]
+
+
+def test_a_fixed_batch_of_two_exports_fp16_and_static_int8(tmp_path, monkeypatch):
+    """The INT8 variant's indicative latency ran at batch 1, which a --batch 2 graph refuses."""
+    monkeypatch.setattr(DetectionTask, "export_eval_limit", 4)
+    out = tmp_path / "b2"
+    args = ["export", "detr_pico", "-o", str(out), "--input-size", "64", "--no-simplify",
+            "--batch", "2", "--fp16", "--int8", "--calib", "fashion-mnist-det", "--calib-size",
+            "4"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    v = load_artifact(out).meta["variants"]["model.int8.onnx"]
+    assert v["latency_ms"]["batch"] == 2 and v["parity_vs_fp32"]["boxes_compared"] > 0

@@ -274,16 +274,19 @@ def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
 
 
 def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any]:
-    """A short single-thread batch-1 p50 of both models, interleaved round by round so a busy
-    machine slows both alike (indicative; `tvc bench` measures)."""
+    """A short single-thread p50 of both models (batch 1, or the graph's fixed batch),
+    interleaved round by round so a busy machine slows both alike (indicative; `tvc bench`
+    measures)."""
     from tvc.runtime.bench import time_calls
     from tvc.runtime.ort import OrtRunner
 
     runners = {"fp32": OrtRunner(fp32, threads=1), "int8": OrtRunner(int8, threads=1)}
+    first = runners["fp32"].inputs[0].shape[0]
+    batch = first if isinstance(first, int) and first > 0 else 1  # a fixed batch runs as is
     p50s: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for k, r in runners.items():
-            feeds = r.sample_feeds(1)
+            feeds = r.sample_feeds(batch)
             stats = time_calls(
                 lambda r=r, feeds=feeds: r.infer(feeds), warmup_s=0.0, min_runs=10, min_time_s=0.0
             )
@@ -294,7 +297,7 @@ def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any
         "int8_p50": round(p50["int8"], 3),
         "speedup": round(p50["fp32"] / p50["int8"], 2),
         "threads": 1,
-        "batch": 1,
+        "batch": batch,
     }
 
 

@@ -116,6 +116,11 @@ class Config(ModelOptions, OutputOptions):
                 "e.g. --min-batch 1 --opt-batch 1 --max-batch 8",
             )
         self._options_apply()
+        if self.fp16 and self.pixel_mask:
+            raise ConfigError(
+                "the FP16 converter takes models with one input, not a pixel_mask input too",
+                "drop --pixel-mask for an FP16 export",
+            )
         if self.int8 and self.pixel_mask:
             raise ConfigError(
                 "INT8 calibration takes images only, not a pixel_mask input",
