@@ -58,6 +58,7 @@ def test_box_errors_are_in_input_pixels_on_confident_queries():
     assert rec["boxes_px_max_abs_diff"] == pytest.approx(4.0, abs=1e-3)
     assert rec["boxes_px_mean_abs_diff"] == pytest.approx(2.0, abs=1e-3)
     assert rec["iou_mean"] == pytest.approx(36 / 44, abs=1e-3)  # 40x20 boxes shifted by 4 px
+    assert rec["detection_score_mean_abs_diff"] == 0.0  # the same logits
     # an untrained reference (no confident query): each image's top query stands in
     flat = np.full((1, 2, 2), -1.0, np.float32)
     rec = box_parity({"logits": flat, "boxes": ref_b}, {"logits": flat, "boxes": got_b},
@@ -73,11 +74,11 @@ def test_tolerance_scales_with_the_input_and_names_each_miss():
     )  # at least a pixel
     assert tolerance("fp32", 64, 64) is None
     rec = {"boxes_px_mean_abs_diff": 5.0, "boxes_px_max_abs_diff": 9.0, "iou_mean": 0.8,
-           "scores_max_abs_diff": 0.5, "score": "sigmoid per class"}  # fmt: skip
+           "detection_score_mean_abs_diff": 0.2, "score": "sigmoid per class"}  # fmt: skip
     misses = exceeded(rec, lim)
     assert len(misses) == 3 and "5.00 px > 4 px" in misses[0] and "IoU 0.800" in misses[1]
     assert exceeded({**rec, "boxes_px_mean_abs_diff": 1.0, "iou_mean": 0.95,
-                     "scores_max_abs_diff": 0.01}, lim) == []  # fmt: skip
+                     "detection_score_mean_abs_diff": 0.01}, lim) == []  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,7 @@ def test_a_variant_outside_its_tolerance_is_warned_about_and_recorded(tmp_path, 
     decides), but the terminal and artifact.json say which figure missed."""
     from tvc.eval import detection_parity
 
-    strict = {"box_fraction": 0.0, "iou_mean": 1.0, "scores_max_abs_diff": 0.0}
+    strict = {"box_fraction": 0.0, "iou_mean": 1.0, "detection_score_mean_abs_diff": 0.0}
     monkeypatch.setitem(detection_parity.TOLERANCES, "int8", strict)
     monkeypatch.setitem(detection_parity.MIN_PX, "int8", 0.0)
     monkeypatch.setattr(DetectionTask, "export_eval_limit", 4)
@@ -155,7 +156,7 @@ def test_a_variant_outside_its_tolerance_is_warned_about_and_recorded(tmp_path, 
     assert "warning: INT8 PARITY OUTSIDE TOLERANCE: model.int8.onnx differs" in result.output
     assert "-- OUTSIDE TOLERANCE" in result.output  # and the summary line says so
     p = load_artifact(out).meta["variants"]["model.int8.onnx"]["parity_vs_fp32"]
-    assert p["within_tolerance"] is False and "score difference" in p["warning"]
+    assert p["within_tolerance"] is False and "mean detection score difference" in p["warning"]
 
 
 def test_a_fixed_batch_of_two_exports_fp16_and_static_int8(tmp_path, monkeypatch):

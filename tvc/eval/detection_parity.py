@@ -24,10 +24,13 @@ CONFIDENT = 0.5  # a reference query with this best object score counts as a det
 
 # The most a variant may differ from FP32 before the export warns (and records the miss):
 # mean box-coordinate error as a fraction of the input side (at least MIN_PX pixels), the mean
-# IoU of matched boxes, and the largest class-score difference.
+# IoU of matched boxes, and the mean difference of the detections' scores (the reference class
+# of each confident query). The largest difference over every query and class is recorded, not
+# held: one query of a trained DETR flipping between two classes moves it by 0.5 under INT8
+# while mAP holds.
 TOLERANCES: dict[str, dict[str, float]] = {
-    "fp16": {"box_fraction": 0.002, "iou_mean": 0.98, "scores_max_abs_diff": 0.02},
-    "int8": {"box_fraction": 0.01, "iou_mean": 0.9, "scores_max_abs_diff": 0.1},
+    "fp16": {"box_fraction": 0.002, "iou_mean": 0.98, "detection_score_mean_abs_diff": 0.01},
+    "int8": {"box_fraction": 0.01, "iou_mean": 0.9, "detection_score_mean_abs_diff": 0.05},
 }
 MIN_PX = {"fp16": 0.25, "int8": 1.0}
 
@@ -92,6 +95,11 @@ def box_parity(
         picked = np.zeros_like(picked)
         picked[np.arange(len(best)), best.argmax(-1)] = True
         basis = f"each image's top reference query (no query scores >= {confident:g})"
+    # the score of each picked query's reference class, as the decoder reads it
+    cls = objects.argmax(-1)[..., None]
+    picked_diff = np.abs(
+        np.take_along_axis(got_s, cls, -1)[..., 0] - np.take_along_axis(ref_s, cls, -1)[..., 0]
+    )[picked]
     ref_b = _xyxy_px(reference["boxes"], width, height)[picked]
     got_b = _xyxy_px(candidate["boxes"], width, height)[picked]
     err = np.abs(got_b - ref_b)
@@ -100,6 +108,8 @@ def box_parity(
         "score": "sigmoid per class" if sigmoid else "softmax over all classes",
         "scores_max_abs_diff": float(score_diff.max()) if score_diff.size else 0.0,
         "scores_mean_abs_diff": float(score_diff.mean()) if score_diff.size else 0.0,
+        "detection_score_mean_abs_diff": float(picked_diff.mean()) if picked_diff.size else 0.0,
+        "detection_score_max_abs_diff": float(picked_diff.max()) if picked_diff.size else 0.0,
         "boxes_compared": int(picked.sum()),
         "boxes_basis": basis,
         "input_px": [int(width), int(height)],
@@ -119,7 +129,7 @@ def tolerance(precision: str, width: int, height: int) -> dict[str, float] | Non
     return {
         "boxes_px_mean_abs_diff": round(max(MIN_PX[precision], limits["box_fraction"] * side), 3),
         "iou_mean": limits["iou_mean"],
-        "scores_max_abs_diff": limits["scores_max_abs_diff"],
+        "detection_score_mean_abs_diff": limits["detection_score_mean_abs_diff"],
     }
 
 
@@ -134,9 +144,10 @@ def exceeded(record: dict[str, Any], limits: dict[str, float]) -> list[str]:
         )
     if record["iou_mean"] < limits["iou_mean"]:
         out.append(f"mean IoU {record['iou_mean']:.3f} < {limits['iou_mean']:g}")
-    if record["scores_max_abs_diff"] > limits["scores_max_abs_diff"]:
+    score = record["detection_score_mean_abs_diff"]
+    if score > limits["detection_score_mean_abs_diff"]:
         out.append(
-            f"score difference {record['scores_max_abs_diff']:.3f} > "
-            f"{limits['scores_max_abs_diff']:g} ({record['score']})"
+            f"mean detection score difference {score:.3f} > "
+            f"{limits['detection_score_mean_abs_diff']:g} ({record['score']})"
         )
     return out

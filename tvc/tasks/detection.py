@@ -187,7 +187,9 @@ class DetectionTask(Task):
                 f"{record['boxes_px_max_abs_diff']:.2f} px max, IoU {record['iou_mean']:.3f} "
                 f"on {record['boxes_compared']} box(es)"
             )
-        return words + f", score diff {record['scores_max_abs_diff']:.3f}"
+        if "detection_score_mean_abs_diff" in record:
+            words += f", detection score diff {record['detection_score_mean_abs_diff']:.3f} mean"
+        return words + f", score diff {record['scores_max_abs_diff']:.3f} max"
 
     def evaluate(
         self,
