@@ -70,14 +70,14 @@ def test_export_detr_with_dynamic_int8(tmp_path):
     assert result.exit_code == 0, result.output
     assert "detr_pico fp32: mAP" in result.output
     assert "detr_pico int8-dynamic: mAP" in result.output
-    assert "on 6 fashion-mnist-det test images" in result.output
+    assert "on 6 images of the test split of fashion-mnist-det" in result.output
 
 
 def test_export_refuses_what_detectors_do_not_support(tmp_path):
-    result = CliRunner().invoke(cli, ["export", "detr_pico", "-o", str(tmp_path / "x"), "--fp16"])
+    result = CliRunner().invoke(cli, ["export", "detr_pico", "-o", str(tmp_path / "x"), "--trt"])
     assert result.exit_code == 2
-    assert "error: --fp16 does not apply to the detector detr_pico" in result.output
-    assert "not supported for detection models yet" in result.output
+    assert "error: --trt does not apply to the detector detr_pico" in result.output
+    assert "not supported for detectors yet" in result.output
     result = CliRunner().invoke(
         cli, ["export", "detr_pico", "-o", str(tmp_path / "y"), "--pixel-mask", "--int8", "dynamic"]
     )

@@ -18,8 +18,12 @@ def eval_cmd(ctx: click.Context, **options) -> None:
     from tvc.stages.evaluate import describe
 
     cfg = config_from(Config, ctx, options)
-    for result in get_stage("eval").run(cfg):
+    results = get_stage("eval").run(cfg)
+    for result in results:
         click.echo(describe(result))
+    baselines = {r["baseline"]["line"] for r in results if (r.get("baseline") or {}).get("line")}
+    for line in sorted(baselines):  # one per task and data, however many variants
+        click.echo(line)
     if cfg.json_out:
         click.echo(f"wrote {cfg.json_out}")
 

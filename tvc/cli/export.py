@@ -23,7 +23,13 @@ def export(ctx: click.Context, **options) -> None:
 
 
 def _print_export(art) -> None:
-    p = art.meta["metrics"].get("parity", {})
+    """What the export wrote and every quality figure it recorded: parity, the task's metric
+    (--eval-data), and each variant's parity with FP32, its metric before/after and drop."""
+    from tvc.tasks import task_named
+
+    metrics = art.meta["metrics"]
+    task = task_named(art.meta.get("task") or "classification")
+    p = metrics.get("parity", {})
     click.echo(f"wrote {art.path} ({art.size_bytes / 1e6:.2f} MB in all)")
     if p:
         # Detectors record the per-query class agreement; classifiers top-1 agreement.
@@ -35,7 +41,13 @@ def _print_export(art) -> None:
         click.echo(
             f"  model.onnx: parity vs PyTorch max abs diff {p['max_abs_diff']:.2e}, "
             f"{agree[0]} agreement {agree[1]:.0%}, "
-            f"{'simplified' if art.meta['metrics'].get('simplified') else 'not simplified'}"
+            f"{'simplified' if metrics.get('simplified') else 'not simplified'}"
+        )
+    quality = metrics.get(task.quality_key)
+    if isinstance(quality, dict) and task.metric in quality:
+        click.echo(
+            f"  model.onnx: {task.describe(quality)} "
+            f"({quality.get('dataset')} {quality.get('split')} split)"
         )
     for fname, v in art.meta.get("variants", {}).items():
         if fname == "model.onnx":
@@ -47,6 +59,36 @@ def _print_export(art) -> None:
         if v.get("float_layers"):
             line += f", {len(v['float_layers'])} layer(s) kept in float"
         click.echo(line)
+        for extra in _variant_lines(task, v):
+            click.echo(f"    {extra}")
+
+
+def _variant_lines(task, v: dict) -> list[str]:
+    """A variant's recorded quality figures, one line each."""
+    lines = []
+    acc = v.get("accuracy")
+    if isinstance(acc, dict) and "fp32" in acc:
+        data = v.get("eval_data") or {}
+        before = (
+            f" (before float fallback {acc['int8_before']:.2f})"
+            if acc.get("int8_before") not in (None, acc.get("int8"))
+            else ""
+        )
+        lines.append(
+            f"{v.get('metric', 'quality')}: FP32 {acc['fp32']:.2f} -> {acc['int8']:.2f}{before} "
+            f"on {data.get('n')} {data.get('name')} {data.get('split')} images, budget "
+            f"{v.get('budget', 0):g} points{'' if v.get('budget_met', True) else ' MISSED'}"
+        )
+    parity = v.get("parity_vs_fp32")
+    if isinstance(parity, dict):
+        where = f" on {parity['inputs']}" if parity.get("inputs") else ""
+        line = f"parity vs FP32{where}: {task.parity_words(parity)}"
+        if parity.get("within_tolerance") is False:
+            line += " -- OUTSIDE TOLERANCE"
+        lines.append(line)
+    elif isinstance(v.get("parity"), dict):  # FP16's own check on its sample inputs
+        lines.append(f"parity vs FP32: max abs diff {v['parity']['max_abs_diff']:.2e}")
+    return lines
 
 
 COMMANDS = [export]

@@ -168,8 +168,11 @@ class _Variants:
             n = batch if isinstance(batch, int) else 16  # a fixed-batch model takes only its own
             images = self.task.images(self.data(self.cfg.calib, "train", n))
             sample = next(images.batches(n))[0]
-        report = convert_fp16(self.fp32, self.w.path_for(FP16_FILE), sample=sample)
-        self.variants[FP16_FILE] = {"precision": "fp16", **report}
+        path = self.w.path_for(FP16_FILE)
+        report = convert_fp16(self.fp32, path, sample=sample)
+        variant = {"precision": "fp16", **report}
+        variant["parity_vs_fp32"] = self._parity(path, self._parity_images(), "fp16")
+        self.variants[FP16_FILE] = variant
 
     def int8(self) -> None:
         from tvc.export.quantize import QuantConfig, quantize_dynamic
@@ -194,7 +197,7 @@ class _Variants:
             variant = {"precision": "int8-dynamic", **report}
         else:
             variant = {"precision": "int8-qdq", **self._static(path, images, qcfg)}
-        variant["parity_vs_fp32"] = self._parity(path, images)
+        variant["parity_vs_fp32"] = self._parity(path, images, "int8")
         variant["trt_readiness"] = _trt_readiness(path, warn=cfg.int8 == "static")
         self.variants[fname] = variant
 
@@ -222,9 +225,17 @@ class _Variants:
         report["latency_ms"] = indicative_latency(self.fp32, path)
         return report
 
-    def _parity(self, path: Path, images) -> dict[str, Any]:
-        """The INT8 model's outputs against FP32's on calibration images (random inputs
-        without them): the task's agreement and each output's worst difference."""
+    def _parity_images(self):
+        """Real images for a variant's parity: --calib's, else --eval-data's (None: random)."""
+        spec = self.calib if self.cfg.calib else self.cfg.eval_data
+        if not spec:
+            return None
+        return self.task.images(self.data(spec, "train", _PARITY_IMAGES))
+
+    def _parity(self, path: Path, images, precision: str) -> dict[str, Any]:
+        """The variant's outputs against FP32's on calibration images (random inputs
+        without them): the task's agreement and each output's worst difference, held to the
+        task's tolerance for `precision` (a miss is a warning, recorded)."""
         from tvc.export.parity import outputs_parity
         from tvc.export.quantize.calibration import check_inputs
         from tvc.export.quantize.graph import input_spec, load_onnx
@@ -235,8 +246,21 @@ class _Variants:
         x = check_inputs(images, input_spec(fp32), _PARITY_IMAGES, 0)
         ref = predict_outputs(fp32)(x)
         got = predict_outputs(load_onnx(path))(x)
-        record = outputs_parity(self.task, [ref], [got], atol=1e-4, rtol=1e-3)
-        return {k: v for k, v in record.items() if k not in ("ok", "tolerance")}
+        self.task.check_finite(got, f"the {precision.upper()} model")
+        record = outputs_parity(self.task, [ref], [got], atol=1e-4, rtol=1e-3, info=self.info)
+        record = {k: v for k, v in record.items() if k not in ("ok", "tolerance")}
+        record["inputs"] = "random inputs" if images is None else f"{len(x)} {images.name} images"
+        limits = self.task.variant_tolerance(self.info, precision)
+        if limits is not None:
+            misses = self.task.tolerance_misses(record, limits)
+            record["tolerance"] = limits
+            record["within_tolerance"] = not misses
+            if misses:
+                record["warning"] = f"{path.name} differs from FP32 by more than its " + (
+                    f"tolerance: {'; '.join(misses)}"
+                )
+                log.warning("%s PARITY OUTSIDE TOLERANCE: %s", precision.upper(), record["warning"])
+        return record
 
 
 def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
@@ -250,16 +274,19 @@ def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
 
 
 def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any]:
-    """A short single-thread batch-1 p50 of both models, interleaved round by round so a busy
-    machine slows both alike (indicative; `tvc bench` measures)."""
+    """A short single-thread p50 of both models (batch 1, or the graph's fixed batch),
+    interleaved round by round so a busy machine slows both alike (indicative; `tvc bench`
+    measures)."""
     from tvc.runtime.bench import time_calls
     from tvc.runtime.ort import OrtRunner
 
     runners = {"fp32": OrtRunner(fp32, threads=1), "int8": OrtRunner(int8, threads=1)}
+    first = runners["fp32"].inputs[0].shape[0]
+    batch = first if isinstance(first, int) and first > 0 else 1  # a fixed batch runs as is
     p50s: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for k, r in runners.items():
-            feeds = r.sample_feeds(1)
+            feeds = r.sample_feeds(batch)
             stats = time_calls(
                 lambda r=r, feeds=feeds: r.infer(feeds), warmup_s=0.0, min_runs=10, min_time_s=0.0
             )
@@ -270,7 +297,7 @@ def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any
         "int8_p50": round(p50["int8"], 3),
         "speedup": round(p50["fp32"] / p50["int8"], 2),
         "threads": 1,
-        "batch": 1,
+        "batch": batch,
     }
 
 

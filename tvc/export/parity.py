@@ -10,6 +10,7 @@ import numpy as np
 from tvc.errors import ParityError
 
 if TYPE_CHECKING:
+    from tvc.models.info import ModelInfo
     from tvc.tasks import Task
     from tvc.tasks.base import Outputs
 
@@ -63,7 +64,13 @@ def require_parity(p: Parity, what: str) -> None:
 
 
 def outputs_parity(
-    task: Task, reference: list[Outputs], got: list[Outputs], *, atol: float, rtol: float
+    task: Task,
+    reference: list[Outputs],
+    got: list[Outputs],
+    *,
+    atol: float,
+    rtol: float,
+    info: ModelInfo | None = None,
 ) -> dict[str, Any]:
     """Parity of every named output over several batches: the task's agreement (top-1, class
     agreement, ...) plus each output's worst difference against its tolerance. `ok` only when
@@ -71,7 +78,7 @@ def outputs_parity(
     ref = {k: np.concatenate([r[k] for r in reference]) for k in reference[0]}
     out = {k: np.concatenate([g[k] for g in got]) for k in ref}
     per = {k: compare(ref[k], out[k], atol=atol, rtol=rtol) for k in ref}
-    record = dict(task.agreement(ref, out))
+    record = dict(task.agreement(ref, out, info=info))
     if len(per) > 1:
         record.update({f"{k}_max_abs_diff": p.max_abs_diff for k, p in per.items()})
     record["max_abs_diff"] = max(p.max_abs_diff for p in per.values())

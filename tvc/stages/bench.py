@@ -216,10 +216,14 @@ def _call(runner, feeds):
 
 def _check_model_name(target: str, backend: list[str]) -> None:
     if not Path(target).exists() and backend == ["ort"]:
-        # a model name with the default backend: say what to do rather than guess
-        from tvc.models.registry import resolve
+        # a model name with the default backend: say what to do rather than guess. Detector,
+        # lane and pixel configs are names of their task (not in the classifier registry).
+        from tvc.tasks import task_for_model
 
-        resolve(target)  # raises a helpful error for unknown names
+        if task_for_model(target).name == "classification":
+            from tvc.models.registry import resolve
+
+            resolve(target)  # raises a helpful error for unknown names
         raise ConfigError(
             f"{target} is a model name; ONNX Runtime needs an exported model",
             f"run 'tvc export {target} -o OUT' then 'tvc bench OUT', or use --backend torch",

@@ -79,14 +79,19 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     data = DataCache(cfg.data, split=cfg.split, limit=cfg.limit)
     ref = _open_reference(cfg) if cfg.reference else None
     results = []
+    notes: dict[str, dict[str, Any]] = {}  # the task's notes on DATA, made once per task
     try:
         for variant in found:
             with backend.open(variant, threads=cfg.threads, provider=cfg.provider) as runner:
                 task, res = measure(runner, variant, data, reference=ref,
                                     batch_size=cfg.batch_size)  # fmt: skip
+                if task.name not in notes:
+                    notes[task.name] = _notes(
+                        task, cfg.data, data.get(task, model_info(runner, variant))
+                    )
             results.append({"variant": variant.label, "precision": variant.precision,
                             "backend": name, "path": str(variant.path or cfg.target),
-                            "task": task.name, **res})  # fmt: skip
+                            "task": task.name, **res, **notes[task.name]})  # fmt: skip
     finally:
         if ref is not None:
             ref[0].close()
@@ -95,6 +100,14 @@ def run(cfg: Config) -> list[dict[str, Any]]:
 
         Path(cfg.json_out).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _notes(task: Task, spec: str, data: Any) -> dict[str, Any]:
+    """The task's notes on the evaluated data (tasks.base.Task.eval_notes); warnings shown."""
+    found = task.eval_notes(spec, data)
+    for warning in found.get("warnings", ()):
+        log.warning("%s", warning)
+    return found
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -27,6 +27,13 @@ log = logging.getLogger("tvc")
 SUMMARY = "export a model to ONNX (parity-proven), FP16/INT8 variants and a TensorRT engine"
 
 
+_STATIC_ONLY = frozenset({"calib_method", "int8_budget", "allow_accuracy_drop"})
+_INT8_ONLY = frozenset({"calib_size", "int8_ops"})
+_TRT_ONLY = frozenset(
+    {"min_batch", "opt_batch", "max_batch", "workspace_mb", "timing_cache", "dla"}
+)
+
+
 class Config(ModelOptions, OutputOptions):
     output: str | None = option(
         None,
@@ -108,12 +115,38 @@ class Config(ModelOptions, OutputOptions):
                 f"{self.min_batch}/{self.opt_batch}/{self.max_batch}",
                 "e.g. --min-batch 1 --opt-batch 1 --max-batch 8",
             )
+        self._options_apply()
+        if self.fp16 and self.pixel_mask:
+            raise ConfigError(
+                "the FP16 converter takes models with one input, not a pixel_mask input too",
+                "drop --pixel-mask for an FP16 export",
+            )
         if self.int8 and self.pixel_mask:
             raise ConfigError(
                 "INT8 calibration takes images only, not a pixel_mask input",
                 "drop --pixel-mask for an INT8 export",
             )
         return self
+
+    def _options_apply(self) -> None:
+        """An option typed for a step that does not run is refused, never silently ignored."""
+        from tvc.stages.config import cli_flag
+
+        rules = (
+            (_STATIC_ONLY, self.int8 == "static", "static INT8",
+             "--int8 dynamic has no calibration or accuracy gate", "use --int8 static"),
+            (_INT8_ONLY, self.int8 is not None, "INT8", "no INT8 variant is written",
+             "add --int8"),
+            (_TRT_ONLY, self.trt, "a TensorRT build", "no engine is built here",
+             "add --trt, or pass them to trtexec on the board"),
+        )  # fmt: skip
+        for names, applies, what, why, fix in rules:
+            for name in sorted(names & self.model_fields_set):
+                if not applies:
+                    flag = cli_flag(name, type(self).model_fields[name])
+                    raise ConfigError(
+                        f"{flag} applies to {what} only ({why})", f"{fix}, or drop {flag}"
+                    )
 
     def engine_options(self, onnx_batch: int | str | None = None) -> dict:
         """The EngineConfig fields --trt asks for (precision aside). `onnx_batch` is the ONNX

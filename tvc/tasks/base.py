@@ -111,9 +111,25 @@ class Task(ABC):
         """The model's outputs on batch `x` as numpy arrays keyed by `onnx_io().outputs`."""
 
     @abstractmethod
-    def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+    def agreement(
+        self, reference: Outputs, candidate: Outputs, *, info: ModelInfo | None = None
+    ) -> dict[str, Any]:
         """How closely `candidate` follows `reference` on the same inputs: at least
-        `max_abs_diff` and `agreement` (a fraction in [0, 1], e.g. top-1 or class agreement)."""
+        `max_abs_diff` and `agreement` (a fraction in [0, 1], e.g. top-1 or class agreement).
+        `info` (the model's facts, when known) lets a task measure in its own units."""
+
+    def variant_tolerance(self, info: ModelInfo, precision: str) -> dict[str, float] | None:
+        """Limits an FP16/INT8 variant's `agreement` with FP32 is held to ("fp16", "int8");
+        the export warns and records when one is missed. None: no limits (the default)."""
+        return None
+
+    def tolerance_misses(self, record: dict[str, Any], limits: dict[str, float]) -> list[str]:
+        """What in an `agreement` record is outside `limits`, in words."""
+        return []
+
+    def parity_words(self, record: dict[str, Any]) -> str:
+        """An `agreement` record in a few words, for the terminal."""
+        return f"agreement {record['agreement']:.1%}, max abs diff {record['max_abs_diff']:.2e}"
 
     @abstractmethod
     def evaluate(
@@ -166,6 +182,12 @@ class Task(ABC):
             f"{result[self.metric]:.2f} on {result['n']} {result['dataset']} {result['split']} "
             "images"
         )
+
+    def eval_notes(self, spec: str, data: Any) -> dict[str, Any]:
+        """What `tvc eval` adds to its results for DATA `spec` once (`data`: the split it
+        evaluated): "baseline" (a trivial model's quality, with a "line" to print) and
+        "warnings" (e.g. a split too small to mean much). None by default."""
+        return {}
 
     # --------------------------------------------------------------------- train, compress
     @abstractmethod

@@ -90,7 +90,9 @@ class ClassificationTask(Task):
         with torch.no_grad():
             return {LOGITS: model.eval()(x).float().cpu().numpy()}
 
-    def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+    def agreement(
+        self, reference: Outputs, candidate: Outputs, *, info: ModelInfo | None = None
+    ) -> dict[str, Any]:
         ref, got = reference[LOGITS].astype(np.float64), candidate[LOGITS].astype(np.float64)
         diff = np.abs(got - ref)
         return {

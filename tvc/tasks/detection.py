@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 
 INPUT, LOGITS, BOXES, MASK = "input", "logits", "boxes", "pixel_mask"
 _FINE_TUNE_ONLY = "detectors prune heads and FFN channels of every layer by weight magnitude"
+_BASELINE_STATS_IMAGES = 1000  # training images the eval baseline's box statistics read
 _SET_LOSS = "detectors distil with DETR's set loss on matched queries"
 _NO_ENGINE_YET = (
-    "not supported for detection models yet: export the FP32/INT8 ONNX here and build the "
-    "engine with trtexec from model.onnx"
+    "engines and dynamic batches are not supported for detectors yet: export the "
+    "FP32/FP16/INT8 ONNX here and build the engine with trtexec from it"
 )
 
 
@@ -57,9 +58,17 @@ class DetectionTask(Task):
             "alpha": _SET_LOSS,
         },
         "export": {
-            "fp16": _NO_ENGINE_YET,
-            "trt": _NO_ENGINE_YET,
-            "dynamic_batch": _NO_ENGINE_YET,
+            name: _NO_ENGINE_YET
+            for name in (
+                "trt",
+                "dynamic_batch",
+                "min_batch",
+                "opt_batch",
+                "max_batch",
+                "workspace_mb",
+                "timing_cache",
+                "dla",
+            )
         },
         "train": {
             "label_smoothing": "detectors train with DETR's set loss",
@@ -125,22 +134,62 @@ class DetectionTask(Task):
             logits, boxes = model.eval()(*x) if isinstance(x, tuple) else model.eval()(x)
         return {LOGITS: logits.float().cpu().numpy(), BOXES: boxes.float().cpu().numpy()}
 
-    def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+    def agreement(
+        self, reference: Outputs, candidate: Outputs, *, info: ModelInfo | None = None
+    ) -> dict[str, Any]:
         """Query by query: pruning and factorizing keep the queries in place, and
-        distillation matches them to the teacher's."""
+        distillation matches them to the teacher's. Scores as the model scores them (softmax
+        over all columns for DETR, sigmoid for Deformable DETR); with `info` (the input size)
+        also box errors in input pixels and IoU on confident queries
+        (tvc.eval.detection_parity)."""
+        from tvc.eval.detection_parity import box_parity, class_scores
+
         ref_l, got_l = reference[LOGITS], candidate[LOGITS]
         same = float((ref_l.argmax(-1) == got_l.argmax(-1)).mean())
-        return {
+        sigmoid = _uses_sigmoid(info, ref_l)
+        score_diff = np.abs(
+            class_scores(got_l, sigmoid=sigmoid) - class_scores(ref_l, sigmoid=sigmoid)
+        )
+        record = {
             "n": int(ref_l.shape[0]),
             "agreement": same,
             "class_agreement": same,
             "max_abs_diff": float(np.abs(got_l - ref_l).max()),
             "logits_max_abs_diff": float(np.abs(got_l - ref_l).max()),
-            "scores_max_abs_diff": float(np.abs(_softmax(got_l) - _softmax(ref_l)).max()),
+            "scores_max_abs_diff": float(score_diff.max()),
             "boxes_max_abs_diff": float(np.abs(candidate[BOXES] - reference[BOXES]).max()),
             "boxes_mean_abs_diff": float(np.abs(candidate[BOXES] - reference[BOXES]).mean()),
             "top1_agreement": same,  # the name tvc's classifier parity records use
         }
+        if info is not None:
+            _, h, w = info.input_size
+            px = box_parity(reference, candidate, sigmoid=sigmoid, width=w, height=h)
+            record.update({k: v for k, v in px.items() if k not in record})
+        return record
+
+    def variant_tolerance(self, info: ModelInfo, precision: str) -> dict[str, float] | None:
+        """Box pixels, IoU and score limits for FP16 and INT8 (tvc.eval.detection_parity)."""
+        from tvc.eval.detection_parity import tolerance
+
+        _, h, w = info.input_size
+        return tolerance(precision, w, h)
+
+    def tolerance_misses(self, record: dict[str, Any], limits: dict[str, float]) -> list[str]:
+        from tvc.eval.detection_parity import exceeded
+
+        return exceeded(record, limits) if "boxes_px_mean_abs_diff" in record else []
+
+    def parity_words(self, record: dict[str, Any]) -> str:
+        words = f"class agreement {record['class_agreement']:.1%}"
+        if "boxes_px_mean_abs_diff" in record:
+            words += (
+                f", boxes {record['boxes_px_mean_abs_diff']:.2f} px mean / "
+                f"{record['boxes_px_max_abs_diff']:.2f} px max, IoU {record['iou_mean']:.3f} "
+                f"on {record['boxes_compared']} box(es)"
+            )
+        if "detection_score_mean_abs_diff" in record:
+            words += f", detection score diff {record['detection_score_mean_abs_diff']:.3f} mean"
+        return words + f", score diff {record['scores_max_abs_diff']:.3f} max"
 
     def evaluate(
         self,
@@ -203,8 +252,37 @@ class DetectionTask(Task):
         agree = f", agreement mAP {r['agreement']:.2f}" if r["agreement"] is not None else ""
         return (
             f"{r['variant']}: mAP {r['map']:.2f}, AP50 {r['ap50']:.2f}{agree} on {r['n']} "
-            f"{r['dataset']} {r['split']} images"
+            f"images of the {r['split']} split of {r['dataset']}"
         )
+
+    def eval_notes(self, spec: str, data: Scenes) -> dict[str, Any]:
+        """The grid baseline's mAP on the evaluated images (statistics from the training
+        split, else from these images), and a warning when there are too few of them."""
+        from tvc.data.detection import load_detection
+        from tvc.errors import DataError
+        from tvc.eval.detection_baseline import SMALL_SPLIT, grid_baseline
+
+        scenes = data.scenes
+        warnings = []
+        if len(scenes) < SMALL_SPLIT:
+            warnings.append(
+                f"mAP on {len(scenes)} image(s) of the {scenes.split} split of {scenes.name} "
+                f"says little: evaluate on {SMALL_SPLIT} or more images"
+            )
+        stats = scenes
+        if scenes.split != "train":
+            try:
+                stats = load_detection(spec, "train", limit=_BASELINE_STATS_IMAGES)
+            except DataError:  # no training split here: the evaluated images' own statistics
+                stats = scenes
+        baseline = grid_baseline(stats, scenes)
+        if baseline is not None:
+            baseline["line"] = (
+                f"baseline (a fixed {baseline['grid']}x{baseline['grid']} grid of mean-size "
+                f"'{baseline['class']}' boxes, from the {baseline['stats_from']}): "
+                f"mAP {baseline['map']:.2f}, AP50 {baseline['ap50']:.2f}"
+            )
+        return {"baseline": baseline, "warnings": warnings}
 
     # ----------------------------------------------------------------------- train, compress
     def train(self, loaded: LoadedModel, data_spec: str, settings: dict[str, Any]) -> dict | None:
@@ -221,6 +299,7 @@ class DetectionTask(Task):
                 )
         keys = ("epochs", "lr", "batch_size", "weight_decay", "grad_clip", "seed", "device")
         cfg = det_train_config(loaded, **{k: settings[k] for k in keys if k in settings})
+        cfg.progress = not settings.get("no_progress", False)
         return train_detector_run(
             loaded,
             data_spec,
@@ -297,6 +376,12 @@ class DetectionTask(Task):
         @contextlib.contextmanager
         def patched():
             with deformable_sampling(model, options.sampling) as n:
+                if not n and options.sampling != "gather":  # gather: the default, unasked
+                    raise ConfigError(
+                        f"--sampling {options.sampling} applies to Deformable DETR only; this "
+                        "detector has no deformable attention",
+                        "drop --sampling",
+                    )
                 yield {"sampling": options.sampling if n else None}
 
         return patched()
@@ -337,7 +422,9 @@ class DetectionTask(Task):
         )
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities (any trailing "no object" column included)."""
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+def _uses_sigmoid(info: ModelInfo | None, logits: np.ndarray) -> bool:
+    """Deformable DETR scores classes with a sigmoid, DETR with a softmax over a "no object"
+    column too. Without the model's facts, a one-column head can only be a sigmoid one."""
+    if info is not None and "no_object_class" in info.extra:
+        return not info.extra["no_object_class"]
+    return logits.shape[-1] == 1

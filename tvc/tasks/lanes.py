@@ -131,7 +131,9 @@ class LanesTask(Task):
             logits, curves = model(t.to(device))
         return {"logits": logits.float().cpu().numpy(), "curves": curves.float().cpu().numpy()}
 
-    def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+    def agreement(
+        self, reference: Outputs, candidate: Outputs, *, info: ModelInfo | None = None
+    ) -> dict[str, Any]:
         return curve_agreement(reference, candidate)
 
     def evaluate(self, predict: Predict, data: LaneData, *, batch_size: int = 64,

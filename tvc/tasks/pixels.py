@@ -132,7 +132,9 @@ class PixelsTask(Task):
             out = model(t.to(device=device, dtype=torch.int64))
         return {k: v.float().cpu().numpy() for k, v in zip(OUTPUT_NAMES, out, strict=True)}
 
-    def agreement(self, reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+    def agreement(
+        self, reference: Outputs, candidate: Outputs, *, info: ModelInfo | None = None
+    ) -> dict[str, Any]:
         return token_agreement(reference, candidate)
 
     def evaluate(

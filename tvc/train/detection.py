@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
+from tvc.train.loop import progress_bar
 from tvc.train.set_loss import (
     SetLossConfig,
     assign,
@@ -59,6 +60,7 @@ class DetTrainConfig:
     train_backbone_stem: bool = True  # HF freezes the ResNet stem (for pretrained weights)
     aux_loss: bool = True  # supervise every decoder layer, as DETR does
     loss: SetLossConfig | None = None
+    progress: bool = True  # a bar per epoch with the ETA (the classifiers' display)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -96,9 +98,12 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, cfg.warmup_steps))
     model.train()
     history, t0, step = [], time.perf_counter(), 0
+    bar = progress_bar(cfg.progress)  # entered here, left in `finally` (the loop's one `with`)
     try:
+        bar.__enter__()
         for epoch in range(cfg.epochs):
             sums: dict[str, float] = {}
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch)
             for x, targets, _ in data.batches(
                 cfg.batch_size,
                 input_size=info.input_size,
@@ -123,6 +128,8 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
                 step += 1
                 for k, v in {"loss": loss.item(), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v
+                bar.advance(task)
+            bar.remove_task(task)
             epoch_means = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
             history.append(epoch_means)
             log.info(
@@ -132,6 +139,7 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
                 ", ".join(f"{k} {v:.3f}" for k, v in epoch_means.items()),
             )
     finally:
+        bar.__exit__(None, None, None)
         model.eval()
     # a diverged run must not save as a success
     check_finite_model(model, "training", "the run diverged: lower --lr and run it again")

@@ -263,7 +263,7 @@ def fit(
                     checkpoint.parent)  # fmt: skip
 
     t_fit = time.perf_counter()
-    with _progress(ctx.is_main and cfg.progress) as bar:
+    with progress_bar(ctx.is_main and cfg.progress) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             net.train()
@@ -361,7 +361,8 @@ class _NoBar:
         return False
 
 
-def _progress(show: bool):
+def progress_bar(show: bool):
+    """A rich bar per epoch (steps done, ETA), cleared when done; a no-op one when not shown."""
     if not show:
         return _NoBar()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
