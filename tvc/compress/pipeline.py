@@ -68,7 +68,7 @@ def compress_model(
     with merging_suspended(student.model):
         if cfg.prune is not None:
             batches = None
-            if cfg.importance == "taylor":
+            if cfg.importance in ("taylor", "data"):  # data reads the images only
                 batches = task.taylor_batches(info, cfg.data, TAYLOR_BATCHES, TAYLOR_BATCH_SIZE)
             log.info("pruning %s by %.0f%%", info.name, cfg.prune * 100)
             report["prune"] = task.prune(

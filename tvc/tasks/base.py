@@ -189,7 +189,7 @@ class Task(ABC):
         from tvc.errors import ConfigError
 
         raise ConfigError(
-            f"--importance taylor is not available for the {self.name} task",
+            f"--importance taylor and data are not available for the {self.name} task",
             "use --importance magnitude",
         )
 
