@@ -120,7 +120,8 @@ def prune(
 
     `example_input` is one input batch for tracing; `batches` are (images, labels) tensors for
     taylor importance (data importance reads only the images); `between_steps(model, step)`
-    runs after every step but the last (e.g. a short fine-tune) when `cfg.steps > 1`. On error the model may be half-pruned: prune a copy.
+    runs after every step but the last (e.g. a short fine-tune) when `cfg.steps > 1`. On error
+    the model may be half-pruned: prune a copy.
     """
     tp = require("torch_pruning", "structured pruning")
     layout = vit_layout(model)
