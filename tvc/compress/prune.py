@@ -149,7 +149,7 @@ def prune(
         if cfg.importance == "taylor":
             _taylor_gradients(model, batches or [], num_classes)
         elif cfg.importance == "data":
-            scorer = _data_importance(model, layout, batches or [], cfg.seed + step)
+            scorer = _data_importance(model, batches or [], cfg.seed + step)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + step)  # random importance is reproducible
             ops, attn_shapes = _plan(layout, graph, tp, scorer, cfg, original, ratio)
@@ -188,19 +188,11 @@ def _importance(name: str):
     return tp.importance.RandomImportance()
 
 
-def _data_importance(model: nn.Module, layout: VitLayout, batches: Batches, seed: int):
+def _data_importance(model: nn.Module, batches: Batches, seed: int):
     """Feature-matching Fisher scores of the model as it is now (labels are ignored)."""
     from tvc.compress.fisher import feature_fisher, fisher_importance
 
-    heads = [h for _, h in layout.classifiers if isinstance(h, nn.Linear)]
-    if not heads:
-        raise UnsupportedModelError(
-            "data importance reads the classifier's input features, and this model has no "
-            "Linear classifier",
-            "use --importance magnitude",
-        )
-    images = [x for x, _ in batches]
-    return fisher_importance(feature_fisher(model, heads[0], images, seed=seed))
+    return fisher_importance(feature_fisher(model, [x for x, _ in batches], seed=seed))
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:

@@ -182,6 +182,7 @@ class _Variants:
             calib_method=cfg.calib_method,
             budget=cfg.int8_budget,
             ops=cfg.int8_ops,
+            smooth_alpha=cfg.smooth_alpha,
             allow_accuracy_drop=cfg.allow_accuracy_drop,
         )
         images = None

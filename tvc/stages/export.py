@@ -68,6 +68,13 @@ class Config(ModelOptions, OutputOptions):
     allow_accuracy_drop: bool = option(
         False, "Keep an INT8 model that misses its budget (exit 0, loud warning)."
     )
+    smooth_alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Static INT8: SmoothQuant strength moving activation outliers of each "
+        "LayerNorm into the next Linear's weights (0: off).",
+    )
     int8_ops: Literal["safe", "all"] = option(
         "safe", "safe: only Linear/MatMul inputs; all: every op (the naive setting)."
     )

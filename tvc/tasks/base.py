@@ -250,6 +250,11 @@ class Task(ABC):
         """artifact.json's `io` (inputs, outputs, mean, std) with what this task adds."""
         return io
 
+    def labels_misfit(self, info: ModelInfo, data: Any) -> str | None:
+        """Why `data`'s labels cannot score this model (e.g. a class-count mismatch), or None
+        when they can. The INT8 gate then holds the model to agreement with FP32 instead."""
+        return None
+
     def images(self, data: Any) -> Any:
         """`load_data`'s result as an image set (tvc.data.base.ImageSet): what INT8
         calibration reads. By default the data already is one."""

@@ -28,6 +28,7 @@ from tvc.export.quantize.graph import (
     sizes,
 )
 from tvc.export.quantize.scoring import Scorer
+from tvc.export.quantize.smooth import smooth_layernorms
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -79,6 +80,9 @@ class StaticJob:
             raise no_layers(self.fp32, cfg.ops)
         inputs = input_spec(self.prepared)
         x = calibration_images(self.calib, cfg, inputs)
+        smoothing: dict[str, Any] = {"alpha": 0.0, "smoothed": []}
+        if cfg.smooth_alpha > 0 and cfg.ops == "safe":
+            self.prepared, smoothing = smooth_layernorms(self.prepared, x, inputs, cfg.smooth_alpha)
         prepared_path = save_onnx(self.prepared, self.tmp / "prepared.onnx")
         run_static(prepared_path, self.out, x, inputs, cfg, candidates, self.exclude)
         self.qdq = load_onnx(self.out)
@@ -105,6 +109,7 @@ class StaticJob:
             "weights": "int8 symmetric (zero point 0), per output channel",
             "activations": "int8 symmetric (zero point 0), per tensor",
             "calibration": calib_info,
+            "smoothing": smoothing,
             "quantized_nodes": quantized,
             "quantized_op_types": dict(Counter(op_types(self.qdq, quantized))),
             "float_op_types": float_op_types(self.qdq, set(quantized)),
