@@ -6,6 +6,7 @@ classifiers, detectors and the rest lives in their task adapter (tvc.tasks).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,8 @@ from tvc.stages.common import same_model
 from tvc.stages.config import ModelOptions, OutputOptions, cli_flag, default_output, option
 
 SUMMARY = "prune, factorize and/or distil a model into a smaller model artifact"
+
+log = logging.getLogger("tvc")
 
 _PRUNE_ONLY = ("importance", "global_", "prune_heads", "keep", "steps", "seed")
 _DISTILL_ONLY = (
@@ -227,6 +230,9 @@ def run(cfg: Config):
     # errors come first: they say what to change in the command line as typed).
     _refuse_random_teacher(cfg)
     check_data_task(task, cfg.model, cfg.data)
+    if cfg.prune is not None and cfg.data and "importance" not in cfg.model_fields_set:
+        log.info("ranking channels by magnitude; --importance data (feature Fisher on --data "
+                 "images, no labels) kept more of the parent in tvc's measurements")  # fmt: skip
     loaded = task.load_model(cfg.model, **cfg.model_kwargs())
     teacher = None
     if cfg.distill is not None:

@@ -83,6 +83,12 @@ class Config(ModelOptions, OutputOptions):
         "DATA for the INT8 accuracy gate (default: the calibration set's val split); its test "
         "split also measures the FP32 model.",
     )
+    gate_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Images the INT8 accuracy gate measures on (fewer: a faster, coarser "
+        "gate) [default: the task's, 2000 for classifiers].",
+    )
     trt: bool = option(False, "Build a TensorRT engine on this machine.")
     # Unset, the profile is the ONNX model's batch (a fixed-batch graph takes only that one);
     # for a dynamic batch 1/1/8. A --max-batch above 1 exports a dynamic batch.

@@ -17,7 +17,15 @@ from tvc.export.quantize.calibration import check_image_size
 from tvc.export.quantize.config import QuantConfig
 from tvc.export.quantize.dynamic import quantize_dynamic, run_dynamic
 from tvc.export.quantize.graph import check_model, input_spec, load_onnx, prepare, save_onnx, sizes
-from tvc.export.quantize.scoring import Scorer, logit_errors, predict_all, predict_outputs, session
+from tvc.export.quantize.progress import counted, step
+from tvc.export.quantize.scoring import (
+    Scorer,
+    logit_errors,
+    predict_all,
+    predict_array,
+    predict_outputs,
+    session,
+)
 from tvc.export.quantize.static import StaticJob
 
 if TYPE_CHECKING:
@@ -97,7 +105,7 @@ def _gate(
     fp32: Path, out: Path, cfg: QuantConfig, judge: Judge, quantized: list[str], build
 ) -> dict[str, Any]:
     """Measure the model at `out`; fall back layers to float (rewriting `out`) until in budget."""
-    before = judge.measure(load_onnx(out))
+    before = judge.measure(load_onnx(out), "INT8 gate: measuring the INT8 model")
     result: dict[str, Any] = {
         "metric": judge.metric,
         "eval_data": judge.eval_data,
@@ -125,9 +133,11 @@ def _gate(
     )
     probe = Scorer(fp32, judge.sensitivity_images())
     scores = []
-    for name in quantized:  # quantize one layer at a time
-        err = probe.score(build(set(quantized) - {name}))
-        scores.append({"node": name, "nmse": err["nmse"], "agreement": err["agreement"]})
+    with step(f"INT8 gate: ranking {len(quantized)} layers by sensitivity", len(quantized)) as adv:
+        for name in quantized:  # quantize one layer at a time
+            err = probe.score(build(set(quantized) - {name}))
+            scores.append({"node": name, "nmse": err["nmse"], "agreement": err["agreement"]})
+            adv()
     scores.sort(key=lambda e: e["nmse"], reverse=True)
     result["sensitivity"] = scores[:20]
 
@@ -136,7 +146,7 @@ def _gate(
     for k in range(1, limit + 1):
         keep = [s["node"] for s in scores[:k]]
         model = build(set(keep))
-        measured = judge.measure(model)
+        measured = judge.measure(model, f"INT8 gate: {k} layer(s) in float")
         log.info("INT8 with %d layer(s) in float: drop %.2f", k, measured["drop"])
         if measured["drop"] < best["drop"] or measured["drop"] <= cfg.budget:
             best = measured
@@ -162,8 +172,9 @@ class Judge(Protocol):
     fp32_score: float
     eval_data: dict[str, Any]  # name, split, n, labelled
 
-    def measure(self, model: ModelProto) -> dict[str, Any]:
-        """At least `score` and `drop` (fp32_score - score, in the metric's points)."""
+    def measure(self, model: ModelProto, what: str = "") -> dict[str, Any]:
+        """At least `score` and `drop` (fp32_score - score, in the metric's points); `what` is
+        the progress line."""
 
     def sensitivity_images(self) -> np.ndarray:
         """Images on which single-layer quantization errors are ranked."""
@@ -196,8 +207,12 @@ class LogitJudge:
         self.eval_data = {"name": data.name, "split": data.split, "n": len(data),
                           "labelled": labelled}  # fmt: skip
 
-    def measure(self, model: ModelProto) -> dict[str, Any]:
-        logits = predict_all(session(model), self.data)
+    def measure(self, model: ModelProto, what: str = "") -> dict[str, Any]:
+        n = len(self.data)
+        with step(f"{what or 'measuring'} on {n} images", n) as adv:
+            sess = session(model)
+            predict = counted(lambda x: predict_array(sess, x), adv)
+            logits = np.concatenate([predict(x) for x, _ in self.data.batches(64)])
         top1 = 100.0 * float(np.mean(logits.argmax(1) == self.labels))
         errs = logit_errors(self.ref, logits)
         score = top1 if self.labelled else errs["agreement"]
@@ -234,8 +249,11 @@ class TaskJudge:
         self.eval_data = {"name": self.fp32.get("dataset"), "split": self.fp32.get("split"),
                           "n": self.fp32.get("n"), "labelled": True}  # fmt: skip
 
-    def measure(self, model: ModelProto) -> dict[str, Any]:
-        result = self.task.evaluate(predict_outputs(model), self.data, reference=self.reference)
+    def measure(self, model: ModelProto, what: str = "") -> dict[str, Any]:
+        n = len(self.images)
+        with step(f"{what or 'measuring'} on {n} images", n) as adv:
+            predict = counted(predict_outputs(model), adv)
+            result = self.task.evaluate(predict, self.data, reference=self.reference)
         score = float(result[self.metric])
         return {"score": round(score, 3), "drop": round(self.fp32_score - score, 3), **result}
 
