@@ -77,3 +77,19 @@ def test_data_importance_is_seeded_and_prunes_every_width(pico, x):
         assert vit_layout(m).embed_dim == 48
         outs.append(m(x))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_compress_ranks_channels_by_data_on_real_images(tmp_path):
+    from click.testing import CliRunner
+
+    from tvc.artifact import load_artifact
+    from tvc.cli import cli
+
+    args = ["compress", "vit_pico", "--prune", "0.3", "--importance", "data"]
+    res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "d"), "--data", "fashion-mnist"])
+    assert res.exit_code == 0, res.output
+    report = load_artifact(tmp_path / "d").meta["metrics"]["compression"]
+    assert report["prune"]["importance"] == "data"
+    res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "no labels needed" in res.output
+    assert not (tmp_path / "e").exists()

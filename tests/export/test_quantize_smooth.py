@@ -78,3 +78,18 @@ def test_smoothing_restores_int8_fidelity_lost_to_outliers(tmp_path, outlier_onn
 def test_smooth_alpha_outside_its_range_is_refused():
     with pytest.raises(ConfigError, match="smooth-alpha"):
         QuantConfig(smooth_alpha=1.5).validate()
+
+
+def test_smoothing_reaches_through_the_reshapes_of_a_batch1_simplified_graph(tmp_path, pico):
+    """onnxslim turns a batch-1 MatMul into Reshape -> Gemm -> Reshape: still smoothed."""
+    from tvc.export.onnx import OnnxExportConfig
+    from tvc.stages.export import export_loaded
+
+    path = export_loaded(with_outliers(pico), tmp_path / "b1", OnnxExportConfig()).path
+    model = prepare(load_onnx(path / "model.onnx"), gemm="split_bias")
+    assert any(n.op_type == "Reshape" for n in model.graph.node)
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    smoothed, report = smooth_layernorms(model, x, input_spec(model), 0.5)
+    assert len(report["smoothed"]) == 4 and report["skipped"] == ["/norm/LayerNormalization"]
+    ref, got = predict_array(session(model), x), predict_array(session(smoothed), x)
+    assert np.allclose(ref, got, atol=1e-4, rtol=1e-4)

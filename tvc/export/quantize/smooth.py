@@ -11,7 +11,8 @@ The division is folded into the LayerNorm's scale and bias, the multiplication i
 so the graph keeps its ops and only constants change; weights stay quantized per output channel,
 which absorbs the larger rows. It applies where it is exact: a LayerNormalization over the last
 axis with constant scale (and bias) whose output is read only by MatMul/Gemm nodes with constant
-weights (the pre-norm ViT's norm1 -> qkv and norm2 -> fc1). Others are left as they are and named
+weights, directly or through Reshapes that keep the channel axis last (the pre-norm ViT's
+norm1 -> qkv and norm2 -> fc1). Others are left as they are and named
 in the report.
 """
 
@@ -81,17 +82,43 @@ def _pairs(model: ModelProto) -> tuple[list[tuple[Any, list[Any]]], list[str]]:
         if ln.op_type != "LayerNormalization":
             continue
         y = ln.output[0]
-        consumers = readers.get(y, [])
         usable = (
             attr(ln, "axis", -1) == -1  # the last axis: one scale per channel
             and ln.input[1] in inits
             and (len(ln.input) < 3 or not ln.input[2] or ln.input[2] in inits)
             and y not in outputs
-            and consumers
-            and all(_linear_reader(n, y, inits) for n in consumers)
         )
-        (pairs.append((ln, consumers)) if usable else skipped.append(ln.name))
+        width = _width(inits[ln.input[1]]) if usable else 0
+        linears = _linear_readers(y, readers, inits, outputs, width) if usable else None
+        (pairs.append((ln, linears)) if linears else skipped.append(ln.name))
     return pairs, skipped
+
+
+def _width(tensor) -> int:
+    return int(np.prod(tensor.dims)) if tensor.dims else 1
+
+
+def _linear_readers(y: str, readers, inits, outputs, width: int) -> list[Any] | None:
+    """The Linear nodes reading `y`, directly or through Reshapes that keep the channel axis
+    last (onnxslim turns a batch-1 MatMul into Reshape -> Gemm -> Reshape); None if anything
+    else reads it."""
+    from onnx import numpy_helper
+
+    found = []
+    for node in readers.get(y, []):
+        if node.op_type == "Reshape" and node.input[0] == y and node.input[1] in inits:
+            shape = numpy_helper.to_array(inits[node.input[1]])
+            if shape.size == 0 or int(shape[-1]) != width or node.output[0] in outputs:
+                return None
+            more = _linear_readers(node.output[0], readers, inits, outputs, width)
+            if not more:
+                return None
+            found.extend(more)
+        elif _linear_reader(node, y, inits):
+            found.append(node)
+        else:
+            return None
+    return found or None
 
 
 def _linear_reader(node, y: str, inits) -> bool:
