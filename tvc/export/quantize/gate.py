@@ -105,7 +105,7 @@ def _gate(
     fp32: Path, out: Path, cfg: QuantConfig, judge: Judge, quantized: list[str], build
 ) -> dict[str, Any]:
     """Measure the model at `out`; fall back layers to float (rewriting `out`) until in budget."""
-    before = judge.measure(load_onnx(out), "INT8 gate: measuring the INT8 model")
+    before = judge.measure(load_onnx(out))
     result: dict[str, Any] = {
         "metric": judge.metric,
         "eval_data": judge.eval_data,
@@ -146,7 +146,7 @@ def _gate(
     for k in range(1, limit + 1):
         keep = [s["node"] for s in scores[:k]]
         model = build(set(keep))
-        measured = judge.measure(model, f"INT8 gate: {k} layer(s) in float")
+        measured = judge.measure(model)
         log.info("INT8 with %d layer(s) in float: drop %.2f", k, measured["drop"])
         if measured["drop"] < best["drop"] or measured["drop"] <= cfg.budget:
             best = measured
@@ -172,9 +172,8 @@ class Judge(Protocol):
     fp32_score: float
     eval_data: dict[str, Any]  # name, split, n, labelled
 
-    def measure(self, model: ModelProto, what: str = "") -> dict[str, Any]:
-        """At least `score` and `drop` (fp32_score - score, in the metric's points); `what` is
-        the progress line."""
+    def measure(self, model: ModelProto) -> dict[str, Any]:
+        """At least `score` and `drop` (fp32_score - score, in the metric's points)."""
 
     def sensitivity_images(self) -> np.ndarray:
         """Images on which single-layer quantization errors are ranked."""
@@ -207,9 +206,9 @@ class LogitJudge:
         self.eval_data = {"name": data.name, "split": data.split, "n": len(data),
                           "labelled": labelled}  # fmt: skip
 
-    def measure(self, model: ModelProto, what: str = "") -> dict[str, Any]:
+    def measure(self, model: ModelProto) -> dict[str, Any]:
         n = len(self.data)
-        with step(f"{what or 'measuring'} on {n} images", n) as adv:
+        with step(f"INT8 gate: measuring on {n} images", n) as adv:
             sess = session(model)
             predict = counted(lambda x: predict_array(sess, x), adv)
             logits = np.concatenate([predict(x) for x, _ in self.data.batches(64)])
@@ -249,9 +248,9 @@ class TaskJudge:
         self.eval_data = {"name": self.fp32.get("dataset"), "split": self.fp32.get("split"),
                           "n": self.fp32.get("n"), "labelled": True}  # fmt: skip
 
-    def measure(self, model: ModelProto, what: str = "") -> dict[str, Any]:
+    def measure(self, model: ModelProto) -> dict[str, Any]:
         n = len(self.images)
-        with step(f"{what or 'measuring'} on {n} images", n) as adv:
+        with step(f"INT8 gate: measuring on {n} images", n) as adv:
             predict = counted(predict_outputs(model), adv)
             result = self.task.evaluate(predict, self.data, reference=self.reference)
         score = float(result[self.metric])
