@@ -93,3 +93,11 @@ def test_compress_ranks_channels_by_data_on_real_images(tmp_path):
     res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "e")])
     assert res.exit_code == 2 and "no labels needed" in res.output
     assert not (tmp_path / "e").exists()
+
+
+def test_data_importance_prunes_a_hugging_face_vit(hf_tiny, x):
+    m = copy.deepcopy(hf_tiny.model)
+    batches = [(x, torch.zeros(4, dtype=torch.long))]
+    prune(m, PruneConfig(0.3, importance="data"), example_input=x[:1], batches=batches)
+    assert vit_layout(m).embed_dim == 48 and m(x).shape == (4, 10)
+    assert torch.isfinite(m(x)).all()
