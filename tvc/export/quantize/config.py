@@ -27,6 +27,9 @@ CALIB_CHUNK_IMAGES = 16  # images whose activations are held in memory at once w
 PARITY_IMAGES = 64
 
 
+SMOOTH_IMAGES = 128  # calibration images whose activation ranges set the SmoothQuant scales
+
+
 @dataclass
 class QuantConfig:
     mode: str = "static"  # static | dynamic

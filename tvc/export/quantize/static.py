@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvc.export.quantize.calibration import calibration_images, run_static
-from tvc.export.quantize.config import PARITY_IMAGES, QuantConfig
+from tvc.export.quantize.config import PARITY_IMAGES, SMOOTH_IMAGES, QuantConfig
 from tvc.export.quantize.graph import (
     all_names,
     check_model,
@@ -82,7 +82,13 @@ class StaticJob:
         x = calibration_images(self.calib, cfg, inputs)
         smoothing: dict[str, Any] = {"alpha": 0.0, "smoothed": []}
         if cfg.smooth_alpha > 0 and cfg.ops == "safe":
-            self.prepared, smoothing = smooth_layernorms(self.prepared, x, inputs, cfg.smooth_alpha)
+            from tvc.data.base import seeded_subset
+
+            sample = x[seeded_subset(len(x), SMOOTH_IMAGES, cfg.seed)]  # spread over the classes
+            self.prepared, smoothing = smooth_layernorms(
+                self.prepared, sample, inputs, cfg.smooth_alpha
+            )
+            smoothing["images"] = len(sample)
         prepared_path = save_onnx(self.prepared, self.tmp / "prepared.onnx")
         run_static(prepared_path, self.out, x, inputs, cfg, candidates, self.exclude)
         self.qdq = load_onnx(self.out)
