@@ -266,7 +266,7 @@ class _Variants:
 def _count_line(images, requested: int, spec: str) -> str:
     """How many calibration images there really are, and why when fewer than asked."""
     n = len(images)
-    line = f"{n} images of {spec} ({images.split} split)"
+    line = f"{n} images of {spec} ({getattr(images, 'split', 'train')} split)"
     if n < requested:
         line += f"; --calib-size asked for {requested} but the split holds only {n}"
     skipped = getattr(images, "skipped", 0)
