@@ -184,7 +184,7 @@ def test_ratio_outside_open_interval(ratio):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"importance": "l1"}, "magnitude, taylor, random"),
+        ({"importance": "l1"}, "magnitude, data, taylor, random"),
         ({"round_to": 0}, "round_to"),
         ({"steps": 0}, "steps"),
     ],

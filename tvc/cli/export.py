@@ -58,6 +58,10 @@ def _print_export(art) -> None:
             line += f", {v.get('metric', 'quality')} drop {v['drop']:.2f} points"
         if v.get("float_layers"):
             line += f", {len(v['float_layers'])} layer(s) kept in float"
+        speedup = (v.get("latency_ms") or {}).get("speedup")
+        if speedup is not None:
+            slower = " (SLOWER than FP32)" if speedup < 1.0 else ""
+            line += f", {speedup:.2f}x FP32 speed{slower} (indicative, 1 thread)"
         click.echo(line)
         for extra in _variant_lines(task, v):
             click.echo(f"    {extra}")

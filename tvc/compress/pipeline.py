@@ -28,6 +28,7 @@ log = logging.getLogger("tvc")
 SAMPLE_INPUTS = 32  # held-out inputs for output agreement and low-rank errors
 RANDOM_SAMPLES = 8  # random inputs when there is no data
 TAYLOR_BATCHES, TAYLOR_BATCH_SIZE = 4, 32  # labelled images for taylor importance
+DATA_BATCHES = 8  # batches of TAYLOR_BATCH_SIZE images for data importance (labels unused)
 
 
 def compress_model(
@@ -68,8 +69,9 @@ def compress_model(
     with merging_suspended(student.model):
         if cfg.prune is not None:
             batches = None
-            if cfg.importance == "taylor":
-                batches = task.taylor_batches(info, cfg.data, TAYLOR_BATCHES, TAYLOR_BATCH_SIZE)
+            if cfg.importance in ("taylor", "data"):  # data reads the images only
+                n = TAYLOR_BATCHES if cfg.importance == "taylor" else DATA_BATCHES
+                batches = task.taylor_batches(info, cfg.data, n, TAYLOR_BATCH_SIZE)
             log.info("pruning %s by %.0f%%", info.name, cfg.prune * 100)
             report["prune"] = task.prune(
                 student.model, settings, example=samples[:1], batches=batches

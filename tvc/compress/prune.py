@@ -6,7 +6,8 @@ dimensions of every head) and the MLP hidden width; and, shared by all blocks, t
 
 How: torch-pruning's DependencyGraph finds every tensor coupled to a channel (q, k and v of a head,
 the norms and position embedding of the residual stream, the classifier's inputs), and its group
-importances (GroupMagnitudeImportance, GroupTaylorImportance, RandomImportance) score them. Which
+importances (GroupMagnitudeImportance, GroupTaylorImportance, RandomImportance) or tvc's
+label-free feature-matching Fisher (`data`, tvc.compress.fisher) score them. Which
 channels to remove is decided here rather than by torch-pruning's MetaPruner, because a ViT has a
 known layout: counts are exact, rounded to `round_to` for hardware alignment, whole heads stay
 whole, and a ratio that would empty a layer is refused before anything changes. Afterwards the
@@ -38,7 +39,7 @@ from tvc.models.structure import LowRankLinear
 
 log = logging.getLogger("tvc")
 
-IMPORTANCES = ("magnitude", "taylor", "random")
+IMPORTANCES = ("magnitude", "data", "taylor", "random")
 # Parts `keep` can name; anything else in `keep` is a block name such as "blocks.3" or
 # "blocks.3.mlp" (a prefix of the attention / MLP module names).
 KEEP_PARTS = ("head", "embed", "attn", "mlp")
@@ -54,7 +55,7 @@ class PruneConfig:
     """How to prune. Validated on construction; every error names the valid range."""
 
     ratio: float  # fraction of each width to remove, in (0, 1)
-    importance: str = "magnitude"  # magnitude | taylor | random
+    importance: str = "magnitude"  # magnitude | data | taylor | random
     global_pruning: bool = False  # rank channels / heads across blocks instead of per block
     prune_heads: bool = False  # remove whole heads (else: dimensions of every head)
     round_to: int = 8  # kept channel counts are multiples of this (heads stay whole)
@@ -118,8 +119,9 @@ def prune(
     """Prune `model` in place to `cfg` and return a summary of what was removed.
 
     `example_input` is one input batch for tracing; `batches` are (images, labels) tensors for
-    taylor importance; `between_steps(model, step)` runs after every step but the last (e.g. a
-    short fine-tune) when `cfg.steps > 1`. On error the model may be half-pruned: prune a copy.
+    taylor importance (data importance reads only the images); `between_steps(model, step)`
+    runs after every step but the last (e.g. a short fine-tune) when `cfg.steps > 1`. On error
+    the model may be half-pruned: prune a copy.
     """
     tp = require("torch_pruning", "structured pruning")
     layout = vit_layout(model)
@@ -127,9 +129,10 @@ def prune(
     _check_classifier(layout, cfg)
     if cfg.prune_heads:
         layout.check_head_pruning()
-    if cfg.importance == "taylor" and not batches:
+    if cfg.importance in ("taylor", "data") and not batches:
+        what = "labelled images" if cfg.importance == "taylor" else "images"
         raise ConfigError(
-            "taylor importance needs a few batches of labelled images",
+            f"{cfg.importance} importance needs a few batches of {what}",
             "pass --data DATA, or use --importance magnitude",
         )
     original = _unit_widths(layout)
@@ -147,11 +150,14 @@ def prune(
             )
     for step in range(1, cfg.steps + 1):
         ratio = cfg.ratio * step / cfg.steps
+        scorer = _importance(cfg.importance)
         if cfg.importance == "taylor":
             _taylor_gradients(model, batches or [], num_classes)
+        elif cfg.importance == "data":
+            scorer = _data_importance(model, batches or [], cfg.seed + step)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + step)  # random importance is reproducible
-            ops, attn_shapes = _plan(layout, graph, tp, cfg, original, ratio)
+            ops, attn_shapes = _plan(layout, graph, tp, scorer, cfg, original, ratio)
         embed_before = layout.embed_dim
         for root, fn, idxs in ops:
             group = graph.get_pruning_group(root, fn, idxs)
@@ -181,11 +187,18 @@ def prune(
 
 def _importance(name: str):
     tp = require("torch_pruning", "structured pruning")
-    if name == "magnitude":
+    if name in ("magnitude", "data"):  # data: replaced per step by _data_importance
         return tp.importance.GroupMagnitudeImportance(p=2)
     if name == "taylor":
         return tp.importance.GroupTaylorImportance()
     return tp.importance.RandomImportance()
+
+
+def _data_importance(model: nn.Module, batches: Batches, seed: int):
+    """Feature-matching Fisher scores of the model as it is now (labels are ignored)."""
+    from tvc.compress.fisher import feature_fisher, fisher_importance
+
+    return fisher_importance(feature_fisher(model, [x for x, _ in batches], seed=seed))
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:
@@ -349,10 +362,17 @@ def _global_counts(
     return counts
 
 
-def _plan(layout: VitLayout, graph, tp, cfg: PruneConfig, original: dict[str, Any], ratio: float):
+def _plan(
+    layout: VitLayout,
+    graph,
+    tp,
+    scorer,
+    cfg: PruneConfig,
+    original: dict[str, Any],
+    ratio: float,
+):
     """The (root, pruning fn, channel indices) to remove in this step, and each attention's
     (heads, head_dim) afterwards. All scores are taken before anything is pruned."""
-    scorer = _importance(cfg.importance)
     uniform = _uniform_targets(layout, original, cfg, ratio)
     ops = []
 

@@ -143,6 +143,7 @@ class _Variants:
         self.fp32 = w.path_for(MODEL_FILE)
         self.variants = w.meta.setdefault("variants", {MODEL_FILE: {"precision": "fp32"}})
         self._test: tuple[Any, dict[str, Any]] | None = None
+        self.gate_limit = cfg.gate_samples or task.export_eval_limit
 
     def data(self, spec: str, split: str, limit: int | None):
         return self.task.load_data(spec, split, self.info, limit=limit)
@@ -153,7 +154,14 @@ class _Variants:
             from tvc.export.quantize.graph import load_onnx
             from tvc.export.quantize.scoring import predict_outputs
 
-            data = self.data(self.cfg.eval_data, "test", self.task.export_eval_limit)
+            data = self.data(self.cfg.eval_data, "test", self.gate_limit)
+            misfit = self.task.labels_misfit(self.info, data)
+            if misfit:
+                raise ConfigError(
+                    f"--eval-data {self.cfg.eval_data} {misfit}",
+                    "pass data labelled with the model's classes, or drop --eval-data (the "
+                    "INT8 gate then holds the model to agreement with FP32)",
+                )
             self._test = (data, self.task.evaluate(predict_outputs(load_onnx(self.fp32)), data))
         return self._test[1]
 
@@ -176,6 +184,7 @@ class _Variants:
 
     def int8(self) -> None:
         from tvc.export.quantize import QuantConfig, quantize_dynamic
+        from tvc.export.quantize.progress import shown
 
         cfg, fname = self.cfg, INT8_FILES[self.cfg.int8]
         path = self.w.path_for(fname)
@@ -185,42 +194,57 @@ class _Variants:
             calib_method=cfg.calib_method,
             budget=cfg.int8_budget,
             ops=cfg.int8_ops,
+            smooth_alpha=cfg.smooth_alpha,
             allow_accuracy_drop=cfg.allow_accuracy_drop,
+            sensitivity_samples=min(128, self.gate_limit),
         )
-        images = None
+        images, count = None, ""
         if self.calib:
-            log.info("loading %d calibration images of %s", cfg.calib_size, self.calib)
             images = self.task.images(self.data(self.calib, "train", cfg.calib_size))
-        if cfg.int8 == "dynamic":
-            log.info("writing the dynamic INT8 variant")
-            report = quantize_dynamic(self.fp32, path, qcfg, check_data=images)
-            variant = {"precision": "int8-dynamic", **report}
-        else:
-            variant = {"precision": "int8-qdq", **self._static(path, images, qcfg)}
+            count = _count_line(images, cfg.calib_size, self.calib)
+            log.info("calibration: %s", count)
+        with shown():
+            if cfg.int8 == "dynamic":
+                log.info("writing the dynamic INT8 variant")
+                report = quantize_dynamic(self.fp32, path, qcfg, check_data=images)
+                variant = {"precision": "int8-dynamic", **report}
+            else:
+                variant = {"precision": "int8-qdq", **self._static(path, images, qcfg)}
+                variant["calibration"]["note"] = count
         variant["parity_vs_fp32"] = self._parity(path, images, "int8")
         variant["trt_readiness"] = _trt_readiness(path, warn=cfg.int8 == "static")
+        variant.setdefault("latency_ms", indicative_latency(self.fp32, path))
+        _warn_if_slower(fname, variant)
         self.variants[fname] = variant
 
     def _static(self, path: Path, images, qcfg) -> dict[str, Any]:
         """Calibrated Q/DQ held to --int8-budget in the task's metric on the gate data:
         --eval-data's test split, else the calibration set's val split."""
-        from tvc.export.quantize import TaskJudge, quantize_with_gate
+        from tvc.export.quantize import LogitJudge, TaskJudge, quantize_with_gate
 
-        limit = self.task.export_eval_limit
         if self.cfg.eval_data:
             self.fp32_quality()
             data, fp32 = self._test
         else:
-            data, fp32 = self.data(self.calib, "val", limit), None
-        log.info("calibrating static INT8 on %d images of %s", len(images), self.calib)
-        judge = TaskJudge(
-            self.task, self.fp32, data, self.task.images(data), qcfg, fp32_result=fp32
-        )
+            data, fp32 = self.data(self.calib, "val", self.gate_limit), None
+        misfit = None if self.cfg.eval_data else self.task.labels_misfit(self.info, data)
+        if misfit:
+            # The labels cannot score this head: hold INT8 to FP32's own predictions instead.
+            log.warning("the gate data %s %s %s; the INT8 gate measures agreement with FP32",
+                        self.calib, data.split, misfit)  # fmt: skip
+            judge = LogitJudge(self.fp32, self.task.images(data), False, qcfg)
+        else:
+            judge = TaskJudge(
+                self.task, self.fp32, data, self.task.images(data), qcfg, fp32_result=fp32
+            )
         report = quantize_with_gate(self.fp32, path, images, qcfg, None, judge=judge)
+        if misfit:
+            report["gate_note"] = f"{self.calib} {data.split} {misfit}; measured agreement"
         report["calibration"] = {
             **report.get("calibration", {}),
             "data": self.calib,
             "split": "train",
+            "requested": self.cfg.calib_size,
         }
         report["latency_ms"] = indicative_latency(self.fp32, path)
         return report
@@ -261,6 +285,37 @@ class _Variants:
                 )
                 log.warning("%s PARITY OUTSIDE TOLERANCE: %s", precision.upper(), record["warning"])
         return record
+
+
+def _count_line(images, requested: int, spec: str) -> str:
+    """How many calibration images there really are, and why when fewer than asked."""
+    n = len(images)
+    line = f"{n} images of {spec} ({getattr(images, 'split', 'train')} split)"
+    if n < requested:
+        line += f"; --calib-size asked for {requested} but the split holds only {n}"
+    skipped = getattr(images, "skipped", 0)
+    if skipped:
+        line += f"; {skipped} unreadable file(s) left out"
+    return line
+
+
+def _warn_if_slower(fname: str, variant: dict[str, Any]) -> None:
+    """A variant meant to be faster that measured slower than FP32 says so on the terminal."""
+    lat = variant.get("latency_ms") or {}
+    speedup = lat.get("speedup")
+    if speedup is None or speedup >= 1.0:
+        return
+    p = variant.get("parity_vs_fp32", {})
+    agree = p.get("top1_agreement", p.get("class_agreement", p.get("agreement")))
+    fidelity = f", top-1 agreement with FP32 {agree:.1%}" if isinstance(agree, float) else ""
+    variant["slower_than_fp32"] = True
+    log.warning(
+        "%s IS SLOWER THAN FP32 here: speed-up %.2fx (indicative ORT CPU p50, 1 thread, batch 1)"
+        "%s; deploy model.onnx on this kind of machine, or try --int8 dynamic",
+        fname,
+        speedup,
+        fidelity,
+    )
 
 
 def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:

@@ -450,7 +450,7 @@ def plan(recipe: Recipe, *, data: str | None = None) -> list[Step]:
         wanted = {
             "train": "data",
             "compress": "data"
-            if "distill" in options or options.get("importance") == "taylor"
+            if "distill" in options or options.get("importance") in ("taylor", "data")
             else None,
             "export": "calib" if options.get("int8") == "static" else None,
         }.get(kind)

@@ -75,6 +75,13 @@ class Config(ModelOptions, OutputOptions):
     allow_accuracy_drop: bool = option(
         False, "Keep an INT8 model that misses its budget (exit 0, loud warning)."
     )
+    smooth_alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Static INT8: SmoothQuant strength moving activation outliers of each "
+        "LayerNorm into the next Linear's weights (0: off).",
+    )
     int8_ops: Literal["safe", "all"] = option(
         "safe", "safe: only Linear/MatMul inputs; all: every op (the naive setting)."
     )
@@ -82,6 +89,12 @@ class Config(ModelOptions, OutputOptions):
         None,
         "DATA for the INT8 accuracy gate (default: the calibration set's val split); its test "
         "split also measures the FP32 model.",
+    )
+    gate_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Images the INT8 accuracy gate measures on (fewer: a faster, coarser "
+        "gate) [default: the task's, 2000 for classifiers].",
     )
     trt: bool = option(False, "Build a TensorRT engine on this machine.")
     # Unset, the profile is the ONNX model's batch (a fixed-batch graph takes only that one);

@@ -211,7 +211,7 @@ class Task(ABC):
         from tvc.errors import ConfigError
 
         raise ConfigError(
-            f"--importance taylor is not available for the {self.name} task",
+            f"--importance taylor and data are not available for the {self.name} task",
             "use --importance magnitude",
         )
 
@@ -271,6 +271,11 @@ class Task(ABC):
     def export_io(self, info: ModelInfo, io: dict[str, Any]) -> dict[str, Any]:
         """artifact.json's `io` (inputs, outputs, mean, std) with what this task adds."""
         return io
+
+    def labels_misfit(self, info: ModelInfo, data: Any) -> str | None:
+        """Why `data`'s labels cannot score this model (e.g. a class-count mismatch), or None
+        when they can. The INT8 gate then holds the model to agreement with FP32 instead."""
+        return None
 
     def images(self, data: Any) -> Any:
         """`load_data`'s result as an image set (tvc.data.base.ImageSet): what INT8

@@ -104,6 +104,14 @@ class ClassificationTask(Task):
             "rel_error": float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12)),
         }
 
+    def labels_misfit(self, info: ModelInfo, data: ImageSet) -> str | None:
+        if data.num_classes != info.num_classes:
+            return (
+                f"has {data.num_classes} classes but the model's head has {info.num_classes}, "
+                "so its labels cannot measure the model's accuracy"
+            )
+        return None
+
     def evaluate(
         self,
         predict: Predict,

@@ -75,8 +75,9 @@ class CalibrationReader:
     and len/set_range for strided calibration).
     """
 
-    def __init__(self, x: np.ndarray, inputs: InputSpec) -> None:
+    def __init__(self, x: np.ndarray, inputs: InputSpec, on_item=None) -> None:
         b = inputs.fixed_batch or min(8, len(x))
+        self.on_item = on_item  # called with the batch size of every item handed out
         pad = (-len(x)) % b
         if pad:  # a fixed-batch model needs full batches: repeat the last images
             x = np.concatenate([x, x[-1:].repeat(pad, axis=0)])
@@ -102,6 +103,8 @@ class CalibrationReader:
             return None
         item = self.items[self._pos]
         self._pos += 1
+        if self.on_item is not None:
+            self.on_item(self.batch)
         return item
 
 
@@ -129,7 +132,15 @@ def run_static(
 ) -> None:
     from onnxruntime import quantization as oq
 
+    from tvc.export.quantize.progress import step
+
     reader = CalibrationReader(x, inputs)
+    with step(f"calibrating static INT8 on {len(x)} images", len(reader) * reader.batch) as adv:
+        reader.on_item = adv
+        _run_static(oq, prepared, out, reader, cfg, nodes, exclude)
+
+
+def _run_static(oq, prepared, out, reader, cfg, nodes, exclude) -> None:
     extra: dict[str, Any] = {
         "ActivationSymmetric": True,  # zero point 0: what TensorRT requires
         "WeightSymmetric": True,

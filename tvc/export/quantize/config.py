@@ -27,6 +27,9 @@ CALIB_CHUNK_IMAGES = 16  # images whose activations are held in memory at once w
 PARITY_IMAGES = 64
 
 
+SMOOTH_IMAGES = 128  # calibration images whose activation ranges set the SmoothQuant scales
+
+
 @dataclass
 class QuantConfig:
     mode: str = "static"  # static | dynamic
@@ -39,6 +42,7 @@ class QuantConfig:
     percentile: float = 99.999  # for calib_method="percentile"
     sensitivity_samples: int = 128  # images used to rank layers in the accuracy gate
     max_float_layers: int | None = None  # stop falling back after this many layers (None: all)
+    smooth_alpha: float = 0.5  # static: SmoothQuant migration strength (0: off); see smooth.py
 
     def validate(self) -> None:
         def bad(what: str, fix: str) -> ConfigError:
@@ -64,6 +68,11 @@ class QuantConfig:
         if self.sensitivity_samples < 1:
             raise bad(
                 f"sensitivity_samples must be >= 1, got {self.sensitivity_samples}", "e.g. 128"
+            )
+        if not 0 <= self.smooth_alpha <= 1:  # also catches NaN
+            raise bad(
+                f"--smooth-alpha must be in [0, 1], got {self.smooth_alpha}",
+                "e.g. --smooth-alpha 0.5, or 0 to turn smoothing off",
             )
         if self.max_float_layers is not None and self.max_float_layers < 0:
             raise bad(

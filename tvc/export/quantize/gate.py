@@ -17,7 +17,15 @@ from tvc.export.quantize.calibration import check_image_size
 from tvc.export.quantize.config import QuantConfig
 from tvc.export.quantize.dynamic import quantize_dynamic, run_dynamic
 from tvc.export.quantize.graph import check_model, input_spec, load_onnx, prepare, save_onnx, sizes
-from tvc.export.quantize.scoring import Scorer, logit_errors, predict_all, predict_outputs, session
+from tvc.export.quantize.progress import counted, step
+from tvc.export.quantize.scoring import (
+    Scorer,
+    logit_errors,
+    predict_all,
+    predict_array,
+    predict_outputs,
+    session,
+)
 from tvc.export.quantize.static import StaticJob
 
 if TYPE_CHECKING:
@@ -125,9 +133,11 @@ def _gate(
     )
     probe = Scorer(fp32, judge.sensitivity_images())
     scores = []
-    for name in quantized:  # quantize one layer at a time
-        err = probe.score(build(set(quantized) - {name}))
-        scores.append({"node": name, "nmse": err["nmse"], "agreement": err["agreement"]})
+    with step(f"INT8 gate: ranking {len(quantized)} layers by sensitivity", len(quantized)) as adv:
+        for name in quantized:  # quantize one layer at a time
+            err = probe.score(build(set(quantized) - {name}))
+            scores.append({"node": name, "nmse": err["nmse"], "agreement": err["agreement"]})
+            adv()
     scores.sort(key=lambda e: e["nmse"], reverse=True)
     result["sensitivity"] = scores[:20]
 
@@ -197,7 +207,11 @@ class LogitJudge:
                           "labelled": labelled}  # fmt: skip
 
     def measure(self, model: ModelProto) -> dict[str, Any]:
-        logits = predict_all(session(model), self.data)
+        n = len(self.data)
+        with step(f"INT8 gate: measuring on {n} images", n) as adv:
+            sess = session(model)
+            predict = counted(lambda x: predict_array(sess, x), adv)
+            logits = np.concatenate([predict(x) for x, _ in self.data.batches(64)])
         top1 = 100.0 * float(np.mean(logits.argmax(1) == self.labels))
         errs = logit_errors(self.ref, logits)
         score = top1 if self.labelled else errs["agreement"]
@@ -235,7 +249,10 @@ class TaskJudge:
                           "n": self.fp32.get("n"), "labelled": True}  # fmt: skip
 
     def measure(self, model: ModelProto) -> dict[str, Any]:
-        result = self.task.evaluate(predict_outputs(model), self.data, reference=self.reference)
+        n = len(self.images)
+        with step(f"INT8 gate: measuring on {n} images", n) as adv:
+            predict = counted(predict_outputs(model), adv)
+            result = self.task.evaluate(predict, self.data, reference=self.reference)
         score = float(result[self.metric])
         return {"score": round(score, 3), "drop": round(self.fp32_score - score, 3), **result}
 

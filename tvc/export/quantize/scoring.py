@@ -77,10 +77,18 @@ class Scorer:
 def logit_errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     diff = (got.astype(np.float64) - ref.astype(np.float64)).reshape(len(ref), -1)
     energy = float(np.mean(ref.astype(np.float64) ** 2)) or 1.0
+    a, b = (
+        ref.astype(np.float64).reshape(len(ref), -1),
+        got.astype(np.float64).reshape(len(ref), -1),
+    )
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cos = (a * b).sum(1) / norms
     return {
         "agreement": round(100.0 * float(np.mean(ref.argmax(1) == got.argmax(1))), 3),
         "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0,
         "mean_abs_diff": float(np.abs(diff).mean()) if diff.size else 0.0,
         "nmse": float(np.mean(diff**2) / energy),  # logit MSE relative to the logits' power
+        "cosine_mean": round(float(cos.mean()), 6) if cos.size else 1.0,
+        "cosine_min": round(float(cos.min()), 6) if cos.size else 1.0,
         "n": len(ref),
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvc.export.quantize.calibration import calibration_images, run_static
-from tvc.export.quantize.config import PARITY_IMAGES, QuantConfig
+from tvc.export.quantize.config import PARITY_IMAGES, SMOOTH_IMAGES, QuantConfig
 from tvc.export.quantize.graph import (
     all_names,
     check_model,
@@ -28,6 +28,7 @@ from tvc.export.quantize.graph import (
     sizes,
 )
 from tvc.export.quantize.scoring import Scorer
+from tvc.export.quantize.smooth import smooth_layernorms
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -79,6 +80,15 @@ class StaticJob:
             raise no_layers(self.fp32, cfg.ops)
         inputs = input_spec(self.prepared)
         x = calibration_images(self.calib, cfg, inputs)
+        smoothing: dict[str, Any] = {"alpha": 0.0, "smoothed": []}
+        if cfg.smooth_alpha > 0 and cfg.ops == "safe":
+            from tvc.data.base import seeded_subset
+
+            sample = x[seeded_subset(len(x), SMOOTH_IMAGES, cfg.seed)]  # spread over the classes
+            self.prepared, smoothing = smooth_layernorms(
+                self.prepared, sample, inputs, cfg.smooth_alpha
+            )
+            smoothing["images"] = len(sample)
         prepared_path = save_onnx(self.prepared, self.tmp / "prepared.onnx")
         run_static(prepared_path, self.out, x, inputs, cfg, candidates, self.exclude)
         self.qdq = load_onnx(self.out)
@@ -105,6 +115,7 @@ class StaticJob:
             "weights": "int8 symmetric (zero point 0), per output channel",
             "activations": "int8 symmetric (zero point 0), per tensor",
             "calibration": calib_info,
+            "smoothing": smoothing,
             "quantized_nodes": quantized,
             "quantized_op_types": dict(Counter(op_types(self.qdq, quantized))),
             "float_op_types": float_op_types(self.qdq, set(quantized)),
