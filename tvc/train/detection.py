@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
+from tvc.progress import Progress
 from tvc.train.set_loss import (
     SetLossConfig,
     assign,
@@ -96,8 +97,10 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, cfg.warmup_steps))
     model.train()
     history, t0, step = [], time.perf_counter(), 0
+    bar = Progress().__enter__()  # a bar on a terminal, plain lines in a log
     try:
         for epoch in range(cfg.epochs):
+            bar.task(f"train epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
             sums: dict[str, float] = {}
             for x, targets, _ in data.batches(
                 cfg.batch_size,
@@ -121,8 +124,10 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
                 opt.step()
                 sched.step()
                 step += 1
+                bar.advance()
                 for k, v in {"loss": loss.item(), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v
+            bar.done()
             epoch_means = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
             history.append(epoch_means)
             log.info(
@@ -132,6 +137,7 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
                 ", ".join(f"{k} {v:.3f}" for k, v in epoch_means.items()),
             )
     finally:
+        bar.__exit__(None, None, None)
         model.eval()
     # a diverged run must not save as a success
     check_finite_model(model, "training", "the run diverged: lower --lr and run it again")

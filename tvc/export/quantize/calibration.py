@@ -15,6 +15,7 @@ import numpy as np
 from tvc.errors import ConfigError, DataError, UnsupportedModelError, first_line
 from tvc.export.quantize.config import CALIB_CHUNK_IMAGES, CALIB_METHODS, LINEAR_OPS, QuantConfig
 from tvc.export.quantize.graph import InputSpec
+from tvc.progress import Progress
 
 if TYPE_CHECKING:
     from tvc.data.base import ImageSet
@@ -84,6 +85,7 @@ class CalibrationReader:
         self.items = [{inputs.name: x[i : i + b]} for i in range(0, len(x), b)]
         self.start, self.end = 0, len(self.items)
         self._pos = 0
+        self.progress: Progress | None = None  # advanced once per batch ORT takes
 
     def __len__(self) -> int:
         return len(self.items)
@@ -102,6 +104,8 @@ class CalibrationReader:
             return None
         item = self.items[self._pos]
         self._pos += 1
+        if self.progress is not None:
+            self.progress.advance()
         return item
 
 
@@ -150,7 +154,9 @@ def run_static(
     else:
         kwargs.update(nodes_to_exclude=exclude)
     try:
-        with quiet_ort():
+        with quiet_ort(), Progress() as bar:
+            bar.task(f"INT8 calibration ({len(x)} images)", len(reader))
+            reader.progress = bar
             oq.quantize_static(
                 str(prepared),
                 str(out),
