@@ -68,3 +68,18 @@ def test_cli_bench_of_several_targets_prints_intervals_and_ratios(tmp_path):
     assert "a fp32 (CPUExecutionProvider, 1 thread(s), batch 1): p50 " in r.output
     assert "95% CI" in r.output and "p99" in r.output
     assert "b fp32 vs a fp32 (CPUExecutionProvider, 1 thread(s), batch 1): " in r.output
+
+
+def test_load_is_judged_against_the_machine_not_the_pinned_cpus():
+    """The load average is machine-wide: pinning the benchmark to one CPU must not make a load
+    of 1.5 on a 2-CPU machine look like an overload."""
+    import os
+
+    from tvc.runtime.noise import cpu_count, pin_cpus, unpin
+
+    pinned, previous = pin_cpus(1)
+    assert pinned is None or len(os.sched_getaffinity(0)) == 1
+    try:
+        assert cpu_count() == (os.cpu_count() or 1)
+    finally:
+        unpin(previous)

@@ -20,6 +20,7 @@ log = logging.getLogger("tvc")
 MAX_RATIO = 0.95  # the widest pruning the search tries
 TOLERANCE = 0.005  # stop once the kept fraction is this close to the target
 ITERATIONS = 14  # bisection steps at most (2^-14 of the ratio range)
+MIN_STEP = 0.002  # stop once the bracket is this narrow
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def solve_width_ratio(
             lo = mid
         else:
             hi = mid
+        if hi - lo < MIN_STEP:  # finer than any width step the structure can take
+            break
     if best is None:
         from tvc.errors import ConfigError
 
