@@ -254,6 +254,9 @@ def test_cli_run_prints_progress_and_where_the_report_is(fake, tmp_path):
     assert f"[3/4] bench: tvc bench {tmp_path / 'run/a'} {tmp_path / 'run/b'} --names a,b" in (
         res.output
     )
+    # the stage's summary: each variant's p50 and the speed-up of b over a, measured together
+    assert "    a fp32 (CPUExecutionProvider, all thread(s), batch 1): p50 1 ms" in res.output
+    assert "    b fp32 vs a fp32 (CPUExecutionProvider, all thread(s), batch 2): " in res.output
     assert "pico: 4 stage(s) ran, 0 unchanged" in res.output
     assert f"report: {tmp_path / 'run/report/report.md'}" in res.output
     fake.fail["report"] = 2

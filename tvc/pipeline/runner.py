@@ -35,11 +35,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tvc.artifact import clean_stale, is_artifact, load_artifact, pid_alive, sha256_file
 from tvc.errors import ConfigError, TvcError, storage_error
 from tvc.pipeline.recipe import Recipe, Step, plan
+
+if TYPE_CHECKING:
+    from tvc.records import BenchRecord
 
 STATE_FILE = "run.json"
 RECORDS_FILE = "records.json"
@@ -358,7 +361,11 @@ class Runner:
                     exit_code=code if code > 0 else 128 - code,  # killed by signal N: 128 + N
                 )
         if step.kind == "bench":
-            self._merge_records(step, out, texts)
+            from tvc.runtime.compare import summary_lines
+
+            # each variant's p50 with its interval, the evaluation set, the speed-ups
+            for line in summary_lines(self._merge_records(step, out, texts)):
+                self.echo(f"    {line}")
         oid = output_id(step, out)
         if oid is None:
             raise StageFailedError(
@@ -380,7 +387,7 @@ class Runner:
         self.echo(f"{counter} {step.title}: done in {seconds:.1f} s -> {out}")
         return StageResult(step, "ran", seconds, out, texts)
 
-    def _merge_records(self, step: Step, out: Path, texts: list[str]) -> None:
+    def _merge_records(self, step: Step, out: Path, texts: list[str]) -> list[BenchRecord]:
         """One records.json for the stage: the variants, already named after the stage they
         came from, each carrying the commands of the stages upstream of it."""
         from tvc.records import read_records, write_records
@@ -402,6 +409,7 @@ class Runner:
             }
             merged.append(rec)
         write_records(merged, out / RECORDS_FILE)
+        return merged
 
 
 def checkpoint_left(out: Path) -> bool:
