@@ -242,3 +242,10 @@ def test_recorded_commands_name_paths_relative_to_the_working_directory(tmp_path
     assert "tvc bench run/export --names vit_pico --json run/bench/bench.json" in text
     commands = [line for line in text.splitlines() if line.strip().startswith("tvc ")]
     assert len(commands) == 2 and not any(str(tmp_path) in c for c in commands)
+
+
+def test_a_compress_stage_may_prune_to_a_parameter_target_or_merge_tokens_alone():
+    for option in ("prune_params: 0.3", "merge_tokens: '2'"):
+        text = f"name: p\nmodel: vit_pico\nstages:\n  - compress: {{{option}}}\n  - export: {{}}\n"
+        steps = plan(parse_recipe(text, "r.yaml"))
+        assert steps[0].kind == "compress" and option.split(":")[0] in steps[0].options
