@@ -154,3 +154,22 @@ class Progress:
         eta = elapsed * (1 - frac) / frac if frac > 0 else None
         tail = f" eta {duration(eta)}" if eta is not None else ""
         return f"{self.what} {frac:.0%} ({self.count}/{self.total}){tail}"
+
+
+def size_of(items: object) -> int | None:
+    """len(items), or None for what has no length."""
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def counted(predict: Callable[[Any], Any], bar: Progress) -> Callable[[Any], Any]:
+    """`predict(batch)` that advances `bar` by the batch's length: evaluation progress."""
+
+    def run(x: Any) -> Any:
+        out = predict(x)
+        bar.advance(len(x))
+        return out
+
+    return run

@@ -186,7 +186,7 @@ def measure(
 ) -> tuple[Task, dict[str, Any]]:
     """The task of `runner`'s model and its quality on `data` (the task's evaluate result);
     `reference` (an open runner and its facts) adds the agreement with it."""
-    from tvc.progress import Progress
+    from tvc.progress import Progress, counted, size_of
     from tvc.runtime.predict import runner_outputs
     from tvc.stages.common import check_data_task
     from tvc.tasks import task_for_info
@@ -208,22 +208,10 @@ def measure(
     dataset = data.get(task, info)
     predict = runner_outputs(runner)
     with Progress() as bar:  # a bar on a terminal, plain lines in a log
-        bar.task(f"evaluating {variant.label} on {data.spec}", _size(dataset), unit="images")
-
-        def counted(x):
-            out = predict(x)
-            bar.advance(len(x))
-            return out
-
-        quality = task.evaluate(counted, dataset, batch_size=batch_size, reference=ref_predict)
+        bar.task(f"evaluating {variant.label} on {data.spec}", size_of(dataset), unit="images")
+        quality = task.evaluate(counted(predict, bar), dataset, batch_size=batch_size,
+                                reference=ref_predict)  # fmt: skip
     return task, quality
-
-
-def _size(dataset: object) -> int | None:
-    try:
-        return len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def _view(info: ModelInfo) -> tuple:
