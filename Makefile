@@ -9,11 +9,13 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 .PHONY: setup demo test lint format clean
 
 $(STAMP): pyproject.toml
-	@# System packages: the real Fashion-MNIST, and chromium for the report's browser test.
+	@# System packages: the real Fashion-MNIST, and chromium for the report's browser checks
+	@# (tests/report/test_browser.py); installed as root with apt-get, announced by a line.
 	@if ! test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || ! command -v chromium >/dev/null; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: dataset-fashion-mnist (the demo's data) and chromium (for the report's browser checks in the tests)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
-	  else echo "note: install Debian's dataset-fashion-mnist and chromium (as root) for the full demo and tests"; fi; \
+	  else echo "note: install Debian's dataset-fashion-mnist (the demo's data) and chromium (the report's browser checks in the tests) as root for the full demo and tests"; fi; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -35,12 +35,15 @@ def demo_recipe(detection: bool = False, lanes: bool = False) -> str:
 
 
 def run_demo(out: Path, *, threads: int | None = None, detection: bool = False,
-             echo: Echo = print, progress: Echo = print, lanes: bool = False) -> None:  # fmt: skip
-    """Run the demo recipe in `out`: `progress` gets the stages' lines, `echo` the result."""
+             echo: Echo = print, progress: Echo = print, lanes: bool = False,
+             force: bool = False) -> None:  # fmt: skip
+    """Run the demo recipe in `out`: `progress` gets the stages' lines, `echo` the result.
+    With `force` every stage runs again and replaces its previous output (a fresh measurement);
+    without it, stages whose settings and inputs are unchanged are skipped."""
     t0 = time.perf_counter()
     name = demo_recipe(detection, lanes)
     progress(f"running recipe {name} (see 'tvc recipes --show {name}')")
-    runner = Runner(load_recipe(name), out, echo=progress)
+    runner = Runner(load_recipe(name), out, echo=progress, force=force)
     if threads is not None:
         for step in runner.steps:
             if step.kind == "bench":

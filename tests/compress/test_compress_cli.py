@@ -42,6 +42,29 @@ def test_prune_writes_a_reloadable_artifact_with_its_report(tmp_path, pico, pico
     samples, source = task.sample_inputs(pico.info, None, 8)
     agree = task.agreement(task.outputs(pico.model, samples), task.outputs(again.model, samples))
     assert {"inputs": source, **agree} == report["agreement"]
+    # the width ratio's meaning, in numbers: params and MACs vs the parent
+    line = f"pruned 30% of each width: params {report['ratios']['params']:.2f}x, MACs "
+    assert line in " ".join(res.output.split())
+
+
+def test_prune_params_removes_that_fraction_of_the_parameters(tmp_path):
+    """--prune-params 0.3 solves the width ratio: about 0.70 of the parameters stay (while
+    --prune 0.3, 30% of every width, leaves far fewer)."""
+    res = run("compress", "vit_pico", "-o", tmp_path / "p", "--prune-params", "0.3",
+              "--round-to", "1")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    art = load_artifact(tmp_path / "p")
+    report = art.meta["metrics"]["compression"]
+    kept = report["after"]["params"] / report["before"]["params"]
+    assert kept == pytest.approx(0.70, abs=0.02)
+    ratio = art.meta["spec"]["prune"]["ratio"]
+    assert 0 < ratio < 0.3 and art.meta["spec"]["prune"]["params_target"] == 0.3
+    assert report["prune"]["params_target"]["remove"] == 0.3
+    assert "(--prune-params 0.3: target 0.70x)" in " ".join(res.output.split())
+    width = run("compress", "vit_pico", "-o", tmp_path / "w", "--prune", "0.3", "--round-to", "1")
+    assert width.exit_code == 0, width.output
+    by_width = load_artifact(tmp_path / "w").meta["metrics"]["compression"]
+    assert by_width["after"]["params"] / by_width["before"]["params"] < kept - 0.1
 
 
 def test_compressed_artifact_can_be_pruned_again(tmp_path):
@@ -144,6 +167,8 @@ def test_distillation_runs_after_pruning_through_the_contract(tmp_path, pico_art
         (["--prune", "0.3", "--importance", "taylor"], "pass --data DATA"),
         (["--prune", "0.3", "--keep", "blocks.5"], "--keep 'blocks.5' names no part"),
         (["--global"], "--global only applies with --prune"),
+        (["--prune", "0.3", "--prune-params", "0.3"], "set the pruning in two ways"),
+        (["--prune-params", "1"], r"--prune-params must be in (0, 1)"),
         (["--prune", "0.3", "--epochs", "2"], "--epochs only applies with --distill"),
         (["--prune", "0.3", "--distill", "vit_pico"], "--distill needs --data"),
     ],

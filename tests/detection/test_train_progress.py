@@ -1,5 +1,5 @@
-"""Detector training shows the classifiers' progress display (a bar per epoch with its ETA),
-and --no-progress turns it off."""
+"""Detector training reports through tvc's one progress display (a bar per epoch with its ETA
+on a terminal, plain lines in a pipe), and --no-progress turns it off."""
 
 from __future__ import annotations
 
@@ -10,67 +10,55 @@ from click.testing import CliRunner
 from tvc.cli import cli
 from tvc.data.detection import load_detection
 from tvc.models.load import LoadedModel
+from tvc.progress import Progress
 from tvc.train import detection as det_train
 from tvc.train.detection import DetTrainConfig, train_detector
-from tvc.train.loop import progress_bar
 
 
-class _Recorder:
-    """Stands in for tvc.train.loop.progress_bar and remembers what the loop reported."""
+class _Recorder(Progress):
+    """tvc.progress.Progress drawing nothing, remembering what the loop reported."""
 
-    def __init__(self) -> None:
-        self.shown: list[bool] = []
-        self.tasks: dict[int, dict] = {}
+    made: list[_Recorder] = []
 
-    def __call__(self, show: bool):
-        self.shown.append(show)
-        return self
+    def __init__(self, enabled: bool = True, **kw) -> None:
+        super().__init__(enabled, interactive=False, emit=lambda line: None)
+        self.shown = enabled
+        self.tasks: list[dict] = []
+        _Recorder.made.append(self)
 
-    def __enter__(self):
-        return self
+    def task(self, what: str, total: int | None, unit: str = "done") -> None:
+        super().task(what, total, unit)
+        self.tasks.append({"description": what, "total": total})
 
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, description: str, total: int) -> int:
-        self.tasks[len(self.tasks)] = {"description": description, "total": total, "done": 0,
-                                       "removed": False}  # fmt: skip
-        return len(self.tasks) - 1
-
-    def advance(self, task: int) -> None:
-        self.tasks[task]["done"] += 1
-
-    def remove_task(self, task: int) -> None:
-        self.tasks[task]["removed"] = True
+    def done(self) -> None:
+        if self.tasks and self.what:
+            self.tasks[-1]["done"] = self.count
+        super().done()
 
 
-def test_training_advances_a_bar_per_epoch(tiny_detr, monkeypatch):
-    bar = _Recorder()
-    monkeypatch.setattr(det_train, "progress_bar", bar)
+def _record(monkeypatch) -> list[_Recorder]:
+    _Recorder.made = []
+    monkeypatch.setattr(det_train, "Progress", _Recorder)
+    return _Recorder.made
+
+
+def test_training_advances_a_task_per_epoch(tiny_detr, monkeypatch):
+    made = _record(monkeypatch)
     loaded = LoadedModel(copy.deepcopy(tiny_detr.model), tiny_detr.info)
     scenes = load_detection("fashion-mnist-det", "train", limit=6)
     train_detector(loaded, scenes, DetTrainConfig(epochs=2, batch_size=4, warmup_steps=1))
-    assert bar.shown == [True]
-    assert [t["description"] for t in bar.tasks.values()] == ["epoch 1/2", "epoch 2/2"]
-    assert all(t["total"] == t["done"] == 2 and t["removed"] for t in bar.tasks.values())
-
-
-def test_the_helper_is_the_classifiers_rich_bar_with_an_eta():
-    from rich.progress import Progress, TimeRemainingColumn
-
-    shown = progress_bar(True)
-    assert isinstance(shown, Progress)
-    assert any(isinstance(c, TimeRemainingColumn) for c in shown.columns)
-    assert not isinstance(progress_bar(False), Progress)
+    (bar,) = made
+    assert bar.shown
+    assert [t["description"] for t in bar.tasks] == ["train epoch 1/2", "train epoch 2/2"]
+    assert all(t["total"] == t["done"] == 2 for t in bar.tasks)
 
 
 def test_cli_no_progress_reaches_the_detector_loop(tmp_path, monkeypatch):
-    bar = _Recorder()
-    monkeypatch.setattr(det_train, "progress_bar", bar)
+    made = _record(monkeypatch)
     args = ["train", "detr_pico", "--data", "fashion-mnist-det", "--epochs", "1", "--limit", "4",
             "--eval-limit", "2", "-o", str(tmp_path / "t")]  # fmt: skip
     result = CliRunner().invoke(cli, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(cli, [*args, "--force"])
     assert result.exit_code == 0, result.output
-    assert bar.shown == [False, True]
+    assert [b.shown for b in made] == [False, True]

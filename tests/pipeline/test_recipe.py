@@ -183,7 +183,8 @@ def test_run_dry_run_prints_every_command(tmp_path):
     assert res.exit_code == 0, res.output
     run = tmp_path / "run"
     assert f"tvc export vit_pico -o {run}/export --dynamic-batch" in res.output
-    assert f"tvc bench {run}/export --json {run}/bench/export.json --batch 1,2" in res.output
+    bench = f"tvc bench {run}/export --names vit_pico --json {run}/bench/bench.json --batch 1,2"
+    assert bench in res.output
     assert f"tvc report {run}/bench/records.json -o {run}/report/report.md" in res.output
     assert not run.exists()  # nothing ran
 
@@ -238,6 +239,13 @@ def test_recorded_commands_name_paths_relative_to_the_working_directory(tmp_path
     )
     text = "\n".join(Runner(recipe, tmp_path / "run").plan_text())
     assert "tvc export vit_pico -o run/export" in text
-    assert "tvc bench run/export --json run/bench/export.json" in text
+    assert "tvc bench run/export --names vit_pico --json run/bench/bench.json" in text
     commands = [line for line in text.splitlines() if line.strip().startswith("tvc ")]
     assert len(commands) == 2 and not any(str(tmp_path) in c for c in commands)
+
+
+def test_a_compress_stage_may_prune_to_a_parameter_target_or_merge_tokens_alone():
+    for option in ("prune_params: 0.3", "merge_tokens: '2'"):
+        text = f"name: p\nmodel: vit_pico\nstages:\n  - compress: {{{option}}}\n  - export: {{}}\n"
+        steps = plan(parse_recipe(text, "r.yaml"))
+        assert steps[0].kind == "compress" and option.split(":")[0] in steps[0].options

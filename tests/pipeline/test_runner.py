@@ -72,13 +72,15 @@ class FakeTvc:
                 w.path_for("model.onnx").write_text(payload)
                 w.meta["model"] = {"name": args[1]}
         elif kind == "bench":
-            target = load_artifact(args[1])
+            # one interleaved `tvc bench A B ... --names a,b,...` for every target of the stage
+            targets = args[1 : next(i for i, a in enumerate(args) if a.startswith("-"))]
+            names = args[args.index("--names") + 1].split(",")
             batches = [int(b) for b in args[args.index("--batch") + 1].split(",")]
             lat = Latency(p50=1.0, p90=1.1, p99=1.2, mean=1.0, std=0.1, min=0.9, max=2.0, n=10)
             records = [
                 BenchRecord(
-                    variant="vit_pico fp32",
-                    model=ModelRef(name="vit_pico", artifact_id=target.id),
+                    variant=f"{name} fp32",
+                    model=ModelRef(name="vit_pico", artifact_id=load_artifact(target).id),
                     precision="fp32",
                     backend="ort",
                     provider="CPUExecutionProvider",
@@ -89,7 +91,9 @@ class FakeTvc:
                     environment={},
                     command="tvc " + " ".join(args),
                     created="now",
+                    extra={"target": target},
                 )
+                for target, name in zip(targets, names, strict=True)
                 for b in batches
             ]
             write_records(records, args[args.index("--json") + 1])
@@ -117,7 +121,7 @@ def run(tmp_path, text=RECIPE, **kwargs):
 def test_second_run_skips_every_unchanged_stage(fake, tmp_path):
     results, _ = run(tmp_path)
     assert [r.status for r in results] == ["ran"] * 4
-    assert fake.kinds() == ["export", "export", "bench", "bench", "report"]
+    assert fake.kinds() == ["export", "export", "bench", "report"]  # one interleaved bench
     report = tmp_path / "run/report/report.md"
     first = report.stat().st_mtime_ns
 
@@ -133,11 +137,11 @@ def test_a_changed_setting_reruns_that_stage_and_what_depends_on_it(fake, tmp_pa
     run(tmp_path)
     fake.calls.clear()
     run(tmp_path, RECIPE.replace("batch: [1, 2]", "batch: [1]"))
-    assert fake.kinds() == ["bench", "bench", "report"]  # the exports are unchanged
+    assert fake.kinds() == ["bench", "report"]  # the exports are unchanged
 
     fake.calls.clear()
     run(tmp_path, RECIPE.replace("batch: [1, 2]", "batch: [1]").replace("opset: 18", "opset: 19"))
-    assert fake.kinds() == ["export", "bench", "bench", "report"]  # b changed, so all after it
+    assert fake.kinds() == ["export", "bench", "report"]  # b changed, so all after it
 
     # the model's weights file is part of its identity: new weights, everything runs again
     weights = tmp_path / "w.safetensors"
@@ -147,7 +151,7 @@ def test_a_changed_setting_reruns_that_stage_and_what_depends_on_it(fake, tmp_pa
     fake.calls.clear()
     weights.write_bytes(b"two")
     run(tmp_path, text)
-    assert fake.kinds() == ["export", "export", "bench", "bench", "report"]
+    assert fake.kinds() == ["export", "export", "bench", "report"]  # one interleaved bench
 
 
 def test_a_damaged_output_or_force_runs_the_stage_again(fake, tmp_path):
@@ -158,7 +162,7 @@ def test_a_damaged_output_or_force_runs_the_stage_again(fake, tmp_path):
     assert fake.kinds() == ["report"]
     fake.calls.clear()
     run(tmp_path, force=True)
-    assert fake.kinds() == ["export", "export", "bench", "bench", "report"]
+    assert fake.kinds() == ["export", "export", "bench", "report"]  # one interleaved bench
 
 
 def test_a_failed_stage_stops_the_run_and_is_retried_next_time(fake, tmp_path):
@@ -172,7 +176,7 @@ def test_a_failed_stage_stops_the_run_and_is_retried_next_time(fake, tmp_path):
     del fake.fail["bench"]
     fake.calls.clear()
     run(tmp_path)
-    assert fake.kinds() == ["bench", "bench", "report"]
+    assert fake.kinds() == ["bench", "report"]
 
 
 def test_an_interrupted_train_stage_continues_from_its_checkpoint(fake, tmp_path):
@@ -237,7 +241,8 @@ def test_bench_records_are_named_by_stage_and_carry_their_commands(fake, tmp_pat
     assert b.extra["stage"] == "b" and b.extra["recipe"] == "pico"
     assert b.extra["pipeline"] == [
         f"tvc export vit_pico -o {tmp_path}/run/b --opset 18",
-        f"tvc bench {tmp_path}/run/b --json {tmp_path}/run/bench/b.json --batch 1,2",
+        f"tvc bench {tmp_path}/run/a {tmp_path}/run/b --names a,b "
+        f"--json {tmp_path}/run/bench/bench.json --batch 1,2",
     ]
 
 
@@ -246,7 +251,12 @@ def test_cli_run_prints_progress_and_where_the_report_is(fake, tmp_path):
     recipe.write_text(RECIPE)
     res = CliRunner().invoke(cli, ["run", str(recipe), "-o", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
-    assert "[3/4] bench (2/2): tvc bench" in res.output
+    assert f"[3/4] bench: tvc bench {tmp_path / 'run/a'} {tmp_path / 'run/b'} --names a,b" in (
+        res.output
+    )
+    # the stage's summary: each variant's p50 and the speed-up of b over a, measured together
+    assert "    a fp32 (CPUExecutionProvider, all thread(s), batch 1): p50 1 ms" in res.output
+    assert "    b fp32 vs a fp32 (CPUExecutionProvider, all thread(s), batch 2): " in res.output
     assert "pico: 4 stage(s) ran, 0 unchanged" in res.output
     assert f"report: {tmp_path / 'run/report/report.md'}" in res.output
     fake.fail["report"] = 2
@@ -306,3 +316,25 @@ def test_a_run_killed_mid_stage_resumes_where_it_stopped(tmp_path):
     finally:
         runner_mod._call = runner_mod_call
     assert res.exit_code == 0 and "0 stage(s) ran, 4 unchanged" in res.output
+
+
+def test_demo_reruns_every_stage_only_with_force(fake, tmp_path, monkeypatch):
+    """`tvc demo` skips what is done; `tvc demo --force` measures again and replaces it."""
+    import tvc.demo
+
+    monkeypatch.setattr(tvc.demo, "load_recipe", lambda name: parse_recipe(RECIPE, "r.yaml"))
+    out = str(tmp_path / "demo")
+    res = CliRunner().invoke(cli, ["demo", "-o", out])
+    assert res.exit_code == 0, res.output
+    assert fake.kinds() == ["export", "export", "bench", "report"]
+    fake.calls.clear()
+    res = CliRunner().invoke(cli, ["demo", "-o", out])
+    assert res.exit_code == 0 and fake.calls == []  # unchanged: nothing re-measured
+    assert "unchanged, skipped" in res.output
+    records = tmp_path / "demo/bench/records.json"
+    first = records.stat().st_mtime_ns
+    res = CliRunner().invoke(cli, ["demo", "-o", out, "--force"])
+    assert res.exit_code == 0, res.output
+    assert fake.kinds() == ["export", "export", "bench", "report"]
+    assert fake.forced[-4:-2] == [True, True]  # the exports replaced the previous artifacts
+    assert records.stat().st_mtime_ns != first

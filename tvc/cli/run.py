@@ -96,7 +96,13 @@ def recipes(show) -> None:
     help="The lane story instead: LSTR on the built-in rendered roads (lanes-synth), with a "
     "picture of the lanes the teacher and the INT8 student predict.",
 )
-def demo(out, threads, detection, lanes) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run every stage again and replace the previous run's artifacts, bench records and "
+    "report (re-measure); without it, unchanged stages are skipped.",
+)
+def demo(out, threads, detection, lanes, force) -> None:
     """The main job on the built-in default: Fashion-MNIST ViT, pruned, distilled, INT8, report."""
     from tvc.demo import run_demo
 
@@ -107,6 +113,7 @@ def demo(out, threads, detection, lanes) -> None:
         threads=threads,
         detection=detection,
         lanes=lanes,
+        force=force,
         echo=click.echo,
         progress=lambda s: click.echo(s, err=True),
     )

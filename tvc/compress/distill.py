@@ -32,6 +32,7 @@ from tvc.data.base import ImageSet
 from tvc.errors import ConfigError, UnsupportedModelError
 from tvc.eval.classification import evaluate
 from tvc.finite import check_finite_array
+from tvc.progress import Progress
 from tvc.train import dist
 from tvc.train.loop import TrainConfig, amp_dtype, fit, torch_predict
 
@@ -319,8 +320,12 @@ def teacher_logits(teacher, data: ImageSet, ctx, cfg: DistillConfig):
     model = teacher.model
     predict = torch_predict(model, ctx.device, amp_dtype(ctx.device, None))
     positions = np.arange(ctx.rank, len(data), ctx.world_size)
-    rows = [torch.from_numpy(predict(data.take(positions[i : i + 512])[0]))
-            for i in range(0, len(positions), 512)]  # fmt: skip
+    rows = []
+    with Progress(ctx.is_main and cfg.progress) as bar:  # a bar, or plain lines in a log
+        bar.task(f"teacher logits for {len(data)} images", len(positions), unit="images")
+        for i in range(0, len(positions), 512):
+            rows.append(torch.from_numpy(predict(data.take(positions[i : i + 512])[0])))
+            bar.advance(len(positions[i : i + 512]))
     local = torch.cat(rows).to(ctx.device) if rows else torch.empty(0, teacher.info.num_classes)
     logits = dist.gather_rows(ctx, local, torch.as_tensor(positions, device=ctx.device), len(data))
     if ctx.device.type == "cuda":

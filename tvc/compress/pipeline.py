@@ -38,6 +38,7 @@ def compress_model(
     is set, and write the model artifact `out` with the report in metrics["compression"]."""
     from tvc.compress import report as rep
     from tvc.compress.merge import merge, merging_suspended, parse_schedule
+    from tvc.compress.target import ratio_line, width_ratio_for_params
     from tvc.models.load import LoadedModel, build_from_info, write_model_artifact
     from tvc.models.structure import describe_structure
     from tvc.train.dist import pick_device
@@ -67,15 +68,31 @@ def compress_model(
     lowrank = cfg.lowrank_config()
     # Widths first, on the model without token merging (a merged source keeps its schedule).
     with merging_suspended(student.model):
-        if cfg.prune is not None:
+        if cfg.prune is not None or cfg.prune_params is not None:
             batches = None
             if cfg.importance in ("taylor", "data"):  # data reads the images only
                 n = TAYLOR_BATCHES if cfg.importance == "taylor" else DATA_BATCHES
                 batches = task.taylor_batches(info, cfg.data, n, TAYLOR_BATCH_SIZE)
-            log.info("pruning %s by %.0f%%", info.name, cfg.prune * 100)
+            if cfg.prune_params is not None:  # solve the width ratio before any training
+                solved = width_ratio_for_params(task, student.model, settings, cfg.prune_params,
+                                                example=samples[:1], batches=batches)  # fmt: skip
+                cfg = cfg.model_copy(update={"prune": solved.ratio})
+                settings["prune"] = solved.ratio
+            log.info("pruning %s by %.1f%% of each width", info.name, cfg.prune * 100)
             report["prune"] = task.prune(
                 student.model, settings, example=samples[:1], batches=batches
             )
+            report["prune"].setdefault("ratio", cfg.prune)
+            pruned = rep.summarize(student.model, info.input_size)
+            report["prune"]["params_ratio"] = rep.ratio(
+                pruned["params"], report["before"]["params"]
+            )
+            report["prune"]["macs_ratio"] = rep.ratio(pruned["macs"], report["before"]["macs"])
+            if cfg.prune_params is not None:
+                report["prune"]["params_target"] = {"remove": cfg.prune_params,
+                                                    "kept": round(solved.kept, 4)}  # fmt: skip
+            log.info("%s", ratio_line(cfg.prune, report["prune"]["params_ratio"],
+                                      report["prune"]["macs_ratio"]))  # fmt: skip
             report["prune"]["agreement"] = _agreement(
                 task, reference, student.model, samples, source
             )
@@ -153,6 +170,7 @@ def _prune_spec(cfg: Config) -> dict[str, Any]:
         "keep": list(cfg.keep),
         "steps": cfg.steps,
         "seed": cfg.seed,
+        "params_target": cfg.prune_params,
     }
 
 

@@ -126,6 +126,14 @@ def print_compression_report(report: dict[str, Any], console=None) -> None:
         console.print(blocks)
 
     prune = report.get("prune") or {}
+    if prune.get("params_ratio") is not None:
+        from tvc.compress.target import ratio_line
+
+        target = prune.get("params_target")
+        asked = (f" (--prune-params {target['remove']}: target {1 - target['remove']:.2f}x)"
+                 if target else "")  # fmt: skip
+        console.print(ratio_line(prune["ratio"], prune["params_ratio"], prune.get("macs_ratio"))
+                      + asked)  # fmt: skip
     heads = [h for e in prune.get("layers", []) if isinstance(e, dict)
              for h in e.get("heads", {}).values()]  # fmt: skip
     ffn = [e["ffn"] for e in prune.get("layers", []) if isinstance(e, dict) and "ffn" in e]

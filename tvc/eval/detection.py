@@ -275,6 +275,7 @@ def evaluate_model(
     """evaluate_detector() of a PyTorch detector (a LoadedModel) with its own preprocessing;
     `reference` (another detector LoadedModel, e.g. the teacher) adds the agreement."""
     from tvc.models.detection import torch_predictor
+    from tvc.progress import Progress, counted, size_of
 
     info = loaded.info
     ref_kw: dict[str, Any] = {}
@@ -285,13 +286,15 @@ def evaluate_model(
             "reference_no_object_class": bool(reference.model.no_object_class),
             "reference_preprocess": {"input_size": r.input_size, "mean": r.mean, "std": r.std},
         }
-    return evaluate_detector(
-        torch_predictor(loaded.model.to(device).eval(), device),
-        data,
-        input_size=info.input_size,
-        mean=info.mean,
-        std=info.std,
-        no_object_class=bool(loaded.model.no_object_class),
-        batch_size=batch_size,
-        **ref_kw,
-    )
+    with Progress() as bar:  # a bar on a terminal, plain lines in a log
+        bar.task(f"evaluating {info.name}", size_of(data), unit="images")
+        return evaluate_detector(
+            counted(torch_predictor(loaded.model.to(device).eval(), device), bar),
+            data,
+            input_size=info.input_size,
+            mean=info.mean,
+            std=info.std,
+            no_object_class=bool(loaded.model.no_object_class),
+            batch_size=batch_size,
+            **ref_kw,
+        )

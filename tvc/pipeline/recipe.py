@@ -435,10 +435,11 @@ def plan(recipe: Recipe, *, data: str | None = None) -> list[Step]:
                 )
 
         if kind == "compress":
-            if not set(options) & {"prune", "lowrank", "lowrank_rank", "distill"}:
+            if not set(options) & {"prune", "prune_params", "lowrank", "lowrank_rank",
+                                   "merge_tokens", "distill"}:  # fmt: skip
                 raise ConfigError(
                     f"{where}: compress has nothing to do",
-                    "set prune, lowrank, lowrank_rank or distill",
+                    "set prune, prune_params, lowrank, lowrank_rank, merge_tokens or distill",
                 )
             teacher = options.get("distill", "")
             if teacher.startswith("@"):

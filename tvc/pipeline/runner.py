@@ -5,7 +5,8 @@ Layout of a run directory::
     runs/fmnist-demo/
       run.json            state: per stage its settings hash, status, commands, output id
       teacher/            a train/compress/export stage's artifact (written atomically by tvc)
-      bench/records.json  a bench stage's records (one `<target>.json` per target beside it)
+      bench/records.json  a bench stage's records (all its targets timed together, interleaved,
+                          in one `tvc bench A B C`; its raw output bench.json beside it)
       report/report.html  a report stage's output
 
 Each stage runs as `python -m tvc.stages KIND CONFIG` (the library's stage, in a child process,
@@ -34,14 +35,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tvc.artifact import clean_stale, is_artifact, load_artifact, pid_alive, sha256_file
 from tvc.errors import ConfigError, TvcError, storage_error
 from tvc.pipeline.recipe import Recipe, Step, plan
 
+if TYPE_CHECKING:
+    from tvc.records import BenchRecord
+
 STATE_FILE = "run.json"
 RECORDS_FILE = "records.json"
+BENCH_FILE = "bench.json"  # what the bench stage's one `tvc bench` wrote, before merging
 NOT_HASHED = {"no_progress"}  # options that do not change a stage's result
 TOGGLES = {"augment"}  # flags with a --no-<name> form: false is written out
 
@@ -94,8 +99,21 @@ def _model_options(recipe: Recipe) -> dict[str, Any]:
 class _Commands:
     """Builds each stage's invocations, with references turned into paths."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path) -> None:
+    def __init__(self, recipe: Recipe, run_dir: Path, steps: list[Step]) -> None:
         self.recipe, self.run_dir = recipe, run_dir
+        self.by_id = {s.id: s for s in steps}
+
+    def bench_labels(self, step: Step) -> list[str]:
+        """Each bench target's name: the model stage it was exported from, or the recipe's
+        model; two exports of one model are told apart by their stage ids."""
+        labels = [self._label(self.by_id[t[1:]]) for t in step.inputs]
+        return [t[1:] if labels.count(label) > 1 else label
+                for t, label in zip(step.inputs, labels, strict=True)]  # fmt: skip
+
+    def _label(self, export: Step) -> str:
+        src = export.inputs[0]
+        # a model given as a path (an artifact, a HF directory) is named by its last part
+        return Path(self.recipe.model.name).name if src == "@model" else src[1:]
 
     def path(self, ref: str) -> str:
         return self.recipe.model.name if ref == "@model" else _shown(self.run_dir / ref[1:])
@@ -114,13 +132,13 @@ class _Commands:
             values = {arg: self.path(src), "output": _shown(out), **options, **extra}
             return [Invocation(step.kind, values)]
         if step.kind == "bench":
+            # every variant in one interleaved run: compared under the same conditions, and
+            # evaluated on the same data set
             json_out = field_with_flag(config, "--json")
-            return [
-                Invocation(
-                    "bench", {arg: self.path(t), json_out: _shown(out / f"{t[1:]}.json"), **options}
-                )
-                for t in step.inputs
-            ]
+            targets = [self.path(t) for t in step.inputs]
+            values = {arg: targets, "names": self.bench_labels(step), json_out:
+                      _shown(out / BENCH_FILE), **options}  # fmt: skip
+            return [Invocation("bench", values)]
         records = [_shown(self.run_dir / b[1:] / RECORDS_FILE) for b in step.inputs]
         return [
             Invocation("report", {arg: records, "output": _shown(out / f"report.{fmt}"), **options})
@@ -234,7 +252,7 @@ class Runner:
         self.run_dir = Path(self.run_dir).absolute()
         # every check that can fail happens here, before any stage runs
         self.steps = plan(self.recipe, data=self.data)
-        self.commands = _Commands(self.recipe, self.run_dir)
+        self.commands = _Commands(self.recipe, self.run_dir, self.steps)
         check_configs(self.recipe, self.steps, self.commands)
         weights = self.recipe.model.weights
         if weights and not Path(weights).is_file():
@@ -343,7 +361,11 @@ class Runner:
                     exit_code=code if code > 0 else 128 - code,  # killed by signal N: 128 + N
                 )
         if step.kind == "bench":
-            self._merge_records(step, out, texts)
+            from tvc.runtime.compare import summary_lines
+
+            # each variant's p50 with its interval, the evaluation set, the speed-ups
+            for line in summary_lines(self._merge_records(step, out, texts)):
+                self.echo(f"    {line}")
         oid = output_id(step, out)
         if oid is None:
             raise StageFailedError(
@@ -365,39 +387,29 @@ class Runner:
         self.echo(f"{counter} {step.title}: done in {seconds:.1f} s -> {out}")
         return StageResult(step, "ran", seconds, out, texts)
 
-    def _merge_records(self, step: Step, out: Path, texts: list[str]) -> None:
-        """One records.json for the stage: variants named after the stage they came from, each
-        carrying the commands of the stages upstream of it."""
+    def _merge_records(self, step: Step, out: Path, texts: list[str]) -> list[BenchRecord]:
+        """One records.json for the stage: the variants, already named after the stage they
+        came from, each carrying the commands of the stages upstream of it."""
         from tvc.records import read_records, write_records
 
+        (bench_cmd,) = texts
         by_id = {s.id: s for s in self.steps}
-        labels = [self._label(by_id[t[1:]]) for t in step.inputs]
+        by_path = {self.commands.path(t): t for t in step.inputs}
         merged = []
-        for target, label, bench_cmd in zip(step.inputs, labels, texts, strict=True):
-            export = by_id[target[1:]]
-            if labels.count(label) > 1:
-                label = export.id  # two exports of one model: tell them apart by stage id
+        for rec in read_records(out / BENCH_FILE):
+            export = by_id[by_path[rec.extra["target"]][1:]]
             chain = [*self.upstream(export), export]
             pipeline = [c for s in chain for c in as_texts(self.commands.for_step(s))]
-            for rec in read_records(out / f"{target[1:]}.json"):
-                suffix = rec.variant.removeprefix(f"{rec.model.name} ")
-                suffix = suffix if suffix != rec.variant else rec.precision
-                rec.extra = {
-                    **rec.extra,
-                    "bench_variant": rec.variant,
-                    "recipe": self.recipe.name,
-                    "stage": export.id,
-                    "pipeline": [*pipeline, bench_cmd],
-                }
-                rec.variant = f"{label} {suffix}"
-                merged.append(rec)
+            rec.extra = {
+                **rec.extra,
+                "bench_variant": rec.variant,
+                "recipe": self.recipe.name,
+                "stage": export.id,
+                "pipeline": [*pipeline, bench_cmd],
+            }
+            merged.append(rec)
         write_records(merged, out / RECORDS_FILE)
-
-    def _label(self, export: Step) -> str:
-        """A variant's name: the model stage it was exported from, or the recipe's model."""
-        src = export.inputs[0]
-        # a model given as a path (an artifact, a HF directory) is named by its last part
-        return Path(self.recipe.model.name).name if src == "@model" else src[1:]
+        return merged
 
 
 def checkpoint_left(out: Path) -> bool:

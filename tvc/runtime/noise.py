@@ -50,10 +50,9 @@ def load_1min() -> float | None:
 
 
 def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """The machine's CPUs, the scale of its load average (not this process's affinity: the
+    benchmark pins itself to --threads CPUs before it samples the load)."""
+    return os.cpu_count() or 1
 
 
 @dataclass

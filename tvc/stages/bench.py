@@ -146,6 +146,7 @@ def run(cfg: Config) -> list[BenchRecord]:
     import contextlib
     import uuid
 
+    from tvc.progress import Progress
     from tvc.records import write_records
     from tvc.runtime.backends import check_target, get_backend
     from tvc.runtime.bench import device_measurements, make_record, time_interleaved
@@ -180,15 +181,22 @@ def run(cfg: Config) -> list[BenchRecord]:
                 quality = _quality(runner, variant, data) if data else {}
                 opened.append((target, backend, variant, runner, quality))
             names = [f"{v.label} ({b.name})" for _, b, v, _, _ in opened]
+            bar = stack.enter_context(Progress())  # a bar on a terminal, plain lines in a log
             for batch in cfg.batch:
                 log.info("timing %s at batch %d, interleaved in rounds", ", ".join(names), batch)
                 feeds = [r.sample_feeds(batch) for _, _, _, r, _ in opened]
                 fns = [_call(r, f) for (_, _, _, r, _), f in zip(opened, feeds, strict=True)]
                 watch = MachineWatch(cfg.threads, pinned=pinned).start()
+                bar.task(f"timing {len(fns)} variant(s) at batch {batch}", None, unit="rounds")
+
+                def on_round(r: int, w: MachineWatch = watch, b: Progress = bar) -> None:
+                    w.sample()
+                    b.advance()
+
                 done = time_interleaved(fns, warmup_s=cfg.warmup_s, min_runs=cfg.min_runs,
                                         min_time_s=cfg.min_time_s, max_time_s=cfg.max_time_s,
-                                        min_rounds=cfg.rounds,
-                                        on_round=lambda r, w=watch: w.sample())  # fmt: skip
+                                        min_rounds=cfg.rounds, on_round=on_round)  # fmt: skip
+                bar.done()
                 run_id = uuid.uuid4().hex[:12]
                 for (target, _, variant, runner, quality), lat in zip(
                     opened, done.latencies, strict=True

@@ -199,6 +199,7 @@ def measure(
 ) -> tuple[Task, dict[str, Any]]:
     """The task of `runner`'s model and its quality on `data` (the task's evaluate result);
     `reference` (an open runner and its facts) adds the agreement with it."""
+    from tvc.progress import Progress, counted, size_of
     from tvc.runtime.predict import runner_outputs
     from tvc.stages.common import check_data_task
     from tvc.tasks import task_for_info
@@ -217,8 +218,12 @@ def measure(
                 "compare against a reference with the same input size and normalisation",
             )
         ref_predict = runner_outputs(ref_runner)
-    quality = task.evaluate(runner_outputs(runner), data.get(task, info), batch_size=batch_size,
-                            reference=ref_predict)  # fmt: skip
+    dataset = data.get(task, info)
+    predict = runner_outputs(runner)
+    with Progress() as bar:  # a bar on a terminal, plain lines in a log
+        bar.task(f"evaluating {variant.label} on {data.spec}", size_of(dataset), unit="images")
+        quality = task.evaluate(counted(predict, bar), dataset, batch_size=batch_size,
+                                reference=ref_predict)  # fmt: skip
     return task, quality
 
 

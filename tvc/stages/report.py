@@ -15,9 +15,13 @@ SUMMARY = "tables and plots comparing bench records across variants and boards"
 
 class Config(StageConfig):
     records: list[str] = option(..., "", argument=True, nargs=-1)
-    output: str = option(
-        ..., "report.html (one self-contained page) or report.md.", flag="-o/--output"
+    output: str | None = option(
+        None,
+        "report.html (one self-contained page) or report.md [default: report/report.html "
+        "beside the first RECORDS file].",
+        flag="-o/--output",
     )
+    force: bool = option(False, "Replace an existing report at OUTPUT.")
     baseline: str | None = option(
         None, "Variant to compare against (default: the first fp32 variant)."
     )
@@ -42,12 +46,24 @@ class Report:
     headline: str | None
 
 
+def default_report(first_records: str) -> Path:
+    """Where a report goes without -o: report/report.html beside its first records file
+    (runs/demo/bench/records.json -> runs/demo/bench/report/report.html)."""
+    return Path(first_records).parent / "report" / "report.html"
+
+
 def run(cfg: Config) -> Report:
     """Read every record file, write the report at cfg.output, and say what it compares."""
     from tvc.records import read_records
     from tvc.report.render import analyse, headline, write_report
 
+    out = Path(cfg.output) if cfg.output else default_report(cfg.records[0])
+    if out.exists() and not cfg.force:
+        raise ConfigError(
+            f"the report {out} already exists",
+            "pass --force to replace it, or -o to write another file",
+        )
     recs = [r for path in cfg.records for r in read_records(path)]
-    path = write_report(recs, cfg.output, baseline=cfg.baseline, title=cfg.title)
+    path = write_report(recs, out, baseline=cfg.baseline, title=cfg.title)
     a = analyse(recs, cfg.baseline)
     return Report(Path(path), len(recs), len(a.boards), a.baseline, headline(a))

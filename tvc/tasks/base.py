@@ -151,12 +151,16 @@ class Task(ABC):
         models = [m for m in (loaded, reference) if m is not None]
         for m in models:
             m.model.to(device)
+        from tvc.progress import Progress, counted, size_of
+
         try:
-            return self.evaluate(
-                self.predictor(loaded),
-                data,
-                reference=self.predictor(reference) if reference else None,
-            )
+            with Progress() as bar:  # a bar on a terminal, plain lines in a log
+                bar.task(f"evaluating {loaded.info.name}", size_of(data), unit="images")
+                return self.evaluate(
+                    counted(self.predictor(loaded), bar),
+                    data,
+                    reference=self.predictor(reference) if reference else None,
+                )
         finally:
             for m in models:
                 m.model.cpu()

@@ -141,12 +141,14 @@ class ClassificationTask(Task):
         device: str = "cpu",
     ) -> dict[str, Any]:
         from tvc.eval.classification import evaluate
+        from tvc.progress import Progress, counted
         from tvc.train.loop import torch_predict
 
         ref = torch_predict(reference.model.eval(), device) if reference else None
-        out = evaluate(
-            torch_predict(loaded.model.eval(), device), data, batch_size=256, reference=ref
-        )
+        with Progress() as bar:  # a bar on a terminal, plain lines in a log
+            bar.task(f"evaluating {loaded.info.name}", len(data), unit="images")
+            predict = counted(torch_predict(loaded.model.eval(), device), bar)
+            out = evaluate(predict, data, batch_size=256, reference=ref)
         for m in (loaded, reference):
             if m is not None:
                 m.model.cpu()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
-from tvc.train.loop import progress_bar
+from tvc.progress import Progress
 from tvc.train.set_loss import (
     SetLossConfig,
     assign,
@@ -98,12 +98,12 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, cfg.warmup_steps))
     model.train()
     history, t0, step = [], time.perf_counter(), 0
-    bar = progress_bar(cfg.progress)  # entered here, left in `finally` (the loop's one `with`)
+    bar = Progress(cfg.progress)  # a bar on a terminal, plain lines in a log; left in `finally`
     try:
         bar.__enter__()
         for epoch in range(cfg.epochs):
+            bar.task(f"train epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
             sums: dict[str, float] = {}
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch)
             for x, targets, _ in data.batches(
                 cfg.batch_size,
                 input_size=info.input_size,
@@ -126,10 +126,10 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
                 opt.step()
                 sched.step()
                 step += 1
+                bar.advance()
                 for k, v in {"loss": loss.item(), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.advance(task)
-            bar.remove_task(task)
+            bar.done()
             epoch_means = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
             history.append(epoch_means)
             log.info(

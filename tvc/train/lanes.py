@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tvc.data.lanes import curve_x
 from tvc.errors import ConfigError, DataError, NonFiniteError
 from tvc.finite import check_finite_model
+from tvc.progress import Progress
 from tvc.train.set_loss import assign
 
 log = logging.getLogger("tvc")
@@ -220,8 +221,10 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
     history, step = [], 0
     out_of_time = False
     _train_mode(model, cfg.freeze_norm)
+    bar = Progress().__enter__()  # a bar on a terminal, plain lines in a log
     try:
         for epoch in range(cfg.epochs):
+            bar.task(f"train epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
             sums: dict[str, float] = {}
             for x, targets, _ in data.batches(
                 cfg.batch_size,
@@ -246,11 +249,13 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
                 opt.step()
                 sched.step()
                 step += 1
+                bar.advance()
                 for k, v in {"loss": float(loss.detach()), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if cfg.minutes and time.perf_counter() - t0 > 60 * cfg.minutes:
                     out_of_time = True
                     break
+            bar.done()
             means = {k: round(v / steps_per_epoch, 5) for k, v in sums.items()}
             means["seconds"] = round(time.perf_counter() - t0, 1)
             if on_epoch is not None:
@@ -263,6 +268,7 @@ def _loop(model, data, info, cfg: LaneTrainConfig, step_loss, on_epoch=None) -> 
             if out_of_time:
                 break
     finally:
+        bar.__exit__(None, None, None)
         model.eval()
     # a diverged run must not save as a success
     check_finite_model(model, "training", "the run diverged: lower --lr and run it again")

@@ -30,6 +30,7 @@ from tvc.errors import ConfigError
 from tvc.eval.classification import evaluate
 from tvc.finite import check_finite_array, check_finite_model
 from tvc.models.weights import load_failure
+from tvc.progress import Progress
 from tvc.train import dist
 
 log = logging.getLogger("tvc")
@@ -263,7 +264,7 @@ def fit(
                     checkpoint.parent)  # fmt: skip
 
     t_fit = time.perf_counter()
-    with progress_bar(ctx.is_main and cfg.progress) as bar:
+    with Progress(ctx.is_main and cfg.progress) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             net.train()
@@ -274,7 +275,7 @@ def fit(
             if cfg.augment:
                 crops = epoch_crops(cfg.seed, epoch, order, train_set.input_size[1], device)
             sums: dict[str, float] = {}
-            task = bar.add_task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch)
+            bar.task(f"{desc} epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
             for s in range(steps_per_epoch):
                 batch = slice(s * local_batch, (s + 1) * local_batch)
                 idx = order_dev[batch]
@@ -296,7 +297,7 @@ def fit(
                 scaler.update()
                 for k, v in {"loss": loss.detach(), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v  # tensors: no GPU sync per step
-                bar.advance(task)
+                bar.advance()
             names = sorted(sums)
             means = dist.all_mean(ctx, [float(sums[k]) / steps_per_epoch for k in names])
             check_finite_array(means, f"{desc} loss in epoch {epoch + 1}", _DIVERGED)
@@ -312,7 +313,7 @@ def fit(
                 record["val_top1"] = res["top1"]
             record["epoch_s"] = time.perf_counter() - t0
             history.append(record)
-            bar.remove_task(task)
+            bar.done()
             if ctx.is_main:
                 log.info("%s", _describe(desc, record, cfg.epochs))
                 if checkpoint is not None:
@@ -342,33 +343,6 @@ def _describe(desc: str, r: dict[str, Any], epochs: int) -> str:
         parts.append(f"val top-1 {r['val_top1']:.2f}%")
     parts.append(f"{r['epoch_s']:.1f}s")
     return ", ".join(parts)
-
-
-class _NoBar:
-    def add_task(self, *a, **k):
-        return 0
-
-    def advance(self, *a, **k):
-        pass
-
-    def remove_task(self, *a, **k):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def progress_bar(show: bool):
-    """A rich bar per epoch (steps done, ETA), cleared when done; a no-op one when not shown."""
-    if not show:
-        return _NoBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    return Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), transient=True)  # fmt: skip
 
 
 def _save_checkpoint(path: Path, key: str, epoch: int, history, model, opt, scaler) -> None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
+from tvc.progress import Progress
 
 log = logging.getLogger("tvc")
 LN2 = math.log(2.0)
@@ -137,48 +138,54 @@ def _loop(
     step, order, pos = 0, rng.permutation(n_items), 0
     running: dict[str, float] = {}
     planned = total
-    while step < total:
-        elapsed = time.perf_counter() - t0
-        if cfg.time_budget_s:
-            if elapsed >= cfg.time_budget_s:
-                break
-            if step >= 20:  # re-plan the schedule to what the rest of the budget allows
-                per_step = elapsed / step
-                left = int((cfg.time_budget_s - elapsed) / per_step)
-                planned = min(total, step + max(1, left))
-        if pos + cfg.batch_size > n_items:
-            order, pos = rng.permutation(n_items), 0
-        idx = np.sort(order[pos : pos + cfg.batch_size])
-        pos += cfg.batch_size
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * _schedule(step, planned, cfg)
-        loss, parts = loss_fn(idx)
-        if not torch.isfinite(loss):
-            raise NonFiniteError(
-                f"{what} loss became {float(loss)} at step {step}", "lower the learning rate"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        step += 1
-        for k, v in parts.items():
-            running[k] = running.get(k, 0.0) + v
-        running["_n"] = running.get("_n", 0) + 1
-        if step % cfg.log_every == 0 or step == total:
-            n = running.pop("_n")
-            row = {
-                "step": step,
-                "seconds": round(time.perf_counter() - t0, 1),
-                **{k: round(v / n, 4) for k, v in running.items()},
-            }
-            if check is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                row.update(check())
-                model.train()
-            history.append(row)
-            log.info("%s step %d/%d %s", what, step, total, row)
-            running = {}
+    bar = Progress().__enter__()  # a bar on a terminal, plain lines in a log
+    bar.task(what, total if total < 10**9 else None, unit="steps")
+    try:
+        while step < total:
+            elapsed = time.perf_counter() - t0
+            if cfg.time_budget_s:
+                if elapsed >= cfg.time_budget_s:
+                    break
+                if step >= 20:  # re-plan the schedule to what the rest of the budget allows
+                    per_step = elapsed / step
+                    left = int((cfg.time_budget_s - elapsed) / per_step)
+                    planned = min(total, step + max(1, left))
+            if pos + cfg.batch_size > n_items:
+                order, pos = rng.permutation(n_items), 0
+            idx = np.sort(order[pos : pos + cfg.batch_size])
+            pos += cfg.batch_size
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * _schedule(step, planned, cfg)
+            loss, parts = loss_fn(idx)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(
+                    f"{what} loss became {float(loss)} at step {step}", "lower the learning rate"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            step += 1
+            bar.advance()
+            for k, v in parts.items():
+                running[k] = running.get(k, 0.0) + v
+            running["_n"] = running.get("_n", 0) + 1
+            if step % cfg.log_every == 0 or step == total:
+                n = running.pop("_n")
+                row = {
+                    "step": step,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    **{k: round(v / n, 4) for k, v in running.items()},
+                }
+                if check is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                    row.update(check())
+                    model.train()
+                history.append(row)
+                log.info("%s step %d/%d %s", what, step, total, row)
+                running = {}
+    finally:
+        bar.__exit__(None, None, None)
     model.eval()
     # a diverged run must not save as a success
     check_finite_model(model, "training", "the run diverged: lower --lr and run it again")
