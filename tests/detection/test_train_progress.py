@@ -4,6 +4,7 @@ on a terminal, plain lines in a pipe), and --no-progress turns it off."""
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 from click.testing import CliRunner
 
@@ -18,7 +19,7 @@ from tvc.train.detection import DetTrainConfig, train_detector
 class _Recorder(Progress):
     """tvc.progress.Progress drawing nothing, remembering what the loop reported."""
 
-    made: list[_Recorder] = []
+    made: ClassVar[list[_Recorder]] = []
 
     def __init__(self, enabled: bool = True, **kw) -> None:
         super().__init__(enabled, interactive=False, emit=lambda line: None)

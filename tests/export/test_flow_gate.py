@@ -11,6 +11,7 @@ import pytest
 from tvc.errors import ConfigError
 from tvc.export.flow import _warn_if_slower
 from tvc.export.quantize import progress
+from tvc.progress import Progress
 from tvc.stages import get_stage
 
 STAGE = get_stage("export")
@@ -95,15 +96,26 @@ def test_a_slower_int8_variant_is_warned_with_speedup_and_fidelity(caplog):
     assert "slower_than_fp32" not in fast and not caplog.text
 
 
-def test_progress_steps_advance_a_shown_bar(monkeypatch, caplog):
-    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
-    with caplog.at_level(logging.INFO, logger="tvc"), progress.shown():
-        bar = progress._BAR.get()
-        assert bar is not None
-        with progress.step("calibrating", 10) as advance:
-            progress.counted(lambda x: x, advance)(np.zeros((4, 3)))
-            advance(6)
-            assert bar.tasks[0].completed == 10
+def test_progress_steps_report_through_the_one_display(caplog, monkeypatch):
+    lines: list[str] = []
+
+    class Plain(Progress):  # tvc's display in a pipe, lines kept
+        def __init__(self, enabled: bool = True) -> None:
+            super().__init__(enabled, interactive=False, emit=lines.append, every_frac=0.5,
+                             min_gap_s=0.0)  # fmt: skip
+
+    monkeypatch.setattr("tvc.progress.Progress", Plain)
+    shown = progress.shown()
+    with (
+        caplog.at_level(logging.INFO, logger="tvc"),
+        shown,
+        progress.step("calibrating", 10) as adv,
+    ):
+        progress.counted(lambda x: x, adv)(np.zeros((4, 3)))
+        adv(6)
     assert "calibrating" in caplog.text
-    with progress.step("no bar", 3) as advance:  # nothing shown: a no-op
-        advance()
+    assert lines and lines[-1].startswith("calibrating 100% (10/10)"), lines
+    lines.clear()
+    with progress.step("not shown", 3) as advance:  # outside shown(): logged, no display
+        advance(3)
+    assert not lines
