@@ -98,7 +98,7 @@ def test_report_cli_and_demo_print_one_headline(noisy_records, tmp_path, monkeyp
     ]  # fmt: skip
 
     class FakeRunner:
-        def __init__(self, recipe, out, echo):
+        def __init__(self, recipe, out, echo, force=False):
             self.steps = [r.step for r in results]
 
         def run(self):
