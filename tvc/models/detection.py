@@ -51,7 +51,7 @@ class HFDetector(nn.Module):
         out = self.inner(pixel_values=pixel_values, pixel_mask=pixel_mask, return_dict=True)
         return out.logits, out.pred_boxes
 
-    def forward_all_layers(self, pixel_values) -> list:
+    def forward_all_layers(self, pixel_values, pixel_mask=None) -> list:
         """(logits, boxes) after every decoder layer, the last equal to forward()'s.
 
         Training supervises every layer (DETR's auxiliary losses), which speeds up learning
@@ -64,7 +64,9 @@ class HFDetector(nn.Module):
             old = inner.config.auxiliary_loss
             inner.config.auxiliary_loss = True  # makes the decoder keep every layer's output
             try:
-                hidden = inner.model(pixel_values=pixel_values).intermediate_hidden_states
+                hidden = inner.model(
+                    pixel_values=pixel_values, pixel_mask=pixel_mask
+                ).intermediate_hidden_states
             finally:
                 inner.config.auxiliary_loss = old
             return [
@@ -73,7 +75,7 @@ class HFDetector(nn.Module):
             ]
         from transformers.models.deformable_detr.modeling_deformable_detr import inverse_sigmoid
 
-        out = inner(pixel_values=pixel_values, return_dict=True)
+        out = inner(pixel_values=pixel_values, pixel_mask=pixel_mask, return_dict=True)
         hidden = out.intermediate_hidden_states
         outputs = []
         for level in range(hidden.shape[1]):  # as DeformableDetrForObjectDetection.forward
@@ -278,6 +280,7 @@ def _info(name: str, config, *, input_size: int, mean, std, weights: str, model:
             "task": "detection",
             "num_queries": model.num_queries,
             "no_object_class": model.no_object_class,
+            "resize": "letterbox",  # tvc.data.letterbox; older artifacts lack it: "stretch"
             # what label i means: id2label's names (set from the training data's categories)
             "class_names": [labels.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))],
         },
@@ -459,12 +462,13 @@ def _size_from_processor(size: dict[str, Any]) -> int:
 
 
 def torch_predictor(model: nn.Module, device: str = "cpu"):
-    """predict(x: np.ndarray) -> (logits, boxes) as numpy, for tvc.eval.detection."""
+    """predict(x[, pixel_mask]) -> (logits, boxes) as numpy, for tvc.eval.detection."""
     import torch
 
-    def predict(x):
+    def predict(x, pixel_mask=None):
+        mask = None if pixel_mask is None else torch.from_numpy(pixel_mask).to(device)
         with torch.inference_mode():
-            logits, boxes = model(torch.from_numpy(x).to(device))
+            logits, boxes = model(torch.from_numpy(x).to(device), mask)
         return logits.float().cpu().numpy(), boxes.float().cpu().numpy()
 
     return predict
