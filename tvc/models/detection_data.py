@@ -71,7 +71,10 @@ def sized_for_data(model: str, train: Any, options: dict[str, Any]) -> dict[str,
             )
         return {"num_queries": asked} if asked else {}
     derived = default_queries(need)
-    reason = f"max({MIN_QUERIES}, {QUERY_HEADROOM} x {need}, the most objects in one image)"
+    reason = (
+        f"max({MIN_QUERIES}, ceil({QUERY_HEADROOM} x {need})), {need} being the most objects "
+        "in one training image; change with --num-queries"
+    )
     ckpt = _checkpoint_config(path) if path.is_dir() else None
     if ckpt is not None and int(ckpt.get("num_queries", 0)) >= need:
         derived = int(ckpt["num_queries"])
