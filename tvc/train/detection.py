@@ -108,7 +108,7 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else warmup_steps_for(total)
-    warmup = min(max(1, warmup), total)
+    warmup = max(1, warmup)
     log.info(
         "schedule: %d steps (%d epoch(s) x %d of batch %d), linear warm-up %d step(s)%s, "
         "then cosine from lr %g to %g",
