@@ -10,7 +10,8 @@ matters too. Every object is class "object".
 
 `recall` prints, for each detector artifact, recall@100 (the share of ground-truth objects that
 one of the image's best 100 detections finds, at IoU 0.5 and averaged over IoU .50:.95, as
-COCO's AR@100) and mAP on the test split, each artifact evaluated with its own preprocessing.
+COCO's AR@100) and mAP on the test split, each artifact evaluated with its own preprocessing,
+and the ceiling its query count puts on recall (a query yields one object).
 Train the artifacts with `tvc train detr_micro --data DIR ...` before and after the change.
 """
 
@@ -126,11 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         r50 = recall_at(test.targets, dets, 0.5)
         ar = float(np.mean([recall_at(test.targets, dets, t) for t in IOU_THRESHOLDS]))
         m = coco_map(test.targets, dets, len(test.class_names))
+        q = int(loaded.model.num_queries)
+        # one object per query: no detector with q queries can find more than this share
+        ceiling = sum(min(q, len(t["labels"])) for t in test.targets) / max(1, test.num_objects)
         print(
             f"{art}: queries {loaded.model.num_queries}, classes {loaded.model.num_classes}, "
             f"resize {resize_of(info)}: recall@100 IoU.5 {100 * r50:.1f}%, "
             f"AR@100 {100 * ar:.1f}%, mAP {100 * m['map']:.2f}, AP50 {100 * m['ap50']:.2f} "
-            f"on {len(test)} images ({test.num_objects} objects)"
+            f"on {len(test)} images ({test.num_objects} objects); recall ceiling of "
+            f"{q} queries {100 * ceiling:.1f}%"
         )
     return 0
 
