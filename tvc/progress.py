@@ -164,11 +164,12 @@ def size_of(items: object) -> int | None:
         return None
 
 
-def counted(predict: Callable[[Any], Any], bar: Progress) -> Callable[[Any], Any]:
-    """`predict(batch)` that advances `bar` by the batch's length: evaluation progress."""
+def counted(predict: Callable[..., Any], bar: Progress) -> Callable[..., Any]:
+    """`predict(batch, ...)` that advances `bar` by the batch's length: evaluation progress
+    (further arguments, such as a detector's pixel mask, pass through)."""
 
-    def run(x: Any) -> Any:
-        out = predict(x)
+    def run(x: Any, *rest: Any) -> Any:
+        out = predict(x, *rest)
         bar.advance(len(x))
         return out
 

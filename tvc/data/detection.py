@@ -29,6 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from tvc.data.letterbox import (  # noqa: F401 (re-exported: the preprocessing of scenes)
+    RESIZE_MODES,
+    canvas_extent,
+    letterbox_size,
+    preprocess,
+    preprocess_letterbox,
+    resize_bilinear,
+)
 from tvc.errors import DataError, MissingDependencyError, first_line
 
 BUILTIN = "fashion-mnist-det"
@@ -52,10 +60,19 @@ class DetectionSet:
     images: list[np.ndarray]
     targets: list[dict[str, np.ndarray]]
     image_ids: list[int] = field(default_factory=list)
+    # the COCO category id of each label (label i is category_ids[i]); default 1..K
+    category_ids: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.image_ids:
             self.image_ids = list(range(1, len(self.images) + 1))
+        if not self.category_ids:
+            self.category_ids = list(range(1, len(self.class_names) + 1))
+
+    @property
+    def max_objects(self) -> int:
+        """The most objects any one image holds (0 for a set without any)."""
+        return max((len(t["labels"]) for t in self.targets), default=0)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -73,6 +90,7 @@ class DetectionSet:
             self.images[:n],
             self.targets[:n],
             self.image_ids[:n],
+            self.category_ids,
         )
 
     def batches(
@@ -83,22 +101,40 @@ class DetectionSet:
         mean: tuple[float, ...],
         std: tuple[float, ...],
         shuffle_seed: int | None = None,
-    ) -> Iterator[tuple[np.ndarray, list[dict[str, np.ndarray]], list[int]]]:
-        """(x float32 NCHW, targets with normalised cxcywh boxes, positions) per batch.
+        resize: str = "letterbox",
+        masks: bool = False,
+    ) -> Iterator[tuple]:
+        """(x float32 NCHW, targets with normalised cxcywh boxes, positions) per batch; with
+        `masks`, (x, pixel_mask, targets, positions), pixel_mask (B, H, W) int64 with 1 on
+        image pixels and 0 on letterbox padding, or None when no image of the batch is padded.
 
-        Images are resized to the model's fixed input (a plain stretch: normalised boxes do not
-        change). With `shuffle_seed`, the order is a seeded permutation (for training).
+        `resize` "letterbox" keeps each image's aspect ratio (scaled to fit, padded at the
+        bottom/right, as DETR pads); boxes are then normalised by the padded canvas, so they map
+        back through `canvas_extent`. "stretch" (artifacts made before letterboxing) fills the
+        input, deforming non-square images. Square images into a square input come out the same
+        either way. With `shuffle_seed`, the order is a seeded permutation (for training).
         """
         order = np.arange(len(self))
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(self))
         for start in range(0, len(order), batch_size):
             pos = [int(i) for i in order[start : start + batch_size]]
-            x = np.stack([preprocess(self.images[i], input_size, mean, std) for i in pos])
-            yield x, [normalised_target(self.images[i], self.targets[i]) for i in pos], pos
+            xs, ms, targets = [], [], []
+            for i in pos:
+                x, mask = preprocess_letterbox(self.images[i], input_size, mean, std, resize)
+                xs.append(x)
+                ms.append(mask)
+                extent = canvas_extent(self.images[i].shape[:2], input_size[1:], resize)
+                targets.append(normalised_target(self.images[i], self.targets[i], extent))
+            x = np.stack(xs)
+            if not masks:
+                yield x, targets, pos
+                continue
+            mask = np.stack(ms)
+            yield x, (None if mask.all() else mask), targets, pos
 
     def to_coco(self) -> dict[str, Any]:
-        """The ground truth as a COCO dictionary (category ids 1..K in class order)."""
+        """The ground truth as a COCO dictionary (labels mapped to their category ids)."""
         images, anns = [], []
         for img_id, img, tgt in zip(self.image_ids, self.images, self.targets, strict=True):
             images.append(
@@ -115,19 +151,27 @@ class DetectionSet:
                     {
                         "id": len(anns) + 1,
                         "image_id": img_id,
-                        "category_id": int(label) + 1,
+                        "category_id": self.category_ids[int(label)],
                         "bbox": [x, y, w, h],
                         "area": w * h,
                         "iscrowd": 0,
                     }
                 )
-        cats = [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]
+        cats = [
+            {"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names, strict=True)
+        ]
         return {"images": images, "annotations": anns, "categories": cats}
 
 
-def normalised_target(image: np.ndarray, target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Boxes as [cx, cy, w, h] divided by the image's width and height, as DETR predicts them."""
+def normalised_target(
+    image: np.ndarray,
+    target: dict[str, np.ndarray],
+    extent: tuple[float, float] = (1.0, 1.0),
+) -> dict[str, np.ndarray]:
+    """Boxes as [cx, cy, w, h] divided by the width and height of the model's canvas in image
+    pixels (the image's own size times `extent`, see canvas_extent), as DETR predicts them."""
     h, w = image.shape[:2]
+    w, h = w * extent[0], h * extent[1]
     b = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
     cxcywh = np.stack(
         [(b[:, 0] + b[:, 2] / 2) / w, (b[:, 1] + b[:, 3] / 2) / h, b[:, 2] / w, b[:, 3] / h], axis=1
@@ -258,47 +302,6 @@ def _iou_xywh(a: list[float], b: list[float]) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-# ---------------------------------------------------------------------------- preprocessing
-
-
-def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of an (H, W[, C]) uint8 image with half-pixel centres (like PIL/cv2)."""
-    in_h, in_w = img.shape[:2]
-    if (in_h, in_w) == (h, w):
-        return img.copy()
-
-    def axis(n_out: int, n_in: int):
-        pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    y0, y1, wy = axis(h, in_h)
-    x0, x1, wx = axis(w, in_w)
-    f = img.astype(np.float32)
-    if f.ndim == 3:
-        wy, wx = wy[:, None, None], wx[None, :, None]
-    else:
-        wy, wx = wy[:, None], wx[None, :]
-    top = f[y0][:, x0] * (1 - wx) + f[y0][:, x1] * wx
-    bottom = f[y1][:, x0] * (1 - wx) + f[y1][:, x1] * wx
-    return np.clip(top * (1 - wy) + bottom * wy + 0.5, 0, 255).astype(np.uint8)
-
-
-def preprocess(
-    image: np.ndarray,
-    input_size: tuple[int, int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> np.ndarray:
-    """One (H, W[, 3]) uint8 image -> (C, H, W) float32, resized and normalised."""
-    c, h, w = input_size
-    img = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
-    img = resize_bilinear(img, h, w)[:, :, :c].astype(np.float32) / 255.0
-    img = (img - np.asarray(mean, np.float32)[:c]) / np.asarray(std, np.float32)[:c]
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
-
-
 # ------------------------------------------------------------------------------ COCO format
 
 
@@ -421,7 +424,9 @@ def load_coco(
         images, targets, ids = ([v[i] for i in keep] for v in (images, targets, ids))
     if name is None:
         name = path.stem if path.stem != "annotations" else path.parent.name
-    return DetectionSet(name, split, [c["name"] for c in cats], images, targets, ids)
+    return DetectionSet(
+        name, split, [c["name"] for c in cats], images, targets, ids, [c["id"] for c in cats]
+    )
 
 
 def _require_fields(path: Path, key: str, entries: list, fields: tuple[str, ...]) -> None:

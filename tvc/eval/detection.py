@@ -39,21 +39,24 @@ def decode(
     no_object_class: bool,
     max_dets: int = MAX_DETS,
     score_threshold: float = 0.0,
+    num_classes: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Per image: {"boxes" (n, 4) normalised cxcywh, "scores" (n,), "labels" (n,)}, best first.
 
-    `logits` (B, Q, K[+1]) and `boxes` (B, Q, 4) are a detector's raw outputs.
+    `logits` (B, Q, K[+1]) and `boxes` (B, Q, 4) are a detector's raw outputs. With
+    `num_classes` (the data's), labels the data does not have are never emitted.
     """
     logits = np.asarray(logits, np.float64)
     out = []
     for lg, bx in zip(logits, np.asarray(boxes, np.float32), strict=True):
         if no_object_class:
             prob = _softmax(lg)[:, :-1]  # drop "no object"
+            prob = prob[:, :num_classes] if num_classes is not None else prob
             labels = prob.argmax(1)
             scores = prob[np.arange(len(prob)), labels]
             query = np.arange(len(prob))
         else:
-            prob = 1.0 / (1.0 + np.exp(-lg))
+            prob = 1.0 / (1.0 + np.exp(-lg[:, :num_classes]))
             flat = prob.reshape(-1)
             top = np.argsort(-flat, kind="stable")[:max_dets]
             query, labels, scores = top // prob.shape[1], top % prob.shape[1], flat[top]
@@ -198,19 +201,30 @@ def predict_detections(
     no_object_class: bool,
     batch_size: int = 16,
     score_threshold: float = 0.0,
+    resize: str = "letterbox",
+    pixel_mask: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Detections in pixels of each image of `data` (a DetectionSet), from predict(x) ->
-    (logits, boxes)."""
+    (logits, boxes), or predict(x, pixel_mask) with `pixel_mask` (the mask is None when no
+    image of the batch is padded). Boxes map back through the letterbox to each image's own
+    pixels; labels are limited to the data's classes."""
+    from tvc.data.detection import canvas_extent
+
     out: list[dict[str, np.ndarray]] = []
-    for x, _targets, pos in data.batches(batch_size, input_size=input_size, mean=mean, std=std):
-        logits, boxes = predict(x)
-        for i, dets in zip(
-            pos,
-            decode(logits, boxes, no_object_class=no_object_class, score_threshold=score_threshold),
-            strict=True,
-        ):
+    view = {"input_size": input_size, "mean": mean, "std": std, "resize": resize}
+    for x, mask, _targets, pos in data.batches(batch_size, masks=True, **view):
+        logits, boxes = predict(x, mask) if pixel_mask else predict(x)
+        decoded = decode(
+            logits,
+            boxes,
+            no_object_class=no_object_class,
+            score_threshold=score_threshold,
+            num_classes=len(data.class_names),
+        )
+        for i, dets in zip(pos, decoded, strict=True):
             h, w = data.images[i].shape[:2]
-            out.append(to_pixels(dets, w, h))
+            ex, ey = canvas_extent((h, w), input_size[1:], resize)
+            out.append(to_pixels(dets, w * ex, h * ey))
     return out
 
 
@@ -227,12 +241,22 @@ def evaluate_detector(
     reference_no_object_class: bool | None = None,
     reference_preprocess: dict[str, Any] | None = None,
     reference_threshold: float = 0.5,
+    resize: str = "letterbox",
+    pixel_mask: bool = False,
 ) -> dict[str, Any]:
     """mAP and AP50 (percent) of a detector on `data`; with `reference` (a teacher), also the
     agreement: the mAP of this detector's detections measured against the teacher's detections
     that score >= `reference_threshold`, as if they were the ground truth. The reference sees
-    the images prepared its own way when `reference_preprocess` (input_size, mean, std) says so."""
-    kw = {"input_size": input_size, "mean": mean, "std": std, "batch_size": batch_size}
+    the images prepared its own way when `reference_preprocess` (input_size, mean, std, resize)
+    says so. `resize` and `pixel_mask` are as predict_detections takes them."""
+    kw = {
+        "input_size": input_size,
+        "mean": mean,
+        "std": std,
+        "batch_size": batch_size,
+        "resize": resize,
+        "pixel_mask": pixel_mask,
+    }
     dets = predict_detections(predict, data, no_object_class=no_object_class, **kw)
     scores = coco_map(data.targets, dets, len(data.class_names))
     result: dict[str, Any] = {
@@ -284,7 +308,12 @@ def evaluate_model(
         ref_kw = {
             "reference": torch_predictor(reference.model.to(device).eval(), device),
             "reference_no_object_class": bool(reference.model.no_object_class),
-            "reference_preprocess": {"input_size": r.input_size, "mean": r.mean, "std": r.std},
+            "reference_preprocess": {
+                "input_size": r.input_size,
+                "mean": r.mean,
+                "std": r.std,
+                "resize": resize_of(r),
+            },
         }
     with Progress() as bar:  # a bar on a terminal, plain lines in a log
         bar.task(f"evaluating {info.name}", size_of(data), unit="images")
@@ -296,5 +325,13 @@ def evaluate_model(
             std=info.std,
             no_object_class=bool(loaded.model.no_object_class),
             batch_size=batch_size,
+            resize=resize_of(info),
+            pixel_mask=True,
             **ref_kw,
         )
+
+
+def resize_of(info) -> str:
+    """How a detector's images are resized: "letterbox" unless its record says otherwise
+    (artifacts made before letterboxing stretched every image to the square input)."""
+    return str(info.extra.get("resize", "stretch"))

@@ -51,7 +51,7 @@ class HFDetector(nn.Module):
         out = self.inner(pixel_values=pixel_values, pixel_mask=pixel_mask, return_dict=True)
         return out.logits, out.pred_boxes
 
-    def forward_all_layers(self, pixel_values) -> list:
+    def forward_all_layers(self, pixel_values, pixel_mask=None) -> list:
         """(logits, boxes) after every decoder layer, the last equal to forward()'s.
 
         Training supervises every layer (DETR's auxiliary losses), which speeds up learning
@@ -64,7 +64,9 @@ class HFDetector(nn.Module):
             old = inner.config.auxiliary_loss
             inner.config.auxiliary_loss = True  # makes the decoder keep every layer's output
             try:
-                hidden = inner.model(pixel_values=pixel_values).intermediate_hidden_states
+                hidden = inner.model(
+                    pixel_values=pixel_values, pixel_mask=pixel_mask
+                ).intermediate_hidden_states
             finally:
                 inner.config.auxiliary_loss = old
             return [
@@ -73,7 +75,7 @@ class HFDetector(nn.Module):
             ]
         from transformers.models.deformable_detr.modeling_deformable_detr import inverse_sigmoid
 
-        out = inner(pixel_values=pixel_values, return_dict=True)
+        out = inner(pixel_values=pixel_values, pixel_mask=pixel_mask, return_dict=True)
         hidden = out.intermediate_hidden_states
         outputs = []
         for level in range(hidden.shape[1]):  # as DeformableDetrForObjectDetection.forward
@@ -262,6 +264,8 @@ def init_for_training(model: HFDetector) -> None:
 def _info(name: str, config, *, input_size: int, mean, std, weights: str, model: HFDetector):
     from tvc.models.info import ModelInfo
 
+    labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+
     return ModelInfo(
         name=name,
         family=FAMILY,
@@ -276,8 +280,37 @@ def _info(name: str, config, *, input_size: int, mean, std, weights: str, model:
             "task": "detection",
             "num_queries": model.num_queries,
             "no_object_class": model.no_object_class,
+            "resize": "letterbox",  # tvc.data.letterbox; older artifacts lack it: "stretch"
+            # what label i means: id2label's names (set from the training data's categories)
+            "class_names": [labels.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))],
         },
     )
+
+
+def set_classes(
+    config,
+    *,
+    num_classes: int | None,
+    num_queries: int | None,
+    class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
+) -> list[str]:
+    """Apply a class count, query count and class names to a transformers detection config;
+    returns what changed (for the log). Names and COCO category ids are kept in the config
+    (id2label, and tvc_category_ids), so they travel with the artifact and save_pretrained."""
+    changed = []
+    if num_classes is not None and num_classes != config.num_labels:
+        changed.append(f"classes {config.num_labels} -> {num_classes}")
+        config.num_labels = num_classes  # resets id2label to LABEL_i
+    if num_queries is not None and num_queries != config.num_queries:
+        changed.append(f"queries {config.num_queries} -> {num_queries}")
+        config.num_queries = num_queries
+    if class_names is not None and len(class_names) == config.num_labels:
+        config.id2label = dict(enumerate(class_names))
+        config.label2id = {n: i for i, n in enumerate(class_names)}
+    if category_ids is not None and len(category_ids) == config.num_labels:
+        config.tvc_category_ids = [int(c) for c in category_ids]
+    return changed
 
 
 def det_from_name(
@@ -286,17 +319,26 @@ def det_from_name(
     weights: str | Path | None = None,
     num_classes: int | None = None,
     input_size: int | None = None,
+    num_queries: int | None = None,
+    class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
     warn_random: bool = True,
 ):
-    """One of DETECTION_CONFIGS, randomly initialised or with a weights file for it."""
+    """One of DETECTION_CONFIGS, randomly initialised or with a weights file for it;
+    `num_classes` / `num_queries` size its class head and object queries."""
     from tvc.models.info import LoadedModel
     from tvc.models.weights import load_into, read_state_dict
 
     small = DETECTION_CONFIGS[name]
-    cfg = {"model_type": small.model_type, **small.config}
-    if num_classes is not None:
-        cfg["num_labels"] = num_classes
-    model = det_build(cfg)
+    config = det_config({"model_type": small.model_type, **small.config})
+    set_classes(
+        config,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        class_names=class_names,
+        category_ids=category_ids,
+    )
+    model = det_build(config.to_dict())
     if weights is not None:
         state = read_state_dict(weights)
         if not any(k.startswith("inner.") for k in state):
@@ -325,12 +367,20 @@ def det_from_name(
 
 
 def det_from_directory(
-    path: Path, *, num_classes: int | None = None, input_size: int | None = None
+    path: Path,
+    *,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    num_queries: int | None = None,
+    class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
 ):
     """A Hugging Face detection directory (config.json + model.safetensors/pytorch_model.bin).
 
     With `num_classes` different from the checkpoint's, the class head is re-initialised (for
-    fine-tuning on another label set); everything else loads.
+    fine-tuning on another label set); with `num_queries` different from the checkpoint's, the
+    query embeddings are (they have one row per query); everything else loads. Both are said
+    on the terminal.
     """
     from tvc.models.info import LoadedModel, read_json
     from tvc.models.weights import load_into
@@ -342,9 +392,28 @@ def det_from_directory(
             "save the weights with save_pretrained() into that directory",
         )
     config = det_config(read_json(path / "config.json"))
-    changed = num_classes is not None and num_classes != config.num_labels
-    if changed:
-        config.num_labels = num_classes
+    changes = set_classes(
+        config,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        class_names=class_names,
+        category_ids=category_ids,
+    )
+    changed = bool(changes)
+    if changes:
+        log.warning(
+            "%s: %s; %s re-initialised for fine-tuning",
+            path.name,
+            ", ".join(changes),
+            " and ".join(
+                part
+                for part, hit in (
+                    ("the class head", "classes" in " ".join(changes)),
+                    ("the query embeddings", "queries" in " ".join(changes)),
+                )
+                if hit
+            ),
+        )
     _normalise_config(config)
     hf_logging = transformers.utils.logging
     bar = hf_logging.is_progress_bar_enabled()
@@ -393,12 +462,13 @@ def _size_from_processor(size: dict[str, Any]) -> int:
 
 
 def torch_predictor(model: nn.Module, device: str = "cpu"):
-    """predict(x: np.ndarray) -> (logits, boxes) as numpy, for tvc.eval.detection."""
+    """predict(x[, pixel_mask]) -> (logits, boxes) as numpy, for tvc.eval.detection."""
     import torch
 
-    def predict(x):
+    def predict(x, pixel_mask=None):
+        mask = None if pixel_mask is None else torch.from_numpy(pixel_mask).to(device)
         with torch.inference_mode():
-            logits, boxes = model(torch.from_numpy(x).to(device))
+            logits, boxes = model(torch.from_numpy(x).to(device), mask)
         return logits.float().cpu().numpy(), boxes.float().cpu().numpy()
 
     return predict

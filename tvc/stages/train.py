@@ -43,7 +43,19 @@ class Config(ModelOptions, OutputOptions):
         description="Global batch, split over torchrun processes [default: 128; detectors: 32 "
         "from random weights, 16 from trained ones].",
     )
-    input_size: int | None = Field(None, ge=1, description="Input resolution (model names only).")
+    input_size: int | None = Field(
+        None,
+        ge=1,
+        description="Input resolution (model names, and Hugging Face detector directories).",
+    )
+    num_queries: int | None = Field(
+        None,
+        ge=1,
+        description="Detectors: object queries, the most objects one image can yield "
+        "[default: max(10, 1.5 x the most objects in one training image); a Hugging Face "
+        "checkpoint keeps its own when they suffice]. Changing a checkpoint's re-initialises "
+        "its query embeddings.",
+    )
     limit: int | None = Field(
         None, ge=1, description="Train on a seeded subset of this many images."
     )
@@ -54,7 +66,10 @@ class Config(ModelOptions, OutputOptions):
         None, ge=0, description="AdamW weight decay [default: 0.05; detectors: 1e-4]."
     )
     warmup_epochs: float | None = Field(
-        None, ge=0, description="Linear warm-up [default: 1 epoch; detectors: 50 steps]."
+        None,
+        ge=0,
+        description="Linear warm-up [default: 1 epoch; detectors: min(50 steps, 10% of all "
+        "steps)].",
     )
     grad_clip: float | None = Field(
         None,
@@ -90,13 +105,14 @@ def run(cfg: Config):
     claim_output(cfg, cfg.model, cfg.weights, cfg.data)
     torch.manual_seed(cfg.seed)  # the same fresh weights in every process, for the same --seed
     is_path = Path(cfg.model).exists()
-    loaded = task.load_model(
-        cfg.model,
-        **cfg.model_kwargs(),
-        warn_random=False,
-        input_size=None if is_path else cfg.input_size,
-    )
     settings: dict[str, Any] = cfg.model_dump(exclude_unset=True)
+    kwargs = {
+        **cfg.model_kwargs(),
+        "warn_random": False,
+        "input_size": None if is_path else cfg.input_size,
+        **task.training_model_kwargs(cfg.model, cfg.data, settings),
+    }
+    loaded = task.load_model(cfg.model, **kwargs)
     settings.update(output=cfg.output, model=cfg.model)
     metrics = task.train(loaded, cfg.data, settings)
     if metrics is None:  # not rank 0 of a torchrun job: rank 0 writes

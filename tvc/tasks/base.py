@@ -93,6 +93,12 @@ class Task(ABC):
 
         return load_model(spec, **kwargs)
 
+    def training_model_kwargs(self, model: str, data: str, options: dict[str, Any]) -> dict:
+        """Extra load_model keyword arguments for training `model` on `data` (what a model is
+        built for follows from the data: detectors take their classes and query count from
+        it); `options` are the train stage's set options."""
+        return {}
+
     # --------------------------------------------------------------------------------- data
     @abstractmethod
     def load_data(

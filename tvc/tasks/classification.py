@@ -28,6 +28,9 @@ class ClassificationTask(Task):
             "sampling": "only Deformable DETR's attention samples bilinearly",
             "pixel_mask": "classifiers take whole images, never padded ones",
         },
+        "train": {
+            "num_queries": "object queries are for detectors (DETR, Deformable DETR)",
+        },
     }
 
     # The fallback task: anything no other task claims is an image classifier.

@@ -33,6 +33,7 @@ class Scenes:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     no_object_class: bool
+    resize: str = "letterbox"  # tvc.data.letterbox (artifacts made before it: "stretch")
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -94,11 +95,38 @@ class DetectionTask(Task):
 
         return is_detection_spec(spec)
 
+    # ------------------------------------------------------------------------------- models
+    def load_model(self, spec: str, **kwargs: Any) -> LoadedModel:
+        """load_model, plus what only detectors take: `num_queries`, `class_names`,
+        `category_ids`, and --input-size for a Hugging Face directory too."""
+        from tvc.models.detection_data import load_detector
+
+        return load_detector(spec, **kwargs)
+
+    def training_model_kwargs(self, model: str, data: str, options: dict[str, Any]) -> dict:
+        """Classes and object queries from the training data (announced on the terminal)."""
+        from tvc.models.detection_data import sized_for_data
+
+        train = self._train_set(data, options.get("limit"))
+        return sized_for_data(model, train, options)
+
+    def _train_set(self, spec: str, limit: int | None) -> DetectionSet:
+        """The train split, read once for sizing the model and training it."""
+        from tvc.data.detection import load_detection
+
+        key = (spec, limit)
+        cached = getattr(self, "_train_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, load_detection(spec, "train", limit=limit))
+            self._train_cache = cached
+        return cached[1]
+
     # ---------------------------------------------------------------------------------- data
     def load_data(
         self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0
     ) -> Scenes:
         from tvc.data.detection import load_detection
+        from tvc.eval.detection import resize_of
 
         # Scenes keep the dataset's own seed, so test numbers of different runs are comparable.
         scenes = load_detection(spec, split, limit=limit)
@@ -108,6 +136,7 @@ class DetectionTask(Task):
             tuple(info.mean),
             tuple(info.std),
             bool(info.extra.get("no_object_class", True)),
+            resize_of(info),
         )
 
     def sample_inputs(self, info: ModelInfo, data_spec: str | None, n: int) -> tuple[Any, str]:
@@ -116,14 +145,11 @@ class DetectionTask(Task):
         if data_spec is None:
             gen = torch.Generator().manual_seed(0)
             return torch.randn(n, *info.input_size, generator=gen), "random inputs"
-        test = self.load_data(data_spec, "test", info).scenes
+        data = self.load_data(data_spec, "test", info)
+        test = data.scenes
         sub = test.subset(min(n, len(test)))
-        x = np.concatenate(
-            [
-                b[0]
-                for b in sub.batches(64, input_size=info.input_size, mean=info.mean, std=info.std)
-            ]
-        )
+        view = {"input_size": info.input_size, "mean": info.mean, "std": info.std}
+        x = np.concatenate([b[0] for b in sub.batches(64, **view, resize=data.resize)])
         return torch.from_numpy(x), f"{test.name} {test.split} images"
 
     # ------------------------------------------------------------------------------- running
@@ -208,7 +234,12 @@ class DetectionTask(Task):
 
             return run
 
-        view = {"input_size": data.input_size, "mean": data.mean, "std": data.std}
+        view = {
+            "input_size": data.input_size,
+            "mean": data.mean,
+            "std": data.std,
+            "resize": data.resize,
+        }
         ref_kw: dict[str, Any] = {}
         if reference is not None:
             ref_kw = {
@@ -300,6 +331,8 @@ class DetectionTask(Task):
         keys = ("epochs", "lr", "batch_size", "weight_decay", "grad_clip", "seed", "device")
         cfg = det_train_config(loaded, **{k: settings[k] for k in keys if k in settings})
         cfg.progress = not settings.get("no_progress", False)
+        train = self._train_set(data_spec, settings.get("limit"))
+        self._train_cache = None  # read again by the next run: files may change between runs
         return train_detector_run(
             loaded,
             data_spec,
@@ -307,6 +340,7 @@ class DetectionTask(Task):
             limit=settings.get("limit"),
             eval_limit=settings.get("eval_limit"),
             warmup_epochs=settings.get("warmup_epochs"),
+            train=train,
         )
 
     def prune(
@@ -415,7 +449,7 @@ class DetectionTask(Task):
         from tvc.data.base import ImageSet
 
         view = {"input_size": data.input_size, "mean": data.mean, "std": data.std}
-        x = np.concatenate([b[0] for b in data.scenes.batches(64, **view)])
+        x = np.concatenate([b[0] for b in data.scenes.batches(64, **view, resize=data.resize)])
         scenes = data.scenes
         return ImageSet.from_arrays(
             x, np.zeros(len(x), np.int64), name=scenes.name, split=scenes.split

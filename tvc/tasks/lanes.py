@@ -84,6 +84,7 @@ class LanesTask(Task):
         "train": {
             "label_smoothing": "lane models train with LSTR's set loss",
             "resume": "lane model training keeps no checkpoint",
+            "num_queries": "lane models keep their config's lane queries",
         },
     }
 

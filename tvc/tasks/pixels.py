@@ -74,7 +74,10 @@ class PixelsTask(Task):
             "steps": _MAGNITUDE,
             "kd": _KL,
         },
-        "train": {"resume": "iGPT training keeps no checkpoint"},
+        "train": {
+            "resume": "iGPT training keeps no checkpoint",
+            "num_queries": "object queries are for detectors (DETR, Deformable DETR)",
+        },
     }
 
     # ------------------------------------------------------------------ what belongs to the task

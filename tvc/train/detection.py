@@ -39,6 +39,7 @@ from tvc.train.set_loss import (
 )
 
 if TYPE_CHECKING:
+    from tvc.data.detection import DetectionSet
     from tvc.models.load import LoadedModel
 
 log = logging.getLogger("tvc")
@@ -54,7 +55,8 @@ class DetTrainConfig:
     batch_size: int = 16
     weight_decay: float = 1e-4
     grad_clip: float = 0.1  # DETR's max gradient norm
-    warmup_steps: int = 50
+    # None: derived from the run's length (warmup_steps_for); an int: exactly that many
+    warmup_steps: int | None = None
     seed: int = 0
     device: str = "cpu"
     train_backbone_stem: bool = True  # HF freezes the ResNet stem (for pretrained weights)
@@ -81,6 +83,16 @@ def _optimizer(model: torch.nn.Module, cfg: DetTrainConfig):
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+MAX_WARMUP_STEPS = 50  # DETR-style warm-up of a long run
+WARMUP_FRACTION = 0.1  # ... but never more than this share of a short run
+
+
+def warmup_steps_for(total_steps: int) -> int:
+    """The default linear warm-up: min(50 steps, 10% of the run), at least 1 step, so a small
+    set (34 images: 2 steps an epoch) does not spend 25 epochs warming up."""
+    return max(1, min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * total_steps)))
+
+
 def _schedule(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak."""
     if step < warmup:
@@ -90,12 +102,28 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 
 def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
-    """The shared optimisation loop; step_loss(x, targets) -> (loss, parts)."""
+    """The shared optimisation loop; step_loss(x, pixel_mask, targets) -> (loss, parts)."""
+    from tvc.eval.detection import resize_of
+
     torch.manual_seed(cfg.seed)
     opt = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, cfg.warmup_steps))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else warmup_steps_for(total)
+    warmup = max(1, warmup)
+    log.info(
+        "schedule: %d steps (%d epoch(s) x %d of batch %d), linear warm-up %d step(s)%s, "
+        "then cosine from lr %g to %g",
+        total,
+        cfg.epochs,
+        steps_per_epoch,
+        cfg.batch_size,
+        warmup,
+        "" if cfg.warmup_steps is not None else " (min(50, 10% of the steps))",
+        cfg.lr,
+        0.05 * cfg.lr,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
     model.train()
     history, t0, step = [], time.perf_counter(), 0
     bar = Progress(cfg.progress)  # a bar on a terminal, plain lines in a log; left in `finally`
@@ -104,15 +132,19 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
         for epoch in range(cfg.epochs):
             bar.task(f"train epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
             sums: dict[str, float] = {}
-            for x, targets, _ in data.batches(
+            for x, mask, targets, _ in data.batches(
                 cfg.batch_size,
                 input_size=info.input_size,
                 mean=info.mean,
                 std=info.std,
                 shuffle_seed=cfg.seed * 1000 + epoch,
+                resize=resize_of(info),
+                masks=True,
             ):
                 loss, parts = step_loss(
-                    torch.from_numpy(x).to(cfg.device), targets_to_torch(targets, cfg.device)
+                    torch.from_numpy(x).to(cfg.device),
+                    None if mask is None else torch.from_numpy(mask).to(cfg.device),
+                    targets_to_torch(targets, cfg.device),
                 )
                 if not torch.isfinite(loss):
                     raise NonFiniteError(
@@ -146,6 +178,7 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
     return {
         "epochs": cfg.epochs,
         "steps": step,
+        "warmup_steps": warmup,
         "images": len(data),
         "seconds": round(time.perf_counter() - t0, 1),
         "history": history,
@@ -161,8 +194,8 @@ def train_detector(loaded, data, cfg: DetTrainConfig | None = None) -> dict:
     no_obj = model.no_object_class
     _check_classes(loaded, data)
 
-    def step_loss(x, targets):
-        layers = _outputs(model, x, cfg.aux_loss)
+    def step_loss(x, mask, targets):
+        layers = _outputs(model, x, mask, cfg.aux_loss)
         loss, parts = 0.0, {}
         for logits, boxes in layers:  # the last layer's parts are the ones reported
             layer_loss, parts, _ = set_loss(
@@ -175,9 +208,9 @@ def train_detector(loaded, data, cfg: DetTrainConfig | None = None) -> dict:
     return {"stage": "train-detection", "config": asdict(cfg), **metrics}
 
 
-def _outputs(model, x, all_layers: bool) -> list:
+def _outputs(model, x, mask, all_layers: bool) -> list:
     """[(logits, boxes)] of the final layer, or of every decoder layer (auxiliary losses)."""
-    return model.forward_all_layers(x) if all_layers else [model(x)]
+    return model.forward_all_layers(x, mask) if all_layers else [model(x, mask)]
 
 
 def _check_classes(loaded, data) -> None:
@@ -319,13 +352,13 @@ def distill_detector(student, teacher, data, cfg: DetDistillConfig | None = None
     loss_cfg = cfg.loss or SetLossConfig()
     no_obj = s_model.no_object_class
 
-    def step_loss(x, targets):
+    def step_loss(x, mask, targets):
         with torch.no_grad():
-            t_logits, t_boxes = t_model(x)
+            t_logits, t_boxes = t_model(x, mask)
         pseudo = teacher_targets(
             t_logits, t_boxes, no_object_class=no_obj, threshold=cfg.score_threshold
         )
-        layers = _outputs(s_model, x, cfg.aux_loss)
+        layers = _outputs(s_model, x, mask, cfg.aux_loss)
         loss = 0.0
         for logits, boxes in layers[:-1]:  # auxiliary layers: the set loss only
             loss = loss + set_loss(logits, boxes, pseudo, no_object_class=no_obj, cfg=loss_cfg)[0]
@@ -397,11 +430,13 @@ def train_detector_run(
     limit: int | None = None,
     eval_limit: int | None = None,
     warmup_epochs: float | None = None,
+    train: DetectionSet | None = None,
 ) -> dict[str, Any]:
     """Train detector `loaded` on `data_spec`'s train split and measure COCO mAP on its test
     split; returns the metrics for its artifact.
 
-    `warmup_epochs`, when given, sets the warm-up in epochs instead of cfg.warmup_steps.
+    `warmup_epochs`, when given, sets the warm-up in epochs instead of cfg.warmup_steps;
+    `train`, when given, is the train split already read.
     """
     from dataclasses import replace
 
@@ -419,7 +454,8 @@ def train_detector_run(
         )
     cfg.validate()
     # Scenes keep the dataset's own seed, so test numbers of different runs are comparable.
-    train = load_detection(data_spec, "train", limit=limit)
+    if train is None:
+        train = load_detection(data_spec, "train", limit=limit)
     test = load_detection(data_spec, "test", limit=eval_limit)
     if warmup_epochs is not None:
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
