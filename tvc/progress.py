@@ -173,4 +173,5 @@ def counted(predict: Callable[..., Any], bar: Progress) -> Callable[..., Any]:
         bar.advance(len(x))
         return out
 
+    run.takes_mask = getattr(predict, "takes_mask", False)  # type: ignore[attr-defined]
     return run

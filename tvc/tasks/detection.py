@@ -228,8 +228,12 @@ class DetectionTask(Task):
         from tvc.eval.detection import evaluate_detector
 
         def pair(p: Predict):
-            def run(x: np.ndarray):
-                out = p(x)
+            # The letterbox mask reaches predictors that take one (an ONNX model exported
+            # with --pixel-mask, run through tvc.runtime.predict); others see the padding.
+            takes_mask = getattr(p, "takes_mask", False)
+
+            def run(x: np.ndarray, mask: np.ndarray | None = None):
+                out = p(x, mask) if mask is not None and takes_mask else p(x)
                 return out[LOGITS], out[BOXES]
 
             return run
@@ -252,6 +256,7 @@ class DetectionTask(Task):
             data.scenes,
             no_object_class=data.no_object_class,
             batch_size=batch_size,
+            pixel_mask=True,
             **view,
             **ref_kw,
         )
