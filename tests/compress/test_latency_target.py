@@ -86,8 +86,8 @@ def test_search_picks_a_candidate_predicted_within_the_target():
     def prune(m, ratio):
         task.prune(m, {"prune": ratio, "round_to": 8}, example=samples[:1])
 
-    cands, models = build_candidates(pico.model, pico.info.input_size, prune,
-                                     prune_grid=(0.0, 0.25, 0.5), merge_values=[0, 8, 16])  # fmt: skip
+    grid = {"prune_grid": (0.0, 0.25, 0.5), "merge_values": [0, 8, 16]}
+    cands, models = build_candidates(pico.model, pico.info.input_size, prune, **grid)
     assert len(cands) == 9 and set(models) == {(c.prune, c.merge) for c in cands}
     dense = next(c for c in cands if c.prune == 0 and c.merge == 0)
     assert all(c.macs < dense.macs for c in cands if c is not dense)
