@@ -142,3 +142,27 @@ def test_cli_refuses_a_bad_table_file_before_any_work(tmp_path):
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: latency table") and len(res.output.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_target_latency_with_a_carried_table(tmp_path, monkeypatch):
+    """A table file given (as if measured on a board): no table is measured here, the chosen
+    compression is applied and recorded, and predicted and measured latency are reported."""
+    monkeypatch.setattr("tvc.stages.latency.FINAL_TIME_S", (0.2, 0.5))  # a short timing
+    pico = load_model("vit_pico", warn_random=False)
+    table = make_table(pico.info.arch, pico.info.input_size, "ort", 1, fake_measured())
+    path = save_table(table, tmp_path / "board.json")
+    dense = table.predict(5_538_688, 130)  # vit_pico's MACs and block tokens
+    res = run("compress", "vit_pico", "-o", tmp_path / "o", "--target-latency",
+              round(dense * 0.8, 4), "--latency-table", path)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "latency target" in res.output and "measured" in res.output
+    from tvc.artifact import load_artifact
+
+    art = load_artifact(tmp_path / "o")
+    lt = art.meta["metrics"]["compression"]["latency_target"]
+    assert lt["table"] == str(path) and lt["predicted_ms"] <= round(dense * 0.8, 4)
+    assert lt["measured_ms"] > 0 and lt["parent_measured_ms"] > 0
+    chosen, spec = lt["chosen"], art.meta["spec"]
+    assert (spec["prune"] or {}).get("ratio") == (chosen["prune"] or None)
+    assert (spec["merge"] or {}).get("schedule", [0, 0]) == chosen["schedule"]
+    assert path.read_text() == table.model_dump_json(indent=2) + "\n"  # read, never rewritten
