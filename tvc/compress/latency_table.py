@@ -19,7 +19,7 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,6 +52,9 @@ class LatencyTable(BaseModel):
     input_size: list[int]
     backend: str
     threads: int = Field(ge=1)
+    # cpu: CPU time of the calling thread per call (1 ORT thread: latency without preemption by
+    # other work); wall: wall-clock p50
+    clock: Literal["cpu", "wall"] = "wall"
     measured: list[Measured] = Field(min_length=2)
     coefficients: dict[str, float]
     fit_max_rel_error: float
@@ -102,9 +105,11 @@ def fit(measured: list[Measured]) -> tuple[dict[str, float], float]:
 
 
 def make_table(arch: str, input_size, backend: str, threads: int, measured: list[Measured],
-               environment: dict[str, Any] | None = None) -> LatencyTable:  # fmt: skip
+               environment: dict[str, Any] | None = None,
+               clock: str = "wall") -> LatencyTable:  # fmt: skip
     coefficients, worst = fit(measured)
     return LatencyTable(arch=arch, input_size=list(input_size), backend=backend, threads=threads,
+                        clock=clock,
                         measured=measured, coefficients=coefficients,
                         fit_max_rel_error=round(worst, 4),
                         environment=environment or {})  # fmt: skip
