@@ -168,6 +168,7 @@ def markdown(res: dict[str, Any]) -> str:
                        f" ms, measured by the stage {c['measured_ms']:.3f} ms (parent "
                        f"{c['parent_measured_ms']:.3f} ms): target {met}; table fit worst error "
                        f"{c['table_fit_max_rel_error']:.1%}.")  # fmt: skip
+    out += goals(f)
     if "deit" in res:
         d = res["deit"]
         out += [f"\n## deit_small ({d['weights']})\n",
@@ -178,6 +179,55 @@ def markdown(res: dict[str, Any]) -> str:
                        f"{w['speedup']:.2f}x | {w['p50_ms']:.2f} | "
                        f"{w['wall_speedup']:.2f}x |")  # fmt: skip
     return "\n".join(out)
+
+
+def goals(f: dict[str, Any]) -> list[str]:
+    """The issue's goals for the latency-aware choice, read off the rows: its target met within
+    10%, and top-1 vs the uniform pruning closest in CPU time after the same distillation."""
+    target = next((w for w in f["rows"] if "choice" in w), None)
+    pruned = [w for w in f["rows"] if w["variant"].startswith("prune")]
+    if target is None or not pruned:
+        return []
+    c = target["choice"]
+    near = min(pruned, key=lambda w: abs(w["cpu_ms"] - target["cpu_ms"]))
+    goal_ms = float(target["variant"].split()[1])  # "target 1.373 ms"
+    out = ["\n### Goals\n",
+           f"- Target {goal_ms:g} ms (half the parent's): predicted {c['predicted_ms']:.3f} ms, "
+           f"measured {c['measured_ms']:.3f} ms by the stage "
+           f"({c['measured_ms'] / goal_ms - 1:+.1%}) and {target['cpu_ms']:.3f} ms in the "
+           "interleaved run above "
+           f"({target['cpu_ms'] / goal_ms - 1:+.1%}); within 10%: "
+           f"**{'met' if c['meets_target'] else 'NOT met'}**."]  # fmt: skip
+    if "top1_distilled" in target and "top1_distilled" in near:
+        gain = target["top1_distilled"] - near["top1_distilled"]
+        out.append(
+            f"- Against the uniform pruning closest in latency ({near['variant']}, "
+            f"{near['cpu_ms']:.3f} ms vs {target['cpu_ms']:.3f} ms): top-1 "
+            f"{target['top1']:.2f} vs {near['top1']:.2f} before and "
+            f"{target['top1_distilled']:.2f} vs {near['top1_distilled']:.2f} after the same "
+            f"distillation: {gain:+.2f} points (goal ≥ +0.5: "
+            f"**{'met' if gain >= 0.5 else 'NOT met'}**)."
+        )
+    worse = [w["variant"] for w in f["rows"] if w.get("top1_distilled", 101) < w["top1"]]
+    if worse:
+        out.append(f"- The short distillation lowered top-1 of {', '.join(worse)}: variants "
+                   "still close to the parent lose more to 1 small epoch than they "
+                   "regain.")  # fmt: skip
+    return out
+
+
+def render() -> None:
+    """Rewrite results/pareto.md from the recorded pareto.json (no re-measuring)."""
+    import json
+
+    from common import RESULTS
+
+    res = json.loads((RESULTS / "pareto.json").read_text())
+    env = res["environment"]
+    header = (f"<!-- written by {res['command']} on {res['created']} -->\n"
+              f"Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; "
+              + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + "\n\n")  # fmt: skip
+    (RESULTS / "pareto.md").write_text(header + markdown(res) + "\n")
 
 
 def parse_variants(text: str) -> list[tuple[str, float]]:
@@ -200,7 +250,11 @@ def main() -> None:
     ap.add_argument("--min-time-s", type=float, default=2.0)
     ap.add_argument("--max-time-s", type=float, default=5.0)
     ap.add_argument("--no-deit", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only rewrite pareto.md from its json")
     args = ap.parse_args()
+    if args.render:
+        render()
+        return
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {"config": vars(args), "note": SHARED}
     with tempfile.TemporaryDirectory(prefix="tvc-pareto-") as tmp:
