@@ -20,12 +20,14 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def fake_measured(fixed=0.05, per_gmac=20.0, per_ktoken=0.4) -> list[Measured]:
+def fake_measured(fixed=0.05, per_gmac=20.0, per_ktoken=0.4, per_merge=0.01) -> list[Measured]:
     """Points lying exactly on a known linear latency model."""
     points = [(0.0, [0, 0], 5_500_000, 130), (0.5, [0, 0], 1_400_000, 130),
-              (0.0, [16, 16], 4_000_000, 98), (0.5, [32, 16], 900_000, 82)]  # fmt: skip
+              (0.0, [16, 16], 4_000_000, 98), (0.5, [32, 16], 900_000, 82),
+              (0.2, [8, 0], 3_000_000, 122)]  # fmt: skip
     return [Measured(prune=p, merge=m, macs=macs, tokens=t,
-                     ms=fixed + per_gmac * macs / 1e9 + per_ktoken * t / 1e3)
+                     ms=fixed + per_gmac * macs / 1e9 + per_ktoken * t / 1e3
+                     + per_merge * sum(1 for r in m if r))
             for p, m, macs, t in points]  # fmt: skip
 
 
@@ -34,11 +36,13 @@ def test_table_fit_recovers_a_linear_model_and_roundtrips(tmp_path):
     assert table.coefficients["ms_fixed"] == pytest.approx(0.05, rel=1e-6)
     assert table.coefficients["ms_per_gmac"] == pytest.approx(20.0, rel=1e-6)
     assert table.coefficients["ms_per_ktoken"] == pytest.approx(0.4, rel=1e-6)
+    assert table.coefficients["ms_per_merging_block"] == pytest.approx(0.01, rel=1e-6)
     assert table.fit_max_rel_error < 1e-6
     path = save_table(table, tmp_path / "t.json")
     again = load_table(path)
     assert again == table
     assert again.predict(2_000_000, 100) == pytest.approx(0.05 + 0.04 + 0.04)
+    assert again.predict(2_000_000, 100, 2) == pytest.approx(0.05 + 0.04 + 0.04 + 0.02)
     with pytest.raises(ConfigError, match="exists"):  # never replaced without force
         save_table(table, path)
     save_table(table, path, force=True)
@@ -93,7 +97,7 @@ def test_search_picks_a_candidate_predicted_within_the_target():
     assert all(c.macs < dense.macs for c in cands if c is not dense)
     assert all(c.tokens < dense.tokens for c in cands if c.merge)
     table = make_table(pico.info.arch, pico.info.input_size, "ort", 1, fake_measured())
-    predicted = sorted(table.predict(c.macs, c.tokens) for c in cands)
+    predicted = sorted(table.predict(c.macs, c.tokens, c.merging_blocks) for c in cands)
     target = (predicted[0] + predicted[-1]) / 2
     reference = task.outputs(pico.model, samples)
     scored = []

@@ -6,9 +6,11 @@ configurations are measured for real (ONNX Runtime, batch 1, the given thread co
 is fitted as a non-negative linear function of what shrinks:
 
     ms = ms_fixed + ms_per_gmac * GMACs + ms_per_ktoken * (tokens summed over blocks) / 1000
+         + ms_per_merging_block * (blocks that merge tokens)
 
 MACs carry the width (pruning) and sequence (merging) cost of the matrix products; the token sum
-carries the per-token work that MACs miss (norms, softmax, copies). The table is a JSON file a
+carries the per-token work that MACs miss (norms, softmax, copies); the last term is the fixed
+cost of the matching itself (about 37 more ONNX nodes per merging block). The table is a JSON file a
 user can carry: measured on a board, then read with `--latency-table FILE` on a workstation.
 This module is torch-free: reading, checking, fitting and predicting need numpy only.
 """
@@ -27,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tvc.errors import ConfigError, StorageError
 
 KIND = "tvc-latency-table"
-FEATURES = ("ms_fixed", "ms_per_gmac", "ms_per_ktoken")
+FEATURES = ("ms_fixed", "ms_per_gmac", "ms_per_ktoken", "ms_per_merging_block")
 FIX = "measure a new one: tvc compress MODEL --target-latency MS --latency-table NEW.json"
 
 
@@ -60,10 +62,11 @@ class LatencyTable(BaseModel):
     fit_max_rel_error: float
     environment: dict[str, Any] = Field(default_factory=dict)
 
-    def predict(self, macs: int, tokens: int) -> float:
-        """Predicted latency in ms of a variant with these MACs and summed block tokens."""
-        c = self.coefficients
-        return c["ms_fixed"] + c["ms_per_gmac"] * macs / 1e9 + c["ms_per_ktoken"] * tokens / 1e3
+    def predict(self, macs: int, tokens: int, merging_blocks: int = 0) -> float:
+        """Predicted latency in ms of a variant with these MACs, summed block tokens and
+        number of blocks that merge tokens."""
+        x = _features(macs, tokens, merging_blocks)
+        return float(sum(self.coefficients[k] * v for k, v in zip(FEATURES, x, strict=True)))
 
     def check_fits(self, arch: str, input_size: list[int] | tuple[int, ...]) -> None:
         """A table describes one architecture at one input size: refuse another."""
@@ -75,24 +78,25 @@ class LatencyTable(BaseModel):
             )
 
 
-def _features(macs: int, tokens: int) -> list[float]:
-    return [1.0, macs / 1e9, tokens / 1e3]
+def _features(macs: int, tokens: int, merging_blocks: int) -> list[float]:
+    return [1.0, macs / 1e9, tokens / 1e3, float(merging_blocks)]
 
 
 def fit(measured: list[Measured]) -> tuple[dict[str, float], float]:
-    """Non-negative least squares over the three features (exhaustive over which are used:
-    three features, seven subsets); returns the coefficients and the worst relative error."""
+    """Non-negative least squares over the features (exhaustive over which are used: four
+    features, fifteen subsets); returns the coefficients and the worst relative error."""
     if len(measured) < 2:
         raise ConfigError("a latency table needs at least two measured configurations", FIX)
-    a = np.array([_features(m.macs, m.tokens) for m in measured])
+    a = np.array([_features(m.macs, m.tokens, sum(1 for r in m.merge if r)) for m in measured])
     y = np.array([m.ms for m in measured])
     best: tuple[float, np.ndarray] | None = None
-    for k in range(1, 4):
-        for cols in itertools.combinations(range(3), k):
+    n = len(FEATURES)
+    for k in range(1, n + 1):
+        for cols in itertools.combinations(range(n), k):
             coef_sub, *_ = np.linalg.lstsq(a[:, cols], y, rcond=None)
             if (coef_sub < 0).any():
                 continue
-            coef = np.zeros(3)
+            coef = np.zeros(n)
             coef[list(cols)] = coef_sub
             err = float(np.sum((a @ coef - y) ** 2))
             if best is None or err < best[0] - 1e-12:

@@ -38,6 +38,10 @@ class Candidate:
     predicted_ms: float | None = None
     agreement: float | None = None
 
+    @property
+    def merging_blocks(self) -> int:
+        return sum(1 for r in self.schedule if r)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -108,7 +112,7 @@ def choose(
     `score` (higher is better: agreement with the parent), and return the best and the
     frontier. No candidate meeting the target is a ConfigError naming the fastest."""
     for c in candidates:
-        c.predicted_ms = round(table.predict(c.macs, c.tokens), 4)
+        c.predicted_ms = round(table.predict(c.macs, c.tokens, c.merging_blocks), 4)
     front = frontier(candidates, target_ms)
     if not front:
         fastest = min(candidates, key=lambda c: c.predicted_ms or math.inf)
