@@ -170,6 +170,10 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         return task.agreement(reference, got)["agreement"]
 
     best, front = choose(cands, table, cfg.target_latency, score)
+    if cfg.distill is not None:
+        log.info("the candidates were ranked by agreement before training; after distillation "
+                 "a more pruned, less merged one may come out ahead "
+                 "(benchmarks/results/pareto.md)")  # fmt: skip
     models.clear()  # the candidates' copies are no longer needed
     log.info("latency target %.3g ms: prune %.2f + merge %d per block, predicted %.3f ms, "
              "agreement %.1f%% on %s", cfg.target_latency, best.prune, best.merge,
@@ -187,6 +191,7 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         "coefficients": table.coefficients,
         "measured_configurations": [m.model_dump() for m in table.measured],
         "scored_on": f"{len(samples)} {source}",
+        "score": "top-1 agreement with the parent before any training",
         "chosen": best.as_dict(),
         "frontier": [c.as_dict() for c in front],
         "predicted_ms": best.predicted_ms,
