@@ -44,3 +44,17 @@ def test_merge_shrinks_tokens_and_rebuilds(pico):
 def test_bad_schedules_are_config_errors(text):
     with pytest.raises(ConfigError):
         parse_schedule(text)
+
+
+def test_merging_every_a_token_exports_with_parity(pico, tmp_path):
+    """A clamped schedule merges the whole A set ([32, 16] on 64 patches): nothing is kept from
+    it, and the ONNX graph must still load in ONNX Runtime and match (it once did not)."""
+    from tvc.export.onnx import OnnxExportConfig
+    from tvc.models.load import LoadedModel
+    from tvc.stages.export import export_loaded
+
+    m = copy.deepcopy(pico.model).eval()
+    assert merge(m, [40], pico.info.input_size)["schedule"] == [32, 16]
+    art = export_loaded(LoadedModel(m, pico.info), tmp_path / "x", OnnxExportConfig(batch=1))
+    assert art.meta["metrics"]["parity"]["ok"]
+    assert art.meta["metrics"]["parity"]["max_abs_diff"] < 1e-4

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tvc.artifact import Artifact
     from tvc.models.load import LoadedModel
     from tvc.stages.compress import Config
@@ -32,10 +34,17 @@ DATA_BATCHES = 8  # batches of TAYLOR_BATCH_SIZE images for data importance (lab
 
 
 def compress_model(
-    task: Task, loaded: LoadedModel, cfg: Config, out: Path, *, teacher: LoadedModel | None = None
+    task: Task,
+    loaded: LoadedModel,
+    cfg: Config,
+    out: Path,
+    *,
+    teacher: LoadedModel | None = None,
+    latency: Callable[[LoadedModel], dict[str, Any]] | None = None,
 ) -> Artifact:
     """Compress a copy of `loaded` as `cfg` asks, distil it from `teacher` when cfg.distill
-    is set, and write the model artifact `out` with the report in metrics["compression"]."""
+    is set, and write the model artifact `out` with the report in metrics["compression"].
+    `latency(student)` (from --target-latency) times the result; its report is kept too."""
     from tvc.compress import report as rep
     from tvc.compress.merge import merge, merging_suspended, parse_schedule
     from tvc.compress.target import ratio_line, width_ratio_for_params
@@ -138,6 +147,8 @@ def compress_model(
         for k in ("params", "macs", "size_bytes")
     }
     report["quality"] = quality
+    if latency is not None:
+        report["latency_target"] = latency(student)
     metrics: dict[str, Any] = {
         "params": report["after"]["params"],
         "macs": report["after"]["macs"],

@@ -112,6 +112,9 @@ def bipartite_matching(metric: torch.Tensor, r: int, prefix: int):
     best, best_idx = scores.max(dim=-1)  # every A token's best B partner
     order = best.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
     src_idx, keep_idx = order[:, :r], order[:, r:]
+    # Merging every A token leaves none to keep: an empty gather exports to a Reshape that
+    # ONNX shape inference refuses, so that case is left out of the graph.
+    keep_none = r >= a.shape[1]
     dst_idx = best_idx[..., None].gather(1, src_idx)  # (B, r, 1)
     # A one-hot (B, r, Nb) matrix sums the moved tokens into their partners: a MatMul where a
     # scatter-add would need ScatterElements' reduction (which not every runtime supports).
@@ -121,9 +124,11 @@ def bipartite_matching(metric: torch.Tensor, r: int, prefix: int):
         channels = x.shape[-1]
         head, rest = x[:, :prefix], x[:, prefix:]
         src, dst = rest[:, ::2], rest[:, 1::2]
-        kept = src.gather(1, keep_idx.expand(-1, -1, channels))
         moved = src.gather(1, src_idx.expand(-1, -1, channels))
         dst = dst + onehot.to(x.dtype).transpose(1, 2) @ moved
+        if keep_none:
+            return torch.cat([head, dst], dim=1)
+        kept = src.gather(1, keep_idx.expand(-1, -1, channels))
         return torch.cat([head, kept, dst], dim=1)
 
     return merge

@@ -21,6 +21,7 @@ SUMMARY = "prune, factorize and/or distil a model into a smaller model artifact"
 log = logging.getLogger("tvc")
 
 _PRUNE_ONLY = ("importance", "global_", "prune_heads", "keep", "steps", "seed")
+_TARGET_CHOOSES = ("prune", "prune_params", "merge_tokens", "lowrank", "lowrank_rank")
 _DISTILL_ONLY = (
     "teacher_weights",
     "epochs",
@@ -107,6 +108,24 @@ class Config(ModelOptions, OutputOptions):
         "R1,R2,... with one value per block.",
         metavar="R",
     )
+    target_latency: float | None = Field(
+        None,
+        gt=0,
+        description="Latency target in ms (batch 1): choose the width prune ratio and token "
+        "merging per block predicted to meet it with the most agreement with the parent, then "
+        "time the result (timm ViT/DeiT; a table is measured here unless --latency-table).",
+    )
+    on: str | None = option(
+        None,
+        "Backend and threads that --target-latency is for: ort:THREADS (default ort:1).",
+        metavar="BACKEND:THREADS",
+    )
+    latency_table: str | None = option(
+        None,
+        "Latency table JSON for --target-latency: read when it exists (e.g. measured on a "
+        "board), else measured here and written there.",
+        metavar="FILE",
+    )
     distill: str | None = option(
         None,
         "Distil from this teacher MODEL after pruning / factorizing; alone, from the "
@@ -155,7 +174,8 @@ class Config(ModelOptions, OutputOptions):
                 "pass --prune (fraction of each width) or --prune-params (fraction of the "
                 "parameters), not both",
             )
-        if self.prune is None and self.prune_params is None and (stray := first(_PRUNE_ONLY)):
+        pruning = (self.prune, self.prune_params, self.target_latency)
+        if all(v is None for v in pruning) and (stray := first(_PRUNE_ONLY)):
             raise ConfigError(
                 f"{stray} only applies with --prune", "add --prune RATIO or drop the option"
             )
@@ -175,16 +195,32 @@ class Config(ModelOptions, OutputOptions):
                 f"--lowrank-rank {r} is neither a whole rank nor a fraction below 1",
                 "e.g. --lowrank-rank 64 or --lowrank-rank 0.25",
             )
+        if self.target_latency is not None and (stray := first(_TARGET_CHOOSES)):
+            raise ConfigError(
+                f"--target-latency chooses the pruning and token merging itself, so {stray} "
+                "cannot be given with it",
+                f"drop {stray}, or drop --target-latency and set the compression by hand",
+            )
+        if self.target_latency is None and (stray := first(("on", "latency_table"))):
+            raise ConfigError(
+                f"{stray} only applies with --target-latency",
+                "add --target-latency MS or drop the option",
+            )
+        if self.on is not None:
+            from tvc.stages.latency import parse_on
+
+            parse_on(self.on)
         if self.merge_tokens is not None:
             from tvc.compress.merge import parse_schedule
 
             parse_schedule(self.merge_tokens)
-        nothing = (self.prune, self.prune_params, self.lowrank, r, self.distill, self.merge_tokens)
+        nothing = (self.prune, self.prune_params, self.lowrank, r, self.distill,
+                   self.merge_tokens, self.target_latency)  # fmt: skip
         if all(v is None for v in nothing):
             raise ConfigError(
                 "compress has nothing to do",
                 "pass --prune RATIO, --prune-params FRACTION, --lowrank ENERGY / "
-                "--lowrank-rank R, --merge-tokens R, or --distill [TEACHER]",
+                "--lowrank-rank R, --merge-tokens R, --target-latency MS, or --distill [TEACHER]",
             )
         if self.model is None and not self.distill:
             raise ConfigError(
@@ -239,6 +275,10 @@ def run(cfg: Config):
 
     cfg = cfg.resolved()
     claim_output(cfg, cfg.model, cfg.weights, cfg.distill, cfg.teacher_weights, cfg.data)
+    if cfg.latency_table is not None and Path(cfg.latency_table).exists():
+        from tvc.compress.latency_table import load_table
+
+        load_table(cfg.latency_table)  # a bad table file is refused before any model loads
     task = task_of_model(cfg.model, "compression")
     refuse_options(task, "compress", cfg)
     if cfg.importance in ("taylor", "data") and cfg.data is None:
@@ -266,7 +306,12 @@ def run(cfg: Config):
         )
         teacher = loaded if own else task.load_model(cfg.distill, weights=cfg.teacher_weights)
         _check_teacher(task, teacher)
-    return compress_model(task, loaded, cfg, Path(cfg.output), teacher=teacher)
+    measure = None
+    if cfg.target_latency is not None:
+        from tvc.stages.latency import plan_for_target
+
+        cfg, measure = plan_for_target(task, loaded, cfg)
+    return compress_model(task, loaded, cfg, Path(cfg.output), teacher=teacher, latency=measure)
 
 
 def _refuse_random_teacher(cfg: Config) -> None:

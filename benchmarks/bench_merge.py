@@ -1,0 +1,215 @@
+"""Issue 18: token merging (ToMe) without training: accuracy and ONNX Runtime CPU latency.
+
+    .venv/bin/python benchmarks/bench_merge.py                    # fmnist teacher + deit_small
+    .venv/bin/python benchmarks/bench_merge.py --r 4,8,12,16 --eval 2000 --threads 1
+
+The Fashion-MNIST teacher (benchmarks/artifacts/fmnist_teacher) is merged with R tokens per block
+for several R (tvc.compress.merge, proportional attention), exported with tvc's ONNX exporter
+(static shapes, parity checked) and timed with ONNX Runtime on the CPU (batch 1, --threads),
+interleaved with its FP32 unmerged parent (tvc.runtime.bench.time_interleaved), and top-1 is
+measured on --eval Fashion-MNIST test images. deit_small (random weights: latency only) is merged
+at the R whose MACs are closest to 0.6x of the parent's (~40% fewer MACs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import rel, write_result
+
+from tvc.compress.merge import merge
+from tvc.compress.report import count_macs
+from tvc.export.onnx import OnnxExportConfig
+from tvc.models import load_model
+from tvc.models.load import LoadedModel
+from tvc.runtime.bench import time_interleaved
+from tvc.runtime.ort import OrtRunner
+from tvc.stages.export import export_loaded
+
+HERE = Path(__file__).parent
+TEACHER = HERE / "artifacts" / "fmnist_teacher"
+SHARED = (
+    "machine shared with other engineers' jobs (2 cores, load average 5-7); variants timed "
+    "interleaved with tvc's time_interleaved. CPU ms = CPU time of the calling thread per "
+    "call (1 ORT thread computes on the caller), the latency without time spent preempted; "
+    "goals are judged on it, wall-clock p50 is shown too"
+)
+
+
+def top1(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(x), 250):
+            preds.append(model(torch.from_numpy(x[i : i + 250])).argmax(1).numpy())
+    return round(float((np.concatenate(preds) == y).mean()) * 100, 2)
+
+
+def time_variants(models: dict[str, Any], info, workdir: Path, args) -> dict[str, Any]:
+    """Export every model to ONNX (parity checked by the exporter), then time them interleaved:
+    wall-clock p50 and the calling thread's CPU time per call (see tvc.stages.latency)."""
+    runners, parity = {}, {}
+    for name, model in models.items():
+        art = export_loaded(LoadedModel(model, info), workdir / name, OnnxExportConfig(batch=1))
+        parity[name] = art.meta["metrics"]["parity"]["max_abs_diff"]
+        runners[name] = OrtRunner(art.file("model.onnx"), threads=args.threads)
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
+
+    def call(r, feeds, into):
+        c0 = time.thread_time()
+        r.infer(feeds)
+        into.append(time.thread_time() - c0)
+
+    fns = []
+    for name, r in runners.items():
+        feeds = r.sample_feeds(1)
+        fns.append(lambda r=r, feeds=feeds, into=cpu[name]: call(r, feeds, into))
+    timed = time_interleaved(fns, min_time_s=args.min_time_s, max_time_s=args.max_time_s)
+    out: dict[str, Any] = {"_rounds": timed.rounds}
+    for name, lat in zip(runners, timed.latencies, strict=True):
+        cpu_ms = statistics.median(cpu[name][-lat.n :]) * 1e3
+        out[name] = {"p50_ms": round(lat.p50, 4), "ci": [lat.ci_low, lat.ci_high], "n": lat.n,
+                     "cpu_ms": round(cpu_ms, 4),
+                     "parity_max_abs_diff": parity[name]}  # fmt: skip
+    return out
+
+
+def merged(model: torch.nn.Module, r: int, input_size, *, control: bool = False):
+    """A merged copy and its report; control: the merging blocks with r = 0 everywhere."""
+    m = copy.deepcopy(model).eval()
+    if control:
+        from tvc.models.merge import MergingBlocks
+
+        prefix = int(getattr(m, "num_prefix_tokens", 1))
+        m.blocks = MergingBlocks(list(m.blocks), [0] * len(m.blocks), prefix, True)
+        return m, {}
+    rep = merge(m, [r], input_size)
+    return m, rep
+
+
+def fmnist(args, workdir: Path) -> dict[str, Any]:
+    from tvc.tasks import task_for_data
+
+    loaded = load_model(str(TEACHER))
+    info, parent = loaded.info, loaded.model.eval()
+    task = task_for_data("fashion-mnist")
+    test = task.load_data("fashion-mnist", "test", info, limit=args.eval)
+    x, y = (np.concatenate(p) for p in zip(*test.batches(250), strict=True))
+    base_macs = count_macs(parent, info.input_size)
+    models, rows = {"parent": parent}, []
+    rows.append({"r": 0, "macs_ratio": 1.0, "top1": top1(parent, x, y), "schedule": None})
+    # Control: the merging blocks' own (unfused) attention with nothing merged, to separate the
+    # attention rewrite's cost from the token savings.
+    control, _ = merged(parent, 0, info.input_size, control=True)
+    models["r0-control"] = control
+    control_macs = count_macs(control, info.input_size) / base_macs
+    rows.append({"r": "0 (merging path)", "macs_ratio": round(control_macs, 4),
+                 "top1": top1(control, x, y), "schedule": [0] * len(parent.blocks)})  # fmt: skip
+    for r in args.r:
+        m, rep = merged(parent, r, info.input_size)
+        models[f"r{r}"] = m
+        rows.append({"r": r, "schedule": rep["schedule"], "tokens_out": rep["tokens_out"],
+                     "macs_ratio": round(count_macs(m, info.input_size) / base_macs, 4),
+                     "top1": top1(m, x, y)})  # fmt: skip
+        print("fmnist", rows[-1], flush=True)
+    lat = time_variants(models, info, workdir / "fmnist", args)
+    for row, name in zip(rows, models, strict=True):
+        row.update(lat[name])
+        row["speedup"] = round(lat["parent"]["p50_ms"] / lat[name]["p50_ms"], 3)
+        row["cpu_speedup"] = round(lat["parent"]["cpu_ms"] / lat[name]["cpu_ms"], 3)
+        row["top1_loss"] = round(rows[0]["top1"] - row["top1"], 2)
+    # judged on CPU time: wall clock on this shared machine is mostly time spent preempted
+    ok = [w for w in rows[2:] if w["cpu_speedup"] >= 1.5 and w["top1_loss"] <= 1.0]
+    return {"model": rel(TEACHER), "arch": info.arch, "input_size": list(info.input_size),
+            "eval": {"data": "fashion-mnist", "split": "test", "n": len(x)}, "rows": rows,
+            "rounds": lat["_rounds"],
+            "goal": "≥1.5x lower latency losing ≤1 point (no training)",
+            "goal_met": bool(ok), "goal_met_by": [w["r"] for w in ok]}  # fmt: skip
+
+
+def deit(args, workdir: Path) -> dict[str, Any]:
+    loaded = load_model("deit_small", warn_random=False)
+    info, parent = loaded.info, loaded.model.eval()
+    base = count_macs(parent, info.input_size)
+    tried = {}
+    for r in range(4, 17):
+        m, rep = merged(parent, r, info.input_size)
+        tried[r] = (count_macs(m, info.input_size) / base, m, rep)
+    r = min(tried, key=lambda k: abs(tried[k][0] - 0.6))
+    ratio, m, rep = tried[r]
+    print(f"deit_small: r={r} gives MACs {ratio:.3f}x", flush=True)
+    lat = time_variants({"parent": parent, f"r{r}": m}, info, workdir / "deit", args)
+    speedup = lat["parent"]["cpu_ms"] / lat[f"r{r}"]["cpu_ms"]
+    wall_speedup = lat["parent"]["p50_ms"] / lat[f"r{r}"]["p50_ms"]
+    return {"model": "deit_small", "arch": info.arch, "weights": "random init (latency only)",
+            "r": r, "schedule": rep["schedule"], "tokens_out": rep["tokens_out"],
+            "macs_ratio": round(ratio, 4),
+            "macs_ratio_by_r": {k: round(v[0], 4) for k, v in tried.items()},
+            "parent": lat["parent"], "merged": lat[f"r{r}"], "rounds": lat["_rounds"],
+            "speedup": round(speedup, 3), "wall_speedup": round(wall_speedup, 3),
+            "goal": "≥1.6x at ~40% fewer MACs",
+            "goal_met": speedup >= 1.6}  # fmt: skip
+
+
+def markdown(res: dict[str, Any], threads: int) -> str:
+    f = res["fmnist"]
+    out = [f"# Token merging without training (ONNX Runtime CPU, FP32, batch 1, {threads} "
+           f"thread(s))\n", f"{SHARED}.\n",
+           f"## {f['model']} ({f['arch']} at {f['input_size'][1]}px, top-1 on "
+           f"{f['eval']['n']} fashion-mnist test images)\n",
+           "| r | schedule | MACs | top-1 % | loss (points) | CPU ms | speedup (CPU) | wall p50 ms "
+           "| speedup (wall) | ONNX parity |",
+           "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for w in f["rows"]:
+        out.append(f"| {w['r']} | {w['schedule'] or '-'} | {w['macs_ratio']:.2f}x | "
+                   f"{w['top1']:.2f} | {w['top1_loss']:.2f} | {w['cpu_ms']:.3f} | "
+                   f"{w['cpu_speedup']:.2f}x | {w['p50_ms']:.3f} | "
+                   f"{w['speedup']:.2f}x | {w['parity_max_abs_diff']:.1e} |")  # fmt: skip
+    met = "met" if f["goal_met"] else "NOT met"
+    out.append(f"\nGoal {f['goal']}: **{met}**" +
+               (f" (r = {f['goal_met_by']})" if f["goal_met"] else "") + "\n")  # fmt: skip
+    if "deit" in res:
+        d = res["deit"]
+        met = "met" if d["goal_met"] else "NOT met"
+        out += [f"## deit_small ({d['weights']})\n",
+                f"r = {d['r']} (MACs {d['macs_ratio']:.2f}x, closest to 0.6x): CPU time "
+                f"{d['parent']['cpu_ms']:.2f} ms -> {d['merged']['cpu_ms']:.2f} ms, speedup "
+                f"**{d['speedup']:.2f}x** (wall p50 {d['parent']['p50_ms']:.2f} -> "
+                f"{d['merged']['p50_ms']:.2f} ms, {d['wall_speedup']:.2f}x); ONNX parity "
+                f"{d['merged']['parity_max_abs_diff']:.1e}."
+                f" Goal {d['goal']}: **{met}**."]  # fmt: skip
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--r", type=lambda s: [int(v) for v in s.split(",")], default=[4, 8, 12, 16])
+    ap.add_argument("--eval", type=int, default=2000, help="fashion-mnist test images")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--min-time-s", type=float, default=3.0)
+    ap.add_argument("--max-time-s", type=float, default=8.0)
+    ap.add_argument("--no-deit", action="store_true", help="skip deit_small")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    res: dict[str, Any] = {"config": vars(args), "note": SHARED}
+    with tempfile.TemporaryDirectory(prefix="tvc-bench-merge-") as tmp:
+        res["fmnist"] = fmnist(args, Path(tmp))
+        if not args.no_deit:
+            res["deit"] = deit(args, Path(tmp))
+    path = write_result("merge", res, markdown(res, args.threads))
+    print(markdown(res, args.threads))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""A latency table: what a model's compressed variants cost on one machine and backend.
+
+`tvc compress MODEL --target-latency MS` needs to predict the latency of many candidate
+compressions (width pruning x token merging) without exporting and timing each. A few
+configurations are measured for real (ONNX Runtime, batch 1, the given thread count) and latency
+is fitted as a non-negative linear function of what shrinks:
+
+    ms = ms_fixed + ms_per_gmac * GMACs + ms_per_ktoken * (tokens summed over blocks) / 1000
+         + ms_per_merging_block * (blocks that merge tokens)
+
+MACs carry the width (pruning) and sequence (merging) cost of the matrix products; the token sum
+carries the per-token work that MACs miss (norms, softmax, copies); the last term is the fixed
+cost of the matching itself (about 37 more ONNX nodes per merging block). The table is a JSON file a
+user can carry: measured on a board, then read with `--latency-table FILE` on a workstation.
+This module is torch-free: reading, checking, fitting and predicting need numpy only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tvc.errors import ConfigError, StorageError
+
+KIND = "tvc-latency-table"
+FEATURES = ("ms_fixed", "ms_per_gmac", "ms_per_ktoken", "ms_per_merging_block")
+FIX = "measure a new one: tvc compress MODEL --target-latency MS --latency-table NEW.json"
+
+
+class Measured(BaseModel):
+    """One configuration timed for real."""
+
+    model_config = ConfigDict(extra="forbid")
+    prune: float = Field(ge=0, lt=1)
+    merge: list[int]
+    macs: int = Field(gt=0)
+    tokens: int = Field(gt=0)  # tokens entering each block, summed over blocks
+    ms: float = Field(gt=0)
+
+
+class LatencyTable(BaseModel):
+    """Measurements and the fitted coefficients for one model on one backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str = KIND
+    version: int = 1
+    arch: str
+    input_size: list[int]
+    backend: str
+    threads: int = Field(ge=1)
+    # cpu: CPU time of the calling thread per call (1 ORT thread: latency without preemption by
+    # other work); wall: wall-clock p50
+    clock: Literal["cpu", "wall"] = "wall"
+    measured: list[Measured] = Field(min_length=2)
+    coefficients: dict[str, float]
+    fit_max_rel_error: float
+    environment: dict[str, Any] = Field(default_factory=dict)
+
+    def predict(self, macs: int, tokens: int, merging_blocks: int = 0) -> float:
+        """Predicted latency in ms of a variant with these MACs, summed block tokens and
+        number of blocks that merge tokens."""
+        x = _features(macs, tokens, merging_blocks)
+        return float(sum(self.coefficients[k] * v for k, v in zip(FEATURES, x, strict=True)))
+
+    def check_fits(self, arch: str, input_size: list[int] | tuple[int, ...]) -> None:
+        """A table describes one architecture at one input size: refuse another."""
+        if self.arch != arch or list(self.input_size) != list(input_size):
+            raise ConfigError(
+                f"the latency table was measured for {self.arch} at {self.input_size}, not "
+                f"{arch} at {list(input_size)}",
+                "pass a table measured for this model, or leave --latency-table out to measure one",
+            )
+
+
+def _features(macs: int, tokens: int, merging_blocks: int) -> list[float]:
+    return [1.0, macs / 1e9, tokens / 1e3, float(merging_blocks)]
+
+
+def fit(measured: list[Measured]) -> tuple[dict[str, float], float]:
+    """Non-negative least squares over the features (exhaustive over which are used: four
+    features, fifteen subsets); returns the coefficients and the worst relative error."""
+    if len(measured) < 2:
+        raise ConfigError("a latency table needs at least two measured configurations", FIX)
+    a = np.array([_features(m.macs, m.tokens, sum(1 for r in m.merge if r)) for m in measured])
+    y = np.array([m.ms for m in measured])
+    best: tuple[float, np.ndarray] | None = None
+    n = len(FEATURES)
+    for k in range(1, n + 1):
+        for cols in itertools.combinations(range(n), k):
+            coef_sub, *_ = np.linalg.lstsq(a[:, cols], y, rcond=None)
+            if (coef_sub < 0).any():
+                continue
+            coef = np.zeros(n)
+            coef[list(cols)] = coef_sub
+            err = float(np.sum((a @ coef - y) ** 2))
+            if best is None or err < best[0] - 1e-12:
+                best = (err, coef)
+    if best is None:  # cannot happen with positive latencies (a constant always fits)
+        raise ConfigError("the latency measurements admit no non-negative fit", FIX)
+    coef = best[1]
+    worst = float(np.max(np.abs(a @ coef - y) / y))
+    return {name: float(v) for name, v in zip(FEATURES, coef, strict=True)}, worst
+
+
+def make_table(arch: str, input_size, backend: str, threads: int, measured: list[Measured],
+               environment: dict[str, Any] | None = None,
+               clock: str = "wall") -> LatencyTable:  # fmt: skip
+    coefficients, worst = fit(measured)
+    return LatencyTable(arch=arch, input_size=list(input_size), backend=backend, threads=threads,
+                        clock=clock,
+                        measured=measured, coefficients=coefficients,
+                        fit_max_rel_error=round(worst, 4),
+                        environment=environment or {})  # fmt: skip
+
+
+def save_table(table: LatencyTable, path: str | Path, *, force: bool = False) -> Path:
+    """Write the table atomically; an existing file is replaced only with force."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists", "pass --force to replace it, or another path")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(table.model_dump_json(indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write the latency table {path}: {e.strerror or e}",
+                           "choose a writable place") from None  # fmt: skip
+    return path
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    """Read and check a table file: anything else is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"latency table {path} does not exist", FIX) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"latency table {path} is not readable JSON ({e})", FIX) from None
+    if not isinstance(raw, dict) or raw.get("kind") != KIND:
+        raise ConfigError(f"{path} is not a tvc latency table (no kind '{KIND}')", FIX)
+    try:
+        table = LatencyTable.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"latency table {path}: {where}: {first['msg']}", FIX) from None
+    if set(table.coefficients) != set(FEATURES) or not all(
+        np.isfinite(v) and v >= 0 for v in table.coefficients.values()
+    ):
+        raise ConfigError(
+            f"latency table {path} has bad coefficients (need finite, non-negative "
+            f"{', '.join(FEATURES)})",
+            FIX,
+        )
+    return table

@@ -1,0 +1,140 @@
+"""Choose a compression for a latency target: a grid of (width prune ratio, merge r) candidates.
+
+Every candidate is built on a copy of the model (pruned with the user's importance, then token
+merging with r tokens per block), its MACs and summed block tokens counted, and its latency
+predicted from a latency table (tvc.compress.latency_table). Among the candidates predicted to
+meet the target, only the frontier is scored: for each prune ratio the least merging that meets
+it (more merging at the same ratio only loses more). Each frontier candidate's top-1 agreement
+with the parent on a few hundred images is its predicted loss; the most faithful one wins (ties:
+the slower, i.e. less compressed). Uniform ratios only: one prune ratio for every width, one r
+for every block.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tvc.compress.latency_table import LatencyTable
+from tvc.errors import ConfigError
+
+log = logging.getLogger("tvc")
+
+PRUNE_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+MERGE_STEPS = 7  # merge r values from 0 to the largest, evenly spaced
+
+
+@dataclass
+class Candidate:
+    prune: float
+    merge: int  # tokens merged per block (uniform); 0: none
+    macs: int
+    tokens: int  # tokens entering each block, summed over blocks
+    schedule: list[int] = field(default_factory=list)
+    predicted_ms: float | None = None
+    agreement: float | None = None
+
+    @property
+    def merging_blocks(self) -> int:
+        return sum(1 for r in self.schedule if r)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def merge_grid(patches: int, depth: int, steps: int = MERGE_STEPS) -> list[int]:
+    """0 .. about 1.5 x patches/depth tokens per block (the top values get clamped in the last
+    blocks, so the token count falls to a handful): `steps` evenly spaced, distinct values."""
+    top = max(1, math.ceil(1.5 * patches / depth))
+    return sorted({round(top * k / (steps - 1)) for k in range(steps)})
+
+
+def build_candidates(
+    model: Any,
+    input_size: tuple[int, int, int],
+    prune: Callable[[Any, float], None],
+    prune_grid: tuple[float, ...] = PRUNE_GRID,
+    merge_values: list[int] | None = None,
+) -> tuple[list[Candidate], dict[tuple[float, int], Any]]:
+    """Every (ratio, r) of the grid built on copies of `model` (no merging on it):
+    `prune(copy, ratio)` prunes in place. Returns the candidates and their models. Ratios the
+    structure cannot take (a ConfigError from prune) are skipped."""
+    from tvc.compress.merge import check_mergeable, merge, tokens_entering_blocks
+    from tvc.compress.report import count_macs
+
+    check_mergeable(model)
+    depth = len(model.blocks)
+    seq = tokens_entering_blocks(model, input_size)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    values = merge_values if merge_values is not None else merge_grid(seq - prefix, depth)
+    candidates, models = [], {}
+    for ratio in prune_grid:
+        base = copy.deepcopy(model).eval()
+        if ratio > 0:
+            try:
+                prune(base, ratio)
+            except ConfigError as e:
+                log.info("latency search: prune ratio %.2f skipped (%s)", ratio, e.problem)
+                continue
+        for r in values:
+            m = copy.deepcopy(base) if r else base
+            schedule, tokens = [0] * depth, seq * depth
+            if r:
+                rep = merge(m, [r], input_size)
+                schedule, tokens = rep["schedule"], sum(rep["tokens_in"])
+            candidates.append(Candidate(ratio, r, count_macs(m, input_size), tokens, schedule))
+            models[(ratio, r)] = m
+    return candidates, models
+
+
+def frontier(candidates: list[Candidate], target_ms: float) -> list[Candidate]:
+    """For each prune ratio, the candidate with the least merging predicted to meet the target."""
+    best: dict[float, Candidate] = {}
+    for c in candidates:
+        if c.predicted_ms is None or c.predicted_ms > target_ms:
+            continue
+        if c.prune not in best or c.merge < best[c.prune].merge:
+            best[c.prune] = c
+    return [best[p] for p in sorted(best)]
+
+
+def choose(
+    candidates: list[Candidate],
+    table: LatencyTable,
+    target_ms: float,
+    score: Callable[[Candidate], float],
+) -> tuple[Candidate, list[Candidate]]:
+    """Predict every candidate's latency, score the frontier that meets `target_ms` with
+    `score` (higher is better: agreement with the parent), and return the best and the
+    frontier. No candidate meeting the target is a ConfigError naming the fastest."""
+    for c in candidates:
+        c.predicted_ms = round(table.predict(c.macs, c.tokens, c.merging_blocks), 4)
+    front = frontier(candidates, target_ms)
+    if not front:
+        fastest = min(candidates, key=lambda c: c.predicted_ms or math.inf)
+        raise ConfigError(
+            f"no candidate is predicted to run in {target_ms:g} ms: the fastest (prune "
+            f"{fastest.prune:g}, merge {fastest.merge}) is predicted at "
+            f"{fastest.predicted_ms:.3g} ms on {table.backend} with {table.threads} thread(s)",
+            f"raise --target-latency to at least {fastest.predicted_ms:.3g}",
+        )
+    for c in front:
+        c.agreement = round(float(score(c)), 4)
+        log.info("latency search: prune %.2f + merge %d: predicted %.3f ms, agreement %.1f%%",
+                 c.prune, c.merge, c.predicted_ms, c.agreement * 100)  # fmt: skip
+    best = max(front, key=lambda c: (c.agreement, c.predicted_ms))
+    return best, front
+
+
+def calibration_points(prune_grid: tuple[float, ...], merge_values: list[int]) -> list[tuple]:
+    """The few (ratio, r) configurations timed for real to fit a table: the corners and
+    middles of the grid."""
+    top_p = max(prune_grid)
+    mid_p = prune_grid[len(prune_grid) // 2]
+    top_r, mid_r = max(merge_values), merge_values[len(merge_values) // 2]
+    points = [(0.0, 0), (top_p, 0), (0.0, mid_r), (0.0, top_r), (mid_p, mid_r), (top_p, top_r)]
+    return list(dict.fromkeys(points))
