@@ -95,6 +95,10 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
         "source": source.info.name,
         "options": cfg.model_dump(mode="json", exclude_unset=True, exclude={"force"}),
     }
+    if cfg.ort_optimize:  # refused before any work when ORT's optimizer cannot be imported
+        from tvc.export.ort_fusion import require_optimizer
+
+        require_optimizer()
     trt_missing: MissingDependencyError | None = None
     with write_artifact(out, "onnx", parent=source.artifact, spec=spec, force=cfg.force) as w:
         if isinstance(source, OnnxSource):
@@ -104,6 +108,8 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
         variants = _Variants(task, w, cfg, calib)
         if cfg.eval_data:
             w.meta["metrics"].update(task.headline(variants.fp32_quality()))
+        if cfg.ort_optimize:
+            variants.ort_fused()
         if cfg.fp16:
             variants.fp16()
         if cfg.int8:
@@ -181,6 +187,24 @@ class _Variants:
         variant = {"precision": "fp16", **report}
         variant["parity_vs_fp32"] = self._parity(path, self._parity_images(), "fp16")
         self.variants[FP16_FILE] = variant
+
+    def ort_fused(self) -> None:
+        """model.ort.onnx: ONNX Runtime's transformer fusions of model.onnx, proven against it
+        (tvc.export.ort_fusion)."""
+        from tvc.export.ort_fusion import ORT_FILE, fuse_checked
+        from tvc.export.quantize.calibration import check_inputs
+        from tvc.export.quantize.graph import input_spec, load_onnx
+
+        log.info("writing the ONNX Runtime fused variant")
+        images = self._parity_images()
+        x = check_inputs(images, input_spec(load_onnx(self.fp32)), _PARITY_IMAGES, 0)
+        variant = fuse_checked(self.fp32, self.w.path_for(ORT_FILE), x, self.task, self.info)
+        variant["parity_vs_fp32"]["inputs"] = (
+            "random inputs" if images is None else f"{len(x)} {images.name} images"
+        )
+        if not variant["fused_ops"]:
+            log.warning("ONNX Runtime's transformer optimizer fused nothing in this graph")
+        self.variants[ORT_FILE] = variant
 
     def int8(self) -> None:
         from tvc.export.quantize import QuantConfig, quantize_dynamic
