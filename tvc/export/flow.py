@@ -204,6 +204,17 @@ class _Variants:
         )
         if not variant["fused_ops"]:
             log.warning("ONNX Runtime's transformer optimizer fused nothing in this graph")
+        variant["latency_ms"] = indicative_latency(
+            self.fp32, self.w.path_for(ORT_FILE), label="fused"
+        )
+        if variant["latency_ms"]["speedup"] < 1.0:
+            variant["slower_than_fp32"] = True
+            log.warning(
+                "%s IS SLOWER THAN model.onnx here: speed-up %.2fx (indicative ORT CPU p50, "
+                "1 thread); deploy model.onnx on this kind of machine",
+                ORT_FILE,
+                variant["latency_ms"]["speedup"],
+            )
         self.variants[ORT_FILE] = variant
 
     def int8(self) -> None:
@@ -352,10 +363,12 @@ def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
     return {"ok": not violations, "violations": violations}
 
 
-def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any]:
+def indicative_latency(
+    fp32: Path, int8: Path, rounds: int = 3, label: str = "int8"
+) -> dict[str, Any]:
     """A short single-thread p50 of both models (batch 1, or the graph's fixed batch),
     interleaved round by round so a busy machine slows both alike (indicative; `tvc bench`
-    measures)."""
+    measures). The second model's p50 is recorded as `<label>_p50`."""
     from tvc.runtime.bench import time_calls
     from tvc.runtime.ort import OrtRunner
 
@@ -373,7 +386,7 @@ def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any
     p50 = {k: statistics.median(v) for k, v in p50s.items()}
     return {
         "fp32_p50": round(p50["fp32"], 3),
-        "int8_p50": round(p50["int8"], 3),
+        f"{label}_p50": round(p50["int8"], 3),
         "speedup": round(p50["fp32"] / p50["int8"], 2),
         "threads": 1,
         "batch": batch,
