@@ -91,7 +91,7 @@ def fuse_for_ort(
     after = _op_counts(out)
     fused = {k: int(v) for k, v in sorted(stats.items()) if v and after.get(k)}
     return {
-        "precision": "fp32",
+        "precision": "fp32-ort",  # FP32 in ONNX Runtime's fused kernels
         "target": "onnxruntime (contrib ops); TensorRT builds from model.onnx",
         "optimizer": f"onnxruntime.transformers.optimizer, model_type {model_type}, opt_level 0",
         "fused_ops": fused,
