@@ -3,7 +3,8 @@
     MODEL or model artifact --export_into--> model.onnx (FP32, parity-checked)
     ONNX artifact           --copied-------> model.onnx
                              then, as asked: model.fp16.onnx, model.int8.onnx (Q/DQ, accuracy
-                             gate), model.int8dyn.onnx, model.engine (TensorRT, built here)
+                             gate), model.int8dyn.onnx, model.engine (TensorRT, built here),
+                             model.ort.onnx (ONNX Runtime's transformer fusions, --ort-optimize)
 
 What differs between classifiers, detectors and the rest is asked of the task adapter: the graph
 (tvc.export.onnx), calibration and evaluation data (`load_data`, `images`), the metric the INT8
