@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result
 
 
-def profile(path: Path, runs: int) -> dict[str, Any]:
+def profile(path: Path, runs: int, warmup: int = 0) -> dict[str, Any]:
+    """Kernel time by op type per run; the first `warmup` runs are run but not counted."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -36,11 +37,15 @@ def profile(path: Path, runs: int) -> dict[str, Any]:
         inp = sess.get_inputs()[0]
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        for _ in range(runs):
+        for _ in range(warmup + runs):
             sess.run(None, {inp.name: x})
         events = json.loads(Path(sess.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    cutoff = starts[warmup] if warmup and len(starts) > warmup else 0
     per_op: collections.Counter[str] = collections.Counter()
     for e in events:
+        if e["ts"] < cutoff:
+            continue
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_op[e["args"]["op_name"]] += e["dur"]
     total = sum(per_op.values())

@@ -83,6 +83,11 @@ def _variant_lines(task, v: dict) -> list[str]:
             f"on {data.get('n')} {data.get('name')} {data.get('split')} images, budget "
             f"{v.get('budget', 0):g} points{'' if v.get('budget_met', True) else ' MISSED'}"
         )
+    fused = v.get("fused_ops")
+    if isinstance(fused, dict):  # model.ort.onnx: what ONNX Runtime's optimizer fused
+        words = ", ".join(f"{k} {n}" for k, n in fused.items()) or "nothing"
+        att = "" if v.get("attention_fused") else " (attention not matched: kept as MatMuls)"
+        lines.append(f"fused: {words}{att}")
     parity = v.get("parity_vs_fp32")
     if isinstance(parity, dict):
         where = f" on {parity['inputs']}" if parity.get("inputs") else ""

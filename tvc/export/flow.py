@@ -3,7 +3,8 @@
     MODEL or model artifact --export_into--> model.onnx (FP32, parity-checked)
     ONNX artifact           --copied-------> model.onnx
                              then, as asked: model.fp16.onnx, model.int8.onnx (Q/DQ, accuracy
-                             gate), model.int8dyn.onnx, model.engine (TensorRT, built here)
+                             gate), model.int8dyn.onnx, model.engine (TensorRT, built here),
+                             model.ort.onnx (ONNX Runtime's transformer fusions, --ort-optimize)
 
 What differs between classifiers, detectors and the rest is asked of the task adapter: the graph
 (tvc.export.onnx), calibration and evaluation data (`load_data`, `images`), the metric the INT8
@@ -95,6 +96,10 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
         "source": source.info.name,
         "options": cfg.model_dump(mode="json", exclude_unset=True, exclude={"force"}),
     }
+    if cfg.ort_optimize:  # refused before any work when ORT's optimizer cannot be imported
+        from tvc.export.ort_fusion import require_optimizer
+
+        require_optimizer()
     trt_missing: MissingDependencyError | None = None
     with write_artifact(out, "onnx", parent=source.artifact, spec=spec, force=cfg.force) as w:
         if isinstance(source, OnnxSource):
@@ -104,6 +109,8 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
         variants = _Variants(task, w, cfg, calib)
         if cfg.eval_data:
             w.meta["metrics"].update(task.headline(variants.fp32_quality()))
+        if cfg.ort_optimize:
+            variants.ort_fused()
         if cfg.fp16:
             variants.fp16()
         if cfg.int8:
@@ -181,6 +188,35 @@ class _Variants:
         variant = {"precision": "fp16", **report}
         variant["parity_vs_fp32"] = self._parity(path, self._parity_images(), "fp16")
         self.variants[FP16_FILE] = variant
+
+    def ort_fused(self) -> None:
+        """model.ort.onnx: ONNX Runtime's transformer fusions of model.onnx, proven against it
+        (tvc.export.ort_fusion)."""
+        from tvc.export.ort_fusion import ORT_FILE, fuse_checked
+        from tvc.export.quantize.calibration import check_inputs
+        from tvc.export.quantize.graph import input_spec, load_onnx
+
+        log.info("writing the ONNX Runtime fused variant")
+        images = self._parity_images()
+        x = check_inputs(images, input_spec(load_onnx(self.fp32)), _PARITY_IMAGES, 0)
+        variant = fuse_checked(self.fp32, self.w.path_for(ORT_FILE), x, self.task, self.info)
+        variant["parity_vs_fp32"]["inputs"] = (
+            "random inputs" if images is None else f"{len(x)} {images.name} images"
+        )
+        if not variant["fused_ops"]:
+            log.warning("ONNX Runtime's transformer optimizer fused nothing in this graph")
+        variant["latency_ms"] = indicative_latency(
+            self.fp32, self.w.path_for(ORT_FILE), label="fused"
+        )
+        if variant["latency_ms"]["speedup"] < 1.0:
+            variant["slower_than_fp32"] = True
+            log.warning(
+                "%s IS SLOWER THAN model.onnx here: speed-up %.2fx (indicative ORT CPU p50, "
+                "1 thread); deploy model.onnx on this kind of machine",
+                ORT_FILE,
+                variant["latency_ms"]["speedup"],
+            )
+        self.variants[ORT_FILE] = variant
 
     def int8(self) -> None:
         from tvc.export.quantize import QuantConfig, quantize_dynamic
@@ -328,10 +364,12 @@ def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
     return {"ok": not violations, "violations": violations}
 
 
-def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any]:
+def indicative_latency(
+    fp32: Path, int8: Path, rounds: int = 3, label: str = "int8"
+) -> dict[str, Any]:
     """A short single-thread p50 of both models (batch 1, or the graph's fixed batch),
     interleaved round by round so a busy machine slows both alike (indicative; `tvc bench`
-    measures)."""
+    measures). The second model's p50 is recorded as `<label>_p50`."""
     from tvc.runtime.bench import time_calls
     from tvc.runtime.ort import OrtRunner
 
@@ -349,7 +387,7 @@ def indicative_latency(fp32: Path, int8: Path, rounds: int = 3) -> dict[str, Any
     p50 = {k: statistics.median(v) for k, v in p50s.items()}
     return {
         "fp32_p50": round(p50["fp32"], 3),
-        "int8_p50": round(p50["int8"], 3),
+        f"{label}_p50": round(p50["int8"], 3),
         "speedup": round(p50["fp32"] / p50["int8"], 2),
         "threads": 1,
         "batch": batch,

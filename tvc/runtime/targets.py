@@ -15,6 +15,7 @@ from tvc.artifact import Artifact, is_artifact, load_artifact
 # payload file -> precision, for ONNX files the export stages write
 PRECISION_BY_FILE = {
     "model.onnx": "fp32",
+    "model.ort.onnx": "fp32-ort",  # tvc export --ort-optimize: ONNX Runtime's fused graph
     "model.fp16.onnx": "fp16",
     "model.int8.onnx": "int8-qdq",
     "model.int8dyn.onnx": "int8-dynamic",

@@ -51,6 +51,11 @@ class Config(ModelOptions, OutputOptions):
     )
     no_simplify: bool = option(False, "Skip onnxslim simplification.")
     fp16: bool = option(False, "Also write an FP16 ONNX (norms/softmax kept FP32).")
+    ort_optimize: bool = option(
+        False,
+        "Also write model.ort.onnx for ONNX Runtime: its transformer fusions (SkipLayerNorm, "
+        "Gelu, Attention where it matches), parity-checked; model.onnx stays for TensorRT.",
+    )
     int8: Literal["static", "dynamic"] | None = option(
         None,
         "Also write an INT8 ONNX: static (calibrated Q/DQ; a bare --int8) or dynamic.",
@@ -133,6 +138,11 @@ class Config(ModelOptions, OutputOptions):
             raise ConfigError(
                 "the FP16 converter takes models with one input, not a pixel_mask input too",
                 "drop --pixel-mask for an FP16 export",
+            )
+        if self.ort_optimize and self.pixel_mask:
+            raise ConfigError(
+                "--ort-optimize checks the fused graph on images only, not a pixel_mask input",
+                "drop --pixel-mask or --ort-optimize",
             )
         if self.int8 and self.pixel_mask:
             raise ConfigError(
