@@ -30,13 +30,13 @@ def runner_outputs(runner: Runner) -> Callable[..., Outputs]:
     first = spec.shape[0]
     fixed = first if isinstance(first, int) and first > 0 else None
 
-    def feeds(x: np.ndarray, mask: np.ndarray | None) -> dict[str, np.ndarray]:
-        out = {spec.name: np.ascontiguousarray(x)}
-        if mask_spec is not None:
-            if mask is None:
-                mask = np.ones((len(x), *x.shape[2:]), mask_spec.dtype)
-            out[MASK_INPUT] = np.ascontiguousarray(mask.astype(mask_spec.dtype, copy=False))
-        return out
+    def feeds(x: np.ndarray, mask: np.ndarray | None) -> dict[str, np.ndarray] | np.ndarray:
+        if mask_spec is None:  # a one-input model takes the array as it is
+            return np.ascontiguousarray(x)
+        if mask is None:
+            mask = np.ones((len(x), *x.shape[2:]), mask_spec.dtype)
+        mask = np.ascontiguousarray(mask.astype(mask_spec.dtype, copy=False))
+        return {spec.name: np.ascontiguousarray(x), MASK_INPUT: mask}
 
     def predict(x: np.ndarray, mask: np.ndarray | None = None) -> Outputs:
         x = x.astype(spec.dtype, copy=False)
