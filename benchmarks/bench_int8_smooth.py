@@ -48,7 +48,8 @@ def with_outliers(loaded):
     return loaded
 
 
-def main() -> None:
+def teacher_and_data():
+    """The Fashion-MNIST teacher (torch on 1 thread), 256 calibration and 1000 test images."""
     torch.set_num_threads(1)
     loaded = load_model(str(TEACHER))
     info = loaded.info
@@ -57,7 +58,11 @@ def main() -> None:
         return load_images("fashion-mnist", split, input_size=info.input_size, mean=info.mean,
                            std=info.std, limit=n)  # fmt: skip
 
-    calib, test = data("train", 256), data("test", 1000)
+    return loaded, data("train", 256), data("test", 1000)
+
+
+def main() -> None:
+    loaded, calib, test = teacher_and_data()
     y = np.asarray(test.labels)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

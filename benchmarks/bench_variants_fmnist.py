@@ -24,22 +24,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_int8_smooth import with_outliers
+from bench_int8_smooth import TEACHER, teacher_and_data, with_outliers
 from common import rel, write_result
 
 from tvc.compress.prune import PruneConfig, prune
 from tvc.compress.report import count_macs, count_params
-from tvc.data import load_images
 from tvc.export.onnx import OnnxExportConfig
 from tvc.export.quantize import QuantConfig, quantize_dynamic, quantize_static
 from tvc.export.quantize.graph import load_onnx
 from tvc.export.quantize.scoring import logit_errors, predict_all, session
-from tvc.models import load_model
 from tvc.runtime.bench import time_interleaved
 from tvc.runtime.ort import OrtRunner
 from tvc.stages.export import export_loaded
 
-TEACHER = Path(__file__).parent / "artifacts" / "fmnist_teacher"
 RATIO = 0.3
 
 
@@ -109,15 +106,7 @@ def measure(name: str, parent, calib, test) -> list[dict]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    loaded = load_model(str(TEACHER))
-    info = loaded.info
-
-    def data(split: str, n: int):
-        return load_images("fashion-mnist", split, input_size=info.input_size, mean=info.mean,
-                           std=info.std, limit=n)  # fmt: skip
-
-    calib, test = data("train", 256), data("test", 1000)
+    loaded, calib, test = teacher_and_data()
     rows = measure("teacher", loaded, calib, test)
     rows += measure("teacher + outliers x50", with_outliers(loaded), calib, test)
     md = ["# Variants of the trained Fashion-MNIST ViT: size, speed, fidelity\n",
