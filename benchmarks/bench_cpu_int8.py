@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -255,15 +256,26 @@ def _fusion_note(w: dict) -> str:
     )
 
 
+def _load_line(load: dict) -> str:
+    """What the machine's load was around the run: busy machines inflate absolute times."""
+    cpus, worst = load["cpus"], max(load["start"], load["end"])
+    line = (f"Load average (1 min) {load['start']:.1f} at the start and {load['end']:.1f} at the "
+            f"end, on {cpus} CPUs")  # fmt: skip
+    if worst > 0.5 * cpus:
+        tail = (": **other work competed**, so absolute times are inflated and noisy; compare "
+                "ratios within a model")  # fmt: skip
+    else:
+        tail = ": the machine was otherwise quiet"
+    return line + tail + ". The 95% interval of each median is in brackets."
+
+
 def markdown(runs: list[dict], limits: dict, goal_rows: list[dict], args) -> str:
     lines = [
         "# CPU INT8 near the GEMM limit (issue 17)",
         "",
         f"ONNX Runtime CPU, {args.threads} thread. Variants of one model timed in ONE "
         "interleaved run (rotating order, rounds of ~0.1 s blocks), batch 1 then batch 8. "
-        "**The 2-core machine was shared with other engineers' jobs during this run**: absolute "
-        "times are inflated and noisy; compare ratios within a model, and read the 95% interval "
-        "of each median in brackets.",
+        + _load_line(args.load),
         "",
         f"GEMM limit measured here ({limits['n']}^3, 1 thread, best of {limits['repeats']}): "
         f"FP32 {limits['fp32_gflops']} GFLOP/s, INT8 (u8 x s8 MatMulInteger) "
@@ -350,6 +362,7 @@ def main() -> None:
         args.min_time_s, args.max_time_s, args.profile_runs = 0.2, 0.5, 5
         args.speed_calib, args.calib_size, args.eval_limit = 8, 32, 200
     torch.set_num_threads(args.threads)
+    args.load = {"cpus": os.cpu_count() or 1, "start": os.getloadavg()[0]}
     work = Path(tempfile.mkdtemp(prefix="tvc-bench-cpu-int8-"))
     limits = gemm_limits(512 if args.quick else 1024)
     log.info("GEMM limit: %s", limits)
@@ -357,6 +370,7 @@ def main() -> None:
     teach = teacher(args.teacher, args, work, limits) if (args.teacher or args.quick) else None
     all_runs = [*runs, *([teach] if teach else [])]
     goal_rows = goals(runs, teach)
+    args.load["end"] = os.getloadavg()[0]
     text = markdown(all_runs, limits, goal_rows, args)
     name = "cpu_int8-quick" if args.quick else "cpu_int8"
     data = {"config": vars(args), "gemm_limit": limits, "runs": all_runs, "goals": goal_rows}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import rel, write_result
+from common import load_note, rel, write_result
 
 from tvc.compress.merge import merge
 from tvc.compress.report import count_macs
@@ -39,9 +39,9 @@ from tvc.stages.export import export_loaded
 
 HERE = Path(__file__).parent
 TEACHER = HERE / "artifacts" / "fmnist_teacher"
-SHARED = (
-    "machine shared with other engineers' jobs (2 cores, load average 5-7); variants timed "
-    "interleaved with tvc's time_interleaved. CPU ms = CPU time of the calling thread per "
+METHOD = (
+    "variants timed interleaved with tvc's time_interleaved. CPU ms = CPU time of the "
+    "calling thread per "
     "call (1 ORT thread computes on the caller), the latency without time spent preempted; "
     "goals are judged on it, wall-clock p50 is shown too"
 )
@@ -164,7 +164,7 @@ def deit(args, workdir: Path) -> dict[str, Any]:
 def markdown(res: dict[str, Any], threads: int) -> str:
     f = res["fmnist"]
     out = [f"# Token merging without training (ONNX Runtime CPU, FP32, batch 1, {threads} "
-           f"thread(s))\n", f"{SHARED}.\n",
+           f"thread(s))\n", f"{res['note']}.\n",
            f"## {f['model']} ({f['arch']} at {f['input_size'][1]}px, top-1 on "
            f"{f['eval']['n']} fashion-mnist test images)\n",
            "| r | schedule | MACs | top-1 % | loss (points) | CPU ms | speedup (CPU) | wall p50 ms "
@@ -201,7 +201,7 @@ def main() -> None:
     ap.add_argument("--no-deit", action="store_true", help="skip deit_small")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    res: dict[str, Any] = {"config": vars(args), "note": SHARED}
+    res: dict[str, Any] = {"config": vars(args), "note": f"{load_note()}; {METHOD}"}
     with tempfile.TemporaryDirectory(prefix="tvc-bench-merge-") as tmp:
         res["fmnist"] = fmnist(args, Path(tmp))
         if not args.no_deit:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import rel, write_result
+from common import load_note, rel, write_result
 
 from tvc.compress.lowrank import LowRankConfig, factorize
 from tvc.compress.merge import merge
@@ -39,9 +39,9 @@ from tvc.tasks.classification import ClassificationTask
 
 HERE = Path(__file__).parent
 TEACHER = HERE / "artifacts" / "fmnist_teacher"
-SHARED = (
-    "machine shared with other engineers' jobs (2 cores); variants timed interleaved with "
-    "tvc's time_interleaved; CPU ms = CPU time of the calling thread per call (1 ORT thread: "
+METHOD = (
+    "variants timed interleaved with tvc's time_interleaved; CPU ms = CPU time of the "
+    "calling thread per call (1 ORT thread: "
     "the latency without time spent preempted), which --target-latency also uses"
 )
 
@@ -148,7 +148,7 @@ def deit(args, variants: list[tuple[str, float]]) -> dict[str, Any]:
 def markdown(res: dict[str, Any]) -> str:
     f = res["fmnist"]
     out = [f"# Accuracy vs measured latency (ONNX Runtime CPU, FP32, batch 1, "
-           f"{res['config']['threads']} thread(s))\n", f"{SHARED}.\n",
+           f"{res['config']['threads']} thread(s))\n", f"{res['note']}.\n",
            f"## {f['model']} ({f['arch']}; top-1 on {f['eval']['n']} fashion-mnist test images; "
            f"distillation: soft KD from the parent, 1 epoch on {f['distill']['train_images']} "
            "train images)\n",
@@ -256,7 +256,7 @@ def main() -> None:
         render()
         return
     torch.set_num_threads(args.threads)
-    res: dict[str, Any] = {"config": vars(args), "note": SHARED}
+    res: dict[str, Any] = {"config": vars(args), "note": f"{load_note()}; {METHOD}"}
     with tempfile.TemporaryDirectory(prefix="tvc-pareto-") as tmp:
         res["fmnist"] = fmnist(args, Path(tmp), parse_variants(args.variants))
     if not args.no_deit:

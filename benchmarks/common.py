@@ -22,6 +22,14 @@ def rel(p: Path | str) -> str:
         return str(p)
 
 
+def load_note() -> str:
+    """The machine's load now, as results record it: a busy machine inflates absolute times."""
+    cpus = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    busy = "other work competed (absolute times inflated)" if load > 0.5 * cpus else "quiet"
+    return f"load average {load:.1f} on {cpus} CPUs at the start ({busy})"
+
+
 def write_result(name: str, data: dict[str, Any], markdown: str) -> Path:
     """Write benchmarks/results/NAME.json (data + environment) and NAME.md; return the json path."""
     from tvc.runtime.device import environment
