@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,22 @@ def rel(p: Path | str) -> str:
         return str(p)
 
 
+def repo_relative(obj: Any) -> Any:
+    """JSON data as committed results may hold it: absolute paths inside the repository made
+    relative to it, temporary directories written as `<tmp>/...` (nothing names this machine)."""
+    if isinstance(obj, dict):
+        return {k: repo_relative(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [repo_relative(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/"):
+        path, tmp = Path(obj).resolve(), Path(tempfile.gettempdir()).resolve()
+        if path.is_relative_to(ROOT):
+            return path.relative_to(ROOT).as_posix()
+        if path.is_relative_to(tmp):
+            return f"<tmp>/{path.relative_to(tmp).as_posix()}"
+    return obj
+
+
 def load_note() -> str:
     """The machine's load now, as results record it: a busy machine inflates absolute times."""
     cpus = os.cpu_count() or 1
@@ -37,10 +54,10 @@ def write_result(name: str, data: dict[str, Any], markdown: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": " ".join([rel(sys.argv[0]), *repo_relative(sys.argv[1:])]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(),
-        **data,
+        **repo_relative(data),
     }
     out = RESULTS / f"{name}.json"
     tmp = out.with_suffix(".json.tmp")

@@ -24,16 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, ROOT, rel, repo_relative
+
 ARTIFACTS = ROOT / "benchmarks" / "artifacts"
 WIDTH = 1280
-
-
-def rel(path: Path) -> str:
-    """`path` as the commands recorded in the records show it: relative to the repository."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def tvc(*args: str) -> None:
@@ -101,8 +96,9 @@ def main() -> None:
     title = "Fashion-MNIST ViT: teacher vs pruned + distilled student (small run)"
     tvc("report", rel(records), "-o", rel(page), "--title", title)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if not args.records:
-        shutil.copy(records, RESULTS / "report_page.records.json")
+    if not args.records:  # kept with paths relative to the repository
+        kept = repo_relative(json.loads(records.read_text()))
+        (RESULTS / "report_page.records.json").write_text(json.dumps(kept, indent=2) + "\n")
     shutil.copy(page, RESULTS / "report_page.html")
     screenshot(page, RESULTS / "report_page_1280.png")
     for rec in json.loads(records.read_text()):
