@@ -83,24 +83,10 @@ def gemm_limits(n: int = 1024, repeats: int = 15) -> dict[str, Any]:
 def mac_split(model, input_size: tuple[int, int, int]) -> dict[str, int]:
     """MACs at batch 1: `linear` (Linear and Conv GEMMs, what INT8 quantizes) and `attention`
     (the batched matmuls of attention, kept in float), counted by FlopCounterMode."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from tvc.compress.report import flop_counts
 
-    from tvc.compress.report import _unfused_attention
-
-    counter = FlopCounterMode(display=False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with _unfused_attention(model), counter, torch.no_grad():
-            model.eval()(torch.zeros(1, *input_size))
-    finally:
-        for p in params:
-            p.requires_grad_(True)
     linear = attention = 0
-    for op, flops in counter.get_flop_counts().get("Global", {}).items():
-        name = str(op)
+    for name, flops in flop_counts(model, input_size).items():
         if "bmm" in name or "baddbmm" in name:
             attention += flops // 2
         else:  # mm, addmm, convolution

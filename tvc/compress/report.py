@@ -43,6 +43,16 @@ def _unfused_attention(model: nn.Module) -> Iterator[None]:
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Multiply-accumulates of one forward pass at batch 1."""
+    return int(_count_flops(model, input_size).get_total_flops() // 2)
+
+
+def flop_counts(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, int]:
+    """FLOPs of one forward pass at batch 1 by aten op (`mm`, `bmm`, `convolution`, ...)."""
+    counts = _count_flops(model, input_size).get_flop_counts().get("Global", {})
+    return {str(op): int(flops) for op, flops in counts.items()}
+
+
+def _count_flops(model: nn.Module, input_size: tuple[int, int, int]):
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, *input_size)
@@ -58,7 +68,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     finally:
         for p in trainable:
             p.requires_grad_(True)
-    return int(counter.get_total_flops() // 2)
+    return counter
 
 
 def widths(model: nn.Module) -> dict[str, Any] | None:
