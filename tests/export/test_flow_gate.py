@@ -11,7 +11,7 @@ import pytest
 from tvc.errors import ConfigError
 from tvc.export.flow import _warn_if_slower
 from tvc.export.quantize import progress
-from tvc.progress import Progress
+from tvc.progress import Progress, counted
 from tvc.stages import get_stage
 
 STAGE = get_stage("export")
@@ -104,18 +104,18 @@ def test_progress_steps_report_through_the_one_display(caplog, monkeypatch):
             super().__init__(enabled, interactive=False, emit=lines.append, every_frac=0.5,
                              min_gap_s=0.0)  # fmt: skip
 
-    monkeypatch.setattr("tvc.progress.Progress", Plain)
+    monkeypatch.setattr(progress, "Progress", Plain)
     shown = progress.shown()
     with (
         caplog.at_level(logging.INFO, logger="tvc"),
         shown,
-        progress.step("calibrating", 10) as adv,
+        progress.step("calibrating", 10) as bar,
     ):
-        progress.counted(lambda x: x, adv)(np.zeros((4, 3)))
-        adv(6)
+        counted(lambda x: x, bar)(np.zeros((4, 3)))
+        bar.advance(6)
     assert "calibrating" in caplog.text
     assert lines and lines[-1].startswith("calibrating 100% (10/10)"), lines
     lines.clear()
-    with progress.step("not shown", 3) as advance:  # outside shown(): logged, no display
-        advance(3)
+    with progress.step("not shown", 3) as bar:  # outside shown(): logged, no display
+        bar.advance(3)
     assert not lines

@@ -135,8 +135,8 @@ def run_static(
     from tvc.export.quantize.progress import step
 
     reader = CalibrationReader(x, inputs)
-    with step(f"calibrating static INT8 on {len(x)} images", len(reader) * reader.batch) as adv:
-        reader.on_item = adv
+    with step(f"calibrating static INT8 on {len(x)} images", len(reader) * reader.batch) as bar:
+        reader.on_item = bar.advance
         _run_static(oq, prepared, out, reader, cfg, nodes, exclude)
 
 

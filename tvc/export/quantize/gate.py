@@ -17,7 +17,7 @@ from tvc.export.quantize.calibration import check_image_size
 from tvc.export.quantize.config import QuantConfig
 from tvc.export.quantize.dynamic import quantize_dynamic, run_dynamic
 from tvc.export.quantize.graph import check_model, input_spec, load_onnx, prepare, save_onnx, sizes
-from tvc.export.quantize.progress import counted, step
+from tvc.export.quantize.progress import step
 from tvc.export.quantize.scoring import (
     Scorer,
     logit_errors,
@@ -27,6 +27,7 @@ from tvc.export.quantize.scoring import (
     session,
 )
 from tvc.export.quantize.static import StaticJob
+from tvc.progress import counted
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -133,11 +134,11 @@ def _gate(
     )
     probe = Scorer(fp32, judge.sensitivity_images())
     scores = []
-    with step(f"INT8 gate: ranking {len(quantized)} layers by sensitivity", len(quantized)) as adv:
+    with step(f"INT8 gate: ranking {len(quantized)} layers by sensitivity", len(quantized)) as bar:
         for name in quantized:  # quantize one layer at a time
             err = probe.score(build(set(quantized) - {name}))
             scores.append({"node": name, "nmse": err["nmse"], "agreement": err["agreement"]})
-            adv()
+            bar.advance()
     scores.sort(key=lambda e: e["nmse"], reverse=True)
     result["sensitivity"] = scores[:20]
 
@@ -208,9 +209,9 @@ class LogitJudge:
 
     def measure(self, model: ModelProto) -> dict[str, Any]:
         n = len(self.data)
-        with step(f"INT8 gate: measuring on {n} images", n) as adv:
+        with step(f"INT8 gate: measuring on {n} images", n) as bar:
             sess = session(model)
-            predict = counted(lambda x: predict_array(sess, x), adv)
+            predict = counted(lambda x: predict_array(sess, x), bar)
             logits = np.concatenate([predict(x) for x, _ in self.data.batches(64)])
         top1 = 100.0 * float(np.mean(logits.argmax(1) == self.labels))
         errs = logit_errors(self.ref, logits)
@@ -250,8 +251,8 @@ class TaskJudge:
 
     def measure(self, model: ModelProto) -> dict[str, Any]:
         n = len(self.images)
-        with step(f"INT8 gate: measuring on {n} images", n) as adv:
-            predict = counted(predict_outputs(model), adv)
+        with step(f"INT8 gate: measuring on {n} images", n) as bar:
+            predict = counted(predict_outputs(model), bar)
             result = self.task.evaluate(predict, self.data, reference=self.reference)
         score = float(result[self.metric])
         return {"score": round(score, 3), "drop": round(self.fp32_score - score, 3), **result}

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+
+from tvc.progress import Progress
 
 log = logging.getLogger("tvc")
 
 _SHOWN: contextvars.ContextVar[bool] = contextvars.ContextVar("tvc_int8_progress", default=False)
-
-Advance = Callable[..., None]
 
 
 @contextlib.contextmanager
@@ -31,22 +31,9 @@ def shown(enabled: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def step(description: str, total: int) -> Iterator[Advance]:
-    """One step of `total` units; yields advance(n=1)."""
-    from tvc.progress import Progress
-
+def step(description: str, total: int) -> Iterator[Progress]:
+    """One step of `total` units; yields its display (`advance(n)`; `tvc.progress.counted`)."""
     log.info("%s", description)
     with Progress(_SHOWN.get()) as bar:
         bar.task(description, max(total, 1))
-        yield bar.advance
-
-
-def counted(predict: Callable, advance: Advance) -> Callable:
-    """`predict` advancing the bar by the number of images of every call."""
-
-    def run(x):
-        out = predict(x)
-        advance(len(x))
-        return out
-
-    return run
+        yield bar
