@@ -126,52 +126,50 @@ def _loop(model, data, info, cfg: DetTrainConfig, step_loss) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
     model.train()
     history, t0, step = [], time.perf_counter(), 0
-    bar = Progress(cfg.progress)  # a bar on a terminal, plain lines in a log; left in `finally`
     try:
-        bar.__enter__()
-        for epoch in range(cfg.epochs):
-            bar.task(f"train epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
-            sums: dict[str, float] = {}
-            for x, mask, targets, _ in data.batches(
-                cfg.batch_size,
-                input_size=info.input_size,
-                mean=info.mean,
-                std=info.std,
-                shuffle_seed=cfg.seed * 1000 + epoch,
-                resize=resize_of(info),
-                masks=True,
-            ):
-                loss, parts = step_loss(
-                    torch.from_numpy(x).to(cfg.device),
-                    None if mask is None else torch.from_numpy(mask).to(cfg.device),
-                    targets_to_torch(targets, cfg.device),
-                )
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(
-                        f"the detection loss became {float(loss)} at step {step}",
-                        "the run diverged: lower --lr or --grad-clip and run it again",
+        with Progress(cfg.progress) as bar:  # a bar on a terminal, plain lines in a log
+            for epoch in range(cfg.epochs):
+                bar.task(f"train epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
+                sums: dict[str, float] = {}
+                for x, mask, targets, _ in data.batches(
+                    cfg.batch_size,
+                    input_size=info.input_size,
+                    mean=info.mean,
+                    std=info.std,
+                    shuffle_seed=cfg.seed * 1000 + epoch,
+                    resize=resize_of(info),
+                    masks=True,
+                ):
+                    loss, parts = step_loss(
+                        torch.from_numpy(x).to(cfg.device),
+                        None if mask is None else torch.from_numpy(mask).to(cfg.device),
+                        targets_to_torch(targets, cfg.device),
                     )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                step += 1
-                bar.advance()
-                for k, v in {"loss": loss.item(), **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            bar.done()
-            epoch_means = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
-            history.append(epoch_means)
-            log.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                cfg.epochs,
-                ", ".join(f"{k} {v:.3f}" for k, v in epoch_means.items()),
-            )
+                    if not torch.isfinite(loss):
+                        raise NonFiniteError(
+                            f"the detection loss became {float(loss)} at step {step}",
+                            "the run diverged: lower --lr or --grad-clip and run it again",
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    bar.advance()
+                    for k, v in {"loss": loss.item(), **parts}.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                bar.done()
+                epoch_means = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
+                history.append(epoch_means)
+                log.info(
+                    "epoch %d/%d: %s",
+                    epoch + 1,
+                    cfg.epochs,
+                    ", ".join(f"{k} {v:.3f}" for k, v in epoch_means.items()),
+                )
     finally:
-        bar.__exit__(None, None, None)
         model.eval()
     # a diverged run must not save as a success
     check_finite_model(model, "training", "the run diverged: lower --lr and run it again")
