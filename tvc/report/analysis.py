@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tvc.errors import ConfigError
 from tvc.records import BenchRecord
+from tvc.runtime.compare import speedup
 
 PRECISION_ORDER = ("fp32", "fp16", "mixed", "int8-dynamic", "int8-qdq")
 PAYLOAD_SUFFIXES = (".onnx", ".engine", ".plan", ".safetensors", ".pt", ".pth", ".bin")
@@ -207,12 +208,10 @@ def _quality_change(rec: BenchRecord, pool: list[BenchRecord]) -> float | None:
 
 
 def ratio_interval(base: BenchRecord, rec: BenchRecord) -> tuple[float, float] | None:
-    """The speed-up's interval from the two medians' 95% intervals, taken conservatively:
-    the slowest baseline over the fastest variant, and the other way round."""
-    b, v = base.latency_ms, rec.latency_ms
-    if not (b.has_ci and v.has_ci) or v.ci_low <= 0 or v.ci_high <= 0:
-        return None
-    return b.ci_low / v.ci_high, b.ci_high / v.ci_low
+    """The speed-up's interval from the two medians' 95% intervals, taken conservatively
+    (tvc.runtime.compare, what `tvc bench` prints)."""
+    s = speedup(base.latency_ms, rec.latency_ms)
+    return None if s.low is None or s.high is None else (s.low, s.high)
 
 
 def _together(base: BenchRecord, rec: BenchRecord) -> bool | None:
