@@ -244,13 +244,11 @@ class BenchRecord(BaseModel):
 
 def write_records(records: list[BenchRecord], path: str | Path) -> None:
     """Write records as a JSON list, atomically."""
-    import os
+    from tvc.artifact import write_text_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps([r.to_json() for r in records], indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps([r.to_json() for r in records], indent=2) + "\n")
 
 
 def read_records(path: str | Path) -> list[BenchRecord]:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tvc.artifact import write_text_atomic
 from tvc.errors import ConfigError, StorageError
 
 KIND = "tvc-latency-table"
@@ -124,12 +124,9 @@ def save_table(table: LatencyTable, path: str | Path, *, force: bool = False) ->
     path = Path(path)
     if path.exists() and not force:
         raise ConfigError(f"{path} exists", "pass --force to replace it, or another path")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(table.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, table.model_dump_json(indent=2) + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write the latency table {path}: {e.strerror or e}",
                            "choose a writable place") from None  # fmt: skip
     return path

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tvc.artifact import write_text_atomic
 from tvc.data.letterbox import (  # noqa: F401 (re-exported: the preprocessing of scenes)
     RESIZE_MODES,
     canvas_extent,
@@ -336,14 +337,7 @@ def write_coco(data: DetectionSet, out: str | os.PathLike) -> Path:
     image names, so that every split can be written into the same OUT). Returns the JSON path."""
     out = Path(out)
     coco = write_images(data, out / "images", relative_to=out, prefix=f"{data.split}-")
-    path = out / f"{data.split}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(coco) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # left only when the write failed (disk full)
-    return path
+    return write_text_atomic(out / f"{data.split}.json", json.dumps(coco) + "\n")
 
 
 def load_coco(

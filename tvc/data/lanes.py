@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tvc.artifact import write_text_atomic
 from tvc.errors import DataError, MissingDependencyError
 
 BUILTIN = "lanes-synth"
@@ -235,11 +236,9 @@ def write_tusimple(data: LaneSet, out: str | os.PathLike) -> Path:
         file = out / raw
         file.parent.mkdir(parents=True, exist_ok=True)
         image_mod.fromarray(img).save(file)
-    path = out / f"{data.split}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in tusimple_lines(data)))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(
+        out / f"{data.split}.json", "".join(json.dumps(r) + "\n" for r in tusimple_lines(data))
+    )
 
 
 def read_tusimple(paths: list[Path] | Path, *, split: str = "test", name: str | None = None,
