@@ -54,7 +54,8 @@ def test_export_writes_model_ort_onnx_beside_a_neutral_model_onnx(tmp_path, pico
     art = export(model=str(pico_onnx.path), output=str(tmp_path / "e"), ort_optimize=True)
     v = art.meta["variants"]["model.ort.onnx"]
     assert v["precision"] == "fp32-ort" and v["fused_ops"]["SkipLayerNormalization"] >= 3
-    assert v["attention_fused"] is False and v["parity_vs_fp32"]["top1_agreement"] == 1.0
+    assert v["attention_fused"] is True and v["fused_ops"]["Attention"] == 2  # tvc's own fusion
+    assert v["parity_vs_fp32"]["top1_agreement"] == 1.0
     assert "model.ort.onnx" in art.meta["files"]
     assert set(v["latency_ms"]) >= {"fp32_p50", "fused_p50", "speedup"}
     assert (art.path / "model.onnx").read_bytes() == (pico_onnx.path / "model.onnx").read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import numpy as np
@@ -121,7 +122,11 @@ def test_static_and_dynamic_int8_agree_with_fp32(tmp_path, fp32, safe_int8, cali
     dyn = tmp_path / "dyn.onnx"
     report = quantize_dynamic(fp32, dyn, QuantConfig(mode="dynamic"))
     assert report["mode"] == "dynamic" and check_trt_qdq(dyn)  # integer ops TensorRT lacks
-    assert "/patch_embed/proj/Conv" not in report["quantized_nodes"]  # ConvInteger is slow
+    # the patch Conv runs as an integer MatMul (ConvInteger is slow) and attention as QAttention
+    ops = collections.Counter(n.op_type for n in onnx.load(str(dyn)).graph.node)
+    assert "ConvInteger" not in ops and "Conv" not in ops and "Attention" not in ops
+    assert ops["QAttention"] == report["ort_rewrites"]["attention_fused"] >= 2
+    assert "/patch_embed/proj/Conv" in report["quantized_nodes"]
     for path in (safe_int8[0], dyn):
         got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
         assert got.shape == ref.shape and got.dtype == np.float32

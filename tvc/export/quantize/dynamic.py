@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvc.errors import UnsupportedModelError, first_line
+from tvc.export.ort_rewrites import fuse_attention, patches_as_matmul
 from tvc.export.quantize.calibration import check_inputs, quiet_ort
 from tvc.export.quantize.config import PARITY_IMAGES, QuantConfig
 from tvc.export.quantize.graph import (
@@ -44,8 +45,15 @@ def quantize_dynamic(
     fp32, out = Path(fp32), Path(out)
     t0 = time.perf_counter()
     model = prepare(load_onnx(fp32), gemm="matmul")
-    nodes = dynamic_nodes(model, cfg.ops)
     exclude = check_names(exclude, all_names(model))
+    # ORT's integer kernels: fused QAttention and the patch Conv as a MatMul (see ort_rewrites)
+    rewritten = {
+        "attention_fused": fuse_attention(model, keep=exclude),
+        "patch_conv_as_matmul": patches_as_matmul(model, keep=exclude),
+    }
+    nodes = dynamic_nodes(model, cfg.ops)
+    if cfg.ops == "safe":
+        nodes += rewritten["attention_fused"]
     nodes = [n for n in nodes if n not in exclude]
     if not nodes:
         raise no_layers(fp32, cfg.ops)
@@ -59,11 +67,12 @@ def quantize_dynamic(
     parity = Scorer(fp32, x).score(load_onnx(out))
     report = {
         "mode": "dynamic",
-        "format": "ONNX Runtime integer ops (DynamicQuantizeLinear + MatMulInteger)",
+        "format": "ONNX Runtime integer ops (DynamicQuantizeMatMul, QAttention)",
         "ops": cfg.ops,
         "weights": "int8 symmetric, per output channel",
         "activations": "uint8, range computed at run time per tensor",
         "quantized_nodes": nodes,
+        "ort_rewrites": {k: len(v) for k, v in rewritten.items()},
         "float_nodes": sorted(exclude),
         "parity": {**parity, "inputs": "check data" if check_data is not None else "random"},
         "note": "dynamic INT8 runs on ONNX Runtime (CPU); TensorRT needs the static Q/DQ model",
@@ -83,7 +92,7 @@ def run_dynamic(prepared: Path, out: Path, nodes: list[str], cfg: QuantConfig) -
                 str(out),
                 weight_type=oq.QuantType.QInt8,
                 per_channel=True,
-                op_types_to_quantize=["MatMul", "Gemm"] if cfg.ops == "safe" else None,
+                op_types_to_quantize=["MatMul", "Gemm", "Attention"] if cfg.ops == "safe" else None,
                 nodes_to_quantize=nodes,
                 extra_options={"MatMulConstBOnly": True},
             )
