@@ -10,8 +10,8 @@ interleaved run (tvc.runtime.bench.time_interleaved) at batch 1, then at batch 8
 
     tvc fp32            model.onnx as tvc exports it
     tvc fused fp32      model.ort.onnx (tvc export --ort-optimize: ORT's transformer fusions)
-    tvc int8 dynamic    tvc's dynamic INT8 (Linear MatMuls, Conv kept float)
-    tvc fused int8 dyn  the same quantization built on the fused graph
+    tvc int8 dynamic    tvc's dynamic INT8 (Linear MatMuls and the patch Conv as a MatMul)
+    tvc fused int8 dyn  the same quantization built on the fused graph (Attention -> QAttention)
     tvc int8 qdq        tvc's static Q/DQ INT8 (calibrated; noise images for the speed models)
     peer fp32           ORT's transformer optimizer at opt_level 2 (what optimum-cli O2 runs)
     peer int8 dynamic   onnxruntime.quantization.quantize_dynamic on the peer's graph (QInt8
@@ -213,14 +213,20 @@ def goals(speed_runs: list[dict], teach: dict | None) -> list[dict[str, Any]]:
                         "measured": f"{got:.2f}x ({best})", "met": got >= want})  # fmt: skip
     for run in [*speed_runs, *([teach] if teach else [])]:
         v = run["batch1"]["variants"]
-        best = min((DYN, FDYN, QDQ), key=lambda k: v[k]["latency_ms"]["p50"])
+        # "at equal or better accuracy": where accuracy is measured, the fastest tvc INT8 that
+        # scores at least the peer's top-1 (what a user holding both numbers would ship)
+        mine = [DYN, FDYN, QDQ]
+        if "accuracy" in run:
+            acc = run["accuracy"]
+            mine = [k for k in mine if acc[k]["top1"] >= acc[PEER_INT8]["top1"]] or mine
+        best = min(mine, key=lambda k: v[k]["latency_ms"]["p50"])
         ratio = v[PEER_INT8]["latency_ms"]["p50"] / v[best]["latency_ms"]["p50"]
         row = {"goal": f"{run['model']}: tvc best INT8 >= 1.15x vs peer INT8",
                "measured": f"{ratio:.2f}x ({best})", "met": ratio >= 1.15}  # fmt: skip
         if "accuracy" in run:
-            acc = run["accuracy"]
-            mine, theirs = acc[best]["top1"], acc[PEER_INT8]["top1"]
-            row["measured"] += f"; top-1 {mine:.2f} vs peer {theirs:.2f}"
+            row["measured"] += (
+                f"; top-1 {acc[best]['top1']:.2f} vs peer {acc[PEER_INT8]['top1']:.2f}"
+            )
             row["met"] = row["met"] and acc[best]["top1"] >= acc[PEER_INT8]["top1"]
         out.append(row)
         tvc, peer = _p50(run, FP32), _p50(run, PEER_FP32)

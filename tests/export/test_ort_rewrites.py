@@ -89,19 +89,26 @@ def test_the_patch_conv_becomes_a_matmul_under_its_own_name(exported, images):
     assert patches_as_matmul(padded) == [] and patches_as_matmul(exported, keep=[conv.name]) == []
 
 
-def test_dynamic_int8_runs_qattention_and_honours_excluded_names(tmp_path, pico_onnx, images):
+def test_dynamic_int8_of_a_fused_graph_runs_qattention_and_honours_excluded_names(
+    tmp_path, pico_onnx, images
+):
     src = pico_onnx.path / "model.onnx"
-    record = quantize_dynamic(src, tmp_path / "all.onnx", QuantConfig(mode="dynamic"))
-    assert record["ort_rewrites"] == {"attention_fused": 2, "patch_conv_as_matmul": 1}
-    assert _ops(onnx.load(str(tmp_path / "all.onnx")))["QAttention"] == 2
+    record = quantize_dynamic(src, tmp_path / "plain.onnx", QuantConfig(mode="dynamic"))
+    ops = _ops(onnx.load(str(tmp_path / "plain.onnx")))  # model.onnx: attention stays float
+    assert ops["Softmax"] == 2 and "QAttention" not in ops and "Conv" not in ops
+    assert record["patch_conv_as_matmul"] == ["/patch_embed/proj/Conv"]
+    fused = onnx.load(str(src))
+    fuse_attention(fused)  # what --ort-optimize writes to model.ort.onnx
+    onnx.save(fused, tmp_path / "fused.onnx")
+    quantize_dynamic(tmp_path / "fused.onnx", tmp_path / "q.onnx", QuantConfig(mode="dynamic"))
+    assert _ops(onnx.load(str(tmp_path / "q.onnx")))["QAttention"] == 2
     qkv = "/blocks/blocks.1/attn/qkv/MatMul"
-    record = quantize_dynamic(
-        src, tmp_path / "kept.onnx", QuantConfig(mode="dynamic"), exclude=[qkv]
-    )
+    cfg = QuantConfig(mode="dynamic")
+    record = quantize_dynamic(tmp_path / "fused.onnx", tmp_path / "kept.onnx", cfg, exclude=[qkv])
     ops = _ops(onnx.load(str(tmp_path / "kept.onnx")))
-    assert ops["QAttention"] == 1 and ops["Softmax"] == 1 and qkv not in record["quantized_nodes"]
+    assert ops["QAttention"] == 1 and ops["Attention"] == 1 and qkv not in record["quantized_nodes"]
     ref = _run(onnx.load(str(src)), images)
-    for name in ("all.onnx", "kept.onnx"):
+    for name in ("plain.onnx", "q.onnx", "kept.onnx"):
         got = _run(onnx.load(str(tmp_path / name)), images)
         assert (got.argmax(1) == ref.argmax(1)).mean() >= 2 / 3
         assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()

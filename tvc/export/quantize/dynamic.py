@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvc.errors import UnsupportedModelError, first_line
-from tvc.export.ort_rewrites import fuse_attention, patches_as_matmul
+from tvc.export.ort_rewrites import patches_as_matmul
 from tvc.export.quantize.calibration import check_inputs, quiet_ort
 from tvc.export.quantize.config import PARITY_IMAGES, QuantConfig
 from tvc.export.quantize.graph import (
@@ -46,14 +46,11 @@ def quantize_dynamic(
     t0 = time.perf_counter()
     model = prepare(load_onnx(fp32), gemm="matmul")
     exclude = check_names(exclude, all_names(model))
-    # ORT's integer kernels: fused QAttention and the patch Conv as a MatMul (see ort_rewrites)
-    rewritten = {
-        "attention_fused": fuse_attention(model, keep=exclude),
-        "patch_conv_as_matmul": patches_as_matmul(model, keep=exclude),
-    }
+    # the patch Conv as an integer MatMul (ORT's ConvInteger is slow; see ort_rewrites)
+    patch_matmuls = patches_as_matmul(model, keep=exclude)
     nodes = dynamic_nodes(model, cfg.ops)
-    if cfg.ops == "safe":
-        nodes += rewritten["attention_fused"]
+    if cfg.ops == "safe":  # Attention fused by --ort-optimize becomes QAttention
+        nodes += [n.name for n in model.graph.node if n.op_type == "Attention"]
     nodes = [n for n in nodes if n not in exclude]
     if not nodes:
         raise no_layers(fp32, cfg.ops)
@@ -67,12 +64,12 @@ def quantize_dynamic(
     parity = Scorer(fp32, x).score(load_onnx(out))
     report = {
         "mode": "dynamic",
-        "format": "ONNX Runtime integer ops (DynamicQuantizeMatMul, QAttention)",
+        "format": "ONNX Runtime integer ops (DynamicQuantizeLinear + MatMulInteger)",
         "ops": cfg.ops,
         "weights": "int8 symmetric, per output channel",
         "activations": "uint8, range computed at run time per tensor",
         "quantized_nodes": nodes,
-        "ort_rewrites": {k: len(v) for k, v in rewritten.items()},
+        "patch_conv_as_matmul": patch_matmuls,
         "float_nodes": sorted(exclude),
         "parity": {**parity, "inputs": "check data" if check_data is not None else "random"},
         "note": "dynamic INT8 runs on ONNX Runtime (CPU); TensorRT needs the static Q/DQ model",
