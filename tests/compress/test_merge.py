@@ -58,3 +58,37 @@ def test_merging_every_a_token_exports_with_parity(pico, tmp_path):
     art = export_loaded(LoadedModel(m, pico.info), tmp_path / "x", OnnxExportConfig(batch=1))
     assert art.meta["metrics"]["parity"]["ok"]
     assert art.meta["metrics"]["parity"]["max_abs_diff"] < 1e-4
+
+
+def _merge_by_hand(x: torch.Tensor, metric: torch.Tensor, r: int, prefix: int) -> torch.Tensor:
+    """ToMe's bipartite soft matching written as loops, one image at a time: the reference."""
+    out = []
+    for xi, mi in zip(x, metric, strict=True):
+        patches = list(range(prefix, len(xi)))
+        a_idx, b_idx = patches[::2], patches[1::2]
+        unit = mi / mi.norm(dim=-1, keepdim=True)
+        partner, score = {}, {}
+        for i in a_idx:
+            sims = [float(unit[i] @ unit[j]) for j in b_idx]
+            partner[i] = b_idx[max(range(len(sims)), key=sims.__getitem__)]
+            score[i] = max(sims)
+        ranked = sorted(a_idx, key=lambda i: -score[i])
+        merged, kept = ranked[:r], ranked[r:]
+        b_rows = {j: xi[j].clone() for j in b_idx}
+        for i in merged:
+            b_rows[partner[i]] += xi[i]
+        rows = [xi[k] for k in range(prefix)] + [xi[i] for i in kept] + [b_rows[j] for j in b_idx]
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(("tokens", "r"), [(65, 8), (65, 32), (50, 10), (12, 1)])
+def test_matching_agrees_with_a_loop_by_loop_reference(tokens, r):
+    from tvc.models.merge import bipartite_matching
+
+    gen = torch.Generator().manual_seed(tokens + r)
+    metric = torch.randn(3, tokens, 8, generator=gen)
+    x = torch.randn(3, tokens, 5, generator=gen)
+    got = bipartite_matching(metric, r, prefix=1)(x)
+    assert got.shape == (3, tokens - r, 5)
+    assert torch.allclose(got, _merge_by_hand(x, metric, r, prefix=1), atol=1e-5)
