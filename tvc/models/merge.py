@@ -15,8 +15,8 @@ structure records `{"merge": ...}` and `apply_structure` swaps `model.blocks` fo
 `MergingBlocks`. That container is an nn.Sequential of the very same blocks, so the weights'
 names do not change; it only replaces the loop over the blocks. Every token count is fixed by
 the input size and the schedule, so the ONNX graph has static shapes, and the matching is written
-with ops ONNX Runtime and TensorRT run (ReduceMax/ArgMax, TopK, Where, and a 0/1 assignment
-MatMul in place of gathers and a scatter-add).
+with ops ONNX Runtime and TensorRT run (ReduceMax/ArgMax, TopK, GatherElements, and a one-hot
+MatMul in place of a scatter-add).
 """
 
 from __future__ import annotations
@@ -103,32 +103,33 @@ def merge_tokens(
 
 def bipartite_matching(metric: torch.Tensor, r: int, prefix: int):
     """The function that merges `r` tokens of a (B, N, C) tensor: A = even, B = odd patch tokens;
-    the r A tokens most similar to some B token are summed into it (callers weight by size).
-
-    The output is [prefix tokens, the kept A tokens (most similar first), the B tokens]. Every
-    patch token's output row is worked out first, and one (rows x patches) 0/1 matrix then moves
-    and sums all of them in a single MatMul: in ONNX a few ops per merge where gathers, a
-    scatter-add and concatenations took dozens, which at batch 1 cost more than the merge saved.
-    """
+    the r A tokens most similar to some B token are summed into it (callers weight by size)."""
     tokens = metric[:, prefix:]
     tokens = tokens / tokens.norm(dim=-1, keepdim=True)
     a, b = tokens[:, ::2], tokens[:, 1::2]
-    n_a, n_b = a.shape[1], b.shape[1]
-    best, best_idx = (a @ b.transpose(-1, -2)).max(dim=-1)  # every A token's best B partner
-    order = best.argsort(dim=-1, descending=True)  # A tokens, most similar first
-    rank = order.argsort(dim=-1)  # each A token's place in that order
-    kept = n_a - r
-    # a merged A token (rank < r) lands on its partner's row, a kept one on row rank - r
-    dest_a = torch.where(rank < r, best_idx + kept, rank - r)
-    dest_b = (torch.arange(n_b, device=metric.device) + kept).expand(dest_a.shape[0], -1)
-    dest = torch.cat([dest_a, dest_b], dim=1)  # (B, Na + Nb), patch columns ordered A then B
-    rows = torch.arange(kept + n_b, device=metric.device)
-    assign = (rows[None, :, None] == dest[:, None, :]).to(metric.dtype)  # (B, rows, Na + Nb)
+    n_b = b.shape[1]
+    scores = a @ b.transpose(-1, -2)  # (B, Na, Nb) cosine similarities
+    best, best_idx = scores.max(dim=-1)  # every A token's best B partner
+    order = best.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
+    src_idx, keep_idx = order[:, :r], order[:, r:]
+    # Merging every A token leaves none to keep: an empty gather exports to a Reshape that
+    # ONNX shape inference refuses, so that case is left out of the graph.
+    keep_none = r >= a.shape[1]
+    dst_idx = best_idx[..., None].gather(1, src_idx)  # (B, r, 1)
+    # A one-hot (B, r, Nb) matrix sums the moved tokens into their partners: a MatMul where a
+    # scatter-add would need ScatterElements' reduction (which not every runtime supports).
+    onehot = (dst_idx == torch.arange(n_b, device=metric.device)).to(metric.dtype)
 
     def merge(x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[-1]
         head, rest = x[:, :prefix], x[:, prefix:]
-        patches = torch.cat([rest[:, ::2], rest[:, 1::2]], dim=1)
-        return torch.cat([head, assign.to(x.dtype) @ patches], dim=1)
+        src, dst = rest[:, ::2], rest[:, 1::2]
+        moved = src.gather(1, src_idx.expand(-1, -1, channels))
+        dst = dst + onehot.to(x.dtype).transpose(1, 2) @ moved
+        if keep_none:
+            return torch.cat([head, dst], dim=1)
+        kept = src.gather(1, keep_idx.expand(-1, -1, channels))
+        return torch.cat([head, kept, dst], dim=1)
 
     return merge
 
