@@ -92,3 +92,42 @@ def test_matching_agrees_with_a_loop_by_loop_reference(tokens, r):
     got = bipartite_matching(metric, r, prefix=1)(x)
     assert got.shape == (3, tokens - r, 5)
     assert torch.allclose(got, _merge_by_hand(x, metric, r, prefix=1), atol=1e-5)
+
+
+def test_decision_margins_find_a_tie_and_only_exist_on_merging_models(pico):
+    from tvc.models.merge import bipartite_matching, decision_margins
+
+    metric = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(3))
+    # image 1: A token 5 is identical to B tokens 4 and 6, a tie for its best partner
+    metric[1, 4] = metric[1, 6] = metric[1, 5]
+    margins: list[torch.Tensor] = []
+    bipartite_matching(metric, 2, prefix=1, margins=margins)
+    (closest,) = margins
+    assert closest[0] > 1e-4 and closest[1] == 0
+    x = torch.randn(3, *pico.info.input_size)
+    assert decision_margins(pico.model, x) is None
+    m = copy.deepcopy(pico.model)
+    merge(m, [8], pico.info.input_size)
+    got = decision_margins(m, x)
+    assert got.shape == (3,) and bool((got >= 0).all()) and torch.isfinite(got).all()
+    assert m.blocks.margins is None  # recording is off again
+
+
+def test_export_proves_parity_on_the_images_with_the_clearest_merge_choices(pico):
+    import numpy as np
+
+    from tvc.export.onnx import MERGE_POOL, OnnxExportConfig, _sample_batches
+    from tvc.models.merge import decision_margins
+    from tvc.tasks import task_for_info
+
+    m = copy.deepcopy(pico.model).eval()
+    merge(m, [8], pico.info.input_size)
+    task, cfg = task_for_info(pico.info), OnnxExportConfig(batch=1, parity_samples=4)
+    batches = _sample_batches(task, pico.info, cfg, m)
+    assert [len(b) for b in batches] == [1, 1, 1, 1]
+    pool, _ = task.sample_inputs(pico.info, None, 4 * MERGE_POOL)
+    margins = decision_margins(m, pool)
+    chosen = decision_margins(m, torch.from_numpy(np.concatenate(batches)))
+    assert torch.allclose(chosen.sort().values, margins.sort().values[-4:])
+    plain = _sample_batches(task, pico.info, cfg, pico.model)  # no merging: the first 4
+    assert np.array_equal(np.concatenate(plain), pool[:4].numpy())

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tvc.tasks import Task
 
 log = logging.getLogger("tvc")
+MERGE_POOL = 4  # token-merging models: parity images are the clearest quarter of this many
 
 MODEL_FILE = "model.onnx"
 MIN_OPSET = 17
@@ -79,7 +80,7 @@ def export_into(w, task: Task, loaded, config: OnnxExportConfig) -> None:
     model = loaded.model.eval()
     check_finite_model(model, "export", "the model's weights are corrupt: export a finite model")
     info = task.export_info(loaded.info, config.input_size)
-    feeds = task.export_feeds(info, _sample_batches(task, info, config), config)
+    feeds = task.export_feeds(info, _sample_batches(task, info, config, model), config)
     names = list(feeds[0])
     outputs = task.onnx_io(info).outputs
     ref = [_torch_outputs(task, model, f) for f in feeds]  # the unpatched model
@@ -135,13 +136,30 @@ def loaded_metrics(task: Task, loaded) -> dict[str, Any]:
     return {k: v for k, v in loaded.artifact.meta.get("metrics", {}).items() if k in keep}
 
 
-def _sample_batches(task: Task, info, config: OnnxExportConfig) -> list[np.ndarray]:
+def _sample_batches(task: Task, info, config: OnnxExportConfig, model) -> list[np.ndarray]:
     """Seeded batches at the exported batch size (several when it is 1, so agreement covers
-    more than one sample), plus one of another size for a dynamic-batch export."""
+    more than one sample), plus one of another size for a dynamic-batch export.
+
+    A token-merging model draws MERGE_POOL times as many and keeps the images whose merge
+    choices are clearest (tvc.models.merge.decision_margins): on a near tie ONNX Runtime may
+    merge another, equally valid pair, which is not an export error but would fail parity."""
+    import torch
+
+    from tvc.models.merge import decision_margins, merging_spec
+
     n = max(1, config.parity_samples // config.batch)
     sizes = [config.batch] * n + ([config.batch + 1] if config.dynamic_batch else [])
-    x, _ = task.sample_inputs(info, None, sum(sizes))
+    merging = merging_spec(model) is not None
+    x, _ = task.sample_inputs(info, None, sum(sizes) * (MERGE_POOL if merging else 1))
     x = np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+    if merging:
+        margins = decision_margins(model, torch.from_numpy(x)).numpy()
+        clearest = np.sort(np.argsort(-margins, kind="stable")[: sum(sizes)])
+        log.info(
+            "token merging: parity on the %d of %d images with the clearest merge choices "
+            "(smallest similarity gap %.2g)", len(clearest), len(x), margins[clearest].min(),
+        )  # fmt: skip
+        x = x[clearest]
     return np.split(x, np.cumsum(sizes)[:-1])
 
 

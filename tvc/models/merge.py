@@ -43,11 +43,12 @@ class MergingBlocks(nn.Sequential):
         self.schedule = [int(r) for r in schedule]
         self.prefix = int(prefix)
         self.proportional = bool(proportional)
+        self.margins: list[torch.Tensor] | None = None  # set by decision_margins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size: torch.Tensor | None = None  # patches per token (B, N, 1); None until a merge
         for block, r in zip(self, self.schedule, strict=True):
-            x, size = merging_block(block, x, size, r, self.prefix, self.proportional)
+            x, size = merging_block(block, x, size, r, self.prefix, self.proportional, self.margins)
         return x
 
     def extra_repr(self) -> str:
@@ -61,12 +62,13 @@ def merging_block(
     r: int,
     prefix: int,
     proportional: bool,
+    margins: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """timm Block.forward with token merging between the attention and the MLP."""
     y, keys = _attention(block.attn, block.norm1(x), size if proportional else None)
     x = x + block.drop_path1(block.ls1(y))
     if r > 0:
-        x, size = merge_tokens(x, keys.mean(1), size, r, prefix)
+        x, size = merge_tokens(x, keys.mean(1), size, r, prefix, margins)
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
     return x, size
 
@@ -89,21 +91,29 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
 
 
 def merge_tokens(
-    x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor | None, r: int, prefix: int
+    x: torch.Tensor,
+    metric: torch.Tensor,
+    size: torch.Tensor | None,
+    r: int,
+    prefix: int,
+    margins: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge `r` of x's patch tokens (bipartite soft matching on `metric`, B x N x C'), size-
     weighted; returns the shorter x and every token's size."""
     if size is None:
         size = torch.ones_like(x[..., :1])
-    merge = bipartite_matching(metric, r, prefix)
+    merge = bipartite_matching(metric, r, prefix, margins)
     merged = merge(torch.cat([x * size, size], dim=-1))
     total = merged[..., -1:]
     return merged[..., :-1] / total, total
 
 
-def bipartite_matching(metric: torch.Tensor, r: int, prefix: int):
+def bipartite_matching(
+    metric: torch.Tensor, r: int, prefix: int, margins: list[torch.Tensor] | None = None
+):
     """The function that merges `r` tokens of a (B, N, C) tensor: A = even, B = odd patch tokens;
-    the r A tokens most similar to some B token are summed into it (callers weight by size)."""
+    the r A tokens most similar to some B token are summed into it (callers weight by size).
+    With `margins`, each image's closest call is appended to it (see decision_margins)."""
     tokens = metric[:, prefix:]
     tokens = tokens / tokens.norm(dim=-1, keepdim=True)
     a, b = tokens[:, ::2], tokens[:, 1::2]
@@ -111,6 +121,8 @@ def bipartite_matching(metric: torch.Tensor, r: int, prefix: int):
     scores = a @ b.transpose(-1, -2)  # (B, Na, Nb) cosine similarities
     best, best_idx = scores.max(dim=-1)  # every A token's best B partner
     order = best.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
+    if margins is not None:
+        margins.append(_closest_call(scores, best, r))
     src_idx, keep_idx = order[:, :r], order[:, r:]
     # Merging every A token leaves none to keep: an empty gather exports to a Reshape that
     # ONNX shape inference refuses, so that case is left out of the graph.
@@ -132,6 +144,40 @@ def bipartite_matching(metric: torch.Tensor, r: int, prefix: int):
         return torch.cat([head, kept, dst], dim=1)
 
     return merge
+
+
+def _closest_call(scores: torch.Tensor, best: torch.Tensor, r: int) -> torch.Tensor:
+    """Per image, the smallest similarity gap behind a choice: an A token's best B partner over
+    its second best, and the r-th merged A token over the first kept one."""
+    inf = torch.full_like(best[:, 0], float("inf"))
+    partner = inf
+    if scores.shape[-1] > 1:
+        top2 = scores.topk(2, dim=-1).values
+        partner = (top2[..., 0] - top2[..., 1]).amin(dim=-1)
+    ranked = best.sort(dim=-1, descending=True).values
+    cut = ranked[:, r - 1] - ranked[:, r] if 0 < r < ranked.shape[1] else inf
+    return torch.minimum(partner, cut)
+
+
+def decision_margins(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Per image of `x`, how close token merging came to choosing differently (the smallest
+    cosine-similarity gap behind any partner or rank choice, every block); None when `model`
+    does not merge. Matching is an argmax and a sort: where two candidates are closer than the
+    rounding difference between two runtimes, ONNX Runtime may pick the other one, which is a
+    valid merge but not the same numbers, so parity checks use images whose choices are clear."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, MergingBlocks):
+        return None
+    blocks.margins = []
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+        found = blocks.margins
+    finally:
+        blocks.margins = None
+    if not found:
+        return torch.full((len(x),), float("inf"))
+    return torch.stack(found).amin(dim=0)
 
 
 def token_counts(patches: int, prefix: int, schedule: list[int]) -> list[int]:
