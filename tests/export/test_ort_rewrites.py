@@ -58,6 +58,22 @@ def test_every_block_fuses_to_one_attention_node_with_identical_outputs(exported
     assert np.abs(_run(fused, images) - _run(exported, images)).max() < 1e-5
 
 
+def test_a_batch_1_export_with_gemm_projections_fuses_too(tmp_path, pico):
+    """A static batch-1 export is simplified by onnxslim into Reshape(2-D) -> Gemm(W, b) for the
+    qkv projection and a 2-D Reshape after attention: the fused node reads the 3-D input and
+    the kept Reshape flattens its output."""
+    from tvc.export.onnx import OnnxExportConfig
+    from tvc.stages.export import export_loaded
+
+    art = export_loaded(pico, tmp_path / "b1", OnnxExportConfig(batch=1))
+    model = onnx.load(str(art.path / "model.onnx"))
+    assert "Gemm" in _ops(model)
+    fused = copy.deepcopy(model)
+    assert len(fuse_attention(fused)) == 2 and "Softmax" not in _ops(fused)
+    x = np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert np.abs(_run(fused, x) - _run(model, x)).max() < 1e-5
+
+
 def test_a_kept_node_or_anything_before_the_softmax_leaves_that_block_unfused(exported, images):
     kept = copy.deepcopy(exported)
     assert fuse_attention(kept, keep=["/blocks/blocks.0/attn/qkv/MatMul"]) == [

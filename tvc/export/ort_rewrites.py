@@ -49,9 +49,9 @@ class _Match:
 
     name: str  # the qkv MatMul's: the fused node keeps it, so --int8-exclude names still work
     x: str
-    weight: str
-    bias: str | None
-    out: str
+    weight: np.ndarray  # (C, 3 * hidden): q, k, v heads side by side, as Attention reads it
+    bias: np.ndarray | None
+    out: str  # what the output Reshape reads: the fused node writes it
     heads: int
     scale: float
     nodes: list[NodeProto]
@@ -74,6 +74,7 @@ class _Graph:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
                 self.values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
         self.outputs = {o.name for o in g.output}
+        self.rank = _ranks(model)
 
     def op(self, name: str, op_type: str) -> NodeProto | None:
         n = self.producer.get(name)
@@ -86,6 +87,22 @@ class _Graph:
     def private(self, node: NodeProto) -> bool:
         """True when only the matched subgraph reads `node`'s outputs (it can be removed)."""
         return not any(o in self.outputs for o in node.output)
+
+
+def _ranks(model: ModelProto) -> dict[str, int]:
+    """Every tensor's rank that ONNX shape inference can tell (the model is not changed)."""
+    import onnx
+
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # an unknown op stops inference: fall back to what the file records
+        g = model.graph
+    infos = [*g.input, *g.value_info, *g.output]
+    return {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in infos
+        if v.type.tensor_type.HasField("shape")
+    }
 
 
 def _perm(node: NodeProto) -> list[int]:
@@ -152,7 +169,8 @@ def _match(g: _Graph, softmax: NodeProto) -> _Match | None:
         return None
     heads, head_dim = int(shape[3]), int(shape[4])
     nodes += [tr, rs]
-    # the output side: (B, H, N, d) -> (B, N, H, d) -> (B, N, C)
+    # the output side: (B, H, N, d) -> (B, N, H, d) -> Reshape to (B, N, C) or (B * N, C).
+    # The Reshape stays, reading the fused node's (B, N, C): the same elements in the same order.
     out_readers = g.consumers.get(av.output[0], [])
     if len(out_readers) != 1 or out_readers[0].op_type != "Transpose":
         return None
@@ -163,37 +181,64 @@ def _match(g: _Graph, softmax: NodeProto) -> _Match | None:
     if len(merge) != 1 or merge[0].op_type != "Reshape":
         return None
     target = g.values.get(merge[0].input[1])
-    if target is None or target.size != 3 or int(target[2]) not in (heads * head_dim, -1):
+    if target is None or target.size not in (2, 3) or int(target[-1]) not in (heads * head_dim, -1):
         return None
-    nodes += [back, merge[0]]
-    # the qkv projection: MatMul(x, W) [+ b]
-    proj, bias = rs.input[0], None
-    add = g.op(proj, "Add")
-    if add is not None:
-        b = [i for i in add.input if i in g.values and g.values[i].ndim == 1]
-        if len(b) != 1:
-            return None
-        bias = b[0]
-        proj = next(i for i in add.input if i != bias)
-        nodes.append(add)
-    mm = g.op(proj, "MatMul")
-    w = g.values.get(mm.input[1]) if mm is not None else None
-    hidden = heads * head_dim
-    if w is None or w.ndim != 2 or w.shape[1] != 3 * hidden:
+    nodes.append(back)
+    proj = _projection(g, rs.input[0], 3 * heads * head_dim, nodes)
+    if proj is None:
         return None
-    if bias is not None and g.values[bias].shape != (3 * hidden,):
-        return None
-    nodes.append(mm)
-    # every intermediate must feed only this subgraph
+    x, weight, bias, name = proj
+    # every intermediate must feed only this subgraph (`back` feeds the kept Reshape alone)
     for n in nodes:
-        if n is merge[0]:
+        if n is back and g.private(n):
             continue
         if not g.private(n) or any(
             c not in nodes for o in n.output for c in g.consumers.get(o, [])
         ):
             return None
-    return _Match(mm.name, mm.input[0], mm.input[1], bias, merge[0].output[0], heads,
-                  s_q * s_k * s_after, nodes)  # fmt: skip
+    return _Match(name, x, weight, bias, back.output[0], heads, s_q * s_k * s_after, nodes)
+
+
+def _projection(
+    g: _Graph, name: str, width: int, nodes: list[NodeProto]
+) -> tuple[str, np.ndarray, np.ndarray | None, str] | None:
+    """The qkv projection producing `name`: x (B, N, C), its (C, width) weight, bias and the
+    node's name, from MatMul(x, W) [+ b], or from a batch-1 export's Reshape(x, 2-D) ->
+    Gemm(W, b) (onnxslim's form); None for anything else."""
+    from onnx import helper
+
+    add, bias = g.op(name, "Add"), None
+    if add is not None:
+        b = [i for i in add.input if i in g.values and g.values[i].ndim == 1]
+        if len(b) != 1:
+            return None
+        bias = g.values[b[0]]
+        name = next(i for i in add.input if i != b[0])
+        nodes.append(add)
+    mm = g.op(name, "MatMul") or g.op(name, "Gemm")
+    w = g.values.get(mm.input[1]) if mm is not None else None
+    if w is None or w.ndim != 2:
+        return None
+    if mm.op_type == "Gemm":
+        a = {x.name: helper.get_attribute_value(x) for x in mm.attribute}
+        if bias is not None or a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
+            return None
+        w = w.T if a.get("transB", 0) else w
+        c = g.values.get(mm.input[2]) if len(mm.input) > 2 and mm.input[2] else None
+        if c is not None and (c.ndim != 1 or a.get("beta", 1.0) != 1.0):
+            return None
+        bias = c
+    if w.shape[1] != width or (bias is not None and bias.shape != (width,)):
+        return None
+    nodes.append(mm)
+    x = mm.input[0]
+    flat = g.op(x, "Reshape")  # (B, N, C) -> (B * N, C) for the Gemm
+    if flat is not None and g.rank.get(flat.input[0]) == 3:
+        x = flat.input[0]
+        nodes.append(flat)
+    if g.rank.get(x) != 3:
+        return None
+    return x, w, bias, mm.name
 
 
 def fuse_attention(model: ModelProto, keep: Iterable[str] = ()) -> list[str]:
@@ -214,12 +259,12 @@ def fuse_attention(model: ModelProto, keep: Iterable[str] = ()) -> list[str]:
     for n in model.graph.node:
         m = at_softmax.get(id(n))
         if m is not None:
-            bias = m.bias
-            if bias is None:
-                w = g.values[m.weight]
-                bias = _add_initializer(model, np.zeros(w.shape[1], w.dtype), f"{m.name}_bias")
+            w = m.weight
+            b = m.bias if m.bias is not None else np.zeros(w.shape[1], w.dtype)
+            weight = _add_initializer(model, np.ascontiguousarray(w), f"{m.name}_qkv_weight")
+            bias = _add_initializer(model, b, f"{m.name}_qkv_bias")
             node = helper.make_node(
-                "Attention", [m.x, m.weight, bias], [m.out], name=m.name, domain=CONTRIB
+                "Attention", [m.x, weight, bias], [m.out], name=m.name, domain=CONTRIB
             )
             node.attribute.extend(
                 [
@@ -228,7 +273,7 @@ def fuse_attention(model: ModelProto, keep: Iterable[str] = ()) -> list[str]:
                 ]
             )
             # the fused node sits where its softmax was: x is produced before it and its output
-            # is read after the merge Reshape, so the order stays topological
+            # is read by the Reshape after the softmax, so the order stays topological
             new_nodes.append(node)
         if id(n) not in drop:
             new_nodes.append(n)
