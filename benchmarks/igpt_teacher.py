@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/igpt_teacher.py pretrain --minutes 35
     .venv/bin/python benchmarks/igpt_teacher.py finetune --minutes 12
+    .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 50 --threads 1
 
 `pretrain` trains igpt_micro (Fashion-MNIST at 14x14, 16 grey levels, 0.21 M parameters) by
 next-pixel NLL for a wall-clock budget and writes benchmarks/artifacts/igpt_teacher;
 `finetune` fine-tunes a copy of it for classification (plus the generative loss) into
-benchmarks/artifacts/igpt_finetuned. Each records its history, held-out bits/dim and settings in
-the artifact's metrics.
+benchmarks/artifacts/igpt_finetuned (`--resume` continues from that fine-tuned copy, with a
+fresh schedule and a new data order, and adds to its time). Each records its history, held-out
+bits/dim and settings in the artifact's metrics.
 """
 
 from __future__ import annotations
@@ -38,16 +40,21 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=35)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--resume", action="store_true", help="finetune: continue igpt_finetuned")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    before: dict = {}  # the spec of the fine-tuned copy a --resume run continues
     if args.stage == "pretrain":
         loaded = load_model("igpt_micro", warn_random=False)
         src, out = None, ART / "igpt_teacher"
     else:
-        src = load_artifact(ART / "igpt_teacher")
-        loaded = load_model(str(ART / "igpt_teacher"))
         out = ART / "igpt_finetuned"
+        start = out if args.resume else ART / "igpt_teacher"
+        src = load_artifact(ART / "igpt_teacher")
+        loaded = load_model(str(start))
+        if args.resume:
+            before = load_artifact(out).meta["spec"]
     info = loaded.info
     pal, size = palette_of(info), (info.input_size[1], info.input_size[2])
     train = load_pixels(DATA, "train", pal, size)
@@ -73,6 +80,7 @@ def main() -> None:
             warmup_steps=50,
             log_every=50,
             gen_weight=0.5,
+            seed=1 if args.resume else 0,  # a resumed run must not replay the same batches
         )
         report = finetune(
             loaded.model, train.tokens, train.labels, cfg, val=(val.tokens, val.labels)
@@ -88,7 +96,7 @@ def main() -> None:
         "stage": f"igpt-{args.stage}",
         "data": DATA,
         "threads": args.threads,
-        "minutes": args.minutes,
+        "minutes": args.minutes + float(before.get("minutes", 0)),  # a resumed run adds on
         "params": count_params(loaded.model),
     }
     with allow_overwrite(), write_artifact(out, "model", parent=src, spec=spec) as w:

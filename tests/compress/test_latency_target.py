@@ -170,3 +170,11 @@ def test_cli_target_latency_with_a_carried_table(tmp_path, monkeypatch):
     assert (spec["prune"] or {}).get("ratio") == (chosen["prune"] or None)
     assert (spec["merge"] or {}).get("schedule", [0, 0]) == chosen["schedule"]
     assert path.read_text() == table.model_dump_json(indent=2) + "\n"  # read, never rewritten
+
+
+def test_cli_refuses_a_table_path_in_a_missing_folder_before_any_work(tmp_path):
+    res = run("compress", "vit_pico", "-o", tmp_path / "o", "--target-latency", "5",
+              "--latency-table", tmp_path / "no" / "such" / "t.json")  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "does not exist" in res.output and len(res.output.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

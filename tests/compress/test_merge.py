@@ -131,3 +131,15 @@ def test_export_proves_parity_on_the_images_with_the_clearest_merge_choices(pico
     assert torch.allclose(chosen.sort().values, margins.sort().values[-4:])
     plain = _sample_batches(task, pico.info, cfg, pico.model)  # no merging: the first 4
     assert np.array_equal(np.concatenate(plain), pool[:4].numpy())
+
+
+def test_cli_says_when_the_schedule_is_capped(tmp_path):
+    from click.testing import CliRunner
+
+    from tvc.cli import cli
+
+    res = CliRunner().invoke(cli, ["compress", "vit_pico", "--merge-tokens", "40",
+                                   "-o", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "--merge-tokens asked [40, 40]; capped" in res.output
+    assert (tmp_path / "o" / "artifact.json").exists()

@@ -112,6 +112,11 @@ def compress_model(
     if cfg.merge_tokens is not None:
         report["merge"] = merge(student.model, parse_schedule(cfg.merge_tokens), info.input_size)
         log.info("merging tokens of %s: %s per block", info.name, report["merge"]["schedule"])
+        if report["merge"]["clamped"]:  # say so: the user asked for more than the tokens allow
+            log.warning(
+                "--merge-tokens asked %s; capped at half the patch tokens left before each block",
+                report["merge"]["requested"],
+            )
         report["merge"]["agreement"] = _agreement(task, reference, student.model, samples, source)
 
     # The structure is relative to a fresh build of the architecture, so compressing a

@@ -279,6 +279,13 @@ def run(cfg: Config):
         from tvc.compress.latency_table import load_table
 
         load_table(cfg.latency_table)  # a bad table file is refused before any model loads
+    elif cfg.latency_table is not None and not Path(cfg.latency_table).parent.is_dir():
+        # measuring the table takes minutes: refuse a place it cannot be written first
+        raise ConfigError(
+            f"--latency-table {cfg.latency_table}: the folder "
+            f"{Path(cfg.latency_table).parent} does not exist",
+            "create it, or give a path in an existing folder",
+        )
     task = task_of_model(cfg.model, "compression")
     refuse_options(task, "compress", cfg)
     if cfg.importance in ("taylor", "data") and cfg.data is None:
