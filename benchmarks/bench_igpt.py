@@ -134,7 +134,8 @@ def _latency(path: Path, x: np.ndarray, threads: int, n: int = 30) -> dict[str, 
 def measure(
     threads: int, eval_limit: int | None, gen_images: int, gate_limit: int, sweep: bool
 ) -> None:
-    from tvc.export.kv_decoder import export_igpt, generation_speed
+    from tvc.export.kv_decoder import generation_speed
+    from tvc.stages import export as export_stage
     from tvc.tasks.pixels import complete_images
 
     task = PixelsTask()
@@ -149,7 +150,6 @@ def measure(
         f"raw-pixel probe {results['raw_pixel_probe_accuracy']:.2f}% "
         f"({time.perf_counter() - t0:.0f}s)"
     )
-    calib = task.load_data(DATA, "train", teacher.info, limit=256, seed=7).pixels.tokens
     tmp = Path(tempfile.mkdtemp(prefix="igpt_bench_"))
     # (name, artifact, export and time it, score its ONNX graphs on all eval images)
     entries = [
@@ -178,16 +178,21 @@ def measure(
             print(f"  probe by layer: {entry['probe_by_layer']}")
         if not export:
             continue
-        exported = export_igpt(
-            loaded,
-            tmp / name,
-            int8=True,
+        # `tvc export ART --dynamic-batch --int8 --calib DATA [--fp16]`: model.onnx and
+        # decoder.onnx proven, then their static INT8 (and FP16) held to the bits/dim gate
+        cfg = export_stage.Config(
+            model=str(path),
+            output=str(tmp / name),
+            dynamic_batch=True,
+            int8="static",
+            calib=DATA,
+            calib_size=256,
             fp16=(name == "student"),
-            calib_tokens=calib,
-            check_tokens=d.pixels.tokens[:4],
         )
+        exported = export_stage.run(cfg)
         ex = exported.path
-        entry["decoder_parity"] = exported.meta["metrics"]["decoder_parity"]
+        entry["decoder_parity"] = exported.meta["metrics"]["extra_graphs"]["decoder.onnx"]
+        entry["export_gate"] = exported.meta["variants"]["model.int8.onnx"]["gate"]
         x1 = d.pixels.tokens[:1]
         entry["onnx"] = {}
         for variant in ("model.onnx", "model.int8.onnx"):

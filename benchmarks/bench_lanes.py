@@ -1,13 +1,16 @@
 """Issue 14 measurements: LSTR lane-shape transformers on tvc's built-in lane set (lanes-synth).
 
     .venv/bin/python benchmarks/bench_lanes.py teacher --minutes 50     # train the kept teacher
+    .venv/bin/python benchmarks/bench_lanes.py teacher --resume --minutes 75 --seed 1
     .venv/bin/python benchmarks/bench_lanes.py students                 # compress, export, bench
     .venv/bin/python benchmarks/bench_lanes.py students --quick         # smoke run
 
 `teacher`: `lstr_micro` trained from scratch on the built-in train split (LSTR's set loss with
 Hungarian matching and auxiliary decoder losses, AdamW, cosine schedule over a time budget),
 evaluated with the TuSimple metric on the 500 test images, written to
-benchmarks/artifacts/lstr_teacher (the recipe's teacher) with its training history.
+benchmarks/artifacts/lstr_teacher (the recipe's teacher) with its training history. `--resume`
+continues that teacher (a fresh schedule; --seed sets a new data order), adding its epochs,
+minutes and history to the ones recorded.
 
 `students`: from that teacher, a student pruned (attention heads + FFN channels, --prune) and
 distilled (teacher curves and scores on matched queries, plus the teacher's lanes as set-loss
@@ -68,6 +71,8 @@ def cmd_teacher(args) -> None:
     from tvc.train.lanes import LaneTrainConfig, train_lanes
 
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     train = load_lanes("lanes-synth", "train", limit=args.train_images)
     val = load_lanes("lanes-synth", "val", limit=args.val_images)
@@ -79,7 +84,12 @@ def cmd_teacher(args) -> None:
         len(test),
         time.perf_counter() - t0,
     )
-    loaded = load_model(args.model, warn_random=False)
+    before: dict = {}  # the training already recorded in the teacher a --resume run continues
+    if args.resume:
+        from tvc.artifact import load_artifact
+
+        before = load_artifact(args.out).meta["metrics"]["training"]
+    loaded = load_model(args.out if args.resume else args.model, warn_random=False)
     work = Path(args.work)
     cfg = LaneTrainConfig(
         epochs=args.epochs,
@@ -101,6 +111,16 @@ def cmd_teacher(args) -> None:
         return {"val_accuracy": round(m["accuracy"], 3), "val_f1": round(m["f1"], 3)}
 
     result = train_lanes(loaded, train, cfg, on_epoch=on_epoch)
+    if before:  # one record of all the training this teacher had
+        result = {
+            **result,
+            "epochs": before["epochs"] + result["epochs"],
+            "steps": before["steps"] + result["steps"],
+            "seconds": round(before["seconds"] + result["seconds"], 1),
+            "history": before["history"] + result["history"],
+            "runs": [*before.get("runs", [before["config"]]), result["config"]],
+        }
+        loaded.artifact = None  # it replaces the artifact it continued: no parent of its own
     metrics = evaluate(loaded, test)
     loaded.info.weights = "tvc train on lanes-synth (benchmarks/bench_lanes.py teacher)"
     params = sum(p.numel() for p in loaded.model.parameters())
@@ -122,7 +142,9 @@ def cmd_teacher(args) -> None:
     md = [
         f"LSTR teacher `{args.model}` ({params / 1e6:.3f} M params) trained from scratch on "
         f"{len(train)} lanes-synth train images for {result['epochs']} epochs "
-        f"({result['seconds'] / 60:.1f} min on the CPU), evaluated on the {metrics['n']} test "
+        f"({result['seconds'] / 60:.1f} min on the CPU"
+        + (f", in {len(result['runs'])} runs" if "runs" in result else "")
+        + f"), evaluated on the {metrics['n']} test "
         "images with the TuSimple metric (20 px at 1280 wide, scaled to 128 px: 2 px).",
         "",
         "| accuracy % | FP % | FN % | F1 % | start err px | end err px | x err px |",
@@ -378,6 +400,8 @@ def main(argv=None) -> None:
     t = sub.add_parser("teacher")
     t.add_argument("--model", default="lstr_micro")
     t.add_argument("--minutes", type=float, default=50.0)
+    t.add_argument("--resume", action="store_true", help="continue the teacher at --out")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-size", type=int, default=32)

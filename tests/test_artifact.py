@@ -1,4 +1,7 @@
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +31,24 @@ def test_lineage_points_at_parent(tmp_path):
     parent = _write(tmp_path / "p")
     child = _write(tmp_path / "c", text="other", parent=parent, spec={"stage": "s"})
     assert child.meta["parent"]["id"] == parent.id
-    assert child.meta["lineage"][-1]["path"] == str(parent.path)
+    assert child.meta["lineage"][-1]["path"] == "../p"  # relative: the tree can move
     assert child.meta["spec"] == {"stage": "s"}
+
+
+def test_lineage_paths_survive_moving_the_tree(tmp_path):
+    from tvc.artifact import parent_path
+
+    parent = _write(tmp_path / "runs" / "p")
+    child = _write(tmp_path / "runs" / "deep" / "c", text="other", parent=parent)
+    grandchild = _write(tmp_path / "g", text="third", parent=child)
+    assert [e["path"] for e in grandchild.meta["lineage"]] == ["../runs/p", "../runs/deep/c"]
+    assert not any(os.path.isabs(e["path"]) for e in grandchild.meta["lineage"])
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    moved = load_artifact(tmp_path / "moved" / "deep" / "c")
+    assert parent_path(moved.path, moved.meta).resolve() == (tmp_path / "moved" / "p").resolve()
+    # an artifact written before paths were relative still names its parent whole
+    assert parent_path("/x", {"parent": {"path": "/abs/p"}}) == Path("/abs/p")
+    assert parent_path("/x", {"parent": None}) is None
 
 
 def test_same_payload_same_id(tmp_path):

@@ -319,10 +319,8 @@ def write_artifact(
             "schema_version": SCHEMA_VERSION,
             "kind": kind,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "parent": _lineage_entry(parent) if parent else None,
-            "lineage": (
-                [*parent.meta.get("lineage", []), _lineage_entry(parent)] if parent else []
-            ),
+            "parent": _lineage_entry(parent, target) if parent else None,
+            "lineage": _lineage(parent, target),
             "spec": {**({"command": _COMMAND.get()} if _COMMAND.get() else {}), **(spec or {})},
             "metrics": {},
         }
@@ -350,13 +348,40 @@ def recorded_data(art: Artifact) -> tuple[str, str] | None:
     return None
 
 
-def _lineage_entry(parent: Artifact) -> dict[str, Any]:
+def _lineage_entry(parent: Artifact, target: Path) -> dict[str, Any]:
+    # The path is relative to the artifact that records it, so a tree of artifacts can be moved
+    # or committed whole and still find its parents (and names no machine's home directory).
+    where = os.path.relpath(parent.path.resolve(), target.resolve())
     return {
         "id": parent.id,
         "kind": parent.kind,
-        "path": str(parent.path),
+        "path": where,
         "spec": parent.meta.get("spec", {}),
     }
+
+
+def _lineage(parent: Artifact | None, target: Path) -> list[dict[str, Any]]:
+    """The parent's lineage plus the parent, every path re-based onto `target`."""
+    if parent is None:
+        return []
+    older = []
+    for entry in parent.meta.get("lineage", []):
+        entry = dict(entry)
+        if isinstance(entry.get("path"), str):
+            where = (parent.path / entry["path"]).resolve()
+            entry["path"] = os.path.relpath(where, target.resolve())
+        older.append(entry)
+    return [*older, _lineage_entry(parent, target)]
+
+
+def parent_path(artifact_dir: str | os.PathLike, meta: dict[str, Any]) -> Path | None:
+    """Where the artifact in `artifact_dir` (with artifact.json contents `meta`) says its parent
+    is: a recorded relative path is taken from `artifact_dir`; older artifacts recorded it whole.
+    None when it names no parent."""
+    recorded = (meta.get("parent") or {}).get("path")
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    return Path(artifact_dir) / recorded  # an absolute `recorded` replaces artifact_dir
 
 
 @contextlib.contextmanager

@@ -29,3 +29,65 @@ def test_eval_reports_bits_per_dim_of_the_exported_graph(exported):
     )
     assert res.exit_code == 0, res.output
     assert "bits/dim" in res.output and "on 16 fashion-mnist test images" in res.output
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, fmnist_dir):
+    """igpt_pico exported with static INT8 calibrated on the tiny Fashion-MNIST lookalike,
+    plus FP16 and ONNX Runtime's fusions."""
+    out = tmp_path_factory.mktemp("igpt") / "q"
+    data = f"pixels:fashion-mnist:{fmnist_dir}"
+    args = ["export", "igpt_pico", "-o", str(out), "--int8", "--calib", data, "--fp16"]
+    res = CliRunner().invoke(cli, [*args, "--ort-optimize", "--calib-size", "24"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_static_int8_of_a_token_model_is_gated_in_bits_per_dim_and_trt_ready(quantized):
+    from tvc.artifact import load_artifact
+
+    variants = load_artifact(quantized).meta["variants"]
+    int8 = variants["model.int8.onnx"]
+    gate = int8["gate"]
+    assert gate["metric"] == "bpd" and gate["budget"] == 0.05 and gate["n"] > 0
+    assert gate["increase"] == round(gate["int8"] - gate["fp32"], 4) and gate["budget_met"]
+    assert int8["calibration"]["sequences"] == 24
+    assert int8["trt_readiness"]["ok"], int8["trt_readiness"]["violations"]
+    assert int8["parity_vs_fp32"]["n"] > 0
+    # the decoder is quantized too, for generation, and its completions compared with FP32's
+    dec = variants["decoder.int8.onnx"]
+    assert dec["graph"] == "decoder" and dec["trt_readiness"]["ok"]
+    assert 0.0 <= dec["completions_vs_fp32"]["token_agreement"] <= 1.0
+    assert {"model.fp16.onnx", "model.ort.onnx"} <= set(variants)
+    # the INT8 decoder is not a variant of the model for bench / eval
+    names = [v.path.name for v in onnx_variants(str(quantized))]
+    assert "decoder.int8.onnx" not in names and "model.int8.onnx" in names
+
+
+def test_generate_runs_the_int8_decoder_and_names_the_ones_there(quantized, fmnist_dir, tmp_path):
+    data = f"pixels:fashion-mnist:{fmnist_dir}"
+    base = ["generate", str(quantized), "--prefix-rows", "4", "-n", "2", "--data", data]
+    png = str(tmp_path / "g.png")
+    res = CliRunner().invoke(cli, [*base, "--decoder", "decoder.int8.onnx", "-o", png])
+    assert res.exit_code == 0, res.output
+    assert "[ort decoder.int8.onnx]" in res.output and (tmp_path / "g.png").is_file()
+    res = CliRunner().invoke(cli, [*base, "--decoder", "decoder.fp8.onnx"])
+    assert res.exit_code == 2
+    assert "has no decoder.fp8.onnx" in res.output and "decoder.int8.onnx" in res.output
+
+
+def test_dynamic_int8_of_a_token_model_quantizes_both_graphs(tmp_path):
+    out = tmp_path / "d"
+    res = CliRunner().invoke(cli, ["export", "igpt_pico", "-o", str(out), "--int8", "dynamic"])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.int8dyn.onnx").is_file() and (out / "decoder.int8dyn.onnx").is_file()
+    assert "random inputs" in res.output  # no calibration data: parity on seeded tokens
+
+
+@pytest.mark.parametrize("flag", [["--smooth-alpha", "0.3"], ["--calib-method", "entropy"]])
+def test_image_only_int8_options_are_refused_for_a_token_model(flag, tmp_path):
+    res = CliRunner().invoke(
+        cli, ["export", "igpt_pico", "-o", str(tmp_path / "x"), "--int8", *flag]
+    )
+    assert res.exit_code == 2 and f"{flag[0]} does not apply" in res.output
+    assert not (tmp_path / "x").exists()

@@ -29,10 +29,23 @@ import click
     show_default=True,
     help="Pixel DATA the test images come from.",
 )
+@click.option(
+    "--decoder",
+    default="decoder.onnx",
+    show_default=True,
+    help="Which decoder graph of an exported TARGET runs (decoder.int8.onnx after --int8).",
+)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which test images.")
 def generate(
-    target: str, prefix_rows: int, out: str, images: int, data: str, threads: int | None, seed: int
+    target: str,
+    prefix_rows: int,
+    out: str,
+    images: int,
+    data: str,
+    decoder: str,
+    threads: int | None,
+    seed: int,
 ) -> None:
     """Complete test images from their top --prefix-rows rows (greedy decoding with the KV
     cache) and save a grid: given rows, completion, original. TARGET is an exported iGPT
@@ -43,7 +56,14 @@ def generate(
     if images < 1:
         raise ConfigError(f"--images must be >= 1, got {images}", "e.g. -n 8")
     r = complete_images(
-        target, out, prefix_rows=prefix_rows, n=images, data=data, threads=threads, seed=seed
+        target,
+        out,
+        prefix_rows=prefix_rows,
+        n=images,
+        data=data,
+        threads=threads,
+        seed=seed,
+        decoder=decoder,
     )
     click.echo(
         f"completed {r['images']} images from {r['prefix_rows']} rows [{r['backend']}]: "

@@ -9,7 +9,8 @@
 What differs between classifiers, detectors and the rest is asked of the task adapter: the graph
 (tvc.export.onnx), calibration and evaluation data (`load_data`, `images`), the metric the INT8
 gate holds to a budget (`evaluate`, `metric`), output agreement (`agreement`). Each INT8 variant
-is checked against TensorRT's explicit-quantization rules once, stored as `trt_readiness`.
+is checked against TensorRT's explicit-quantization rules once, stored as `trt_readiness`. A task
+whose model reads tokens (`input_kind`, iGPT) gets its variants from tvc.export.token_variants.
 
 Everything is staged and committed atomically. When TensorRT is asked for but not installed, the
 ONNX variants are still written together with a ready `trtexec` command for the board, and the
@@ -106,7 +107,7 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
             _copy_fp32(source.artifact, w)
         else:
             export_into(w, task, source, settings)
-        variants = _Variants(task, w, cfg, calib)
+        variants = _variants_for(task)(task, w, cfg, calib)
         if cfg.eval_data:
             w.meta["metrics"].update(task.headline(variants.fp32_quality()))
         if cfg.ort_optimize:
@@ -127,8 +128,20 @@ def export_model(task: Task, source: LoadedModel | OnnxSource, cfg: Config) -> A
     return art
 
 
+def _variants_for(task: Task) -> type[Variants]:
+    """Token models (iGPT) quantize and check on token sequences, not images."""
+    if task.input_kind == "tokens":
+        from tvc.export.token_variants import TokenVariants
+
+        return TokenVariants
+    return Variants
+
+
 def _copy_fp32(src: Artifact, w) -> None:
     shutil.copy2(src.file(MODEL_FILE), w.path_for(MODEL_FILE))
+    for name in src.meta.get("metrics", {}).get("extra_graphs", {}):  # iGPT's decoder.onnx
+        if src.has(name):
+            shutil.copy2(src.file(name), w.path_for(name))
     for key in ("model", "task", "io", "precision"):
         if key in src.meta:
             w.meta[key] = src.meta[key]
@@ -138,7 +151,7 @@ def _copy_fp32(src: Artifact, w) -> None:
     }
 
 
-class _Variants:
+class Variants:
     """The FP16 and INT8 variants of the FP32 graph staged in `w`, with the data they read
     loaded once each."""
 
@@ -193,12 +206,10 @@ class _Variants:
         """model.ort.onnx: ONNX Runtime's transformer fusions of model.onnx, proven against it
         (tvc.export.ort_fusion)."""
         from tvc.export.ort_fusion import ORT_FILE, fuse_checked
-        from tvc.export.quantize.calibration import check_inputs
-        from tvc.export.quantize.graph import input_spec, load_onnx
 
         log.info("writing the ONNX Runtime fused variant")
         images = self._parity_images()
-        x = check_inputs(images, input_spec(load_onnx(self.fp32)), _PARITY_IMAGES, 0)
+        x = self._inputs(images)
         variant = fuse_checked(self.fp32, self.w.path_for(ORT_FILE), x, self.task, self.info)
         variant["parity_vs_fp32"]["inputs"] = (
             "random inputs" if images is None else f"{len(x)} {images.name} images"
@@ -285,6 +296,14 @@ class _Variants:
         report["latency_ms"] = indicative_latency(self.fp32, path)
         return report
 
+    def _inputs(self, images) -> Any:
+        """The inputs a variant's parity runs on: _PARITY_IMAGES of `images`, or seeded numpy
+        inputs without them (an ONNX artifact exports on a board without torch)."""
+        from tvc.export.quantize.calibration import check_inputs
+        from tvc.export.quantize.graph import input_spec, load_onnx
+
+        return check_inputs(images, input_spec(load_onnx(self.fp32)), _PARITY_IMAGES, 0)
+
     def _parity_images(self):
         """Real images for a variant's parity: --calib's, else --eval-data's (None: random)."""
         spec = self.calib if self.cfg.calib else self.cfg.eval_data
@@ -297,13 +316,11 @@ class _Variants:
         without them): the task's agreement and each output's worst difference, held to the
         task's tolerance for `precision` (a miss is a warning, recorded)."""
         from tvc.export.parity import outputs_parity
-        from tvc.export.quantize.calibration import check_inputs
-        from tvc.export.quantize.graph import input_spec, load_onnx
+        from tvc.export.quantize.graph import load_onnx
         from tvc.export.quantize.scoring import predict_outputs
 
         fp32 = load_onnx(self.fp32)
-        # seeded numpy inputs without images: an ONNX artifact exports on a board without torch
-        x = check_inputs(images, input_spec(fp32), _PARITY_IMAGES, 0)
+        x = self._inputs(images)
         ref = predict_outputs(fp32)(x)
         got = predict_outputs(load_onnx(path))(x)
         self.task.check_finite(got, f"the {precision.upper()} model")

@@ -14,12 +14,13 @@ Both are proven against PyTorch: logits within tolerance, and tokens generated g
 same prefixes must be identical (PyTorch with its cache, ONNX Runtime with the decoder, and ONNX
 Runtime re-running the full-sequence graph without a cache). `generation_speed` measures tokens
 per second with and without the cache. Export functions import torch; the generation and speed
-functions need only numpy and onnxruntime, so they run on a board.
+functions need only numpy and onnxruntime, so they run on a board. `tvc export` writes both
+graphs through the pixels task (`extra_graphs`); their FP16 and INT8 come from
+tvc.export.token_variants, with `quantize_int8` and `convert_fp16_tokens` here.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from pathlib import Path
@@ -356,13 +357,14 @@ def full_parity(
 # ------------------------------------------------------------------ INT8, FP16, the artifact
 
 
-def _linear_nodes(path: Path) -> list[str]:
-    """MatMul/Gemm nodes whose second input is a weight (an initializer): the Linears. The
-    attention's activation x activation MatMuls, norms, softmax and residual adds stay float
-    (the transformer-safe placement)."""
+def _linear_nodes(model: Any) -> list[str]:
+    """MatMul/Gemm nodes of `model` (a ModelProto or a path) whose second input is a weight
+    (an initializer): the Linears. The attention's activation x activation MatMuls, norms,
+    softmax and residual adds stay float (the transformer-safe placement)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
     consts = {t.name for t in model.graph.initializer}
     consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     return [
@@ -370,16 +372,6 @@ def _linear_nodes(path: Path) -> list[str]:
         for n in model.graph.node
         if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in consts
     ]
-
-
-class _Feeds:
-    """onnxruntime CalibrationDataReader over a list of feed dicts."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self._it = iter(feeds)
-
-    def get_next(self):
-        return next(self._it, None)
 
 
 def decoder_feeds(sess, prefixes: np.ndarray, start: int, steps: int) -> list[dict]:
@@ -403,23 +395,27 @@ def decoder_feeds(sess, prefixes: np.ndarray, start: int, steps: int) -> list[di
 
 
 def quantize_int8(fp32: str | Path, out: str | Path, feeds: list[dict[str, np.ndarray]]) -> dict:
-    """Static INT8 with explicit Q/DQ (what TensorRT builds strongly typed) on the Linears only,
-    calibrated on `feeds`; per-channel symmetric weights, asymmetric activations."""
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    """Static INT8 with explicit Q/DQ on the Linears only, calibrated on `feeds`, with the
+    image models' settings (tvc.export.quantize): symmetric int8 weights per channel and
+    activations per tensor, float biases, Q/DQ read by the Linears alone. That is the
+    placement TensorRT builds strongly typed; norms, softmax and the attention's
+    activation x activation MatMuls stay float."""
+    import tempfile
+
+    from tvc.export.quantize import QuantConfig
+    from tvc.export.quantize.calibration import CalibrationReader, run_static_reader
+    from tvc.export.quantize.graph import float_for_bystanders, load_onnx, prepare, save_onnx
 
     fp32, out = Path(fp32), Path(out)
-    nodes = _linear_nodes(fp32)
+    prepared = prepare(load_onnx(fp32), gemm="split_bias")
+    nodes = _linear_nodes(prepared)
     if not nodes:
         raise ExportError(f"{fp32.name} has no Linear layers to quantize", "export it again")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ORT's advice to pre-process is noise here
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _quantize(ort_quantize_static, fp32, out, feeds, nodes)
-    finally:
-        root.setLevel(level)
+    with tempfile.TemporaryDirectory(prefix="tvc-int8-") as tmp:
+        path = save_onnx(prepared, Path(tmp) / "prepared.onnx")
+        reader = CalibrationReader.of_feeds(feeds)
+        run_static_reader(path, out, reader, QuantConfig(mode="static"), nodes, [])
+    float_for_bystanders(load_onnx(out), prepared, set(nodes), out)
     from tvc.export.onnx import check_onnx
 
     check_onnx(out)
@@ -429,23 +425,6 @@ def quantize_int8(fp32: str | Path, out: str | Path, feeds: list[dict[str, np.nd
         "size_bytes": out.stat().st_size,
         "fp32_size_bytes": fp32.stat().st_size,
     }
-
-
-def _quantize(ort_quantize_static, fp32: Path, out: Path, feeds, nodes) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
-    ort_quantize_static(
-        str(fp32),
-        str(out),
-        _Feeds(feeds),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        nodes_to_quantize=nodes,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-    )
 
 
 def convert_fp16_tokens(
@@ -484,75 +463,3 @@ def convert_fp16_tokens(
         "fp16_nodes": stats["fp16_nodes"],
         "size_bytes": out.stat().st_size,
     }
-
-
-def export_igpt(
-    loaded,
-    out: str | Path,
-    *,
-    opset: int = 17,
-    int8: bool = False,
-    fp16: bool = False,
-    calib_tokens: np.ndarray | None = None,
-    check_tokens: np.ndarray | None = None,
-) -> Any:
-    """An ONNX artifact of an iGPT: model.onnx and decoder.onnx (both proven), and with `int8`
-    model.int8.onnx / decoder.int8.onnx (static Q/DQ calibrated on `calib_tokens`), with
-    `fp16` model.fp16.onnx. The palette travels in artifact.json's model section. The shared
-    export stage does the same through PixelsTask.onnx_io and extra_graphs; this is the
-    library call the benchmark uses until then."""
-    from tvc.artifact import load_artifact, write_artifact
-
-    model, info = loaded.model.eval().cpu(), loaded.info
-    rng = np.random.default_rng(0)
-    k, length = int(info.kwargs["levels"]), model.seq_len
-    check = (
-        np.asarray(check_tokens[:4], np.int64)
-        if check_tokens is not None
-        else rng.integers(0, k, (4, length))
-    )
-    calib = np.asarray(calib_tokens if calib_tokens is not None else check, np.int64)
-    spec = {"stage": "export-igpt", "opset": opset, "int8": int8, "fp16": fp16, "source": info.name}
-    with write_artifact(out, "onnx", parent=loaded.artifact, spec=spec) as w:
-        full = export_full(model, w.path_for(FULL_FILE), opset=opset)
-        dec = export_decoder(model, w.path_for(DECODER_FILE), opset=opset)
-        width = int(info.kwargs["width"])
-        prefix = check[:2, : (length // 2 // width) * width]
-        metrics = {
-            "parity": full_parity(model, full, check),
-            "decoder_parity": decoder_parity(
-                model, full, dec, prefix, gen_tokens=min(2 * width, length - prefix.shape[1])
-            ),
-            "params": int(sum(p.numel() for p in model.parameters())),
-        }
-        variants = {
-            FULL_FILE: {"precision": "fp32", "graph": "full"},
-            DECODER_FILE: {"precision": "fp32", "graph": "decoder"},
-        }
-        if int8:
-            batches = [{"tokens": calib[s : s + 16]} for s in range(0, min(len(calib), 128), 16)]
-            metrics["int8"] = quantize_int8(full, w.path_for("model.int8.onnx"), batches)
-            dfeeds = decoder_feeds(_session(dec, 1), calib[:16, : length // 2], model.sos, 24)
-            metrics["int8_decoder"] = quantize_int8(dec, w.path_for("decoder.int8.onnx"), dfeeds)
-            variants["model.int8.onnx"] = {"precision": "int8", "graph": "full"}
-            variants["decoder.int8.onnx"] = {"precision": "int8", "graph": "decoder"}
-        if fp16:
-            metrics["fp16"] = convert_fp16_tokens(
-                full, w.path_for("model.fp16.onnx"), {"tokens": check}
-            )
-            variants["model.fp16.onnx"] = {"precision": "fp16", "graph": "full"}
-        w.meta["model"] = info.to_json()
-        w.meta["precision"] = "fp32"
-        w.meta["variants"] = variants
-        w.meta["io"] = {
-            "inputs": [{"name": "tokens", "shape": ["batch", length], "dtype": "int64"}],
-            "outputs": [{"name": n, "dtype": "float32"} for n in FULL_OUTPUTS],
-            "dynamic_axes": {"tokens": {"0": "batch"}},
-            "decoder": {
-                "file": DECODER_FILE,
-                "start_token": model.sos,
-                "cache": cache_names(len(model.blocks)),
-            },
-        }
-        w.meta["metrics"].update(metrics)
-    return load_artifact(out)

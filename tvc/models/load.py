@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tvc.artifact import Artifact, is_artifact, load_artifact
+from tvc.artifact import Artifact, is_artifact, load_artifact, parent_path
 from tvc.deps import require
 from tvc.errors import ArtifactError, ConfigError, ModelNotFoundError, WeightsError
 from tvc.models import registry
@@ -209,7 +209,7 @@ def model_from_artifact(artifact: Artifact) -> LoadedModel:
     from tvc.models.weights import load_into, read_state_dict
 
     if artifact.kind != "model":
-        parent = (artifact.meta.get("parent") or {}).get("path")
+        parent = parent_path(artifact.path, artifact.meta)
         if parent and is_artifact(parent) and load_artifact(parent, verify=False).kind == "model":
             return model_from_artifact(load_artifact(parent))
         raise ArtifactError(

@@ -390,15 +390,19 @@ def is_lstr_spec(spec: str) -> bool:
     building it."""
     import json
 
+    from tvc.artifact import parent_path
+
     if spec in LSTR_CONFIGS:
         return True
     path = Path(spec) / "artifact.json"
     try:
         if path.is_file():
-            model = json.loads(path.read_text()).get("model") or {}
+            meta = json.loads(path.read_text())
+            model = meta.get("model") or {}
             if not model:  # an export artifact: its parent model decides
-                parent = (json.loads(path.read_text()).get("parent") or {}).get("path")
-                return bool(parent) and parent != spec and is_lstr_spec(parent)
+                parent = parent_path(spec, meta)
+                same = parent is not None and parent.resolve() == Path(spec).resolve()
+                return parent is not None and not same and is_lstr_spec(str(parent))
             return model.get("family") == FAMILY
     except (OSError, ValueError):
         return False

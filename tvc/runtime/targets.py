@@ -49,8 +49,9 @@ def onnx_variants(target: str) -> list[Variant]:
     extra_graphs = set(art.meta.get("metrics", {}).get("extra_graphs") or {})
     variants = []
     for fname, info in art.meta["files"].items():
-        if not fname.endswith(".onnx") or fname in extra_graphs:
-            continue
+        graph = art.meta.get("variants", {}).get(fname, {}).get("graph", "full")
+        if not fname.endswith(".onnx") or fname in extra_graphs or graph != "full":
+            continue  # decoder.int8.onnx is that decoder's INT8, not a variant of the model
         precision = art.meta.get("variants", {}).get(fname, {}).get(
             "precision"
         ) or PRECISION_BY_FILE.get(fname, "fp32")

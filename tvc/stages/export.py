@@ -75,7 +75,7 @@ class Config(ModelOptions, OutputOptions):
         0.5,
         ge=0,
         description="Max points of the task's metric (top-1, mAP) INT8 may lose before layers "
-        "fall back to float.",
+        "fall back to float; for iGPT the bits/dim it may add (default 0.05 there).",
     )
     allow_accuracy_drop: bool = option(
         False, "Keep an INT8 model that misses its budget (exit 0, loud warning)."

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from tvc.artifact import parent_path
+
 if TYPE_CHECKING:
     from tvc.models.load import LoadedModel, ModelInfo
 
@@ -67,6 +69,9 @@ class Task(ABC):
     # Stage options this task has no use for: {stage: {option: why}}. A typed one is refused
     # with the reason, instead of being silently ignored.
     refuses: ClassVar[dict[str, dict[str, str]]] = {}
+    # What model.onnx takes: "images" (float N, C, H, W) or "tokens" (int64 N, L: iGPT); export
+    # calibrates and checks its FP16 / INT8 variants on inputs of this kind.
+    input_kind: ClassVar[str] = "images"
 
     # ------------------------------------------------------------------ what belongs to the task
     @abstractmethod
@@ -325,10 +330,10 @@ def artifact_family(path: Path) -> str | None:
         model = meta.get("model") or {}
         if isinstance(model, dict) and model:
             return model.get("family")
-        parent = (meta.get("parent") or {}).get("path")
-        if not parent:
+        parent = parent_path(path, meta)
+        if parent is None:
             return None
-        path = Path(parent)
+        path = parent
     return None
 
 

@@ -35,6 +35,7 @@ INPUT_NAME = "tokens"
 OUTPUT_NAMES = ("logits", "features", "class_logits")
 PROBE_TRAIN = 10_000  # training images the linear probe is fitted on
 _KL = "iGPT distils the teacher's next-token distributions (KL at --temperature, --alpha)"
+_TOKEN_INT8 = "iGPT's INT8 calibrates min/max ranges of the Linears' inputs, held to bits/dim"
 _MAGNITUDE = "iGPT prunes heads and MLP channels of every block by weight magnitude"
 
 
@@ -53,10 +54,15 @@ class PixelData:
     def arrays(self) -> np.ndarray:
         return self.pixels.tokens
 
+    @property
+    def name(self) -> str:
+        return self.pixels.name
+
 
 class PixelsTask(Task):
     name = "pixels"
     metric = "bpd"
+    input_kind = "tokens"
     metric_label = "bits/dim"
     noun = "generative pixel model"
     quality_key = "pixels"
@@ -73,6 +79,12 @@ class PixelsTask(Task):
             "keep": _MAGNITUDE,
             "steps": _MAGNITUDE,
             "kd": _KL,
+        },
+        "export": {
+            "calib_method": _TOKEN_INT8,
+            "smooth_alpha": _TOKEN_INT8,
+            "int8_ops": _TOKEN_INT8,
+            "pixel_mask": "pixel masks are for detectors (DETR)",
         },
         "train": {
             "resume": "iGPT training keeps no checkpoint",
@@ -393,10 +405,12 @@ def complete_images(
     data: str = "fashion-mnist-pixels",
     threads: int | None = None,
     seed: int = 0,
+    decoder: str = "decoder.onnx",
 ) -> dict[str, Any]:
     """Complete `n` test images from their top `prefix_rows` rows with the model at `target`
-    (an ONNX artifact holding decoder.onnx, or a PyTorch model artifact / name) by greedy
-    decoding, and save a picture grid (rows: prefix | completion | original) at `out`."""
+    (an ONNX artifact holding the `decoder` graph, or a PyTorch model artifact / name) by
+    greedy decoding, and save a picture grid (rows: prefix | completion | original) at
+    `out`."""
     from tvc.artifact import is_artifact, load_artifact
     from tvc.data.pixels import Palette, load_pixels, unraster
     from tvc.eval.pixels import save_grid
@@ -406,15 +420,24 @@ def complete_images(
     meta = load_artifact(target).meta if is_artifact(target) else None
     info = ModelInfo.from_json(meta["model"]) if meta and "model" in meta else None
     if meta is not None and meta.get("kind") == "onnx":
-        dec = Path(target) / DECODER_FILE
-        if not dec.is_file():
-            raise DataError(
-                f"{target} has no {DECODER_FILE}", "export the iGPT model again with this tvc"
+        decoders = sorted(f for f in meta.get("files", {}) if f.startswith("decoder."))
+        if decoder not in decoders:
+            fix = (
+                f"pass --decoder with one of {', '.join(decoders)}"
+                if decoders
+                else "export the iGPT model again with this tvc"
             )
-        backend = "ort"
+            raise DataError(f"{target} has no {decoder}", fix)
+        dec = Path(target) / decoder
+        backend = "ort" if decoder == DECODER_FILE else f"ort {decoder}"
     else:
         from tvc.models.load import load_model
 
+        if decoder != DECODER_FILE:
+            raise ConfigError(
+                f"--decoder {decoder} names a graph of an exported artifact; {target} is not one",
+                f"export it first (tvc export {target} --int8) and pass that artifact",
+            )
         loaded = load_model(str(target))
         info, backend = loaded.info, "torch"
     if info is None or info.family != "igpt":
@@ -428,7 +451,7 @@ def complete_images(
         )
     test = load_pixels(data, "test", palette, (h, w), limit=n, seed=seed)
     prefix = test.tokens[:, : prefix_rows * w]
-    if backend == "ort":
+    if backend.startswith("ort"):
         from tvc.runtime.ort import session_from_onnx
 
         sess = session_from_onnx(dec, threads=threads)

@@ -86,6 +86,16 @@ class CalibrationReader:
         self.start, self.end = 0, len(self.items)
         self._pos = 0
 
+    @classmethod
+    def of_feeds(cls, feeds: list[dict[str, np.ndarray]]) -> CalibrationReader:
+        """A reader over ready feed dicts (a model with several inputs: iGPT's decoder with its
+        key/value cache), every feed one item."""
+        reader = cls.__new__(cls)
+        reader.on_item, reader.items = None, list(feeds)
+        reader.batch = len(next(iter(feeds[0].values()))) if feeds else 1
+        reader.start, reader.end, reader._pos = 0, len(reader.items), 0
+        return reader
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -130,17 +140,26 @@ def run_static(
     nodes: list[str],
     exclude: list[str],
 ) -> None:
-    from onnxruntime import quantization as oq
-
     from tvc.export.quantize.progress import step
 
     reader = CalibrationReader(x, inputs)
     with step(f"calibrating static INT8 on {len(x)} images", len(reader) * reader.batch) as bar:
         reader.on_item = bar.advance
-        _run_static(oq, prepared, out, reader, cfg, nodes, exclude)
+        run_static_reader(prepared, out, reader, cfg, nodes, exclude)
 
 
-def _run_static(oq, prepared, out, reader, cfg, nodes, exclude) -> None:
+def run_static_reader(
+    prepared: Path,
+    out: Path,
+    reader: CalibrationReader,
+    cfg: QuantConfig,
+    nodes: list[str],
+    exclude: list[str],
+) -> None:
+    """ORT's static Q/DQ quantizer with the settings TensorRT builds (symmetric int8, float
+    biases), calibrated on what `reader` hands out."""
+    from onnxruntime import quantization as oq
+
     extra: dict[str, Any] = {
         "ActivationSymmetric": True,  # zero point 0: what TensorRT requires
         "WeightSymmetric": True,

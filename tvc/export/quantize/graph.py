@@ -341,10 +341,15 @@ def prune_graph(model: ModelProto) -> None:
 class InputSpec:
     name: str
     fixed_batch: int | None  # None: dynamic batch
-    chw: tuple[int | None, ...]  # (C, H, W); None for a dynamic dimension
+    chw: tuple[int | None, ...]  # (C, H, W) of images, (L,) of a token sequence; None: dynamic
+    dtype: str = "float32"  # the numpy dtype the input takes ("int64" for tokens)
 
 
-def input_spec(model: ModelProto) -> InputSpec:
+def input_spec(model: ModelProto, *, images: bool = True) -> InputSpec:
+    """The model's one input. `images` (what INT8 calibration needs) insists on (N, C, H, W);
+    without it any rank is taken (iGPT's (N, L) tokens), for running the model."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
     inits = {t.name for t in model.graph.initializer}
     real = [i for i in model.graph.input if i.name not in inits]
     if len(real) != 1:
@@ -356,12 +361,13 @@ def input_spec(model: ModelProto) -> InputSpec:
         d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
         for d in real[0].type.tensor_type.shape.dim
     ]
-    if len(dims) != 4:
+    if images and len(dims) != 4:
         raise UnsupportedModelError(
             f"the model input has rank {len(dims)}; INT8 calibration expects images (N, C, H, W)",
             "export a vision model taking NCHW images",
         )
-    return InputSpec(real[0].name, dims[0], tuple(dims[1:]))
+    dtype = tensor_dtype_to_np_dtype(real[0].type.tensor_type.elem_type).name
+    return InputSpec(real[0].name, dims[0] if dims else None, tuple(dims[1:]), dtype)
 
 
 def sizes(fp32: Path, out: Path) -> dict[str, Any]:

@@ -27,13 +27,14 @@ def session(model: ModelProto):
     sess = ort.InferenceSession(
         model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
     )
-    return sess, input_spec(model)
+    return sess, input_spec(model, images=False)
 
 
 def run_outputs(session, x: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
-    """Every output of `session` on images `x`, in chunks (a fixed-batch model's last chunk is
-    padded with its last image and the padding dropped)."""
+    """Every output of `session` on inputs `x` (images, or tokens), in chunks (a fixed-batch
+    model's last chunk is padded with its last input and the padding dropped)."""
     sess, spec = session
+    x = np.ascontiguousarray(x, dtype=spec.dtype)
     names = [o.name for o in sess.get_outputs()]
     b = spec.fixed_batch or batch
     parts = []
@@ -50,7 +51,7 @@ def predict_outputs(model: ModelProto) -> Callable[[np.ndarray], dict[str, np.nd
     """predict(x) -> every output by name, for an in-memory (or loaded) ONNX model: the shape
     tvc.tasks' `evaluate` reads."""
     opened = session(model)
-    return lambda x: run_outputs(opened, np.ascontiguousarray(x, dtype=np.float32))
+    return lambda x: run_outputs(opened, x)
 
 
 def predict_array(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
