@@ -132,6 +132,34 @@ class Lanes(BaseModel):
     fn: float | None = None
 
 
+class Pixels(BaseModel):
+    """Image GPT on pixel data: bits per dimension (lower is better) and, where the images are
+    labelled, linear-probe and fine-tuned accuracy in percent."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    split: str = "test"
+    n: int
+    bpd: float
+    probe_accuracy: float | None = None
+    class_top1: float | None = None
+    agreement: float | None = None  # next-token agreement with a reference model (0-1)
+
+
+class Generation(BaseModel):
+    """Whole images generated greedily at batch 1 by a token model's single-step decoder with
+    its key/value cache, against re-running the full-sequence graph for every token."""
+
+    model_config = ConfigDict(extra="forbid")
+    decoder: str  # the decoder graph's file, beside the timed model
+    tokens: int  # tokens generated per image
+    tokens_per_s: float  # with the cache
+    ms_per_image: float  # with the cache
+    no_cache_tokens_per_s: float
+    speedup: float  # cache over no cache
+    same_tokens: bool  # both ways generated the same images
+
+
 @dataclass(frozen=True)
 class Quality:
     """The model-quality number of a record: top-1 for classifiers, COCO mAP for detectors."""
@@ -215,6 +243,8 @@ class BenchRecord(BaseModel):
     accuracy: Accuracy | None = None
     detection: Detection | None = None  # detectors benched with detection --data
     lanes: Lanes | None = None  # lane models benched with lane --data
+    pixels: Pixels | None = None  # Image GPT benched with pixel --data
+    generation: Generation | None = None  # Image GPT: completing images with its decoder
     energy: Energy | None = None
     conditions: Conditions | None = None  # load, CPU clock, rounds and the noise verdict
     board: str  # human label of the machine
@@ -225,7 +255,8 @@ class BenchRecord(BaseModel):
 
     @property
     def quality(self) -> Quality | None:
-        """Top-1 of a classifier, else COCO mAP of a detector, else None (benched without data)."""
+        """Top-1 of a classifier, COCO mAP of a detector, TuSimple accuracy of a lane model, the
+        fine-tuned or probe accuracy of an Image GPT; None when benched without data."""
         if self.accuracy is not None:
             a = self.accuracy
             return Quality("top-1", a.top1, "%", "top-1 accuracy (%)", (a.dataset, a.split, a.n))
@@ -236,6 +267,14 @@ class BenchRecord(BaseModel):
             ln = self.lanes
             return Quality("TuSimple acc", ln.accuracy, "%", "TuSimple accuracy (%)",
                            (ln.dataset, ln.split, ln.n))  # fmt: skip
+        px = self.pixels
+        if px is not None and (px.class_top1 is not None or px.probe_accuracy is not None):
+            # the accuracy its features give (higher is better, as the plots expect); bits/dim
+            # has its own column
+            data = (px.dataset, px.split, px.n)
+            if px.class_top1 is not None:
+                return Quality("fine-tuned top-1", px.class_top1, "%", "fine-tuned top-1 (%)", data)
+            return Quality("probe", px.probe_accuracy, "%", "linear-probe accuracy (%)", data)
         return None
 
     def to_json(self) -> dict[str, Any]:

@@ -91,3 +91,37 @@ def test_image_only_int8_options_are_refused_for_a_token_model(flag, tmp_path):
     )
     assert res.exit_code == 2 and f"{flag[0]} does not apply" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_bench_records_bits_per_dim_probe_and_generation_speed(quantized, fmnist_dir, tmp_path):
+    from tvc.records import read_records
+
+    out = tmp_path / "b.json"
+    args = [
+        "bench",
+        str(quantized),
+        "--data",
+        f"pixels:fashion-mnist:{fmnist_dir}",
+        "--limit",
+        "10",
+    ]
+    fast = ["--min-time-s", "0", "--max-time-s", "0", "--min-runs", "3", "--rounds", "1"]
+    res = CliRunner().invoke(cli, [*args, *fast, "--warmup-s", "0", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "bits/dim" in res.output and "ms/image" in res.output  # the terminal table
+    recs = {r.precision: r for r in read_records(out)}
+    assert {"fp32", "int8-qdq", "fp16"} <= set(recs)
+    assert recs["fp32"].pixels.n == 10 and recs["fp32"].pixels.bpd > 0
+    assert recs["fp32"].quality.name == "probe"  # not fine-tuned: the probe is its accuracy
+    # each graph generates with its own decoder; FP16 has none (generation stays FP32)
+    assert recs["fp32"].generation.decoder == "decoder.onnx"
+    assert recs["int8-qdq"].generation.decoder == "decoder.int8.onnx"
+    assert recs["fp16"].generation is None
+    g = recs["fp32"].generation
+    assert g.tokens == 64 and g.same_tokens and g.tokens_per_s > 0
+    assert g.ms_per_image == pytest.approx(1e3 * g.tokens / g.tokens_per_s, rel=0.05)
+    report = tmp_path / "r.md"
+    res = CliRunner().invoke(cli, ["report", str(out), "-o", str(report)])
+    assert res.exit_code == 0, res.output
+    text = report.read_text()
+    assert "Bits/dim" in text and "Gen tok/s" in text and "Probe %" in text

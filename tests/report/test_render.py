@@ -253,3 +253,27 @@ def test_mixed_classification_and_detection_records_each_show_their_metric(recor
         "Latency vs accuracy shows top-1 only: 3 record(s) with another metric are in the tables."
     ]
     assert "Headline:" in render_html(mixed)
+
+
+def test_lane_and_pixel_records_show_their_own_columns(records):
+    from tvc.records import Generation, Lanes, Pixels
+
+    lanes = [
+        r.model_copy(update={"accuracy": None,
+                             "lanes": Lanes(dataset="lanes-synth", n=200, accuracy=a, f1=f)})
+        for r, a, f in zip(records[:2], (93.5, 91.25), (80.0, 75.5), strict=True)
+    ]  # fmt: skip
+    rows = _md_table(render_markdown(lanes), CPU, "Model, quality and resources")
+    assert [(r["TuSimple %"], r["F1 %"], r["Δ TuSimple"]) for r in rows] == [
+        ("93.50", "80.00", "+0.00"),
+        ("91.25", "75.50", "-2.25"),
+    ]
+    gen = Generation(decoder="decoder.onnx", tokens=196, tokens_per_s=4900.0, ms_per_image=40.0,
+                     no_cache_tokens_per_s=490.0, speedup=10.0, same_tokens=True)  # fmt: skip
+    px = Pixels(dataset="fashion-mnist", n=100, bpd=1.254, probe_accuracy=76.5)
+    pixels = [records[0].model_copy(update={"accuracy": None, "pixels": px, "generation": gen})]
+    row = _md_table(render_markdown(pixels), CPU, "Model, quality and resources")[0]
+    assert (row["Bits/dim"], row["Probe %"], row["Gen tok/s"], row["ms/image"]) == (
+        "1.254", "76.50", "4,900", "40.0"
+    )  # fmt: skip
+    assert "Top-1 %" not in row and "Fine-tuned %" not in row

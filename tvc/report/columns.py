@@ -112,6 +112,23 @@ def _agreement(r: Row) -> str:
     return "" if agree is None else f"{agree:.1f}"
 
 
+_NO_DECODER = "no decoder graph beside this model (generation is timed for exported Image GPTs)"
+
+
+def _generation(fmt: str) -> Value:
+    """Image completion with the KV-cache decoder: a cell of records.Generation."""
+
+    def cell(r: Row) -> Cell:
+        g = r.rec.generation
+        if g is None:
+            return Cell("")
+        why = (f"{g.tokens} tokens per image at batch 1 with {g.decoder}; {g.speedup:.1f}x "
+               f"faster than re-running the full graph per token")  # fmt: skip
+        return Cell(fmt.format(g), why)
+
+    return cell
+
+
 def _millijoules(r: Row) -> str:
     return f"{r.rec.energy.joules_per_inference * 1e3:.2f}" if r.rec.energy else ""
 
@@ -167,6 +184,14 @@ MODEL = [
     Column("mAP", _metric("mAP")),
     Column("AP50", lambda r: f"{r.rec.detection.ap50:.2f}" if r.rec.detection else ""),
     Column("Δ mAP", _metric_change("mAP")),
+    Column("TuSimple %", _metric("TuSimple acc")),
+    Column("F1 %", lambda r: f"{r.rec.lanes.f1:.2f}" if r.rec.lanes else ""),
+    Column("Δ TuSimple", _metric_change("TuSimple acc")),
+    Column("Bits/dim", lambda r: f"{r.rec.pixels.bpd:.3f}" if r.rec.pixels else ""),
+    Column("Probe %", _metric("probe")),
+    Column("Fine-tuned %", _metric("fine-tuned top-1")),
+    Column("Gen tok/s", _generation("{0.tokens_per_s:,.0f}"), why=_NO_DECODER),
+    Column("ms/image", _generation("{0.ms_per_image:.1f}"), why=_NO_DECODER),
     Column("Peak RSS MB", lambda r: f"{r.rec.peak_rss_mb:.0f}" if r.rec.peak_rss_mb else ""),
     Column(
         "Power W",

@@ -8,11 +8,32 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _quality_columns(records) -> list[tuple[str, object]]:
+    """(title, cell) of the task columns some record fills: each quality metric measured
+    (top-1, mAP, TuSimple accuracy, probe accuracy), and Image GPT's bits/dim and generation."""
+
+    def metric(name: str):
+        return lambda r: f"{r.quality.value:.2f}" if r.quality and r.quality.name == name else "-"
+
+    names = list(dict.fromkeys(r.quality.name for r in records if r.quality))
+    units = {r.quality.name: r.quality.unit for r in records if r.quality}
+    cols: list[tuple[str, object]] = [(f"{n} {units[n]}".strip(), metric(n)) for n in names]
+    if any(r.pixels for r in records):
+        cols.append(("bits/dim", lambda r: f"{r.pixels.bpd:.3f}" if r.pixels else "-"))
+    if any(r.generation for r in records):
+        cols.append(("gen tok/s", lambda r: _gen(r, "{0.tokens_per_s:,.0f}")))
+        cols.append(("ms/image", lambda r: _gen(r, "{0.ms_per_image:.1f}")))
+    return cols
+
+
+def _gen(r, fmt: str) -> str:
+    return fmt.format(r.generation) if r.generation else "-"
+
+
 def print_records(records, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title="tvc bench", show_lines=False)
-    show_acc = any(r.accuracy is not None for r in records)
-    show_map = any(r.detection is not None for r in records)
+    extra = _quality_columns(records)
     for col in (
         "variant",
         "backend",
@@ -26,17 +47,11 @@ def print_records(records, console: Console | None = None) -> None:
         "img/s",
         "size MB",
         "peak RSS MB",
+        *(title for title, _ in extra),
     ):
         table.add_column(col, justify="left" if col in ("variant", "backend") else "right")
-    if show_acc:
-        table.add_column("top-1 %", justify="right")
-    if show_map:
-        table.add_column("mAP", justify="right")
     for r in records:
         lat = r.latency_ms
-        acc = [f"{r.accuracy.top1:.2f}" if r.accuracy else "-"] if show_acc else []
-        if show_map:
-            acc.append(f"{r.detection.map:.2f}" if r.detection else "-")
         table.add_row(
             r.variant,
             r.provider if r.backend == "ort" else r.backend,
@@ -50,7 +65,7 @@ def print_records(records, console: Console | None = None) -> None:
             f"{r.throughput_ips:.1f}",
             f"{r.size_bytes / 1e6:.2f}" if r.size_bytes else "-",
             f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-",
-            *acc,
+            *(cell(r) for _, cell in extra),
         )
     console.print(table)
     if records:

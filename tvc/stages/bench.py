@@ -9,7 +9,9 @@ verdict with its reasons (runtime/noise.py); a noisy record is also warned about
 Backends come from runtime's registry (ort, trt, and torch from tvc/stages/torch_backend.py).
 With --data, each variant's quality on DATA's test split goes into its records, measured by the
 eval stage's `measure` through the task adapter (top-1/top-5 of classifiers, COCO mAP of
-detectors), into the record field the task names (`accuracy`, `detection`).
+detectors, TuSimple accuracy of lane models, bits/dim and probe accuracy of Image GPT), into the
+record field the task names (`accuracy`, `detection`, `lanes`, `pixels`). A task may add
+measurements of its own (`bench_extras`: Image GPT's generation speed with its decoder).
 """
 
 from __future__ import annotations
@@ -179,6 +181,7 @@ def run(cfg: Config) -> list[BenchRecord]:
                     backend.open(variant, threads=cfg.threads, provider=cfg.provider)
                 )
                 quality = _quality(runner, variant, data) if data else {}
+                quality.update(_extras(runner, variant, cfg.threads))
                 opened.append((target, backend, variant, runner, quality))
             names = [f"{v.label} ({b.name})" for _, b, v, _, _ in opened]
             bar = stack.enter_context(Progress())  # a bar on a terminal, plain lines in a log
@@ -258,6 +261,17 @@ def warn_noisy(records: list[BenchRecord]) -> None:
         if c is not None and c.noisy:
             log.warning("%s (%s, batch %d) is noisy: %s", r.variant, r.backend, r.batch,
                         "; ".join(c.reasons))  # fmt: skip
+
+
+def _extras(runner, variant, threads: int | None) -> dict[str, Any]:
+    """What the variant's task measures beyond one forward pass (iGPT: generation speed with
+    its decoder graph), for ONNX Runtime variants of an exported artifact."""
+    if variant.artifact is None or runner.describe()["backend"] != "ort":
+        return {}
+    from tvc.stages.evaluate import model_info
+    from tvc.tasks import task_for_info
+
+    return task_for_info(model_info(runner, variant)).bench_extras(variant, threads)
 
 
 def _quality(runner, variant, data) -> dict[str, Any]:

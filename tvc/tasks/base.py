@@ -302,6 +302,11 @@ class Task(ABC):
         past/present key/value tensors): {file name: parity facts}. None by default."""
         return {}
 
+    def bench_extras(self, variant: Any, threads: int | None) -> dict[str, Any]:
+        """What a bench record of `variant` (tvc.runtime.targets.Variant) carries beyond its
+        timing and quality, as BenchRecord fields: iGPT's generation speed. None by default."""
+        return {}
+
     def check_finite(self, out: Outputs, who: str) -> None:
         """Refuse outputs with NaN or Inf: a model that produces them is never a success."""
         from tvc.errors import NonFiniteError

@@ -272,6 +272,19 @@ class PixelsTask(Task):
             dynamic={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
         )
 
+    def bench_extras(self, variant: Any, threads: int | None) -> dict[str, Any]:
+        """Generation speed (tokens/s and ms per image, with and without the KV cache) of an
+        exported variant that has its decoder graph beside it."""
+        path = Path(variant.path) if variant.path else None
+        art = variant.artifact
+        if path is None or art is None or "model" not in art.meta:
+            return {}
+        from tvc.models.info import ModelInfo
+
+        log.info("timing generation of %s with its decoder", variant.label)
+        found = generation_record(path, ModelInfo.from_json(art.meta["model"]), threads)
+        return {"generation": found} if found else {}
+
     def extra_graphs(self, loaded: LoadedModel, out_dir: Any, opset: int) -> dict[str, Any]:
         """decoder.onnx beside model.onnx, proven: cache-fill and step logits against PyTorch,
         and greedy completions identical (PyTorch, ORT with the cache, ORT without)."""
@@ -302,6 +315,37 @@ class PixelsTask(Task):
                     model, Path(tmp) / FULL_FILE, out_dir / DECODER_FILE, prefix, gen_tokens=gen
                 )
         return {DECODER_FILE: facts}
+
+
+# the decoder graph that generates for each full-sequence graph `tvc export` writes
+DECODER_OF = {
+    "model.onnx": "decoder.onnx",
+    "model.int8.onnx": "decoder.int8.onnx",
+    "model.int8dyn.onnx": "decoder.int8dyn.onnx",
+}
+
+
+def generation_record(full: Path, info: ModelInfo, threads: int | None) -> dict[str, Any] | None:
+    """Generation speed of the full-sequence graph `full` with its decoder beside it (DECODER_OF):
+    one whole image from the start token, greedy, with and without the key/value cache, as a
+    records.Generation dict; None when there is no such decoder."""
+    from tvc.export.kv_decoder import generation_speed
+
+    dec = full.parent / DECODER_OF.get(full.name, "-")
+    if not dec.is_file():
+        return None
+    length = int(info.kwargs["height"]) * int(info.kwargs["width"])
+    g = generation_speed(full, dec, np.zeros((1, 0), np.int64), total=length,
+                         start=int(info.kwargs["levels"]), threads=threads)  # fmt: skip
+    return {
+        "decoder": dec.name,
+        "tokens": length,
+        "tokens_per_s": g["kv_cache"]["tokens_per_s"],
+        "ms_per_image": round(g["kv_cache"]["s_per_image"] * 1e3, 2),
+        "no_cache_tokens_per_s": g["no_cache"]["tokens_per_s"],
+        "speedup": g["speedup"],
+        "same_tokens": g["same_tokens"],
+    }
 
 
 def onnx_predictor(path: str | Path, threads: int | None = None) -> Predict:
