@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tvc.errors import ConfigError
-from tvc.export.flow import _warn_if_slower
+from tvc.export.flow import warn_if_slower
 from tvc.export.quantize import progress
 from tvc.progress import Progress, counted
 from tvc.stages import get_stage
@@ -87,12 +87,12 @@ def test_gate_samples_sets_the_gate_size(tmp_path):
 def test_a_slower_int8_variant_is_warned_with_speedup_and_fidelity(caplog):
     slow = {"latency_ms": {"speedup": 0.85}, "parity_vs_fp32": {"agreement": 0.97}}
     with caplog.at_level(logging.WARNING, logger="tvc"):
-        _warn_if_slower("model.int8.onnx", slow)
+        warn_if_slower("model.int8.onnx", slow)
     assert slow["slower_than_fp32"] is True
     assert "SLOWER THAN FP32" in caplog.text and "0.85x" in caplog.text and "97.0%" in caplog.text
     fast = {"latency_ms": {"speedup": 1.6}, "parity_vs_fp32": {"agreement": 0.99}}
     caplog.clear()
-    _warn_if_slower("model.int8.onnx", fast)
+    warn_if_slower("model.int8.onnx", fast)
     assert "slower_than_fp32" not in fast and not caplog.text
 
 

@@ -44,7 +44,7 @@ INT8_FILE = "model.int8.onnx"
 INT8_DYNAMIC_FILE = "model.int8dyn.onnx"
 ENGINE_FILE = "model.engine"
 INT8_FILES = {"static": INT8_FILE, "dynamic": INT8_DYNAMIC_FILE}
-_PARITY_IMAGES = 64  # INT8 vs FP32 output parity: images it is measured on
+PARITY_IMAGES = 64  # INT8 vs FP32 output parity: images it is measured on
 
 
 @dataclass
@@ -259,9 +259,9 @@ class Variants:
                 variant = {"precision": "int8-qdq", **self._static(path, images, qcfg)}
                 variant["calibration"]["note"] = count
         variant["parity_vs_fp32"] = self._parity(path, images, "int8")
-        variant["trt_readiness"] = _trt_readiness(path, warn=cfg.int8 == "static")
+        variant["trt_readiness"] = trt_readiness(path, warn=cfg.int8 == "static")
         variant.setdefault("latency_ms", indicative_latency(self.fp32, path))
-        _warn_if_slower(fname, variant)
+        warn_if_slower(fname, variant)
         self.variants[fname] = variant
 
     def _static(self, path: Path, images, qcfg) -> dict[str, Any]:
@@ -297,19 +297,19 @@ class Variants:
         return report
 
     def _inputs(self, images) -> Any:
-        """The inputs a variant's parity runs on: _PARITY_IMAGES of `images`, or seeded numpy
+        """The inputs a variant's parity runs on: PARITY_IMAGES of `images`, or seeded numpy
         inputs without them (an ONNX artifact exports on a board without torch)."""
         from tvc.export.quantize.calibration import check_inputs
         from tvc.export.quantize.graph import input_spec, load_onnx
 
-        return check_inputs(images, input_spec(load_onnx(self.fp32)), _PARITY_IMAGES, 0)
+        return check_inputs(images, input_spec(load_onnx(self.fp32)), PARITY_IMAGES, 0)
 
     def _parity_images(self):
         """Real images for a variant's parity: --calib's, else --eval-data's (None: random)."""
         spec = self.calib if self.cfg.calib else self.cfg.eval_data
         if not spec:
             return None
-        return self.task.images(self.data(spec, "train", _PARITY_IMAGES))
+        return self.task.images(self.data(spec, "train", PARITY_IMAGES))
 
     def _parity(self, path: Path, images, precision: str) -> dict[str, Any]:
         """The variant's outputs against FP32's on calibration images (random inputs
@@ -352,7 +352,7 @@ def _count_line(images, requested: int, spec: str) -> str:
     return line
 
 
-def _warn_if_slower(fname: str, variant: dict[str, Any]) -> None:
+def warn_if_slower(fname: str, variant: dict[str, Any]) -> None:
     """A variant meant to be faster that measured slower than FP32 says so on the terminal."""
     lat = variant.get("latency_ms") or {}
     speedup = lat.get("speedup")
@@ -371,7 +371,7 @@ def _warn_if_slower(fname: str, variant: dict[str, Any]) -> None:
     )
 
 
-def _trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
+def trt_readiness(path: Path, *, warn: bool) -> dict[str, Any]:
     """TensorRT's explicit-quantization rules on the file as it ships (the one check)."""
     from tvc.export.trt_rules import check_trt_qdq
 

@@ -357,7 +357,7 @@ def full_parity(
 # ------------------------------------------------------------------ INT8, FP16, the artifact
 
 
-def _linear_nodes(model: Any) -> list[str]:
+def linear_nodes(model: Any) -> list[str]:
     """MatMul/Gemm nodes of `model` (a ModelProto or a path) whose second input is a weight
     (an initializer): the Linears. The attention's activation x activation MatMuls, norms,
     softmax and residual adds stay float (the transformer-safe placement)."""
@@ -408,7 +408,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, feeds: list[dict[str, np.nd
 
     fp32, out = Path(fp32), Path(out)
     prepared = prepare(load_onnx(fp32), gemm="split_bias")
-    nodes = _linear_nodes(prepared)
+    nodes = linear_nodes(prepared)
     if not nodes:
         raise ExportError(f"{fp32.name} has no Linear layers to quantize", "export it again")
     with tempfile.TemporaryDirectory(prefix="tvc-int8-") as tmp:

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from tvc.errors import AccuracyBudgetError
-from tvc.export.flow import _PARITY_IMAGES, FP16_FILE, INT8_FILES, Variants, _warn_if_slower
+from tvc.export.flow import (
+    FP16_FILE,
+    INT8_FILES,
+    PARITY_IMAGES,
+    Variants,
+    indicative_latency,
+    trt_readiness,
+    warn_if_slower,
+)
 from tvc.export.kv_decoder import DECODER_FILE
 
 log = logging.getLogger("tvc")
@@ -44,7 +52,7 @@ class TokenVariants(Variants):
             from tvc.data.base import seeded_subset
 
             tokens = images.arrays()
-            return tokens[seeded_subset(len(tokens), _PARITY_IMAGES, 0)]
+            return tokens[seeded_subset(len(tokens), PARITY_IMAGES, 0)]
         k, length = int(self.info.kwargs["levels"]), self._length()
         return np.random.default_rng(0).integers(0, k, (8, length)).astype(np.int64)
 
@@ -72,8 +80,6 @@ class TokenVariants(Variants):
         return self.w.meta["io"]["inputs"][0]["name"]
 
     def int8(self) -> None:
-        from tvc.export.flow import _trt_readiness, indicative_latency
-
         cfg, fname = self.cfg, INT8_FILES[self.cfg.int8]
         path = self.w.path_for(fname)
         calib = None
@@ -95,9 +101,9 @@ class TokenVariants(Variants):
             }
             variant["gate"] = self._gate(path)
         variant["parity_vs_fp32"] = self._parity(path, calib, "int8")
-        variant["trt_readiness"] = _trt_readiness(path, warn=cfg.int8 == "static")
+        variant["trt_readiness"] = trt_readiness(path, warn=cfg.int8 == "static")
         variant["latency_ms"] = indicative_latency(self.fp32, path)
-        _warn_if_slower(fname, variant)
+        warn_if_slower(fname, variant)
         self.variants[fname] = variant
         self._decoder_int8(calib)
 
@@ -109,12 +115,12 @@ class TokenVariants(Variants):
         return [{name: tokens[s : s + b]} for s in range(0, usable, b)]
 
     def _dynamic(self, src: Path, out: Path) -> dict[str, Any]:
-        from tvc.export.kv_decoder import _linear_nodes
+        from tvc.export.kv_decoder import linear_nodes
         from tvc.export.onnx import check_onnx
         from tvc.export.quantize import QuantConfig
         from tvc.export.quantize.dynamic import run_dynamic
 
-        nodes = _linear_nodes(src)
+        nodes = linear_nodes(src)
         run_dynamic(src, out, nodes, QuantConfig(mode="dynamic"))
         check_onnx(out)
         return {
@@ -159,8 +165,8 @@ class TokenVariants(Variants):
     def _decoder_int8(self, calib) -> None:
         """decoder.int8.onnx (or .int8dyn.onnx) beside the full graph's INT8, so generation can
         run quantized too; its greedy completions are compared with the FP32 decoder's."""
-        from tvc.export.flow import _trt_readiness
-        from tvc.export.kv_decoder import _session, decoder_feeds
+        from tvc.export.kv_decoder import decoder_feeds
+        from tvc.runtime.ort import session_from_onnx
 
         dec = self.w.path_for(DECODER_FILE)
         if not dec.exists():
@@ -172,9 +178,11 @@ class TokenVariants(Variants):
         else:
             prefixes = calib.arrays()[:_CALIB_BATCH, : self._length() // 2]
             start = int(self.info.kwargs["levels"])  # the start token's id follows the palette
-            feeds = decoder_feeds(_session(dec, 1), prefixes, start, _DECODER_STEPS)
+            feeds = decoder_feeds(
+                session_from_onnx(dec, threads=1), prefixes, start, _DECODER_STEPS
+            )
             record = _static(dec, out, feeds)
-            record["trt_readiness"] = _trt_readiness(out, warn=True)
+            record["trt_readiness"] = trt_readiness(out, warn=True)
         record["completions_vs_fp32"] = _same_completions(dec, out, self._inputs(calib), self.info)
         precision = self.variants[INT8_FILES[self.cfg.int8]]["precision"]
         self.variants[out.name] = {"precision": precision, "graph": "decoder", **record}
@@ -189,13 +197,14 @@ def _static(src: Path, out: Path, feeds: list[dict[str, np.ndarray]]) -> dict[st
 def _same_completions(fp32: Path, int8: Path, tokens: np.ndarray, info) -> dict[str, Any]:
     """Greedy completions of the bottom half of a few images by both decoders: the share of
     generated tokens that agree (INT8 may pick another token where two are near tied)."""
-    from tvc.export.kv_decoder import _session, generate_with_cache
+    from tvc.export.kv_decoder import generate_with_cache
+    from tvc.runtime.ort import session_from_onnx
 
     length = int(info.kwargs["height"]) * int(info.kwargs["width"])
     prefix = tokens[:4, : length // 2]
     start = int(info.kwargs["levels"])
-    a = generate_with_cache(_session(fp32, 1), prefix, length, start)
-    b = generate_with_cache(_session(int8, 1), prefix, length, start)
+    a = generate_with_cache(session_from_onnx(fp32, threads=1), prefix, length, start)
+    b = generate_with_cache(session_from_onnx(int8, threads=1), prefix, length, start)
     new = slice(prefix.shape[1], length)
     agree = float((a[:, new] == b[:, new]).mean())
     return {"images": len(prefix), "token_agreement": round(agree, 4)}
