@@ -19,6 +19,7 @@ benchmarks/results/igpt_completions.png.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -321,7 +322,55 @@ def markdown(r: dict[str, Any]) -> str:
             f"Completions ({c['model']}, top {c['prefix_rows']} rows given; rows: "
             f"given / completed / original): ![completions](igpt_completions.png)",
         ]
-    return "\n".join(out) + "\n"
+    return "\n".join(out + outcome(r)) + "\n"
+
+
+def _minutes(entry: dict[str, Any]) -> str:
+    """The CPU minutes the artifact's last step trained for, as its spec records them."""
+    spec = json.loads((ROOT / entry["artifact"] / "artifact.json").read_text())["spec"]
+    return f"{spec['minutes']:.0f}" if "minutes" in spec else "?"
+
+
+def outcome(r: dict[str, Any]) -> list[str]:
+    """The issue's targets against these numbers, in words (derived, never hand-written)."""
+    m, pixels = r["models"], r["raw_pixel_probe_accuracy"]
+    out = ["", "## Outcome against the issue's targets", ""]
+    if "teacher" in m:
+        t = m["teacher"]
+        best = max((t.get("probe_by_layer") or {"configured": t["torch"]["probe_accuracy"]})
+                   .items(), key=lambda kv: kv[1])  # fmt: skip
+        verdict = "beats" if best[1] > pixels else "does not beat"
+        out += [
+            f"- Teacher: {t['torch']['bpd']:.3f} bits/dim after {_minutes(t)} CPU minutes of "
+            f"pretraining. Its linear probe **{verdict}** raw pixels: best "
+            f"{best[1]:.2f}% ({best[0].replace('_', ' ')}) vs {pixels:.2f}%.",
+        ]
+    if "finetuned" in m:
+        f = m["finetuned"]["torch"]
+        met = "met" if (f.get("class_top1") or 0) >= 90 else "not met"
+        out.append(
+            f"- Fine-tuned ({_minutes(m['finetuned'])} CPU minutes): {f['class_top1']:.2f}% "
+            f"(goal >= 90%: **{met}**); a probe on its features gives {f['probe_accuracy']:.2f}% "
+            "(supervised features, so not the pretraining probe the comparison above is about)."
+        )
+    if "student" in m:
+        s, g = m["student"], m["student"]["int8_gate"]
+        i8 = s["onnx"]["model.int8.onnx"]
+        out.append(
+            f"- Student (pruned + distilled, {s['params']:,} params): {s['torch']['bpd']:.3f} "
+            f"bits/dim, INT8 {i8['bpd']:.3f} (gate {'ok' if g['ok'] else 'MISSED'}), probe "
+            f"{s['torch']['probe_accuracy']:.2f}% / INT8 {_f(i8.get('probe_accuracy'), '{:.2f}')}%."
+        )
+    speedups = [g["speedup"] for e in m.values() for g in e.get("generation", {}).values()]
+    same = all(g["same_tokens"] for e in m.values() for g in e.get("generation", {}).values())
+    if speedups:
+        out.append(
+            f"- KV cache: {min(speedups):.1f}-{max(speedups):.1f}x faster generation than "
+            f"re-running the full 196-token graph (target >= 5x: "
+            f"**{'met' if min(speedups) >= 5 else 'not met'}**); greedy tokens identical with "
+            f"and without the cache: {same}."
+        )
+    return out
 
 
 def main() -> None:

@@ -60,6 +60,11 @@ def test_evaluate_reports_bpd_probe_and_agreement(task, igpt_loaded, synth):
     head = task.headline(q)
     assert head["bpd"] == q["bpd"] and head["pixels"] is q
     assert "bits/dim" in task.describe(q)
+    # the progress total counts every image the model runs on: test images and probe fitting
+    seen = []
+    task.evaluate(lambda x: (seen.append(len(x)), predict(x))[1], data)
+    assert task.eval_size(data) == sum(seen) == 60 + len(synth)
+    assert task.eval_size(PixelData(data.pixels)) == 60
 
 
 def test_load_data_uses_the_models_palette_and_resolution(task, igpt_loaded, fmnist_dir):

@@ -199,7 +199,7 @@ def measure(
 ) -> tuple[Task, dict[str, Any]]:
     """The task of `runner`'s model and its quality on `data` (the task's evaluate result);
     `reference` (an open runner and its facts) adds the agreement with it."""
-    from tvc.progress import Progress, counted, size_of
+    from tvc.progress import Progress, counted
     from tvc.runtime.predict import runner_outputs
     from tvc.stages.common import check_data_task
     from tvc.tasks import task_for_info
@@ -221,7 +221,8 @@ def measure(
     dataset = data.get(task, info)
     predict = runner_outputs(runner)
     with Progress() as bar:  # a bar on a terminal, plain lines in a log
-        bar.task(f"evaluating {variant.label} on {data.spec}", size_of(dataset), unit="images")
+        total = task.eval_size(dataset)
+        bar.task(f"evaluating {variant.label} on {data.spec}", total, unit="images")
         quality = task.evaluate(counted(predict, bar), dataset, batch_size=batch_size,
                                 reference=ref_predict)  # fmt: skip
     return task, quality

@@ -162,11 +162,11 @@ class Task(ABC):
         models = [m for m in (loaded, reference) if m is not None]
         for m in models:
             m.model.to(device)
-        from tvc.progress import Progress, counted, size_of
+        from tvc.progress import Progress, counted
 
         try:
             with Progress() as bar:  # a bar on a terminal, plain lines in a log
-                bar.task(f"evaluating {loaded.info.name}", size_of(data), unit="images")
+                bar.task(f"evaluating {loaded.info.name}", self.eval_size(data), unit="images")
                 return self.evaluate(
                     counted(self.predictor(loaded), bar),
                     data,
@@ -301,6 +301,13 @@ class Task(ABC):
         """ONNX graphs a task exports beside model.onnx (iGPT's single-step decoder with
         past/present key/value tensors): {file name: parity facts}. None by default."""
         return {}
+
+    def eval_size(self, data: Any) -> int | None:
+        """How many inputs `evaluate` runs the model on (its progress bar's total): the data's
+        length by default; None when it has none."""
+        from tvc.progress import size_of
+
+        return size_of(data)
 
     def bench_extras(self, variant: Any, threads: int | None) -> dict[str, Any]:
         """What a bench record of `variant` (tvc.runtime.targets.Variant) carries beyond its

@@ -272,6 +272,12 @@ class PixelsTask(Task):
             dynamic={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
         )
 
+    def eval_size(self, data: PixelData) -> int:
+        """The test images and the images the linear probe is fitted on: both go through the
+        model."""
+        probe = data.probe_train is not None and data.pixels.labels is not None
+        return len(data.pixels) + (len(data.probe_train) if probe else 0)
+
     def bench_extras(self, variant: Any, threads: int | None) -> dict[str, Any]:
         """Generation speed (tokens/s and ms per image, with and without the KV cache) of an
         exported variant that has its decoder graph beside it."""
