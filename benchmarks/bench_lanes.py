@@ -391,7 +391,35 @@ def cmd_students(args) -> None:
             if r["precision"] == "int8"
         ),
     ]
+    md += outcome(t_quality, students, rows, epochs)
     write_result("lanes_quick" if args.quick else "lanes", data, "\n".join(md))
+
+
+def outcome(t_quality: dict, students: dict, rows: list, epochs: int) -> list[str]:
+    """The issue's targets against these numbers, in words (derived, never hand-written)."""
+    t = t_quality["accuracy"]
+    d, c = (students[k]["quality"] for k in ("distilled", "labels_only"))
+    by = {(r["variant"], r["precision"]): r for r in rows}
+    out = [
+        "",
+        "## Outcome against the issue's targets",
+        "",
+        f"- Teacher: TuSimple accuracy {t:.2f}%, F1 {t_quality['f1']:.2f} (goal >= 95%: "
+        f"**{'met' if t >= 95 else 'not met'}**).",
+        f"- Distilled vs the labels-only control, same pruned start and {epochs} epoch(s): "
+        f"{d['accuracy']:.2f}% vs {c['accuracy']:.2f}% ({d['accuracy'] - c['accuracy']:+.2f} "
+        f"points), F1 {d['f1']:.2f} vs {c['f1']:.2f}.",
+    ]
+    for name in ("teacher", "pruned_distilled", "pruned_labels_only"):
+        f32, i8 = by.get((name, "fp32")), by.get((name, "int8"))
+        if f32 and i8:
+            out.append(
+                f"- {name} INT8: {i8['lanes']['accuracy'] - f32['lanes']['accuracy']:+.2f} points, "
+                f"{f32['size_mb'] / i8['size_mb']:.1f}x smaller, "
+                f"{f32['latency_ms_p50'] / i8['latency_ms_p50']:.2f}x the FP32 speed on this CPU; "
+                f"curves within {i8['lanes']['curve_max_px_vs_reference']:.2f} px of PyTorch."
+            )
+    return out
 
 
 def main(argv=None) -> None:
