@@ -125,3 +125,19 @@ def test_bench_records_bits_per_dim_probe_and_generation_speed(quantized, fmnist
     assert res.exit_code == 0, res.output
     text = report.read_text()
     assert "Bits/dim" in text and "Gen tok/s" in text and "Probe %" in text
+
+
+def test_the_gate_on_eval_data_holds_int8_to_the_fp32_bits_per_dim_the_artifact_records(
+    fmnist_dir, tmp_path
+):
+    from tvc.artifact import load_artifact
+
+    data = f"pixels:fashion-mnist:{fmnist_dir}"
+    out = tmp_path / "e"
+    args = ["export", "igpt_pico", "-o", str(out), "--int8", "--calib", data, "--eval-data", data]
+    res = CliRunner().invoke(cli, [*args, "--calib-size", "16"])
+    assert res.exit_code == 0, res.output
+    meta = load_artifact(out).meta
+    gate = meta["variants"]["model.int8.onnx"]["gate"]
+    assert gate["split"] == "test" and gate["n"] == 20  # the lookalike's 20 test images
+    assert gate["fp32"] == meta["metrics"]["bpd"]  # one FP32 measurement for both

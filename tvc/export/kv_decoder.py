@@ -34,6 +34,24 @@ FULL_FILE = "model.onnx"
 DECODER_FILE = "decoder.onnx"
 FULL_INPUTS = ("tokens",)
 FULL_OUTPUTS = ("logits", "features", "class_logits")
+# the decoder graph that generates for each full-sequence graph `tvc export` writes
+DECODER_OF = {
+    FULL_FILE: DECODER_FILE,
+    "model.int8.onnx": "decoder.int8.onnx",
+    "model.int8dyn.onnx": "decoder.int8dyn.onnx",
+}
+
+
+def sequence_of(info: Any) -> tuple[int, int]:
+    """(tokens per image, start token id) of an iGPT from its ModelInfo: height x width tokens;
+    ids 0..K-1 are the palette's colours, so the start token's id is K (`levels`)."""
+    return int(info.kwargs["height"]) * int(info.kwargs["width"]), int(info.kwargs["levels"])
+
+
+def random_tokens(info: Any, n: int) -> np.ndarray:
+    """`n` seeded sequences of random palette tokens, for checks without data."""
+    length, levels = sequence_of(info)
+    return np.random.default_rng(0).integers(0, levels, (n, length)).astype(np.int64)
 
 
 def cache_names(depth: int) -> tuple[list[str], list[str]]:

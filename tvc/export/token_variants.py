@@ -34,12 +34,11 @@ from tvc.export.flow import (
     trt_readiness,
     warn_if_slower,
 )
-from tvc.export.kv_decoder import DECODER_FILE
+from tvc.export.kv_decoder import DECODER_FILE, DECODER_OF, random_tokens, sequence_of
 
 log = logging.getLogger("tvc")
 
 BPD_BUDGET = 0.05  # default gate: INT8 may raise held-out bits/dim by this much
-DECODER_INT8_FILES = {"static": "decoder.int8.onnx", "dynamic": "decoder.int8dyn.onnx"}
 _CALIB_BATCH = 16  # sequences per calibration feed of a dynamic-batch graph
 _DECODER_STEPS = 24  # single-token steps the decoder's calibration follows
 
@@ -53,11 +52,7 @@ class TokenVariants(Variants):
 
             tokens = images.arrays()
             return tokens[seeded_subset(len(tokens), PARITY_IMAGES, 0)]
-        k, length = int(self.info.kwargs["levels"]), self._length()
-        return np.random.default_rng(0).integers(0, k, (8, length)).astype(np.int64)
-
-    def _length(self) -> int:
-        return int(self.info.kwargs["height"]) * int(self.info.kwargs["width"])
+        return random_tokens(self.info, 8)
 
     def _batch(self) -> int | None:
         """The fixed batch model.onnx was exported with; None when dynamic."""
@@ -138,11 +133,19 @@ class TokenVariants(Variants):
         from tvc.export.quantize.scoring import predict_outputs
 
         cfg = self.cfg
-        spec, split = (cfg.eval_data, "test") if cfg.eval_data else (self.calib, "val")
-        data = self.data(spec, split, self.gate_limit)
+        if cfg.eval_data:
+            self.fp32_quality()  # measures FP32 on --eval-data's test split once, for both
+            spec, split, data = cfg.eval_data, "test", self._test[0]
+        else:
+            spec, split = self.calib, "val"
+            data = self.data(spec, split, self.gate_limit)
         data = dataclasses.replace(data, probe_train=None, finetuned=False)  # bits/dim only
-        fp32 = self.task.evaluate(predict_outputs(load_onnx(self.fp32)), data)["bpd"]
-        int8 = self.task.evaluate(predict_outputs(load_onnx(path)), data)["bpd"]
+
+        def bpd(graph: Path) -> float:
+            return self.task.evaluate(predict_outputs(load_onnx(graph)), data)["bpd"]
+
+        fp32 = self.fp32_quality()["bpd"] if cfg.eval_data else bpd(self.fp32)
+        int8 = bpd(path)
         budget = cfg.int8_budget if "int8_budget" in cfg.model_fields_set else BPD_BUDGET
         increase = round(int8 - fp32, 4)
         gate = {"metric": "bpd", "fp32": fp32, "int8": int8, "increase": increase,
@@ -172,12 +175,12 @@ class TokenVariants(Variants):
         if not dec.exists():
             log.warning("no %s in this export: only model.onnx is quantized", DECODER_FILE)
             return
-        out = self.w.path_for(DECODER_INT8_FILES[self.cfg.int8])
+        out = self.w.path_for(DECODER_OF[INT8_FILES[self.cfg.int8]])
         if self.cfg.int8 == "dynamic":
             record = self._dynamic(dec, out)
         else:
-            prefixes = calib.arrays()[:_CALIB_BATCH, : self._length() // 2]
-            start = int(self.info.kwargs["levels"])  # the start token's id follows the palette
+            length, start = sequence_of(self.info)
+            prefixes = calib.arrays()[:_CALIB_BATCH, : length // 2]
             feeds = decoder_feeds(
                 session_from_onnx(dec, threads=1), prefixes, start, _DECODER_STEPS
             )
@@ -200,9 +203,8 @@ def _same_completions(fp32: Path, int8: Path, tokens: np.ndarray, info) -> dict[
     from tvc.export.kv_decoder import generate_with_cache
     from tvc.runtime.ort import session_from_onnx
 
-    length = int(info.kwargs["height"]) * int(info.kwargs["width"])
+    length, start = sequence_of(info)
     prefix = tokens[:4, : length // 2]
-    start = int(info.kwargs["levels"])
     a = generate_with_cache(session_from_onnx(fp32, threads=1), prefix, length, start)
     b = generate_with_cache(session_from_onnx(int8, threads=1), prefix, length, start)
     new = slice(prefix.shape[1], length)

@@ -127,12 +127,9 @@ class PixelsTask(Task):
         import torch
 
         if data_spec is None:
-            k, length = (
-                int(info.kwargs["levels"]),
-                int(info.kwargs["height"] * info.kwargs["width"]),
-            )
-            x = np.random.default_rng(0).integers(0, k, (n, length))
-            return torch.from_numpy(x.astype(np.int64)), "random tokens"
+            from tvc.export.kv_decoder import random_tokens
+
+            return torch.from_numpy(random_tokens(info, n)), "random tokens"
         data = self.load_data(data_spec, "test", info, limit=n)
         return torch.from_numpy(data.pixels.tokens[:n]), f"{data.pixels.name} test images"
 
@@ -323,26 +320,18 @@ class PixelsTask(Task):
         return {DECODER_FILE: facts}
 
 
-# the decoder graph that generates for each full-sequence graph `tvc export` writes
-DECODER_OF = {
-    "model.onnx": "decoder.onnx",
-    "model.int8.onnx": "decoder.int8.onnx",
-    "model.int8dyn.onnx": "decoder.int8dyn.onnx",
-}
-
-
 def generation_record(full: Path, info: ModelInfo, threads: int | None) -> dict[str, Any] | None:
     """Generation speed of the full-sequence graph `full` with its decoder beside it (DECODER_OF):
     one whole image from the start token, greedy, with and without the key/value cache, as a
     records.Generation dict; None when there is no such decoder."""
-    from tvc.export.kv_decoder import generation_speed
+    from tvc.export.kv_decoder import DECODER_OF, generation_speed, sequence_of
 
     dec = full.parent / DECODER_OF.get(full.name, "-")
     if not dec.is_file():
         return None
-    length = int(info.kwargs["height"]) * int(info.kwargs["width"])
-    g = generation_speed(full, dec, np.zeros((1, 0), np.int64), total=length,
-                         start=int(info.kwargs["levels"]), threads=threads)  # fmt: skip
+    length, start = sequence_of(info)
+    g = generation_speed(full, dec, np.zeros((1, 0), np.int64), total=length, start=start,
+                         threads=threads)  # fmt: skip
     return {
         "decoder": dec.name,
         "tokens": length,
@@ -464,13 +453,13 @@ def complete_images(
     from tvc.artifact import is_artifact, load_artifact
     from tvc.data.pixels import Palette, load_pixels, unraster
     from tvc.eval.pixels import save_grid
-    from tvc.export.kv_decoder import DECODER_FILE, generate_with_cache
+    from tvc.export.kv_decoder import DECODER_FILE, DECODER_OF, generate_with_cache, sequence_of
     from tvc.models.info import ModelInfo
 
     meta = load_artifact(target).meta if is_artifact(target) else None
     info = ModelInfo.from_json(meta["model"]) if meta and "model" in meta else None
     if meta is not None and meta.get("kind") == "onnx":
-        decoders = sorted(f for f in meta.get("files", {}) if f.startswith("decoder."))
+        decoders = sorted(set(DECODER_OF.values()) & set(meta.get("files", {})))
         if decoder not in decoders:
             fix = (
                 f"pass --decoder with one of {', '.join(decoders)}"
@@ -505,7 +494,7 @@ def complete_images(
         from tvc.runtime.ort import session_from_onnx
 
         sess = session_from_onnx(dec, threads=threads)
-        done = generate_with_cache(sess, prefix, h * w, int(info.kwargs["levels"]))
+        done = generate_with_cache(sess, prefix, h * w, sequence_of(info)[1])
     else:
         import torch
 

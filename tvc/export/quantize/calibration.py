@@ -75,26 +75,26 @@ class CalibrationReader:
     and len/set_range for strided calibration).
     """
 
-    def __init__(self, x: np.ndarray, inputs: InputSpec, on_item=None) -> None:
-        b = inputs.fixed_batch or min(8, len(x))
+    def __init__(self, items: list[dict[str, np.ndarray]], batch: int, on_item=None) -> None:
+        self.items, self.batch = items, batch  # feed dicts, each of `batch` samples
         self.on_item = on_item  # called with the batch size of every item handed out
+        self.start, self.end = 0, len(items)
+        self._pos = 0
+
+    @classmethod
+    def of_images(cls, x: np.ndarray, inputs: InputSpec, on_item=None) -> CalibrationReader:
+        """Batches of images `x` for the model's one input."""
+        b = inputs.fixed_batch or min(8, len(x))
         pad = (-len(x)) % b
         if pad:  # a fixed-batch model needs full batches: repeat the last images
             x = np.concatenate([x, x[-1:].repeat(pad, axis=0)])
-        self.batch = b
-        self.items = [{inputs.name: x[i : i + b]} for i in range(0, len(x), b)]
-        self.start, self.end = 0, len(self.items)
-        self._pos = 0
+        return cls([{inputs.name: x[i : i + b]} for i in range(0, len(x), b)], b, on_item)
 
     @classmethod
     def of_feeds(cls, feeds: list[dict[str, np.ndarray]]) -> CalibrationReader:
         """A reader over ready feed dicts (a model with several inputs: iGPT's decoder with its
         key/value cache), every feed one item."""
-        reader = cls.__new__(cls)
-        reader.on_item, reader.items = None, list(feeds)
-        reader.batch = len(next(iter(feeds[0].values()))) if feeds else 1
-        reader.start, reader.end, reader._pos = 0, len(reader.items), 0
-        return reader
+        return cls(list(feeds), len(next(iter(feeds[0].values()))) if feeds else 1)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -142,7 +142,7 @@ def run_static(
 ) -> None:
     from tvc.export.quantize.progress import step
 
-    reader = CalibrationReader(x, inputs)
+    reader = CalibrationReader.of_images(x, inputs)
     with step(f"calibrating static INT8 on {len(x)} images", len(reader) * reader.batch) as bar:
         reader.on_item = bar.advance
         run_static_reader(prepared, out, reader, cfg, nodes, exclude)
