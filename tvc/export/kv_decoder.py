@@ -262,12 +262,12 @@ def generation_speed(
         "threads": threads,
         "batch": int(n),
         "kv_cache": {
-            "seconds": round(t_cache, 4),
+            "seconds": round(t_cache, 6),
             "tokens_per_s": round(new_tokens / t_cache, 1),
             "s_per_image": round(t_cache / n, 4),
         },
         "no_cache": {
-            "seconds": round(t_full, 4),
+            "seconds": round(t_full, 6),
             "tokens_per_s": round(new_tokens / t_full, 1),
             "s_per_image": round(t_full / n, 4),
         },
