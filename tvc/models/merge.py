@@ -15,7 +15,7 @@ structure records `{"merge": ...}` and `apply_structure` swaps `model.blocks` fo
 `MergingBlocks`. That container is an nn.Sequential of the very same blocks, so the weights'
 names do not change; it only replaces the loop over the blocks. Every token count is fixed by
 the input size and the schedule, so the ONNX graph has static shapes, and the matching is written
-with ops ONNX Runtime and TensorRT run (ReduceMax/ArgMax, TopK, GatherElements, and a one-hot
+with ops ONNX Runtime and TensorRT run (ReduceMax/ArgMax, TopK, row Gathers, and a one-hot
 MatMul in place of a scatter-add).
 """
 
@@ -65,29 +65,33 @@ def merging_block(
     margins: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """timm Block.forward with token merging between the attention and the MLP."""
-    y, keys = _attention(block.attn, block.norm1(x), size if proportional else None)
+    y, metric = _attention(block.attn, block.norm1(x), size if proportional else None)
     x = x + block.drop_path1(block.ls1(y))
     if r > 0:
-        x, size = merge_tokens(x, keys.mean(1), size, r, prefix, margins)
+        x, size = merge_tokens(x, metric, size, r, prefix, margins)
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
     return x, size
 
 
 def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
-    """timm Attention (unfused, so the size bias can enter the logits); also returns the keys
-    (B, heads, N, head_dim), the similarity metric for matching."""
+    """timm Attention (unfused, so the size bias can enter the logits); also returns the
+    matching metric: the keys summed over heads (B, N, head_dim). ToMe averages them; matching
+    normalizes the metric, so the sum picks the same partners, and summing in the token-major
+    layout (before the heads are moved to the front) is a contiguous reduction that ONNX
+    Runtime runs about 3x faster than one over the heads axis."""
     b, n, _ = x.shape
     heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = attn.qkv(x).reshape(b, n, 3, heads, -1).unbind(2)  # each (B, N, heads, D)
+    q, k = attn.q_norm(q), attn.k_norm(k)  # per-head norms over D: any layout will do
+    metric = k.sum(2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     logits = (q * attn.scale) @ k.transpose(-2, -1)
     if size is not None:  # proportional attention: a token of s patches counts s times
         logits = logits + size.log()[:, None, None, :, 0]
     weights = attn.attn_drop(logits.softmax(dim=-1))
     out = (weights @ v).transpose(1, 2).reshape(b, n, -1)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
-    return out, k
+    return out, metric
 
 
 def merge_tokens(
@@ -120,30 +124,38 @@ def bipartite_matching(
     n_b = b.shape[1]
     scores = a @ b.transpose(-1, -2)  # (B, Na, Nb) cosine similarities
     best, best_idx = scores.max(dim=-1)  # every A token's best B partner
-    order = best.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
+    order = best.argsort(dim=-1, descending=True)  # (B, Na)
     if margins is not None:
         margins.append(_closest_call(scores, best, r))
     src_idx, keep_idx = order[:, :r], order[:, r:]
     # Merging every A token leaves none to keep: an empty gather exports to a Reshape that
     # ONNX shape inference refuses, so that case is left out of the graph.
     keep_none = r >= a.shape[1]
-    dst_idx = best_idx[..., None].gather(1, src_idx)  # (B, r, 1)
+    dst_idx = take_rows(best_idx[..., None], src_idx)  # (B, r, 1)
     # A one-hot (B, r, Nb) matrix sums the moved tokens into their partners: a MatMul where a
     # scatter-add would need ScatterElements' reduction (which not every runtime supports).
     onehot = (dst_idx == torch.arange(n_b, device=metric.device)).to(metric.dtype)
 
     def merge(x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[-1]
         head, rest = x[:, :prefix], x[:, prefix:]
         src, dst = rest[:, ::2], rest[:, 1::2]
-        moved = src.gather(1, src_idx.expand(-1, -1, channels))
+        moved = take_rows(src, src_idx)
         dst = dst + onehot.to(x.dtype).transpose(1, 2) @ moved
         if keep_none:
             return torch.cat([head, dst], dim=1)
-        kept = src.gather(1, keep_idx.expand(-1, -1, channels))
+        kept = take_rows(src, keep_idx)
         return torch.cat([head, kept, dst], dim=1)
 
     return merge
+
+
+def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows `idx` (B, k) of each image of x (B, N, C): (B, k, C). One Gather over the batch
+    flattened into rows; GatherElements would need an index tensor as large as its output,
+    which ONNX Runtime reads about 4x slower than Gather copies whole rows."""
+    b, n, c = x.shape
+    offsets = torch.arange(b, device=x.device)[:, None] * n
+    return x.reshape(b * n, c)[idx + offsets]
 
 
 def _closest_call(scores: torch.Tensor, best: torch.Tensor, r: int) -> torch.Tensor:
