@@ -19,7 +19,8 @@ interleaved run (tvc.runtime.bench.time_interleaved) at batch 1, then at batch 8
 
 The teacher's variants are also scored on Fashion-MNIST test images. Each model's best INT8 is
 profiled by op type and set against the machine's GEMM limit (measured here; cpu_limits.py).
-Writes benchmarks/results/cpu_int8.{json,md} (cpu_int8-quick.* with --quick).
+Writes benchmarks/results/NAME.{json,md}, NAME = --name (cpu_int8; cpu_int8_epyc for the AMD EPYC
+board the issue names), NAME-quick.* with --quick.
 """
 
 from __future__ import annotations
@@ -286,10 +287,10 @@ def markdown(runs: list[dict], limits: dict, goal_rows: list[dict], args) -> str
         f"GEMM limit measured here ({limits['n']}^3, 1 thread, best of {limits['repeats']}): "
         f"FP32 {limits['fp32_gflops']} GFLOP/s, INT8 (u8 x s8 MatMulInteger) "
         f"{limits['int8_gops']} GOP/s (medians {limits['fp32_median_gflops']} / "
-        f"{limits['int8_median_gops']}), under the same load as the models. The issue quotes "
-        "93 / 423 for an AMD EPYC with AVX-512 VNNI; this machine is an Intel Xeon with "
-        "AMX-INT8, so its INT8 GEMM peak is far higher and the achievable INT8/FP32 ratio "
-        "larger.",
+        f"{limits['int8_median_gops']}), under the same load as the models: INT8/FP32 "
+        f"{limits['int8_gops'] / limits['fp32_gflops']:.1f}x at the GEMM peak. The issue quotes "
+        "93 / 423 (4.5x) for an AMD EPYC with AVX-512 VNNI; this machine's integer GEMM "
+        f"instructions: {', '.join(limits.get('int8_features') or ['unknown'])}.",
         "",
     ]
     for run in runs:
@@ -361,6 +362,7 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=2000)
     ap.add_argument("--profile-runs", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run on vit_pico")
+    ap.add_argument("--name", default="cpu_int8", help="results file name (one per board)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
@@ -378,7 +380,7 @@ def main() -> None:
     goal_rows = goals(runs, teach)
     args.load["end"] = os.getloadavg()[0]
     text = markdown(all_runs, limits, goal_rows, args)
-    name = "cpu_int8-quick" if args.quick else "cpu_int8"
+    name = f"{args.name}-quick" if args.quick else args.name
     data = {"config": vars(args), "gemm_limit": limits, "runs": all_runs, "goals": goal_rows}
     out = write_result(name, data, text)
     print(text)

@@ -84,8 +84,9 @@ def time_variants(models: dict[str, Any], info, workdir: Path, args) -> dict[str
     return out
 
 
-def merged(model: torch.nn.Module, r: int, input_size, *, control: bool = False):
-    """A merged copy and its report; control: the merging blocks with r = 0 everywhere."""
+def merged(model: torch.nn.Module, r: int | list[int], input_size, *, control: bool = False):
+    """A merged copy and its report (r: tokens per block, or a per-block schedule); control:
+    the merging blocks with r = 0 everywhere."""
     m = copy.deepcopy(model).eval()
     if control:
         from tvc.models.merge import MergingBlocks
@@ -93,7 +94,7 @@ def merged(model: torch.nn.Module, r: int, input_size, *, control: bool = False)
         prefix = int(getattr(m, "num_prefix_tokens", 1))
         m.blocks = MergingBlocks(list(m.blocks), [0] * len(m.blocks), prefix, True)
         return m, {}
-    rep = merge(m, [r], input_size)
+    rep = merge(m, r if isinstance(r, list) else [r], input_size)
     return m, rep
 
 
@@ -115,8 +116,10 @@ def fmnist(args, workdir: Path) -> dict[str, Any]:
     control_macs = count_macs(control, info.input_size) / base_macs
     rows.append({"r": "0 (merging path)", "macs_ratio": round(control_macs, 4),
                  "top1": top1(control, x, y), "schedule": [0] * len(parent.blocks)})  # fmt: skip
-    for r in args.r:
+    for r in [*args.r, *args.schedule]:
         m, rep = merged(parent, r, info.input_size)
+        if isinstance(r, list):
+            r = ",".join(map(str, r))  # a per-block schedule: its row is labelled by it
         models[f"r{r}"] = m
         rows.append({"r": r, "schedule": rep["schedule"], "tokens_out": rep["tokens_out"],
                      "macs_ratio": round(count_macs(m, info.input_size) / base_macs, 4),
@@ -194,6 +197,9 @@ def markdown(res: dict[str, Any], threads: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--r", type=lambda s: [int(v) for v in s.split(",")], default=[4, 8, 12, 16])
+    ap.add_argument("--schedule", type=lambda s: [int(v) for v in s.split(",")], action="append",
+                    default=[], help="a per-block schedule to add, e.g. 8,8,12,12,8,8 "
+                    "(repeatable; choose it on validation images, not test images)")  # fmt: skip
     ap.add_argument("--eval", type=int, default=2000, help="fashion-mnist test images")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-time-s", type=float, default=3.0)

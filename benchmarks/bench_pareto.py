@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import load_note, rel, write_result
 
+from tvc.compress.latency_target import describe_merge
 from tvc.compress.lowrank import LowRankConfig, factorize
 from tvc.compress.merge import merge
 from tvc.compress.report import count_macs
@@ -164,7 +165,7 @@ def markdown(res: dict[str, Any]) -> str:
             c = w["choice"]
             met = "met" if c["meets_target"] else "MISSED (>10% over)"
             out.append(f"\nLatency-aware choice ({w['variant']}): prune {c['chosen']['prune']:g} + "
-                       f"merge {c['chosen']['merge']} per block; predicted {c['predicted_ms']:.3f}"
+                       f"{describe_merge(c['chosen'])}; predicted {c['predicted_ms']:.3f}"
                        f" ms, measured by the stage {c['measured_ms']:.3f} ms (parent "
                        f"{c['parent_measured_ms']:.3f} ms): target {met}; table fit worst error "
                        f"{c['table_fit_max_rel_error']:.1%}.")  # fmt: skip

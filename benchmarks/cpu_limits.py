@@ -77,7 +77,23 @@ def gemm_limits(n: int = 1024, repeats: int = 15) -> dict[str, Any]:
                 times.append(time.perf_counter() - t0)
             out[key] = round(2 * n**3 / min(times) / 1e9, 1)
             out[key.replace("_g", "_median_g")] = round(2 * n**3 / float(np.median(times)) / 1e9, 1)
+    out["int8_features"] = int8_features()
     return out
+
+
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512bw", "avx2")
+
+
+def int8_features() -> list[str]:
+    """The CPU's integer-GEMM instruction sets (from /proc/cpuinfo): which of ORT's MLAS
+    kernels can run, e.g. AMX tiles on recent Xeons vs VNNI on AMD EPYC (empty off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                  if ln.startswith("flags")), [])  # fmt: skip
+    return [f for f in INT8_FLAGS if f in flags]
 
 
 def mac_split(model, input_size: tuple[int, int, int]) -> dict[str, int]:

@@ -10,7 +10,13 @@ from click.testing import CliRunner
 
 from tvc.cli import cli
 from tvc.compress.latency_table import Measured, load_table, make_table, save_table
-from tvc.compress.latency_target import build_candidates, choose, frontier
+from tvc.compress.latency_target import (
+    build_candidates,
+    choose,
+    frontier,
+    refine_schedule,
+    schedule_candidate,
+)
 from tvc.errors import ConfigError
 from tvc.models import load_model
 from tvc.tasks.classification import ClassificationTask
@@ -119,6 +125,38 @@ def test_search_picks_a_candidate_predicted_within_the_target():
     assert frontier(cands, predicted[0] / 2) == []
     with pytest.raises(ConfigError, match="raise --target-latency"):
         choose(cands, table, predicted[0] / 2, score)
+
+
+def test_refined_schedule_moves_merging_to_the_block_where_it_costs_nothing():
+    """A scorer that charges only for merging in the last block: the sensitivity pass finds
+    that, the refined schedule still meets the target, merges more in block 0 than in block 1,
+    and scores better than the uniform schedule it replaces."""
+    pico = load_model("vit_pico", warn_random=False)
+    table = make_table(pico.info.arch, pico.info.input_size, "ort", 1, fake_measured())
+    uniform, _ = schedule_candidate(pico.model, 0.0, [12, 12], pico.info.input_size)
+    uniform.per_block = False
+    uniform.predicted_ms = table.predict(uniform.macs, uniform.tokens, uniform.merging_blocks)
+
+    def agreement(m) -> float:
+        schedule = getattr(m.blocks, "schedule", [0, 0])
+        return 1.0 - 0.01 * schedule[1]
+
+    uniform.agreement = agreement(schedule_candidate(pico.model, 0.0, [12, 12], (3, 32, 32))[1])
+    refined, rows = refine_schedule(
+        uniform, pico.model, pico.info.input_size, table, uniform.predicted_ms, agreement
+    )
+    assert [r["lost"] for r in rows] == [0.0, pytest.approx(0.12)]
+    assert refined is not None and refined.per_block
+    assert refined.predicted_ms <= uniform.predicted_ms
+    assert refined.schedule[0] > refined.schedule[1]
+    assert refined.agreement > uniform.agreement
+    assert refined.merge_option == ",".join(map(str, refined.schedule))
+    # charged alike everywhere, a merged token saves most in the first block: all goes there
+    flat, _ = refine_schedule(
+        uniform, pico.model, pico.info.input_size, table, uniform.predicted_ms,
+        lambda m: 1.0 - 0.01 * sum(getattr(m.blocks, "schedule", [0])),
+    )  # fmt: skip
+    assert flat is not None and flat.schedule[1] == 0 and flat.agreement > 1 - 0.01 * 24
 
 
 @pytest.mark.parametrize(

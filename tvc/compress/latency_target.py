@@ -6,8 +6,9 @@ predicted from a latency table (tvc.compress.latency_table). Among the candidate
 meet the target, only the frontier is scored: for each prune ratio the least merging that meets
 it (more merging at the same ratio only loses more). Each frontier candidate's top-1 agreement
 with the parent on a few hundred images is its predicted loss; the most faithful one wins (ties:
-the slower, i.e. less compressed). Uniform ratios only: one prune ratio for every width, one r
-for every block.
+the slower, i.e. less compressed). One prune ratio for every width; merging is uniform (one r
+for every block) in the grid, then `refine_schedule` spreads the winner's merging over the
+blocks from a sensitivity pass, and the per-block schedule replaces it when it scores better.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ class Candidate:
     schedule: list[int] = field(default_factory=list)
     predicted_ms: float | None = None
     agreement: float | None = None
+    per_block: bool = False  # a schedule from refine_schedule, not one r for every block
+
+    @property
+    def merge_option(self) -> str | None:
+        """What --merge-tokens takes for this candidate: 'r', 'r0,r1,...', or None."""
+        if not any(self.schedule):
+            return None
+        return ",".join(map(str, self.schedule)) if self.per_block else str(self.merge)
 
     @property
     def merging_blocks(self) -> int:
@@ -44,6 +53,14 @@ class Candidate:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def describe_merge(chosen: dict[str, Any]) -> str:
+    """'merge 13 per block' or 'merge [8, 8, 12, 12, 8, 8] (per-block schedule)' for a
+    candidate's as_dict() (records written before per-block schedules have no 'per_block')."""
+    if chosen.get("per_block"):
+        return f"merge {chosen['schedule']} (per-block schedule)"
+    return f"merge {chosen['merge']} per block"
 
 
 def merge_grid(patches: int, depth: int, steps: int = MERGE_STEPS) -> list[int]:
@@ -128,6 +145,83 @@ def choose(
                  c.prune, c.merge, c.predicted_ms, c.agreement * 100)  # fmt: skip
     best = max(front, key=lambda c: (c.agreement, c.predicted_ms))
     return best, front
+
+
+def schedule_candidate(
+    base: Any, prune: float, schedule: list[int], input_size: tuple[int, int, int]
+) -> tuple[Candidate, Any]:
+    """A merged copy of the (pruned, unmerged) `base` with a per-block `schedule`."""
+    from tvc.compress.merge import merge
+    from tvc.compress.report import count_macs
+
+    m = copy.deepcopy(base).eval()
+    rep = merge(m, schedule, input_size)
+    sched = rep["schedule"]
+    c = Candidate(prune, round(sum(sched) / len(sched)), count_macs(m, input_size),
+                  sum(rep["tokens_in"]), sched, per_block=True)  # fmt: skip
+    return c, m
+
+
+def refine_schedule(
+    best: Candidate,
+    base: Any,
+    input_size: tuple[int, int, int],
+    table: LatencyTable,
+    target_ms: float,
+    agreement: Callable[[Any], float],
+) -> tuple[Candidate | None, list[dict[str, Any]]]:
+    """Spread `best`'s merging over the blocks where it costs least (a sensitivity pass).
+
+    Each block alone merges the uniform schedule's largest r on `base` (best's pruned,
+    unmerged model): what that loses in agreement is the block's price for r tokens. Then a
+    greedy fill, a quarter of r at a time (at most 2r per block), adds merging where the price
+    per predicted millisecond saved is lowest, until the table predicts the target.
+    `agreement(model)` scores a model (higher is better). Returns the refined candidate if it
+    scores better than `best` (else None) and the sensitivity rows."""
+    depth = len(best.schedule)
+    probe = max(best.schedule)
+    if probe <= 0:
+        return None, []
+    unmerged = agreement(base)
+    rows = []
+    for i in range(depth):
+        alone = [probe if j == i else 0 for j in range(depth)]
+        _, m = schedule_candidate(base, best.prune, alone, input_size)
+        rows.append(
+            {"block": i, "merge": probe, "lost": round(max(0.0, unmerged - agreement(m)), 4)}
+        )
+
+    def predict(c: Candidate, merging_blocks: int | None = None) -> float:
+        blocks = c.merging_blocks if merging_blocks is None else merging_blocks
+        c.predicted_ms = round(table.predict(c.macs, c.tokens, blocks), 4)
+        return c.predicted_ms
+
+    unit = max(1, probe // 4)
+    cand, _ = schedule_candidate(base, best.prune, [0] * depth, input_size)
+    while predict(cand) > target_ms:
+        options = []
+        for i in range(depth):
+            trial = cand.schedule.copy()
+            trial[i] += unit
+            if trial[i] > 2 * probe:
+                continue
+            c, _ = schedule_candidate(base, best.prune, trial, input_size)
+            # ranked without the fixed cost of one more merging block, which the first unit
+            # in any block pays and no later one does
+            gain = cand.predicted_ms - predict(c, cand.merging_blocks)
+            predict(c)
+            if c.schedule != trial or gain <= 0:  # clamped (no tokens left there) or useless
+                continue
+            options.append((rows[i]["lost"] * unit / probe / gain, -gain, i, c))
+        if not options:
+            return None, rows
+        cand = min(options, key=lambda o: o[:3])[3]
+    _, m = schedule_candidate(base, best.prune, cand.schedule, input_size)
+    cand.agreement = round(float(agreement(m)), 4)
+    log.info("latency search: per-block merge %s: predicted %.3f ms, agreement %.1f%% "
+             "(uniform %d: %.1f%%)", cand.schedule, cand.predicted_ms, cand.agreement * 100,
+             best.merge, (best.agreement or 0) * 100)  # fmt: skip
+    return (cand if cand.agreement > (best.agreement or 0) else None), rows
 
 
 def calibration_points(prune_grid: tuple[float, ...], merge_values: list[int]) -> list[tuple]:

@@ -122,7 +122,12 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
     """Choose the prune ratio and merge r for cfg.target_latency; the updated config and the
     hook that measures the compressed model (tvc.compress.pipeline calls it)."""
     from tvc.compress.latency_table import load_table, save_table
-    from tvc.compress.latency_target import build_candidates, calibration_points, choose
+    from tvc.compress.latency_target import (
+        build_candidates,
+        calibration_points,
+        choose,
+        refine_schedule,
+    )
     from tvc.compress.merge import merging_suspended
     from tvc.compress.pipeline import DATA_BATCHES, TAYLOR_BATCH_SIZE, TAYLOR_BATCHES
 
@@ -165,23 +170,28 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
             log.info("wrote the latency table %s", path)
     reference = task.outputs(parent, samples)
 
-    def score(c) -> float:
-        got = task.outputs(models[(c.prune, c.merge)], samples)
-        return task.agreement(reference, got)["agreement"]
+    def agreement(m) -> float:
+        return task.agreement(reference, task.outputs(m, samples))["agreement"]
 
-    best, front = choose(cands, table, cfg.target_latency, score)
+    best, front = choose(
+        cands, table, cfg.target_latency, lambda c: agreement(models[(c.prune, c.merge)])
+    )
+    uniform, sensitivity = best, []
+    if best.merge and (best.prune, 0) in models:  # spread the merging where it costs least
+        base = models[(best.prune, 0)]
+        refined, sensitivity = refine_schedule(
+            best, base, info.input_size, table, cfg.target_latency, agreement
+        )
+        best = refined or best
     if cfg.distill is not None:
         log.info("the candidates were ranked by agreement before training; after distillation "
                  "a more pruned, less merged one may come out ahead "
                  "(benchmarks/results/pareto.md)")  # fmt: skip
     models.clear()  # the candidates' copies are no longer needed
-    log.info("latency target %.3g ms: prune %.2f + merge %d per block, predicted %.3f ms, "
-             "agreement %.1f%% on %s", cfg.target_latency, best.prune, best.merge,
+    log.info("latency target %.3g ms: prune %.2f + merge %s, predicted %.3f ms, "
+             "agreement %.1f%% on %s", cfg.target_latency, best.prune, best.merge_option,
              best.predicted_ms, best.agreement * 100, source)  # fmt: skip
-    update: dict[str, Any] = {
-        "prune": best.prune or None,
-        "merge_tokens": str(best.merge) if best.merge else None,
-    }
+    update: dict[str, Any] = {"prune": best.prune or None, "merge_tokens": best.merge_option}
     new_cfg = cfg.model_copy(update=update)
     plan = {
         "target_ms": cfg.target_latency,
@@ -194,6 +204,8 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         "score": "top-1 agreement with the parent before any training",
         "chosen": best.as_dict(),
         "frontier": [c.as_dict() for c in front],
+        "uniform_choice": uniform.as_dict(),
+        "merge_sensitivity": sensitivity,
         "predicted_ms": best.predicted_ms,
     }
 
