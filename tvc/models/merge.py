@@ -103,19 +103,14 @@ def merge_tokens(
     margins: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge `r` of x's patch tokens (bipartite soft matching on `metric`, B x N x C'), size-
-    weighted; returns the shorter x and every token's size."""
-    if size is None:
-        size = torch.ones_like(x[..., :1])
-    merge = bipartite_matching(metric, r, prefix, margins)
-    merged = merge(torch.cat([x * size, size], dim=-1))
-    total = merged[..., -1:]
-    return merged[..., :-1] / total, total
+    weighted; returns the shorter x and every token's size (None: every token is one patch)."""
+    return bipartite_matching(metric, r, prefix, margins).weighted(x, size)
 
 
 def bipartite_matching(
     metric: torch.Tensor, r: int, prefix: int, margins: list[torch.Tensor] | None = None
 ):
-    """The function that merges `r` tokens of a (B, N, C) tensor: A = even, B = odd patch tokens;
+    """The Matching that merges `r` tokens of a (B, N, C) tensor: A = even, B = odd patch tokens;
     the r A tokens most similar to some B token are summed into it (callers weight by size).
     With `margins`, each image's closest call is appended to it (see decision_margins)."""
     tokens = metric[:, prefix:]
@@ -128,25 +123,60 @@ def bipartite_matching(
     if margins is not None:
         margins.append(_closest_call(scores, best, r))
     src_idx, keep_idx = order[:, :r], order[:, r:]
-    # Merging every A token leaves none to keep: an empty gather exports to a Reshape that
-    # ONNX shape inference refuses, so that case is left out of the graph.
-    keep_none = r >= a.shape[1]
     dst_idx = take_rows(best_idx[..., None], src_idx)  # (B, r, 1)
-    # A one-hot (B, r, Nb) matrix sums the moved tokens into their partners: a MatMul where a
+    # A one-hot (B, Nb, r) matrix sums the moved tokens into their partners: a MatMul where a
     # scatter-add would need ScatterElements' reduction (which not every runtime supports).
-    onehot = (dst_idx == torch.arange(n_b, device=metric.device)).to(metric.dtype)
+    onehot = torch.arange(n_b, device=metric.device)[:, None] == dst_idx.transpose(1, 2)
+    return Matching(src_idx, keep_idx, onehot.to(metric.dtype), prefix)
 
-    def merge(x: torch.Tensor) -> torch.Tensor:
-        head, rest = x[:, :prefix], x[:, prefix:]
-        src, dst = rest[:, ::2], rest[:, 1::2]
-        moved = take_rows(src, src_idx)
-        dst = dst + onehot.to(x.dtype).transpose(1, 2) @ moved
-        if keep_none:
+
+class Matching:
+    """Which patch tokens merge into which: A tokens `src_idx` (B, r) move into their B
+    partners (`onehot`, B x Nb x r), A tokens `keep_idx` stay. Calling it sums the moved rows
+    of a (B, N, C) tensor into their partners; `weighted` averages them by size."""
+
+    def __init__(
+        self, src_idx: torch.Tensor, keep_idx: torch.Tensor, onehot: torch.Tensor, prefix: int
+    ) -> None:
+        self.src_idx, self.keep_idx, self.onehot, self.prefix = src_idx, keep_idx, onehot, prefix
+        # Merging every A token leaves none to keep: an empty gather exports to a Reshape that
+        # ONNX shape inference refuses, so that case is left out of the graph.
+        self.keep_none = keep_idx.shape[1] == 0
+
+    def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rest = t[:, self.prefix :]
+        return t[:, : self.prefix], rest[:, ::2], rest[:, 1::2]  # head, A (src), B (dst)
+
+    def _join(self, head: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        if self.keep_none:
             return torch.cat([head, dst], dim=1)
-        kept = take_rows(src, keep_idx)
-        return torch.cat([head, kept, dst], dim=1)
+        return torch.cat([head, take_rows(src, self.keep_idx), dst], dim=1)
 
-    return merge
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        head, src, dst = self._split(x)
+        dst = dst + self.onehot.to(x.dtype) @ take_rows(src, self.src_idx)
+        return self._join(head, src, dst)
+
+    def weighted(
+        self, x: torch.Tensor, size: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x merged as size-weighted averages, and the new sizes. Only the B tokens that take
+        others in change, so only they are weighted and divided (on ONNX Runtime this is
+        cheaper than weighting, concatenating and dividing the whole sequence)."""
+        head, src, dst = self._split(x)
+        moved = take_rows(src, self.src_idx)
+        onehot = self.onehot.to(x.dtype)
+        if size is None:  # every token is one patch so far
+            total = 1 + onehot.sum(-1, keepdim=True)
+            dst = (dst + onehot @ moved) / total
+            size = torch.ones_like(x[..., :1])
+            s_head, s_src, _ = self._split(size)
+        else:
+            s_head, s_src, s_dst = self._split(size)
+            moved_size = take_rows(s_src, self.src_idx)
+            total = s_dst + onehot @ moved_size
+            dst = (dst * s_dst + onehot @ (moved * moved_size)) / total
+        return self._join(head, src, dst), self._join(s_head, s_src, total)
 
 
 def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
