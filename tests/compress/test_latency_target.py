@@ -208,6 +208,13 @@ def test_cli_target_latency_with_a_carried_table(tmp_path, monkeypatch):
     assert (spec["prune"] or {}).get("ratio") == (chosen["prune"] or None)
     assert (spec["merge"] or {}).get("schedule", [0, 0]) == chosen["schedule"]
     assert path.read_text() == table.model_dump_json(indent=2) + "\n"  # read, never rewritten
+    # the parent timed beside the student says how far this machine is from the table's speed
+    assert lt["parent_predicted_ms"] == pytest.approx(dense, abs=1e-4)
+    drift = lt["parent_measured_ms"] / lt["parent_predicted_ms"] - 1
+    assert lt["machine_drift"] == pytest.approx(drift, abs=1e-3)
+    at_table = lt["measured_ms"] / (1 + drift) <= round(dense * 0.8, 4) * 1.1
+    assert lt["meets_target_at_table_speed"] == at_table
+    assert ("this machine's speed changed" in res.output) == (abs(drift) > 0.10)
 
 
 def test_cli_refuses_a_table_path_in_a_missing_folder_before_any_work(tmp_path):

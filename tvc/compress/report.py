@@ -221,3 +221,11 @@ def print_compression_report(report: dict[str, Any], console=None) -> None:
             f"{target['predicted_ms']:.3f} ms, measured {target['measured_ms']:.3f} ms "
             f"(parent {target['parent_measured_ms']:.3f} ms, {target['speedup']:.2f}x): {met}"
         )
+        drift = target.get("machine_drift")
+        if drift is not None and abs(drift) > 0.10:
+            at_table = "met" if target["meets_target_at_table_speed"] else "still missed"
+            console.print(
+                f"  the parent ran {drift:+.0%} against the table's prediction "
+                f"({target['parent_predicted_ms']:.3f} ms): this machine's speed changed; "
+                f"at the table's speed the target is {at_table}"
+            )
