@@ -123,17 +123,21 @@ def bipartite_matching(
     if margins is not None:
         margins.append(_closest_call(scores, best, r))
     src_idx, keep_idx = order[:, :r], order[:, r:]
-    dst_idx = take_rows(best_idx[..., None], src_idx)  # (B, r, 1)
+    dst_idx = best_idx.gather(1, src_idx)[..., None]  # (B, r, 1)
     # A one-hot (B, Nb, r) matrix sums the moved tokens into their partners: a MatMul where a
     # scatter-add would need ScatterElements' reduction (which not every runtime supports).
     onehot = torch.arange(n_b, device=metric.device)[:, None] == dst_idx.transpose(1, 2)
-    return Matching(src_idx, keep_idx, onehot.to(metric.dtype), prefix)
+    # Indices into the A rows of the whole batch flattened (B * Na rows): one Add here, and
+    # every gather below is a Reshape and a Gather.
+    offsets = torch.arange(a.shape[0], device=metric.device)[:, None] * a.shape[1]
+    return Matching(src_idx + offsets, keep_idx + offsets, onehot.to(metric.dtype), prefix)
 
 
 class Matching:
     """Which patch tokens merge into which: A tokens `src_idx` (B, r) move into their B
-    partners (`onehot`, B x Nb x r), A tokens `keep_idx` stay. Calling it sums the moved rows
-    of a (B, N, C) tensor into their partners; `weighted` averages them by size."""
+    partners (`onehot`, B x Nb x r), A tokens `keep_idx` stay; both index the A rows of the
+    batch flattened (see take_rows). Calling it sums the moved rows of a (B, N, C) tensor into
+    their partners; `weighted` averages them by size."""
 
     def __init__(
         self, src_idx: torch.Tensor, keep_idx: torch.Tensor, onehot: torch.Tensor, prefix: int
@@ -179,13 +183,12 @@ class Matching:
         return self._join(head, src, dst), self._join(s_head, s_src, total)
 
 
-def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows `idx` (B, k) of each image of x (B, N, C): (B, k, C). One Gather over the batch
-    flattened into rows; GatherElements would need an index tensor as large as its output,
-    which ONNX Runtime reads about 4x slower than Gather copies whole rows."""
-    b, n, c = x.shape
-    offsets = torch.arange(b, device=x.device)[:, None] * n
-    return x.reshape(b * n, c)[idx + offsets]
+def take_rows(x: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:
+    """Rows of x (B, N, C) by their index in the batch flattened to B * N rows (image i's row
+    j is i * N + j; flat_idx is B x k): (B, k, C). One Gather of whole rows; GatherElements
+    would need an index tensor as large as its output, which ONNX Runtime reads about 4x
+    slower."""
+    return x.reshape(-1, x.shape[-1])[flat_idx]
 
 
 def _closest_call(scores: torch.Tensor, best: torch.Tensor, r: int) -> torch.Tensor:
