@@ -81,10 +81,12 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
     Runtime runs about 3x faster than one over the heads axis."""
     b, n, _ = x.shape
     heads = attn.num_heads
-    q, k, v = attn.qkv(x).reshape(b, n, 3, heads, -1).unbind(2)  # each (B, N, heads, D)
-    q, k = attn.q_norm(q), attn.k_norm(k)  # per-head norms over D: any layout will do
-    metric = k.sum(2)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1)
+    # k_norm (a per-head norm over D, or Identity) is applied in both layouts: a second norm
+    # costs less than a second transpose of q, k and v
+    metric = attn.k_norm(qkv[:, :, 1]).sum(2)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
     logits = (q * attn.scale) @ k.transpose(-2, -1)
     if size is not None:  # proportional attention: a token of s patches counts s times
         logits = logits + size.log()[:, None, None, :, 0]
