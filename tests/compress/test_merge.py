@@ -60,10 +60,11 @@ def test_merging_every_a_token_exports_with_parity(pico, tmp_path):
     assert art.meta["metrics"]["parity"]["max_abs_diff"] < 1e-4
 
 
-def _merge_by_hand(x: torch.Tensor, metric: torch.Tensor, r: int, prefix: int) -> torch.Tensor:
-    """ToMe's bipartite soft matching written as loops, one image at a time: the reference."""
-    out = []
-    for xi, mi in zip(x, metric, strict=True):
+def _merge_by_hand(x, metric, size, r: int, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe's bipartite soft matching written as loops, one image at a time: the reference.
+    Moved tokens are averaged into their partners weighted by size; returns x and sizes."""
+    out, sizes = [], []
+    for xi, mi, si in zip(x, metric, size, strict=True):
         patches = list(range(prefix, len(xi)))
         a_idx, b_idx = patches[::2], patches[1::2]
         unit = mi / mi.norm(dim=-1, keepdim=True)
@@ -74,12 +75,16 @@ def _merge_by_hand(x: torch.Tensor, metric: torch.Tensor, r: int, prefix: int) -
             score[i] = max(sims)
         ranked = sorted(a_idx, key=lambda i: -score[i])
         merged, kept = ranked[:r], ranked[r:]
-        b_rows = {j: xi[j].clone() for j in b_idx}
+        b_rows = {j: xi[j] * si[j] for j in b_idx}
+        b_size = {j: si[j].clone() for j in b_idx}
         for i in merged:
-            b_rows[partner[i]] += xi[i]
-        rows = [xi[k] for k in range(prefix)] + [xi[i] for i in kept] + [b_rows[j] for j in b_idx]
+            b_rows[partner[i]] = b_rows[partner[i]] + xi[i] * si[i]
+            b_size[partner[i]] = b_size[partner[i]] + si[i]
+        order = [*range(prefix), *kept]
+        rows = [xi[k] for k in order] + [b_rows[j] / b_size[j] for j in b_idx]
         out.append(torch.stack(rows))
-    return torch.stack(out)
+        sizes.append(torch.stack([si[k] for k in order] + [b_size[j] for j in b_idx]))
+    return torch.stack(out), torch.stack(sizes)
 
 
 @pytest.mark.parametrize(("tokens", "r"), [(65, 8), (65, 32), (50, 10), (12, 1)])
@@ -89,9 +94,13 @@ def test_matching_agrees_with_a_loop_by_loop_reference(tokens, r):
     gen = torch.Generator().manual_seed(tokens + r)
     metric = torch.randn(3, tokens, 8, generator=gen)
     x = torch.randn(3, tokens, 5, generator=gen)
-    got = bipartite_matching(metric, r, prefix=1)(x)
-    assert got.shape == (3, tokens - r, 5)
-    assert torch.allclose(got, _merge_by_hand(x, metric, r, prefix=1), atol=1e-5)
+    size = torch.randint(1, 4, (3, tokens, 1), generator=gen).float()
+    matching = bipartite_matching(metric, r, prefix=1)
+    for given in (size, torch.ones_like(size)):  # tokens of several patches; all of one
+        got, got_size = matching.weighted(x, None if given is not size else size)
+        want, want_size = _merge_by_hand(x, metric, given, r, prefix=1)
+        assert got.shape == (3, tokens - r, 5)
+        assert torch.allclose(got, want, atol=1e-5) and torch.equal(got_size, want_size)
 
 
 def test_decision_margins_find_a_tie_and_only_exist_on_merging_models(pico):

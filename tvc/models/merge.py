@@ -111,9 +111,9 @@ def merge_tokens(
 
 def bipartite_matching(
     metric: torch.Tensor, r: int, prefix: int, margins: list[torch.Tensor] | None = None
-):
+) -> Matching:
     """The Matching that merges `r` tokens of a (B, N, C) tensor: A = even, B = odd patch tokens;
-    the r A tokens most similar to some B token are summed into it (callers weight by size).
+    the r A tokens most similar to some B token are averaged into it, weighted by size.
     With `margins`, each image's closest call is appended to it (see decision_margins)."""
     tokens = metric[:, prefix:]
     tokens = tokens / tokens.norm(dim=-1, keepdim=True)
@@ -138,8 +138,8 @@ def bipartite_matching(
 class Matching:
     """Which patch tokens merge into which: A tokens `src_idx` (B, r) move into their B
     partners (`onehot`, B x Nb x r), A tokens `keep_idx` stay; both index the A rows of the
-    batch flattened (see take_rows). Calling it sums the moved rows of a (B, N, C) tensor into
-    their partners; `weighted` averages them by size."""
+    batch flattened (see take_rows). `weighted` averages the moved rows of a (B, N, C) tensor
+    into their partners by size."""
 
     def __init__(
         self, src_idx: torch.Tensor, keep_idx: torch.Tensor, onehot: torch.Tensor, prefix: int
@@ -157,11 +157,6 @@ class Matching:
         if self.keep_none:
             return torch.cat([head, dst], dim=1)
         return torch.cat([head, take_rows(src, self.keep_idx), dst], dim=1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        head, src, dst = self._split(x)
-        dst = dst + self.onehot.to(x.dtype) @ take_rows(src, self.src_idx)
-        return self._join(head, src, dst)
 
     def weighted(
         self, x: torch.Tensor, size: torch.Tensor | None
