@@ -191,32 +191,29 @@ def refine_schedule(
             {"block": i, "merge": probe, "lost": round(max(0.0, unmerged - agreement(m)), 4)}
         )
 
-    def predict(c: Candidate, merging_blocks: int | None = None) -> float:
-        blocks = c.merging_blocks if merging_blocks is None else merging_blocks
-        c.predicted_ms = round(table.predict(c.macs, c.tokens, blocks), 4)
+    def predicted(c: Candidate) -> float:
+        c.predicted_ms = round(table.predict(c.macs, c.tokens, c.merging_blocks), 4)
         return c.predicted_ms
 
     unit = max(1, probe // 4)
-    cand, _ = schedule_candidate(base, best.prune, [0] * depth, input_size)
-    while predict(cand) > target_ms:
+    cand, m = schedule_candidate(base, best.prune, [0] * depth, input_size)
+    while predicted(cand) > target_ms:
         options = []
         for i in range(depth):
             trial = cand.schedule.copy()
             trial[i] += unit
             if trial[i] > 2 * probe:
                 continue
-            c, _ = schedule_candidate(base, best.prune, trial, input_size)
+            c, cm = schedule_candidate(base, best.prune, trial, input_size)
             # ranked without the fixed cost of one more merging block, which the first unit
             # in any block pays and no later one does
-            gain = cand.predicted_ms - predict(c, cand.merging_blocks)
-            predict(c)
+            gain = cand.predicted_ms - table.predict(c.macs, c.tokens, cand.merging_blocks)
             if c.schedule != trial or gain <= 0:  # clamped (no tokens left there) or useless
                 continue
-            options.append((rows[i]["lost"] * unit / probe / gain, -gain, i, c))
+            options.append((rows[i]["lost"] * unit / probe / gain, -gain, i, c, cm))
         if not options:
             return None, rows
-        cand = min(options, key=lambda o: o[:3])[3]
-    _, m = schedule_candidate(base, best.prune, cand.schedule, input_size)
+        *_, cand, m = min(options, key=lambda o: o[:3])
     cand.agreement = round(float(agreement(m)), 4)
     log.info("latency search: per-block merge %s: predicted %.3f ms, agreement %.1f%% "
              "(uniform %d: %.1f%%)", cand.schedule, cand.predicted_ms, cand.agreement * 100,
