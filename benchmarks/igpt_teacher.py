@@ -1,11 +1,13 @@
 """Train the Image GPT micro teacher kept in benchmarks/artifacts/igpt_teacher (2 CPU cores).
 
     .venv/bin/python benchmarks/igpt_teacher.py pretrain --minutes 35
+    .venv/bin/python benchmarks/igpt_teacher.py pretrain --resume --minutes 55 --threads 1
     .venv/bin/python benchmarks/igpt_teacher.py finetune --minutes 12
     .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 50 --threads 1
 
 `pretrain` trains igpt_micro (Fashion-MNIST at 14x14, 16 grey levels, 0.21 M parameters) by
-next-pixel NLL for a wall-clock budget and writes benchmarks/artifacts/igpt_teacher;
+next-pixel NLL for a wall-clock budget and writes benchmarks/artifacts/igpt_teacher (`--resume`
+continues that teacher with a fresh schedule and a new data order, and adds to its time);
 `finetune` fine-tunes a copy of it for classification (plus the generative loss) into
 benchmarks/artifacts/igpt_finetuned (`--resume` continues from that fine-tuned copy, with a
 fresh schedule and a new data order, and adds to its time). Each records its history, held-out
@@ -40,14 +42,23 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=35)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--resume", action="store_true", help="finetune: continue igpt_finetuned")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue igpt_teacher (pretrain) or igpt_finetuned (finetune)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     before: dict = {}  # the spec of the fine-tuned copy a --resume run continues
     if args.stage == "pretrain":
-        loaded = load_model("igpt_micro", warn_random=False)
         src, out = None, ART / "igpt_teacher"
+        if args.resume:
+            loaded = load_model(str(out))
+            before = load_artifact(out).meta["spec"]
+            before["resumed_from"] = load_artifact(out).id
+        else:
+            loaded = load_model("igpt_micro", warn_random=False)
     else:
         out = ART / "igpt_finetuned"
         start = out if args.resume else ART / "igpt_teacher"
@@ -65,9 +76,10 @@ def main() -> None:
             epochs=0,
             time_budget_s=budget,
             batch_size=32,
-            lr=args.lr or 2e-3,
+            lr=args.lr or (1e-3 if args.resume else 2e-3),
             warmup_steps=100,
             log_every=25,
+            seed=1 if args.resume else 0,  # a resumed run must not replay the same batches
         )
         report = pretrain(loaded.model, train.tokens, cfg, val_tokens=val.tokens)
         metrics = {"bpd": round(report["val_bpd"], 4), "bpd_split": "val (5000 images)"}
@@ -99,6 +111,8 @@ def main() -> None:
         "minutes": args.minutes + float(before.get("minutes", 0)),  # a resumed run adds on
         "params": count_params(loaded.model),
     }
+    if "resumed_from" in before:  # the teacher this run continued (its id before this run)
+        spec["resumed_from"] = before["resumed_from"]
     with allow_overwrite(), write_artifact(out, "model", parent=src, spec=spec) as w:
         save_model(w, loaded)
         w.meta["metrics"].update(metrics)

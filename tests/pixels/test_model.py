@@ -19,6 +19,22 @@ def test_causality_later_tokens_never_change_earlier_logits(igpt, tokens):
             assert not torch.allclose(out[:, pos + 1], base[:, pos + 1])
 
 
+def test_training_attention_is_the_same_function_and_stays_causal(igpt, tokens):
+    # training takes PyTorch's fused attention kernel; it must compute what inference does
+    x = torch.from_numpy(tokens)
+    with torch.no_grad():
+        inference = igpt.logits(x)
+        igpt.train()
+        training = igpt.logits(x)
+        changed = x.clone()
+        changed[:, 40] = (changed[:, 40] + 3) % 8
+        later = igpt.logits(changed)
+    igpt.eval()
+    assert torch.allclose(training, inference, atol=1e-5)
+    assert torch.allclose(later[:, :41], training[:, :41], atol=1e-6)
+    assert not torch.allclose(later[:, 41], training[:, 41])
+
+
 def test_features_and_class_logits(igpt, tokens):
     logits, feats, cls = igpt(torch.from_numpy(tokens))
     assert logits.shape == (3, 64, 8) and feats.shape == (3, 32) and cls.shape == (3, 10)
