@@ -7,8 +7,10 @@ The Fashion-MNIST teacher (benchmarks/artifacts/fmnist_teacher) is merged with R
 for several R (tvc.compress.merge, proportional attention), exported with tvc's ONNX exporter
 (static shapes, parity checked) and timed with ONNX Runtime on the CPU (batch 1, --threads),
 interleaved with its FP32 unmerged parent (tvc.runtime.bench.time_interleaved), and top-1 is
-measured on --eval Fashion-MNIST test images. deit_small (random weights: latency only) is merged
-at the R whose MACs are closest to 0.6x of the parent's (~40% fewer MACs).
+measured on --eval Fashion-MNIST test images. --metric keys,tokens runs every R with each
+matching metric (keys: ToMe's; tokens: the LayerNorm'd token features the MLP reads).
+deit_small (random weights: latency only) is merged at the R whose MACs are closest to 0.6x of
+the parent's (~40% fewer MACs).
 """
 
 from __future__ import annotations
@@ -84,9 +86,16 @@ def time_variants(models: dict[str, Any], info, workdir: Path, args) -> dict[str
     return out
 
 
-def merged(model: torch.nn.Module, r: int | list[int], input_size, *, control: bool = False):
-    """A merged copy and its report (r: tokens per block, or a per-block schedule); control:
-    the merging blocks with r = 0 everywhere."""
+def merged(
+    model: torch.nn.Module,
+    r: int | list[int],
+    input_size,
+    *,
+    control: bool = False,
+    metric: str = "keys",
+):
+    """A merged copy and its report (r: tokens per block, or a per-block schedule; metric:
+    what the matching compares); control: the merging blocks with r = 0 everywhere."""
     m = copy.deepcopy(model).eval()
     if control:
         from tvc.models.merge import MergingBlocks
@@ -94,7 +103,7 @@ def merged(model: torch.nn.Module, r: int | list[int], input_size, *, control: b
         prefix = int(getattr(m, "num_prefix_tokens", 1))
         m.blocks = MergingBlocks(list(m.blocks), [0] * len(m.blocks), prefix, True)
         return m, {}
-    rep = merge(m, r if isinstance(r, list) else [r], input_size)
+    rep = merge(m, r if isinstance(r, list) else [r], input_size, metric=metric)
     return m, rep
 
 
@@ -116,15 +125,19 @@ def fmnist(args, workdir: Path) -> dict[str, Any]:
     control_macs = count_macs(control, info.input_size) / base_macs
     rows.append({"r": "0 (merging path)", "macs_ratio": round(control_macs, 4),
                  "top1": top1(control, x, y), "schedule": [0] * len(parent.blocks)})  # fmt: skip
-    for r in [*args.r, *args.schedule]:
-        m, rep = merged(parent, r, info.input_size)
-        if isinstance(r, list):
-            r = ",".join(map(str, r))  # a per-block schedule: its row is labelled by it
-        models[f"r{r}"] = m
-        rows.append({"r": r, "schedule": rep["schedule"], "tokens_out": rep["tokens_out"],
-                     "macs_ratio": round(count_macs(m, info.input_size) / base_macs, 4),
-                     "top1": top1(m, x, y)})  # fmt: skip
-        print("fmnist", rows[-1], flush=True)
+    for metric in args.metric:
+        for r in [*args.r, *args.schedule]:
+            m, rep = merged(parent, r, info.input_size, metric=metric)
+            if isinstance(r, list):
+                r = ",".join(map(str, r))  # a per-block schedule: its row is labelled by it
+            if metric != "keys":
+                r = f"{r} ({metric})"
+            models[f"r{r}"] = m
+            rows.append({"r": r, "metric": metric, "schedule": rep["schedule"],
+                         "tokens_out": rep["tokens_out"],
+                         "macs_ratio": round(count_macs(m, info.input_size) / base_macs, 4),
+                         "top1": top1(m, x, y)})  # fmt: skip
+            print("fmnist", rows[-1], flush=True)
     lat = time_variants(models, info, workdir / "fmnist", args)
     for row, name in zip(rows, models, strict=True):
         row.update(lat[name])
@@ -151,7 +164,11 @@ def deit(args, workdir: Path) -> dict[str, Any]:
     r = min(tried, key=lambda k: abs(tried[k][0] - 0.6))
     ratio, m, rep = tried[r]
     print(f"deit_small: r={r} gives MACs {ratio:.3f}x", flush=True)
-    lat = time_variants({"parent": parent, f"r{r}": m}, info, workdir / "deit", args)
+    variants = {"parent": parent, f"r{r}": m}
+    others = [k for k in args.metric if k != "keys"]
+    for metric in others:  # the other metrics at the same r (their matching costs differ)
+        variants[f"r{r} ({metric})"] = merged(parent, r, info.input_size, metric=metric)[0]
+    lat = time_variants(variants, info, workdir / "deit", args)
     speedup = lat["parent"]["cpu_ms"] / lat[f"r{r}"]["cpu_ms"]
     wall_speedup = lat["parent"]["p50_ms"] / lat[f"r{r}"]["p50_ms"]
     return {"model": "deit_small", "arch": info.arch, "weights": "random init (latency only)",
@@ -159,6 +176,10 @@ def deit(args, workdir: Path) -> dict[str, Any]:
             "macs_ratio": round(ratio, 4),
             "macs_ratio_by_r": {k: round(v[0], 4) for k, v in tried.items()},
             "parent": lat["parent"], "merged": lat[f"r{r}"], "rounds": lat["_rounds"],
+            "other_metrics": {k: {**lat[f"r{r} ({k})"],
+                                  "speedup": round(lat["parent"]["cpu_ms"]
+                                                   / lat[f"r{r} ({k})"]["cpu_ms"], 3)}
+                              for k in others},
             "speedup": round(speedup, 3), "wall_speedup": round(wall_speedup, 3),
             "goal": "≥1.6x at ~40% fewer MACs",
             "goal_met": speedup >= 1.6}  # fmt: skip
@@ -191,6 +212,9 @@ def markdown(res: dict[str, Any], threads: int) -> str:
                 f"{d['merged']['p50_ms']:.2f} ms, {d['wall_speedup']:.2f}x); ONNX parity "
                 f"{d['merged']['parity_max_abs_diff']:.1e}."
                 f" Goal {d['goal']}: **{met}**."]  # fmt: skip
+        for k, v in d.get("other_metrics", {}).items():
+            out.append(f"\nSame r with metric {k}: {v['cpu_ms']:.2f} ms, speedup "
+                       f"{v['speedup']:.2f}x (its matching compares {k}).")  # fmt: skip
     return "\n".join(out)
 
 
@@ -200,6 +224,8 @@ def main() -> None:
     ap.add_argument("--schedule", type=lambda s: [int(v) for v in s.split(",")], action="append",
                     default=[], help="a per-block schedule to add, e.g. 8,8,12,12,8,8 "
                     "(repeatable; choose it on validation images, not test images)")  # fmt: skip
+    ap.add_argument("--metric", type=lambda s: s.split(","), default=["keys", "tokens"],
+                    help="what the matching compares: keys (ToMe), tokens, or both")  # fmt: skip
     ap.add_argument("--eval", type=int, default=2000, help="fashion-mnist test images")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-time-s", type=float, default=3.0)

@@ -177,3 +177,75 @@ def test_the_merging_graph_copies_whole_rows_and_sums_keys_token_major(pico, tmp
     # GatherElements only picks each moved token's partner index (int64), never float rows
     picks = [n for n in graph.node if n.op_type == "GatherElements"]
     assert picks and all(types[n.input[0]] == onnx.TensorProto.INT64 for n in picks)
+
+
+def test_tokens_metric_matches_on_the_features_the_mlp_reads_and_rebuilds(pico, tmp_path):
+    """metric "tokens": the matching compares norm2 of the residual stream after attention.
+    The merged model equals a by-hand block built that way, rebuilds from its structure
+    (which records the metric), and exports with parity."""
+    from tvc.export.onnx import OnnxExportConfig
+    from tvc.models.load import LoadedModel
+    from tvc.models.merge import _attention, merge_tokens
+    from tvc.stages.export import export_loaded
+
+    m = copy.deepcopy(pico.model).eval()
+    rep = merge(m, [6, 0], pico.info.input_size, metric="tokens")
+    assert rep["metric"] == "tokens" and m.blocks.metric == "tokens"
+    x = torch.randn(2, *pico.info.input_size)
+    with torch.no_grad():
+        t = m._pos_embed(m.patch_embed(x))
+        b0, b1 = m.blocks[0], m.blocks[1]
+        y, _ = _attention(b0.attn, b0.norm1(t), None)
+        t = t + y
+        t, size = merge_tokens(t, b0.norm2(t), None, 6, 1)
+        t = t + b0.mlp(b0.norm2(t))
+        y, _ = _attention(b1.attn, b1.norm1(t), size)
+        t = t + y
+        t = t + b1.mlp(b1.norm2(t))
+        want = m.forward_head(m.norm(t))
+        assert torch.allclose(m(x), want, atol=1e-5)
+        keys = copy.deepcopy(pico.model).eval()
+        merge(keys, [6, 0], pico.info.input_size)  # the default compares keys: other choices
+        assert not torch.allclose(keys(x), want, atol=1e-4)
+
+    structure = describe_structure(m, pico.model)
+    assert structure["merge"]["metric"] == "tokens"
+    fresh = apply_structure(copy.deepcopy(pico.model), structure)
+    fresh.load_state_dict(m.state_dict(), strict=True)
+    assert torch.equal(fresh.eval()(x), m(x))
+    art = export_loaded(LoadedModel(m, pico.info), tmp_path / "x", OnnxExportConfig(batch=1))
+    assert art.meta["metrics"]["parity"]["ok"]
+
+
+def test_structures_written_before_the_metric_option_rebuild_with_keys(pico):
+    m = copy.deepcopy(pico.model).eval()
+    merge(m, [6], pico.info.input_size)
+    structure = describe_structure(m, pico.model)
+    del structure["merge"]["metric"]
+    fresh = apply_structure(copy.deepcopy(pico.model), structure)
+    assert fresh.blocks.metric == "keys"
+    fresh.load_state_dict(m.state_dict(), strict=True)
+    x = torch.randn(2, *pico.info.input_size)
+    assert torch.equal(fresh.eval()(x), m(x))
+
+
+def test_merge_metric_errors_name_the_fix(tmp_path):
+    from click.testing import CliRunner
+
+    from tvc.cli import cli
+
+    with pytest.raises(ConfigError, match="--merge-metric"):
+        merge(copy.deepcopy(load_model("vit_pico", warn_random=False).model), [4], (3, 32, 32),
+              metric="values")  # fmt: skip
+    res = CliRunner().invoke(cli, ["compress", "vit_pico", "--prune", "0.2", "--merge-metric",
+                                   "tokens", "-o", str(tmp_path / "o")])  # fmt: skip
+    assert res.exit_code != 0
+    assert "--merge-metric only applies with --merge-tokens or --target-latency" in res.output
+    assert not (tmp_path / "o").exists()
+    args = ["compress", "vit_pico", "--merge-tokens", "6", "--merge-metric", "tokens"]
+    res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    import json
+
+    spec = json.loads((tmp_path / "t" / "artifact.json").read_text())["spec"]
+    assert spec["merge"]["metric"] == "tokens"

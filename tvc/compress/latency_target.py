@@ -76,10 +76,12 @@ def build_candidates(
     prune: Callable[[Any, float], None],
     prune_grid: tuple[float, ...] = PRUNE_GRID,
     merge_values: list[int] | None = None,
+    metric: str = "keys",
 ) -> tuple[list[Candidate], dict[tuple[float, int], Any]]:
     """Every (ratio, r) of the grid built on copies of `model` (no merging on it):
-    `prune(copy, ratio)` prunes in place. Returns the candidates and their models. Ratios the
-    structure cannot take (a ConfigError from prune) are skipped."""
+    `prune(copy, ratio)` prunes in place; merging compares `metric`. Returns the candidates
+    and their models. Ratios the structure cannot take (a ConfigError from prune) are
+    skipped."""
     from tvc.compress.merge import check_mergeable, merge, tokens_entering_blocks
     from tvc.compress.report import count_macs
 
@@ -101,7 +103,7 @@ def build_candidates(
             m = copy.deepcopy(base) if r else base
             schedule, tokens = [0] * depth, seq * depth
             if r:
-                rep = merge(m, [r], input_size)
+                rep = merge(m, [r], input_size, metric=metric)
                 schedule, tokens = rep["schedule"], sum(rep["tokens_in"])
             candidates.append(Candidate(ratio, r, count_macs(m, input_size), tokens, schedule))
             models[(ratio, r)] = m
@@ -148,14 +150,18 @@ def choose(
 
 
 def schedule_candidate(
-    base: Any, prune: float, schedule: list[int], input_size: tuple[int, int, int]
+    base: Any,
+    prune: float,
+    schedule: list[int],
+    input_size: tuple[int, int, int],
+    metric: str = "keys",
 ) -> tuple[Candidate, Any]:
     """A merged copy of the (pruned, unmerged) `base` with a per-block `schedule`."""
     from tvc.compress.merge import merge
     from tvc.compress.report import count_macs
 
     m = copy.deepcopy(base).eval()
-    rep = merge(m, schedule, input_size)
+    rep = merge(m, schedule, input_size, metric=metric)
     sched = rep["schedule"]
     c = Candidate(prune, round(sum(sched) / len(sched)), count_macs(m, input_size),
                   sum(rep["tokens_in"]), sched, per_block=True)  # fmt: skip
@@ -169,6 +175,7 @@ def refine_schedule(
     table: LatencyTable,
     target_ms: float,
     agreement: Callable[[Any], float],
+    metric: str = "keys",
 ) -> tuple[Candidate | None, list[dict[str, Any]]]:
     """Spread `best`'s merging over the blocks where it costs least (a sensitivity pass).
 
@@ -186,7 +193,7 @@ def refine_schedule(
     rows = []
     for i in range(depth):
         alone = [probe if j == i else 0 for j in range(depth)]
-        _, m = schedule_candidate(base, best.prune, alone, input_size)
+        _, m = schedule_candidate(base, best.prune, alone, input_size, metric)
         rows.append(
             {"block": i, "merge": probe, "lost": round(max(0.0, unmerged - agreement(m)), 4)}
         )
@@ -196,7 +203,7 @@ def refine_schedule(
         return c.predicted_ms
 
     unit = max(1, probe // 4)
-    cand, m = schedule_candidate(base, best.prune, [0] * depth, input_size)
+    cand, m = schedule_candidate(base, best.prune, [0] * depth, input_size, metric)
     while predicted(cand) > target_ms:
         options = []
         for i in range(depth):
@@ -204,7 +211,7 @@ def refine_schedule(
             trial[i] += unit
             if trial[i] > 2 * probe:
                 continue
-            c, cm = schedule_candidate(base, best.prune, trial, input_size)
+            c, cm = schedule_candidate(base, best.prune, trial, input_size, metric)
             # ranked without the fixed cost of one more merging block, which the first unit
             # in any block pays and no later one does
             gain = cand.predicted_ms - table.predict(c.macs, c.tokens, cand.merging_blocks)

@@ -87,11 +87,28 @@ def tokens_entering_blocks(model: Any, input_size: tuple[int, int, int]) -> int:
 
 
 def merge(
-    model: Any, values: list[int], input_size: tuple[int, int, int], *, proportional: bool = True
+    model: Any,
+    values: list[int],
+    input_size: tuple[int, int, int],
+    *,
+    proportional: bool = True,
+    metric: str = "keys",
 ) -> dict[str, Any]:
-    """Put token merging on `model` (in place, replacing any earlier schedule); the report."""
-    from tvc.models.merge import MergingBlocks, clamp_schedule, remove_merging, token_counts
+    """Put token merging on `model` (in place, replacing any earlier schedule); the report.
+    `metric`: what the matching compares, "keys" (ToMe) or "tokens" (tvc.models.merge)."""
+    from tvc.models.merge import (
+        METRICS,
+        MergingBlocks,
+        clamp_schedule,
+        remove_merging,
+        token_counts,
+    )
 
+    if metric not in METRICS:
+        raise ConfigError(
+            f"--merge-metric {metric!r} is not one of {', '.join(METRICS)}",
+            "pass --merge-metric keys (ToMe's choice) or tokens",
+        )
     check_mergeable(model)
     remove_merging(model)
     depth = len(model.blocks)
@@ -99,7 +116,7 @@ def merge(
     prefix = int(getattr(model, "num_prefix_tokens", 1))
     patches = tokens_entering_blocks(model, input_size) - prefix
     schedule = clamp_schedule(patches, asked)
-    model.blocks = MergingBlocks(list(model.blocks), schedule, prefix, proportional)
+    model.blocks = MergingBlocks(list(model.blocks), schedule, prefix, proportional, metric)
     counts = token_counts(patches, prefix, schedule)
     return {
         "requested": asked,
@@ -107,6 +124,7 @@ def merge(
         "clamped": schedule != asked,
         "prefix_tokens": prefix,
         "proportional_attention": proportional,
+        "metric": metric,
         "tokens_in": counts[:-1],
         "tokens_out": counts[-1],
         "mean_tokens": sum(counts[:-1]) / depth,

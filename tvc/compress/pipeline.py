@@ -110,7 +110,12 @@ def compress_model(
             log.info("factorizing the attention and MLP layers of %s", info.name)
             report["lowrank"] = task.factorize(student.model, lowrank, samples=samples)
     if cfg.merge_tokens is not None:
-        report["merge"] = merge(student.model, parse_schedule(cfg.merge_tokens), info.input_size)
+        report["merge"] = merge(
+            student.model,
+            parse_schedule(cfg.merge_tokens),
+            info.input_size,
+            metric=cfg.merge_metric,
+        )
         log.info("merging tokens of %s: %s per block", info.name, report["merge"]["schedule"])
         if report["merge"]["clamped"]:  # say so: the user asked for more than the tokens allow
             log.warning(
@@ -206,7 +211,7 @@ def _warn_collapse(prune_report: dict[str, Any]) -> None:
 
 
 def _merge_spec(merged: dict[str, Any]) -> dict[str, Any]:
-    return {k: merged[k] for k in ("requested", "schedule", "proportional_attention")}
+    return {k: merged[k] for k in ("requested", "schedule", "proportional_attention", "metric")}
 
 
 def _agreement(task: Task, reference, candidate, samples, source: str) -> dict[str, Any]:

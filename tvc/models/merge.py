@@ -2,21 +2,25 @@
 rebuildable piece of a timm ViT's structure.
 
 After each block's attention, bipartite soft matching merges `r` patch tokens into their most
-similar partners (cosine similarity of the attention keys, averaged over heads): the patch tokens
-alternate into sets A and B, every A token picks its best B token, and the `r` A tokens with the
-best matches are averaged (weighted by how many patches each token already holds) into their B
-token. Attention then sees each token with its size: proportional attention adds log(size) to
-the attention logits, so a merged token weighs as much as the patches it stands for. The prefix
-tokens (class, distillation) are never merged and stay at the front, so the classifier reads
-them where it always did.
+similar partners: the patch tokens alternate into sets A and B, every A token picks its best B
+token, and the `r` A tokens with the best matches are averaged (weighted by how many patches
+each token already holds) into their B token. Attention then sees each token with its size:
+proportional attention adds log(size) to the attention logits, so a merged token weighs as much
+as the patches it stands for. The prefix tokens (class, distillation) are never merged and stay
+at the front, so the classifier reads them where it always did.
+
+Similarity is the cosine of the attention keys summed over heads (metric "keys", what ToMe
+uses), or of the LayerNorm'd token features the block's MLP reads (metric "tokens"): the latter
+keeps more accuracy on some models (benchmarks/results/merge.md) for a LayerNorm and a wider
+similarity MatMul per merge.
 
 Here it lives in `tvc.models` (not `tvc.compress`) because rebuilding an artifact needs it: the
 structure records `{"merge": ...}` and `apply_structure` swaps `model.blocks` for a
 `MergingBlocks`. That container is an nn.Sequential of the very same blocks, so the weights'
 names do not change; it only replaces the loop over the blocks. Every token count is fixed by
 the input size and the schedule, so the ONNX graph has static shapes, and the matching is written
-with ops ONNX Runtime and TensorRT run (TopK, row Gathers, and a one-hot
-MatMul in place of a scatter-add).
+with ops ONNX Runtime and TensorRT run (TopK, row Gathers, and a one-hot MatMul in place of a
+scatter-add).
 """
 
 from __future__ import annotations
@@ -29,30 +33,45 @@ from torch import nn
 
 from tvc.errors import ArtifactError
 
+METRICS = ("keys", "tokens")  # what the matching compares (see the module docstring)
+
 
 class MergingBlocks(nn.Sequential):
     """The blocks of a timm VisionTransformer with `schedule[i]` tokens merged after block i's
     attention. `prefix` tokens (class / distillation) at the front are never merged."""
 
     def __init__(
-        self, blocks: Iterable[nn.Module], schedule: list[int], prefix: int, proportional: bool
+        self,
+        blocks: Iterable[nn.Module],
+        schedule: list[int],
+        prefix: int,
+        proportional: bool,
+        metric: str = "keys",
     ) -> None:
         super().__init__(*blocks)
         if len(schedule) != len(self):
             raise ValueError(f"merge schedule has {len(schedule)} entries for {len(self)} blocks")
+        if metric not in METRICS:
+            raise ValueError(f"merge metric {metric!r} is not one of {', '.join(METRICS)}")
         self.schedule = [int(r) for r in schedule]
         self.prefix = int(prefix)
         self.proportional = bool(proportional)
+        self.metric = metric
         self.margins: list[torch.Tensor] | None = None  # set by decision_margins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size: torch.Tensor | None = None  # patches per token (B, N, 1); None until a merge
         for block, r in zip(self, self.schedule, strict=True):
-            x, size = merging_block(block, x, size, r, self.prefix, self.proportional, self.margins)
+            x, size = merging_block(
+                block, x, size, r, self.prefix, self.proportional, self.margins, self.metric
+            )
         return x
 
     def extra_repr(self) -> str:
-        return f"merge={self.schedule}, prefix={self.prefix}, proportional={self.proportional}"
+        return (
+            f"merge={self.schedule}, prefix={self.prefix}, proportional={self.proportional}, "
+            f"metric={self.metric}"
+        )
 
 
 def merging_block(
@@ -63,28 +82,30 @@ def merging_block(
     prefix: int,
     proportional: bool,
     margins: list[torch.Tensor] | None = None,
+    metric: str = "keys",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """timm Block.forward with token merging between the attention and the MLP."""
-    y, metric = _attention(block.attn, block.norm1(x), size if proportional else None)
+    keys = r > 0 and metric == "keys"
+    y, k = _attention(block.attn, block.norm1(x), size if proportional else None, keys)
     x = x + block.drop_path1(block.ls1(y))
     if r > 0:
-        x, size = merge_tokens(x, metric, size, r, prefix, margins)
+        x, size = merge_tokens(x, k if keys else block.norm2(x), size, r, prefix, margins)
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
     return x, size
 
 
-def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
+def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, keys: bool = True):
     """timm Attention (unfused, so the size bias can enter the logits); also returns the
-    matching metric: the keys summed over heads (B, N, head_dim). ToMe averages them; matching
-    normalizes the metric, so the sum picks the same partners, and summing in the token-major
-    layout (before the heads are moved to the front) is a contiguous reduction that ONNX
-    Runtime runs about 3x faster than one over the heads axis."""
+    keys metric (None unless `keys`): the keys summed over heads (B, N, head_dim). ToMe
+    averages them; matching normalizes the metric, so the sum picks the same partners, and
+    summing in the token-major layout (before the heads are moved to the front) is a contiguous
+    reduction that ONNX Runtime runs about 3x faster than one over the heads axis."""
     b, n, _ = x.shape
     heads = attn.num_heads
     qkv = attn.qkv(x).reshape(b, n, 3, heads, -1)
     # k_norm (a per-head norm over D, or Identity) is applied in both layouts: a second norm
     # costs less than a second transpose of q, k and v
-    metric = attn.k_norm(qkv[:, :, 1]).sum(2)
+    metric = attn.k_norm(qkv[:, :, 1]).sum(2) if keys else None
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     logits = (q * attn.scale) @ k.transpose(-2, -1)
@@ -253,6 +274,7 @@ def merging_spec(model: nn.Module) -> dict[str, Any] | None:
         "schedule": list(blocks.schedule),
         "prefix": blocks.prefix,
         "proportional": blocks.proportional,
+        "metric": blocks.metric,
     }
 
 
@@ -266,7 +288,11 @@ def apply_merging(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         )
     try:
         model.blocks = MergingBlocks(
-            list(blocks), list(spec["schedule"]), int(spec["prefix"]), bool(spec["proportional"])
+            list(blocks),
+            list(spec["schedule"]),
+            int(spec["prefix"]),
+            bool(spec["proportional"]),
+            str(spec.get("metric", "keys")),  # artifacts written before the option: keys
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(

@@ -108,6 +108,12 @@ class Config(ModelOptions, OutputOptions):
         "R1,R2,... with one value per block.",
         metavar="R",
     )
+    merge_metric: Literal["keys", "tokens"] = option(
+        "keys",
+        "What token merging compares: keys (the attention keys, as ToMe does) or tokens (the "
+        "LayerNorm'd token features the block's MLP reads; keeps more accuracy on some models, "
+        "benchmarks/results/merge.md).",
+    )
     target_latency: float | None = Field(
         None,
         gt=0,
@@ -200,6 +206,12 @@ class Config(ModelOptions, OutputOptions):
                 f"--target-latency chooses the pruning and token merging itself, so {stray} "
                 "cannot be given with it",
                 f"drop {stray}, or drop --target-latency and set the compression by hand",
+            )
+        merging = (self.merge_tokens, self.target_latency)
+        if all(v is None for v in merging) and (stray := first(("merge_metric",))):
+            raise ConfigError(
+                f"{stray} only applies with --merge-tokens or --target-latency",
+                "add --merge-tokens R or drop the option",
             )
         if self.target_latency is None and (stray := first(("on", "latency_table"))):
             raise ConfigError(

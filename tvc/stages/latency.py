@@ -157,7 +157,7 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         task.prune(m, {**settings, "prune": ratio}, example=samples[:1], batches=batches)
 
     with merging_suspended(parent):
-        cands, models = build_candidates(parent, info.input_size, prune)
+        cands, models = build_candidates(parent, info.input_size, prune, metric=cfg.merge_metric)
     by_key = {(c.prune, c.merge): c for c in cands}
     if table is None:
         ratios = tuple(sorted({c.prune for c in cands}))
@@ -181,7 +181,7 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
     if best.merge and (best.prune, 0) in models:  # spread the merging where it costs least
         base = models[(best.prune, 0)]
         refined, sensitivity = refine_schedule(
-            best, base, info.input_size, table, cfg.target_latency, agreement
+            best, base, info.input_size, table, cfg.target_latency, agreement, cfg.merge_metric
         )
         best = refined or best
     if cfg.distill is not None:
