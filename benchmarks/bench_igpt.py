@@ -94,7 +94,8 @@ def student(minutes: float, ratio: float) -> None:
 @torch.no_grad()
 def probe_sweep(model, data) -> dict[str, float]:
     """Linear-probe accuracy (%) on the averaged features after each block (iGPT sweeps the
-    layer; the model's probe_layer is what `eval` reports)."""
+    layer; the model's probe_layer is what `eval` reports), and on all of them concatenated
+    (iGPT-XL's best probe read five layers at once)."""
     from tvc.eval.pixels import fit_probe
 
     def feats(tokens):
@@ -104,13 +105,16 @@ def probe_sweep(model, data) -> dict[str, float]:
         ]
         return [torch.cat([p[i] for p in parts]).numpy() for i in range(len(parts[0]))]
 
-    train, test = feats(data.probe_train.tokens), feats(data.pixels.tokens)
-    return {
-        f"layer_{i + 1}": round(
+    def probe(tr, te) -> float:
+        return round(
             100 * fit_probe(tr, data.probe_train.labels).accuracy(te, data.pixels.labels), 2
         )
-        for i, (tr, te) in enumerate(zip(train, test, strict=True))
-    }
+
+    train, test = feats(data.probe_train.tokens), feats(data.pixels.tokens)
+    pairs = enumerate(zip(train, test, strict=True))
+    found = {f"layer_{i + 1}": probe(tr, te) for i, (tr, te) in pairs}
+    found[f"layers_1-{len(train)}_concatenated"] = probe(np.hstack(train), np.hstack(test))
+    return found
 
 
 def _latency(path: Path, x: np.ndarray, threads: int, n: int = 30) -> dict[str, float]:
