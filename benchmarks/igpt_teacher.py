@@ -71,6 +71,8 @@ def main() -> None:
     train = load_pixels(DATA, "train", pal, size)
     val = load_pixels(DATA, "val", pal, size, limit=None if args.stage == "pretrain" else 1000)
     budget = args.minutes * 60
+    # a resumed run must not replay an earlier run's batches: each gets its own data order
+    seed = 1 + int(before.get("minutes", 0)) if args.resume else 0
     if args.stage == "pretrain":
         cfg = PixelTrainConfig(
             epochs=0,
@@ -79,7 +81,7 @@ def main() -> None:
             lr=args.lr or (1e-3 if args.resume else 2e-3),
             warmup_steps=100,
             log_every=25,
-            seed=1 if args.resume else 0,  # a resumed run must not replay the same batches
+            seed=seed,
         )
         report = pretrain(loaded.model, train.tokens, cfg, val_tokens=val.tokens)
         metrics = {"bpd": round(report["val_bpd"], 4), "bpd_split": "val (5000 images)"}
@@ -92,7 +94,7 @@ def main() -> None:
             warmup_steps=50,
             log_every=50,
             gen_weight=0.5,
-            seed=1 if args.resume else 0,  # a resumed run must not replay the same batches
+            seed=seed,
         )
         report = finetune(
             loaded.model, train.tokens, train.labels, cfg, val=(val.tokens, val.labels)
