@@ -48,12 +48,14 @@ METHOD = (
 )
 
 
-def build(parent: torch.nn.Module, kind: str, value: float, info, samples) -> torch.nn.Module:
+def build(
+    parent: torch.nn.Module, kind: str, value: float, info, samples, metric: str = "keys"
+) -> torch.nn.Module:
     m = copy.deepcopy(parent).eval()
     if kind == "prune":
         ClassificationTask().prune(m, {"prune": value, "round_to": 8}, example=samples[:1])
     elif kind == "merge":
-        merge(m, [int(value)], info.input_size)
+        merge(m, [int(value)], info.input_size, metric=metric)
     elif kind == "lowrank":
         factorize(m, LowRankConfig(rank_ratio=value), sample_inputs=samples)
     return m
@@ -84,7 +86,8 @@ def latency_aware(args, workdir: Path, parent_ms: float) -> tuple[torch.nn.Modul
 
     target = round(args.target_frac * parent_ms, 3)
     cfg = Config(model=str(TEACHER), target_latency=target, data="fashion-mnist",
-                 on=f"ort:{args.threads}", output=str(workdir / "target"))  # fmt: skip
+                 on=f"ort:{args.threads}", output=str(workdir / "target"),
+                 merge_metric=args.merge_metric)  # fmt: skip
     art = get_stage("compress").run(cfg)
     return load_model(str(art.path)).model.eval(), art.meta["metrics"]["compression"]
 
@@ -99,7 +102,7 @@ def fmnist(args, workdir: Path, variants: list[tuple[str, float]]) -> dict[str, 
     base_macs = count_macs(parent, info.input_size)
     models = {"parent": parent}
     for kind, value in variants:
-        models[f"{kind} {value:g}"] = build(parent, kind, value, info, samples)
+        models[f"{kind} {value:g}"] = build(parent, kind, value, info, samples, args.merge_metric)
     rows: dict[str, dict[str, Any]] = {}
     # The latency-aware choice's target is a fraction of the parent's latency, measured here.
     parent_ms = time_onnx([parent], info, args.threads)[0]["ms"]
@@ -166,7 +169,9 @@ def markdown(res: dict[str, Any]) -> str:
         if "choice" in w:
             c = w["choice"]
             met = "met" if c["meets_target"] else "MISSED (>10% over)"
-            out.append(f"\nLatency-aware choice ({w['variant']}): prune {c['chosen']['prune']:g} + "
+            metric = res["config"].get("merge_metric", "keys")
+            out.append(f"\nLatency-aware choice ({w['variant']}, merge metric {metric}): prune "
+                       f"{c['chosen']['prune']:g} + "
                        f"{describe_merge(c['chosen'])}; predicted {c['predicted_ms']:.3f}"
                        f" ms, measured by the stage {c['measured_ms']:.3f} ms (parent "
                        f"{c['parent_measured_ms']:.3f} ms): target {met}; table fit worst error "
@@ -255,18 +260,18 @@ def goals(f: dict[str, Any]) -> list[str]:
     return out
 
 
-def render() -> None:
-    """Rewrite results/pareto.md from the recorded pareto.json (no re-measuring)."""
+def render(name: str = "pareto") -> None:
+    """Rewrite results/NAME.md from the recorded NAME.json (no re-measuring)."""
     import json
 
     from common import RESULTS
 
-    res = json.loads((RESULTS / "pareto.json").read_text())
+    res = json.loads((RESULTS / f"{name}.json").read_text())
     env = res["environment"]
     header = (f"<!-- written by {res['command']} on {res['created']} -->\n"
               f"Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; "
               + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + "\n\n")  # fmt: skip
-    (RESULTS / "pareto.md").write_text(header + markdown(res) + "\n")
+    (RESULTS / f"{name}.md").write_text(header + markdown(res) + "\n")
 
 
 def parse_variants(text: str) -> list[tuple[str, float]]:
@@ -289,10 +294,17 @@ def main() -> None:
     ap.add_argument("--min-time-s", type=float, default=2.0)
     ap.add_argument("--max-time-s", type=float, default=5.0)
     ap.add_argument("--no-deit", action="store_true")
-    ap.add_argument("--render", action="store_true", help="only rewrite pareto.md from its json")
+    ap.add_argument(
+        "--merge-metric",
+        default="keys",
+        choices=["keys", "tokens"],
+        help="token merging's matching metric (merge variants and the target)",
+    )
+    ap.add_argument("--name", default="pareto", help="result file name under results/")
+    ap.add_argument("--render", action="store_true", help="only rewrite NAME.md from its json")
     args = ap.parse_args()
     if args.render:
-        render()
+        render(args.name)
         return
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {"config": vars(args), "note": f"{load_note()}; {METHOD}"}
@@ -300,7 +312,7 @@ def main() -> None:
         res["fmnist"] = fmnist(args, Path(tmp), parse_variants(args.variants))
     if not args.no_deit:
         res["deit"] = deit(args, parse_variants(args.deit_variants))
-    path = write_result("pareto", res, markdown(res))
+    path = write_result(args.name, res, markdown(res))
     print(markdown(res))
     print(f"wrote {path}")
 
