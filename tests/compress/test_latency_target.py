@@ -195,7 +195,8 @@ def test_cli_target_latency_with_a_carried_table(tmp_path, monkeypatch):
     path = save_table(table, tmp_path / "board.json")
     dense = table.predict(5_538_688, 130)  # vit_pico's MACs and block tokens
     res = run("compress", "vit_pico", "-o", tmp_path / "o", "--target-latency",
-              round(dense * 0.8, 4), "--latency-table", path)  # fmt: skip
+              round(dense * 0.8, 4), "--latency-table", path,
+              "--merge-metric", "tokens")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "latency target" in res.output and "measured" in res.output
     from tvc.artifact import load_artifact
@@ -207,6 +208,9 @@ def test_cli_target_latency_with_a_carried_table(tmp_path, monkeypatch):
     chosen, spec = lt["chosen"], art.meta["spec"]
     assert (spec["prune"] or {}).get("ratio") == (chosen["prune"] or None)
     assert (spec["merge"] or {}).get("schedule", [0, 0]) == chosen["schedule"]
+    # every candidate was matched on the metric asked for, and the chosen model keeps it
+    assert lt["merge_metric"] == "tokens"
+    assert spec["merge"]["metric"] == "tokens"  # this table's choice merges (32, 16)
     assert path.read_text() == table.model_dump_json(indent=2) + "\n"  # read, never rewritten
     # the parent timed beside the student says how far this machine is from the table's speed
     assert lt["parent_predicted_ms"] == pytest.approx(dense, abs=1e-4)

@@ -203,6 +203,7 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         "measured_configurations": [m.model_dump() for m in table.measured],
         "scored_on": f"{len(samples)} {source}",
         "score": "top-1 agreement with the parent before any training",
+        "merge_metric": cfg.merge_metric,  # what every candidate's matching compared
         "chosen": best.as_dict(),
         "frontier": [c.as_dict() for c in front],
         "uniform_choice": uniform.as_dict(),
