@@ -50,13 +50,14 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    before: dict = {}  # the spec of the fine-tuned copy a --resume run continues
+    before: dict = {}  # the spec of the artifact a --resume run continues
+    resumed_from = None  # pretrain --resume: the teacher's id before this run
     if args.stage == "pretrain":
         src, out = None, ART / "igpt_teacher"
         if args.resume:
+            previous = load_artifact(out)
+            before, resumed_from = previous.meta["spec"], previous.id
             loaded = load_model(str(out))
-            before = load_artifact(out).meta["spec"]
-            before["resumed_from"] = load_artifact(out).id
         else:
             loaded = load_model("igpt_micro", warn_random=False)
     else:
@@ -113,8 +114,8 @@ def main() -> None:
         "minutes": args.minutes + float(before.get("minutes", 0)),  # a resumed run adds on
         "params": count_params(loaded.model),
     }
-    if "resumed_from" in before:  # the teacher this run continued (its id before this run)
-        spec["resumed_from"] = before["resumed_from"]
+    if resumed_from is not None:
+        spec["resumed_from"] = resumed_from
     with allow_overwrite(), write_artifact(out, "model", parent=src, spec=spec) as w:
         save_model(w, loaded)
         w.meta["metrics"].update(metrics)
