@@ -107,6 +107,11 @@ def merged(
     return m, rep
 
 
+def label(r: int | str, metric: str) -> str:
+    """A row's r, with the matching metric named unless it is ToMe's keys."""
+    return str(r) if metric == "keys" else f"{r} ({metric})"
+
+
 def fmnist(args, workdir: Path) -> dict[str, Any]:
     from tvc.tasks import task_for_data
 
@@ -130,8 +135,7 @@ def fmnist(args, workdir: Path) -> dict[str, Any]:
             m, rep = merged(parent, r, info.input_size, metric=metric)
             if isinstance(r, list):
                 r = ",".join(map(str, r))  # a per-block schedule: its row is labelled by it
-            if metric != "keys":
-                r = f"{r} ({metric})"
+            r = label(r, metric)
             models[f"r{r}"] = m
             rows.append({"r": r, "metric": metric, "schedule": rep["schedule"],
                          "tokens_out": rep["tokens_out"],
@@ -167,7 +171,7 @@ def deit(args, workdir: Path) -> dict[str, Any]:
     variants = {"parent": parent, f"r{r}": m}
     others = [k for k in args.metric if k != "keys"]
     for metric in others:  # the other metrics at the same r (their matching costs differ)
-        variants[f"r{r} ({metric})"] = merged(parent, r, info.input_size, metric=metric)[0]
+        variants[f"r{label(r, metric)}"] = merged(parent, r, info.input_size, metric=metric)[0]
     lat = time_variants(variants, info, workdir / "deit", args)
     speedup = lat["parent"]["cpu_ms"] / lat[f"r{r}"]["cpu_ms"]
     wall_speedup = lat["parent"]["p50_ms"] / lat[f"r{r}"]["p50_ms"]
@@ -176,9 +180,9 @@ def deit(args, workdir: Path) -> dict[str, Any]:
             "macs_ratio": round(ratio, 4),
             "macs_ratio_by_r": {k: round(v[0], 4) for k, v in tried.items()},
             "parent": lat["parent"], "merged": lat[f"r{r}"], "rounds": lat["_rounds"],
-            "other_metrics": {k: {**lat[f"r{r} ({k})"],
+            "other_metrics": {k: {**lat[f"r{label(r, k)}"],
                                   "speedup": round(lat["parent"]["cpu_ms"]
-                                                   / lat[f"r{r} ({k})"]["cpu_ms"], 3)}
+                                                   / lat[f"r{label(r, k)}"]["cpu_ms"], 3)}
                               for k in others},
             "speedup": round(speedup, 3), "wall_speedup": round(wall_speedup, 3),
             "goal": "≥1.6x at ~40% fewer MACs",
