@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/igpt_teacher.py pretrain --resume --minutes 55 --threads 1
     .venv/bin/python benchmarks/igpt_teacher.py finetune --minutes 12
     .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 50 --threads 1
+    .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 60 --threads 1 \
+        --augment --shift 0 --eval-every 500
 
 `pretrain` trains igpt_micro (Fashion-MNIST at 14x14, 16 grey levels, 0.21 M parameters) by
 next-pixel NLL for a wall-clock budget and writes benchmarks/artifacts/igpt_teacher (`--resume`
@@ -47,6 +49,9 @@ def main() -> None:
         action="store_true",
         help="continue igpt_teacher (pretrain) or igpt_finetuned (finetune)",
     )
+    ap.add_argument("--augment", action="store_true", help="finetune: random shifts and mirroring")
+    ap.add_argument("--shift", type=int, default=1, help="--augment's largest shift (0: mirror)")
+    ap.add_argument("--eval-every", type=int, default=0, help="finetune: steps between checks")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -96,6 +101,9 @@ def main() -> None:
             log_every=50,
             gen_weight=0.5,
             seed=seed,
+            augment=args.augment,
+            augment_shift=args.shift,
+            eval_every=args.eval_every,
         )
         report = finetune(
             loaded.model, train.tokens, train.labels, cfg, val=(val.tokens, val.labels)
@@ -114,6 +122,9 @@ def main() -> None:
         "minutes": args.minutes + float(before.get("minutes", 0)),  # a resumed run adds on
         "params": count_params(loaded.model),
     }
+    if args.augment:
+        spec["augmented_minutes"] = args.minutes + float(before.get("augmented_minutes", 0))
+        spec["augment_shift"] = args.shift
     if resumed_from is not None:
         spec["resumed_from"] = resumed_from
     with allow_overwrite(), write_artifact(out, "model", parent=src, spec=spec) as w:

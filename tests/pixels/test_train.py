@@ -4,6 +4,7 @@ import torch
 from tvc.models.igpt import CONFIGS, ImageGPT
 from tvc.train.pixels import (
     PixelTrainConfig,
+    augment_tokens,
     classify_accuracy,
     distill_pixels,
     finetune,
@@ -35,6 +36,52 @@ def test_finetuning_learns_separable_classes(synth):
     )
     assert report["val_accuracy"] >= 0.95
     assert classify_accuracy(model, synth.tokens[200:], synth.labels[200:]) >= 0.95
+
+
+def test_token_augmentation_shifts_and_mirrors_the_raster_image():
+    h, w = 4, 5
+    x = torch.arange(2 * h * w).reshape(2, h * w) % 16
+    imgs = x.reshape(2, h, w)
+    seen = set()
+    for draw in range(40):
+        got = augment_tokens(x, h, w, seed=3, draw=draw, idx=np.arange(2)).reshape(2, h, w)
+        assert torch.equal(got, augment_tokens(x, h, w, 3, draw, np.arange(2)).reshape(2, h, w))
+        mirrored = augment_tokens(x, h, w, seed=3, draw=draw, idx=np.arange(2), shift=0)
+        for b in range(2):  # shift 0: each image as it is, or mirrored
+            m = mirrored.reshape(2, h, w)[b]
+            assert torch.equal(m, imgs[b]) or torch.equal(m, imgs[b].flip(1))
+        assert got.dtype == torch.int64
+        for b in range(2):
+            # every output is some shift (edges repeated) of the image, mirrored or not
+            matches = []
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    rows = (torch.arange(h) + dy).clamp(0, h - 1)
+                    cols = (torch.arange(w) + dx).clamp(0, w - 1)
+                    shifted = imgs[b][rows][:, cols]
+                    for flip in (False, True):
+                        if torch.equal(got[b], shifted.flip(1) if flip else shifted):
+                            matches.append((dy, dx, flip))
+            assert matches, f"draw {draw} image {b} is not a shifted/mirrored copy"
+            seen.update(matches)
+    assert (0, 0, False) in seen and any(m[2] for m in seen) and len(seen) > 6
+
+
+def test_finetuning_with_augmentation_still_learns(synth):
+    torch.manual_seed(0)
+    model = ImageGPT(CONFIGS["igpt_pico"])
+    cfg = PixelTrainConfig(
+        epochs=0, max_steps=60, batch_size=32, lr=3e-3, warmup_steps=5, augment=True
+    )
+    report = finetune(
+        model,
+        synth.tokens[:200],
+        synth.labels[:200],
+        cfg,
+        val=(synth.tokens[200:], synth.labels[200:]),
+    )
+    assert report["config"]["augment"] is True
+    assert report["val_accuracy"] >= 0.9
 
 
 def test_distillation_moves_the_student_towards_the_teacher(synth):

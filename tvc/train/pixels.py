@@ -47,6 +47,8 @@ class PixelTrainConfig:
     # fine-tuning
     gen_weight: float = 0.5  # weight of the generative loss beside the classification loss
     label_smoothing: float = 0.0
+    augment: bool = False  # fine-tuning: random shift (edges repeated) + horizontal flip
+    augment_shift: int = 1  # the largest shift in pixels (0: mirroring only)
     # distillation
     temperature: float = 1.0
     alpha: float = 1.0  # weight of the KD term; 1 - alpha on the data NLL
@@ -60,6 +62,8 @@ class PixelTrainConfig:
             raise ConfigError("training has no budget", "give epochs, max_steps or a time budget")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}", "use e.g. 1.0")
+        if self.augment_shift < 0:
+            raise ConfigError(f"augment shift must be >= 0, got {self.augment_shift}", "use 1")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}", "use 1.0")
 
@@ -232,9 +236,14 @@ def finetune(
     """Classification fine-tuning (cls_head on averaged final states) + gen_weight * NLL."""
     tokens = np.asarray(tokens, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
+    height, width = model.cfg.height, model.cfg.width
+    draws = [0]  # each batch gets its own crops and flips, a fixed function of the seed
 
     def loss_fn(idx):
         x, y = torch.from_numpy(tokens[idx]), torch.from_numpy(labels[idx])
+        if cfg.augment:
+            x = augment_tokens(x, height, width, cfg.seed, draws[0], idx, cfg.augment_shift)
+            draws[0] += 1
         logits, _, cls = model(x)
         clf = F.cross_entropy(cls, y, label_smoothing=cfg.label_smoothing)
         gen = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
@@ -245,10 +254,34 @@ def finetune(
             "train_acc": acc,
         }
 
-    report = _loop(model, len(tokens), loss_fn, cfg, what="finetune")
+    check = (lambda: {"val_accuracy": round(classify_accuracy(model, *val), 4)}) if val else None
+    report = _loop(model, len(tokens), loss_fn, cfg, check=check, what="finetune")
     if val is not None:
         report["val_accuracy"] = classify_accuracy(model, *val)
     return report
+
+
+def augment_tokens(
+    x: torch.Tensor,
+    height: int,
+    width: int,
+    seed: int,
+    draw: int,
+    idx: np.ndarray,
+    shift: int = 1,
+) -> torch.Tensor:
+    """Token images (B, H*W) shifted by up to `shift` pixels (edges repeated) and mirrored at
+    random: the classifiers' crop-and-flip, applied to the raster sequence. The draws are a
+    fixed function of (seed, draw, image index), as the classifiers' are."""
+    from tvc.train.loop import augment_params
+
+    dy, dx, flip = (torch.from_numpy(t) for t in augment_params(seed, draw, idx, shift))
+    rows = (torch.arange(height) + dy[:, None] - shift).clamp(0, height - 1)  # (B, H)
+    cols = (torch.arange(width) + dx[:, None] - shift).clamp(0, width - 1)  # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    img = x.reshape(len(x), height, width)
+    out = img[torch.arange(len(x))[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.reshape(len(x), height * width)
 
 
 @torch.no_grad()
