@@ -8,7 +8,7 @@ for several R (tvc.compress.merge, proportional attention), exported with tvc's 
 (static shapes, parity checked) and timed with ONNX Runtime on the CPU (batch 1, --threads),
 interleaved with its FP32 unmerged parent (tvc.runtime.bench.time_interleaved), and top-1 is
 measured on --eval Fashion-MNIST test images. --metric keys,tokens runs every R with each
-matching metric (keys: ToMe's; tokens: the LayerNorm'd token features the MLP reads).
+matching metric (keys: ToMe's; tokens: the standardized token features after attention).
 deit_small (random weights: latency only) is merged at the R whose MACs are closest to 0.6x of
 the parent's (~40% fewer MACs).
 """

@@ -180,9 +180,10 @@ def test_the_merging_graph_copies_whole_rows_and_sums_keys_token_major(pico, tmp
 
 
 def test_tokens_metric_matches_on_the_features_the_mlp_reads_and_rebuilds(pico, tmp_path):
-    """metric "tokens": the matching compares norm2 of the residual stream after attention.
-    The merged model equals a by-hand block built that way, rebuilds from its structure
-    (which records the metric), and exports with parity."""
+    """metric "tokens": the matching compares the residual stream after attention, each token
+    standardized over its channels; their cosine is that of the centred tokens (Pearson
+    correlation), which the by-hand block matches on. The merged model equals it, rebuilds from
+    its structure (which records the metric), and exports with parity."""
     from tvc.export.onnx import OnnxExportConfig
     from tvc.models.load import LoadedModel
     from tvc.models.merge import _attention, merge_tokens
@@ -197,7 +198,7 @@ def test_tokens_metric_matches_on_the_features_the_mlp_reads_and_rebuilds(pico, 
         b0, b1 = m.blocks[0], m.blocks[1]
         y, _ = _attention(b0.attn, b0.norm1(t), None)
         t = t + y
-        t, size = merge_tokens(t, b0.norm2(t), None, 6, 1)
+        t, size = merge_tokens(t, t - t.mean(-1, keepdim=True), None, 6, 1)
         t = t + b0.mlp(b0.norm2(t))
         y, _ = _attention(b1.attn, b1.norm1(t), size)
         t = t + y

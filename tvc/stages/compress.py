@@ -111,8 +111,8 @@ class Config(ModelOptions, OutputOptions):
     merge_metric: Literal["keys", "tokens"] = option(
         "keys",
         "What token merging compares: keys (the attention keys, as ToMe does) or tokens (the "
-        "LayerNorm'd token features the block's MLP reads; keeps more accuracy on some models, "
-        "benchmarks/results/merge.md).",
+        "token features after attention, standardized as LayerNorm does; keeps more accuracy "
+        "on some models, benchmarks/results/merge.md).",
     )
     target_latency: float | None = Field(
         None,
