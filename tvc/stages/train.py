@@ -80,7 +80,7 @@ class Config(ModelOptions, OutputOptions):
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Classifiers only.")
     augment: bool = option(
         True,
-        "Random crop and horizontal flip (classifiers and iGPT fine-tuning).",
+        "Random crop and horizontal flip (classifiers; iGPT fine-tuning only when given).",
         flag="--augment/--no-augment",
         show_default=True,
     )
