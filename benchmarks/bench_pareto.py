@@ -36,6 +36,7 @@ from tvc.compress.merge import merge
 from tvc.compress.report import count_macs
 from tvc.models import load_model
 from tvc.models.load import LoadedModel
+from tvc.models.merge import METRICS
 from tvc.stages.latency import time_onnx
 from tvc.tasks.classification import ClassificationTask
 
@@ -264,14 +265,10 @@ def render(name: str = "pareto") -> None:
     """Rewrite results/NAME.md from the recorded NAME.json (no re-measuring)."""
     import json
 
-    from common import RESULTS
+    from common import RESULTS, result_header
 
     res = json.loads((RESULTS / f"{name}.json").read_text())
-    env = res["environment"]
-    header = (f"<!-- written by {res['command']} on {res['created']} -->\n"
-              f"Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; "
-              + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + "\n\n")  # fmt: skip
-    (RESULTS / f"{name}.md").write_text(header + markdown(res) + "\n")
+    (RESULTS / f"{name}.md").write_text(result_header(res) + markdown(res) + "\n")
 
 
 def parse_variants(text: str) -> list[tuple[str, float]]:
@@ -297,7 +294,7 @@ def main() -> None:
     ap.add_argument(
         "--merge-metric",
         default="keys",
-        choices=["keys", "tokens"],
+        choices=METRICS,
         help="token merging's matching metric (merge variants and the target)",
     )
     ap.add_argument("--name", default="pareto", help="result file name under results/")

@@ -63,12 +63,16 @@ def write_result(name: str, data: dict[str, Any], markdown: str) -> Path:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, out)
+    (RESULTS / f"{name}.md").write_text(result_header(payload) + markdown + "\n")
+    return out
+
+
+def result_header(payload: dict[str, Any]) -> str:
+    """The lines a result's .md starts with: the command that wrote it, and the environment."""
     env = payload["environment"]
-    header = (
+    return (
         f"<!-- written by {payload['command']} on {payload['created']} -->\n"
         f"Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
         + "\n\n"
     )
-    (RESULTS / f"{name}.md").write_text(header + markdown + "\n")
-    return out

@@ -117,24 +117,24 @@ def augment_params(seed: int, epoch: int, indices: np.ndarray, pad: int):
     return dy, dx, flip
 
 
-def augment(x, dy, dx, flip):
+def augment(x, dy, dx, flip, pad: int | None = None):
     """Crop each image at offsets (dy, dx) of its replicate-padded copy; mirror where `flip`.
 
-    `dy`, `dx`, `flip`: (B,) tensors on x's device, from `augment_params` (padding H/8).
+    `dy`, `dx`, `flip`: (B,) tensors on x's device, from `augment_params` with the same `pad`
+    (default H/8). The padded copy is never built: clamping the indices into the image repeats
+    its edges the same way, and works on any dtype (iGPT's palette tokens too).
     """
     import torch
-    import torch.nn.functional as F
 
     b, c, h, w = x.shape
-    pad = max(1, h // 8)
-    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    pad = max(1, h // 8) if pad is None else pad
     dev = x.device
-    rows = dy[:, None] + torch.arange(h, device=dev)  # (B, h)
-    cols = dx[:, None] + torch.arange(w, device=dev)  # (B, w)
+    rows = (dy[:, None] - pad + torch.arange(h, device=dev)).clamp(0, h - 1)  # (B, h)
+    cols = (dx[:, None] - pad + torch.arange(w, device=dev)).clamp(0, w - 1)  # (B, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     bi = torch.arange(b, device=dev)[:, None, None, None]
     ci = torch.arange(c, device=dev)[None, :, None, None]
-    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    return x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def epoch_crops(seed: int, epoch: int, order: np.ndarray, height: int, device):

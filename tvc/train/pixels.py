@@ -271,17 +271,13 @@ def augment_tokens(
     shift: int = 1,
 ) -> torch.Tensor:
     """Token images (B, H*W) shifted by up to `shift` pixels (edges repeated) and mirrored at
-    random: the classifiers' crop-and-flip, applied to the raster sequence. The draws are a
-    fixed function of (seed, draw, image index), as the classifiers' are."""
-    from tvc.train.loop import augment_params
+    random: the classifiers' crop-and-flip (`tvc.train.loop.augment`), applied to the raster
+    sequence; the draws are a fixed function of (seed, draw, image index), as theirs are."""
+    from tvc.train.loop import augment, augment_params
 
     dy, dx, flip = (torch.from_numpy(t) for t in augment_params(seed, draw, idx, shift))
-    rows = (torch.arange(height) + dy[:, None] - shift).clamp(0, height - 1)  # (B, H)
-    cols = (torch.arange(width) + dx[:, None] - shift).clamp(0, width - 1)  # (B, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    img = x.reshape(len(x), height, width)
-    out = img[torch.arange(len(x))[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return out.reshape(len(x), height * width)
+    img = x.reshape(len(x), 1, height, width)
+    return augment(img, dy, dx, flip, pad=shift).reshape(len(x), height * width)
 
 
 @torch.no_grad()
