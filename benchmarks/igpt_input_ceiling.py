@@ -9,6 +9,10 @@ one-cycle schedule, random mirroring) on exactly those token images, the same tr
 (`load_pixels`, the teacher's palette), and reports its test accuracy per epoch: a reference for
 what the input allows, with the convolutional prior a transformer does not have. Writes
 benchmarks/results/igpt_input_ceiling.{json,md}.
+
+With `--soft-targets FILE.npz` it also saves the trained CNN's logits on every training image
+(averaged over the image and its mirror) with their labels, the soft targets
+`igpt_teacher.py finetune --soft-targets` distils into the Image GPT (as DeiT distils a CNN).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--soft-targets", type=Path, help="also save training-set logits (.npz)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -104,7 +109,8 @@ def main() -> None:
         "input": {"data": DATA, "size": list(size), "levels": levels, "palette": "igpt_teacher",
                   "train": len(xtr), "test": len(xte)},
         "model": {"kind": "cnn", "params": params},
-        "config": vars(args), "history": history, "test_top1": final,
+        "config": {**vars(args), "soft_targets": args.soft_targets and args.soft_targets.name},
+        "history": history, "test_top1": final,
     }  # fmt: skip
     md = [
         "# What the Image GPT input allows: a small CNN on the same tokens (issue 15)\n",
@@ -120,6 +126,23 @@ def main() -> None:
         *[f"| {h['epoch']} | {h['test_top1']:.2f} |" for h in history],
     ]
     write_result("igpt_input_ceiling", data, "\n".join(md))
+    if args.soft_targets:
+        save_soft_targets(args.soft_targets, net, xtr, ytr)
+
+
+@torch.no_grad()
+def save_soft_targets(path: Path, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The CNN's logits on each training image, averaged with those on its mirror (so a
+    mirrored copy during fine-tuning has the same target), written atomically."""
+    net.eval()
+    logits = torch.cat(
+        [(net(x[i : i + 1000]) + net(x[i : i + 1000].flip(3))) / 2 for i in range(0, len(x), 1000)]
+    )
+    agree = float((logits.argmax(1) == y).float().mean()) * 100
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, logits=logits.numpy().astype(np.float16), labels=y.numpy())
+    tmp.replace(path)
+    print(f"soft targets: {len(y)} training images ({agree:.2f}% agree with labels) -> {path}")
 
 
 if __name__ == "__main__":

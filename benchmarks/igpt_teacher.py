@@ -6,14 +6,18 @@
     .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 50 --threads 1
     .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 60 --threads 1 \
         --augment --shift 0 --eval-every 500
+    .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 70 --augment \
+        --shift 0 --eval-every 500 --soft-targets benchmarks/artifacts/igpt_cnn_soft_targets.npz
 
 `pretrain` trains igpt_micro (Fashion-MNIST at 14x14, 16 grey levels, 0.21 M parameters) by
 next-pixel NLL for a wall-clock budget and writes benchmarks/artifacts/igpt_teacher (`--resume`
 continues that teacher with a fresh schedule and a new data order, and adds to its time);
 `finetune` fine-tunes a copy of it for classification (plus the generative loss) into
 benchmarks/artifacts/igpt_finetuned (`--resume` continues from that fine-tuned copy, with a
-fresh schedule and a new data order, and adds to its time). Each records its history, held-out
-bits/dim and settings in the artifact's metrics.
+fresh schedule and a new data order, and adds to its time). `--soft-targets` distils a
+teacher's logits on the training images into the fine-tuning (written by
+`igpt_input_ceiling.py --soft-targets`: a CNN on the same tokens). Each records its history,
+held-out bits/dim and settings in the artifact's metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +57,9 @@ def main() -> None:
     ap.add_argument("--augment", action="store_true", help="finetune: random shifts and mirroring")
     ap.add_argument("--shift", type=int, default=1, help="--augment's largest shift (0: mirror)")
     ap.add_argument("--eval-every", type=int, default=0, help="finetune: steps between checks")
+    ap.add_argument("--soft-targets", type=Path, help="finetune: a teacher's logits (.npz)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="--soft-targets: weight of KD")
+    ap.add_argument("--temperature", type=float, default=2.0, help="--soft-targets: KD's T")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -105,8 +113,17 @@ def main() -> None:
             augment_shift=args.shift,
             eval_every=args.eval_every,
         )
+        soft = None
+        if args.soft_targets:
+            cfg.alpha, cfg.temperature = args.alpha, args.temperature
+            soft = soft_targets(args.soft_targets, train.labels)
         report = finetune(
-            loaded.model, train.tokens, train.labels, cfg, val=(val.tokens, val.labels)
+            loaded.model,
+            train.tokens,
+            train.labels,
+            cfg,
+            val=(val.tokens, val.labels),
+            soft_targets=soft,
         )
         metrics = {
             "val_accuracy": round(report["val_accuracy"], 4),
@@ -125,6 +142,10 @@ def main() -> None:
     if args.augment:
         spec["augmented_minutes"] = args.minutes + float(before.get("augmented_minutes", 0))
         spec["augment_shift"] = args.shift
+    if args.soft_targets:
+        spec["distilled_minutes"] = args.minutes + float(before.get("distilled_minutes", 0))
+        spec["soft_targets"] = {"file": args.soft_targets.name, "alpha": args.alpha,
+                                "temperature": args.temperature}  # fmt: skip
     if resumed_from is not None:
         spec["resumed_from"] = resumed_from
     with allow_overwrite(), write_artifact(out, "model", parent=src, spec=spec) as w:
@@ -133,6 +154,16 @@ def main() -> None:
         w.meta["metrics"]["train"] = {k: v for k, v in report.items() if k != "history"}
         w.meta["metrics"]["history"] = report["history"]
     print(f"wrote {out.relative_to(ROOT)}: {metrics}")
+
+
+def soft_targets(path: Path, labels) -> np.ndarray:
+    """The teacher logits in `path`, checked to be for these training images (same labels, in
+    the same order)."""
+    with np.load(path, allow_pickle=False) as f:
+        logits, their_labels = f["logits"], f["labels"]
+    if not np.array_equal(their_labels, np.asarray(labels)):
+        raise SystemExit(f"{path}: its labels are not the training split's; recompute it")
+    return logits
 
 
 if __name__ == "__main__":

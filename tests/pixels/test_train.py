@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from tvc.errors import ConfigError
 from tvc.models.igpt import CONFIGS, ImageGPT
 from tvc.train.pixels import (
     PixelTrainConfig,
@@ -44,6 +45,54 @@ def test_finetuning_learns_separable_classes(synth, augment):
     assert [row["step"] for row in report["history"] if "val_accuracy" in row] == [20, 40, 60]
     assert report["val_accuracy"] >= (0.9 if augment else 0.95)
     assert classify_accuracy(model, synth.tokens[200:], synth.labels[200:]) >= 0.9
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_finetuning_follows_soft_targets_by_alpha(synth, alpha):
+    """Soft targets name the true classes while the labels given are all flipped: with
+    alpha = 1 (KD only) the model must learn the teacher's classes, with alpha = 0 the labels."""
+    torch.manual_seed(0)
+    model = ImageGPT(CONFIGS["igpt_pico"])
+    classes = model.cls_head.out_features
+    teacher = np.full((200, classes), -4.0, np.float32)
+    teacher[np.arange(200), synth.labels[:200]] = 4.0
+    cfg = PixelTrainConfig(
+        epochs=0, max_steps=60, batch_size=32, lr=3e-3, warmup_steps=5, alpha=alpha,
+        temperature=2.0,
+    )  # fmt: skip
+    report = finetune(model, synth.tokens[:200], 1 - synth.labels[:200], cfg, soft_targets=teacher)
+    assert "kd" in report["history"][-1]
+    acc = classify_accuracy(model, synth.tokens[200:], synth.labels[200:])
+    assert acc >= 0.9 if alpha == 1.0 else acc <= 0.1
+
+
+@pytest.mark.parametrize(
+    "bad, problem",
+    [(np.zeros((199, 10), np.float32), "shape"), (np.full((200, 10), np.nan), "NaN")],
+)
+def test_finetuning_refuses_misfit_soft_targets(synth, bad, problem):
+    model = ImageGPT(CONFIGS["igpt_pico"])
+    bad = bad[:, : model.cls_head.out_features]
+    cfg = PixelTrainConfig(epochs=0, max_steps=1)
+    with pytest.raises(ConfigError, match=problem):
+        finetune(model, synth.tokens[:200], synth.labels[:200], cfg, soft_targets=bad)
+
+
+def test_mirror_averaged_accuracy_averages_each_image_with_its_mirror(synth):
+    torch.manual_seed(0)
+    model = ImageGPT(CONFIGS["igpt_pico"]).eval()
+    with torch.no_grad():  # a head that tells the images apart (at init all pick one class)
+        model.cls_head.weight.normal_(std=30.0)
+        model.cls_head.bias.zero_()
+    x = torch.from_numpy(synth.tokens[:64].astype(np.int64))
+    mirrored = x.reshape(64, 8, 8).flip(2).reshape(64, 64)
+    with torch.no_grad():
+        plain, flipped = model(x)[2], model(mirrored)[2]
+    # labels the averaged logits pick: only the mirror-averaged accuracy can be exactly 1
+    labels = (plain + flipped).argmax(1).numpy()
+    assert classify_accuracy(model, synth.tokens[:64], labels, batch=16, mirror=True) == 1.0
+    assert (plain.argmax(1).numpy() != labels).any()  # the mirror changes some answers
+    assert classify_accuracy(model, synth.tokens[:64], labels) < 1.0
 
 
 def test_token_augmentation_shifts_and_mirrors_the_raster_image():

@@ -232,10 +232,17 @@ def finetune(
     cfg: PixelTrainConfig,
     *,
     val: tuple[np.ndarray, np.ndarray] | None = None,
+    soft_targets: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Classification fine-tuning (cls_head on averaged final states) + gen_weight * NLL."""
+    """Classification fine-tuning (cls_head on averaged final states) + gen_weight * NLL.
+
+    `soft_targets` (N, classes): a teacher's logits for each training image; the classification
+    loss is then (1 - alpha) * label CE + alpha * T^2 * KL(teacher || model) at temperature T
+    (Hinton et al.; how DeiT distils a CNN into a transformer)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
+    teacher = None if soft_targets is None else _soft_targets(soft_targets, len(tokens), model)
+    temp = cfg.temperature
     height, width = model.cfg.height, model.cfg.width
     draws = [0]  # each batch gets its own crops and flips, a fixed function of the seed
 
@@ -246,9 +253,20 @@ def finetune(
             draws[0] += 1
         logits, _, cls = model(x)
         clf = F.cross_entropy(cls, y, label_smoothing=cfg.label_smoothing)
+        stats = {}
+        if teacher is not None:
+            kd = F.kl_div(
+                F.log_softmax(cls / temp, dim=-1),
+                F.log_softmax(teacher[idx] / temp, dim=-1),
+                log_target=True,
+                reduction="batchmean",
+            ) * (temp * temp)
+            stats["kd"] = kd.item()
+            clf = (1 - cfg.alpha) * clf + cfg.alpha * kd
         gen = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
         acc = float((cls.argmax(1) == y).float().mean())
         return clf + cfg.gen_weight * gen, {
+            **stats,
             "clf": clf.item(),
             "train_bpd": gen.item() / LN2,
             "train_acc": acc,
@@ -259,6 +277,21 @@ def finetune(
     if val is not None:
         report["val_accuracy"] = classify_accuracy(model, *val)
     return report
+
+
+def _soft_targets(logits: np.ndarray, n: int, model) -> torch.Tensor:
+    """A teacher's logits, one row per training image and one column per class, as a float
+    tensor; anything else is refused with the shape it should have."""
+    t = np.asarray(logits)
+    classes = model.cls_head.out_features
+    if t.shape != (n, classes):
+        raise ConfigError(
+            f"soft targets have shape {t.shape}, the training set needs ({n}, {classes})",
+            "give the teacher's logits for exactly these training images, in their order",
+        )
+    if not np.isfinite(t).all():
+        raise ConfigError("soft targets contain NaN or infinite values", "recompute them")
+    return torch.from_numpy(t.astype(np.float32))
 
 
 def augment_tokens(
@@ -281,12 +314,20 @@ def augment_tokens(
 
 
 @torch.no_grad()
-def classify_accuracy(model, tokens: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+def classify_accuracy(
+    model, tokens: np.ndarray, labels: np.ndarray, batch: int = 256, *, mirror: bool = False
+) -> float:
+    """Top-1 of the classification head (a fraction); `mirror`: on the class logits averaged
+    over each image and its left-right mirror (test-time augmentation, two passes)."""
     model.eval()
+    h, w = model.cfg.height, model.cfg.width
     right = 0
     for s in range(0, len(tokens), batch):
         x = torch.from_numpy(np.asarray(tokens[s : s + batch], dtype=np.int64))
-        right += int((model(x)[2].argmax(1).numpy() == labels[s : s + batch]).sum())
+        logits = model(x)[2]
+        if mirror:
+            logits = logits + model(x.reshape(-1, h, w).flip(2).reshape(len(x), -1))[2]
+        right += int((logits.argmax(1).numpy() == labels[s : s + batch]).sum())
     return right / max(1, len(tokens))
 
 
