@@ -345,7 +345,7 @@ def _spec(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _minutes(entry: dict[str, Any]) -> str:
-    """The CPU minutes the artifact's last step trained for, as its spec records them."""
+    """The minutes the artifact trained for in all (its spec adds up resumed runs)."""
     spec = _spec(entry)
     return f"{spec['minutes']:.0f}" if "minutes" in spec else "?"
 
@@ -360,15 +360,16 @@ def outcome(r: dict[str, Any]) -> list[str]:
                    .items(), key=lambda kv: kv[1])  # fmt: skip
         verdict = "beats" if best[1] > pixels else "does not beat"
         out += [
-            f"- Teacher: {t['torch']['bpd']:.3f} bits/dim after {_minutes(t)} CPU minutes of "
-            f"pretraining. Its linear probe **{verdict}** raw pixels: best "
+            f"- Teacher: {t['torch']['bpd']:.3f} bits/dim after {_minutes(t)} minutes of "
+            f"pretraining on this CPU. Its linear probe **{verdict}** raw pixels: best "
             f"{best[1]:.2f}% ({best[0].replace('_', ' ')}) vs {pixels:.2f}%.",
         ]
     if "finetuned" in m:
         f = m["finetuned"]["torch"]
         met = "met" if (f.get("class_top1") or 0) >= 90 else "not met"
         out.append(
-            f"- Fine-tuned ({_minutes(m['finetuned'])} CPU minutes): {f['class_top1']:.2f}% "
+            f"- Fine-tuned ({_minutes(m['finetuned'])} minutes of training): "
+            f"{f['class_top1']:.2f}% "
             f"(goal >= 90%: **{met}**); a probe on its features gives {f['probe_accuracy']:.2f}% "
             "(supervised features, so not the pretraining probe the comparison above is about)."
         )
@@ -409,7 +410,7 @@ def outcome(r: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["student", "measure"])
+    ap.add_argument("stage", choices=["student", "measure", "render"])
     ap.add_argument("--minutes", type=float, default=12, help="distillation budget")
     ap.add_argument("--prune", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1)
@@ -436,6 +437,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.stage == "student":
         student(args.minutes, args.prune)
+    elif args.stage == "render":  # igpt.md again from igpt.json, nothing re-measured
+        from common import render_result
+
+        render_result("igpt", markdown)
     else:
         measure(args.threads, args.eval_limit, args.gen_images, args.gate_limit, args.probe_sweep)
 

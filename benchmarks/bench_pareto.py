@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_note, rel, write_result
+from common import load_note, rel, render_result, write_result
 
 from tvc.compress.latency_target import describe_merge
 from tvc.compress.lowrank import LowRankConfig, factorize
@@ -261,16 +261,6 @@ def goals(f: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(name: str = "pareto") -> None:
-    """Rewrite results/NAME.md from the recorded NAME.json (no re-measuring)."""
-    import json
-
-    from common import RESULTS, result_header
-
-    res = json.loads((RESULTS / f"{name}.json").read_text())
-    (RESULTS / f"{name}.md").write_text(result_header(res) + markdown(res) + "\n")
-
-
 def parse_variants(text: str) -> list[tuple[str, float]]:
     out = []
     for part in text.split(","):
@@ -301,7 +291,7 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only rewrite NAME.md from its json")
     args = ap.parse_args()
     if args.render:
-        render(args.name)
+        render_result(args.name, markdown)
         return
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {"config": vars(args), "note": f"{load_note()}; {METHOD}"}

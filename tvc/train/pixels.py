@@ -186,7 +186,9 @@ def _loop(
                     row.update(check())
                     model.train()
                 history.append(row)
-                log.info("%s step %d/%d %s", what, step, total, row)
+                # a time budget's total is the steps it is expected to allow so far
+                of = f"~{planned}" if cfg.time_budget_s else str(total)
+                log.info("%s step %d/%s %s", what, step, of, row)
                 running = {}
     finally:
         bar.__exit__(None, None, None)
