@@ -95,6 +95,7 @@ def test_matching_agrees_with_a_loop_by_loop_reference(tokens, r):
     metric = torch.randn(3, tokens, 8, generator=gen)
     x = torch.randn(3, tokens, 5, generator=gen)
     size = torch.randint(1, 4, (3, tokens, 1), generator=gen).float()
+    size[:, :1] = 1  # the prefix (class) token never merges: it always stands for one patch
     matching = bipartite_matching(metric, r, prefix=1)
     for given in (size, torch.ones_like(size)):  # tokens of several patches; all of one
         got, got_size = matching.weighted(x, None if given is not size else size)

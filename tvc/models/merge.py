@@ -125,8 +125,8 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, keys
     q, k = attn.q_norm(q), attn.k_norm(k)
     logits = (q * attn.scale) @ k.transpose(-2, -1)
     if size is not None:  # proportional attention: a token of s patches counts s times
-        # (B, N, 1) -> (B, 1, 1, N) by Flatten and Unsqueeze, which ONNX Runtime runs in place
-        logits = logits + size.log().flatten(1)[:, None, None, :]
+        # (B, N, 1) -> (B, 1, 1, N): one Reshape, which ONNX Runtime runs in place
+        logits = logits + size.log().view(-1, 1, 1, n)
     weights = attn.attn_drop(logits.softmax(dim=-1))
     out = (weights @ v).transpose(1, 2).reshape(b, n, -1)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
@@ -179,18 +179,20 @@ def bipartite_matching(
     starts = torch.arange(a.shape[0], device=metric.device)[:, None] * n + prefix
     rows = order * 2 + starts
     src_idx, keep_idx = rows[:, :r], rows[:, r:]
-    dst_idx = best_idx.gather(1, order[:, :r])[:, None]  # (B, 1, r)
-    # A one-hot (B, Nb, r) matrix sums the moved tokens into their partners: a MatMul where a
-    # scatter-add would need ScatterElements' reduction (which not every runtime supports).
-    onehot = torch.arange(n_b, device=metric.device)[:, None] == dst_idx
-    return Matching(src_idx, keep_idx, onehot.to(metric.dtype), prefix)
+    dst_idx = best_idx.gather(1, order[:, :r])  # (B, r)
+    # One-hot rows (B, r, Nb) of the moved tokens' partners sum them into those partners by a
+    # MatMul, where a scatter-add would need ScatterElements' reduction (which not every runtime
+    # supports). Taken as rows of an identity matrix: one Gather where comparing indices takes
+    # an Unsqueeze, an Equal and a Cast.
+    onehot = torch.eye(n_b, dtype=metric.dtype, device=metric.device)[dst_idx]
+    return Matching(src_idx, keep_idx, onehot, prefix)
 
 
 class Matching:
     """Which patch tokens merge into which: A tokens `src_idx` (B, r) move into their B
-    partners (`onehot`, B x Nb x r), A tokens `keep_idx` stay; both index the rows of the
-    batch flattened (see take_rows). `weighted` averages the moved rows of a (B, N, C) tensor
-    into their partners by size."""
+    partners (`onehot`, B x r x Nb: moved token i's partner), A tokens `keep_idx` stay; both
+    index the rows of the batch flattened (see take_rows). `weighted` averages the moved rows
+    of a (B, N, C) tensor into their partners by size."""
 
     def __init__(
         self, src_idx: torch.Tensor, keep_idx: torch.Tensor, onehot: torch.Tensor, prefix: int
@@ -216,16 +218,19 @@ class Matching:
         others in change, so only they are weighted and divided (on ONNX Runtime this is
         cheaper than weighting, concatenating and dividing the whole sequence)."""
         head, moved, dst = self._split(x)
-        onehot = self.onehot.to(x.dtype)
+        # (B, Nb, r): the transpose goes into the MatMul (ONNX Runtime's FusedMatMul, transA)
+        into = self.onehot.to(x.dtype).transpose(1, 2)
         if size is None:  # every token is one patch so far: the prefix and kept rows stay 1
-            total = 1 + onehot.sum(-1, keepdim=True)
-            dst = (dst + onehot @ moved) / total
+            total = 1 + self.onehot.sum(1)[..., None]  # partners' sizes (B, Nb, 1)
+            dst = (dst + into @ moved) / total
             ones = x.new_ones(x.shape[0], x.shape[1] - moved.shape[1] - dst.shape[1], 1)
             return self._join(x, head, dst), torch.cat([ones, total], dim=1)
         _, moved_size, s_dst = self._split(size)
-        total = s_dst + onehot @ moved_size
-        dst = (dst * s_dst + onehot @ (moved * moved_size)) / total
-        return self._join(x, head, dst), self._join(size, size[:, : self.prefix], total)
+        total = s_dst + into @ moved_size
+        dst = (dst * s_dst + into @ (moved * moved_size)) / total
+        # the prefix tokens never merge: their sizes are ones (a constant, not a Slice)
+        ones = size.new_ones(size.shape[0], self.prefix, 1)
+        return self._join(x, head, dst), self._join(size, ones, total)
 
 
 def take_rows(x: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:
