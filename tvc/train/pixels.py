@@ -49,9 +49,9 @@ class PixelTrainConfig:
     label_smoothing: float = 0.0
     augment: bool = False  # fine-tuning: random shift (edges repeated) + horizontal flip
     augment_shift: int = 1  # the largest shift in pixels (0: mirroring only)
-    # distillation
+    # distillation (distill_pixels, and finetune given a teacher's soft targets)
     temperature: float = 1.0
-    alpha: float = 1.0  # weight of the KD term; 1 - alpha on the data NLL
+    alpha: float = 1.0  # weight of the KD term; 1 - alpha on the data loss (NLL or label CE)
 
     def validate(self) -> None:
         if self.batch_size < 1:
