@@ -257,12 +257,7 @@ def finetune(
         clf = F.cross_entropy(cls, y, label_smoothing=cfg.label_smoothing)
         stats = {}
         if teacher is not None:
-            kd = F.kl_div(
-                F.log_softmax(cls / temp, dim=-1),
-                F.log_softmax(teacher[idx] / temp, dim=-1),
-                log_target=True,
-                reduction="batchmean",
-            ) * (temp * temp)
+            kd = soft_kd(cls, teacher[idx], temp)
             stats["kd"] = kd.item()
             clf = (1 - cfg.alpha) * clf + cfg.alpha * kd
         gen = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
@@ -279,6 +274,19 @@ def finetune(
     if val is not None:
         report["val_accuracy"] = classify_accuracy(model, *val)
     return report
+
+
+def soft_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's soft KD term on rows of logits: T^2 * KL(teacher || student) at temperature T,
+    averaged over the rows."""
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student / t, dim=-1),
+        F.log_softmax(teacher / t, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return kl * (t * t)
 
 
 def _soft_targets(logits: np.ndarray, n: int, model) -> torch.Tensor:
@@ -349,19 +357,10 @@ def distill_pixels(
     def loss_fn(idx):
         x = torch.from_numpy(tokens[idx])
         with torch.no_grad():
-            target = F.log_softmax(teacher.logits(x) / t, -1)
+            target = teacher.logits(x)
         logits = student.logits(x)
         flat = logits.reshape(-1, logits.shape[-1])
-        kd = (
-            F.kl_div(
-                F.log_softmax(flat / t, -1),
-                target.reshape(flat.shape),
-                log_target=True,
-                reduction="batchmean",
-            )
-            * t
-            * t
-        )
+        kd = soft_kd(flat, target.reshape(flat.shape), t)
         nll = F.cross_entropy(flat, x.reshape(-1))
         loss = cfg.alpha * kd + (1 - cfg.alpha) * nll
         return loss, {"kd": kd.item(), "train_bpd": nll.item() / LN2}
