@@ -34,6 +34,7 @@ from tvc.eval.classification import evaluate
 from tvc.finite import check_finite_array
 from tvc.progress import Progress
 from tvc.train import dist
+from tvc.train.kd import soft_kd
 from tvc.train.loop import TrainConfig, amp_dtype, fit, torch_predict
 
 log = logging.getLogger("tvc")
@@ -94,8 +95,6 @@ def kd_loss(kd: str, alpha: float, temperature: float, label_smoothing: float):
     """The loss on (student outputs, labels, teacher logits) for one KD mode."""
     import torch.nn.functional as F
 
-    t2 = temperature * temperature
-
     def loss(out, y, teacher):
         teacher = teacher.float()
         if kd == "token":
@@ -108,9 +107,7 @@ def kd_loss(kd: str, alpha: float, temperature: float, label_smoothing: float):
             s = out.float()
             ce = F.cross_entropy(s, y, label_smoothing=label_smoothing)
             if kd == "soft":
-                kd_part = t2 * F.kl_div(F.log_softmax(s / temperature, 1),
-                                        F.log_softmax(teacher / temperature, 1),
-                                        reduction="batchmean", log_target=True)  # fmt: skip
+                kd_part = soft_kd(s, teacher, temperature)
             else:
                 kd_part = F.cross_entropy(s, teacher.argmax(1))
         total = (1 - alpha) * ce + alpha * kd_part

@@ -29,11 +29,13 @@ import torch.nn.functional as F
 from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
 from tvc.progress import Progress
+from tvc.train.kd import soft_kd
 from tvc.train.set_loss import (
     SetLossConfig,
     assign,
     cxcywh_to_xyxy,
     generalized_box_iou,
+    pair_index,
     set_loss,
     targets_to_torch,
 )
@@ -300,23 +302,11 @@ def kd_loss(
         teacher_boxes,
         no_object_class=no_object_class,
     )
-    b = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, (r, _) in enumerate(pairs)])
-    sq = torch.cat([torch.as_tensor(r) for r, _ in pairs])
-    tq = torch.cat([torch.as_tensor(c) for _, c in pairs])
-    b, sq, tq = (
-        b.to(student_logits.device),
-        sq.to(student_logits.device),
-        tq.to(student_logits.device),
-    )
+    b, sq, tq = pair_index(pairs, student_logits.device)
     s_log, t_log = student_logits[b, sq], teacher_logits[b, tq]
     temp = temperature
     if no_object_class:
-        logit_kd = (
-            F.kl_div(
-                F.log_softmax(s_log / temp, -1), F.softmax(t_log / temp, -1), reduction="batchmean"
-            )
-            * temp**2
-        )
+        logit_kd = soft_kd(s_log, t_log, temp)
     else:
         logit_kd = (
             F.binary_cross_entropy_with_logits(s_log / temp, torch.sigmoid(t_log / temp)) * temp**2

@@ -33,7 +33,8 @@ from tvc.data.lanes import curve_x
 from tvc.errors import ConfigError, DataError, NonFiniteError
 from tvc.finite import check_finite_model
 from tvc.progress import Progress
-from tvc.train.set_loss import assign
+from tvc.train.kd import soft_kd
+from tvc.train.set_loss import assign, pair_index
 
 log = logging.getLogger("tvc")
 
@@ -373,14 +374,9 @@ def kd_loss(s_logits, s_curves, t_logits, t_curves, *, temperature: float,
     probability."""
     pairs = match_queries(s_logits, s_curves, t_logits, t_curves, rows)
     dev = s_logits.device
-    b = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, (r, _) in enumerate(pairs)])
-    sq = torch.cat([torch.as_tensor(r) for r, _ in pairs])
-    tq = torch.cat([torch.as_tensor(c) for _, c in pairs])
-    b, sq, tq = b.to(dev), sq.to(dev), tq.to(dev)
+    b, sq, tq = pair_index(pairs, dev)
     s_log, t_log = s_logits[b, sq], t_logits[b, tq]
-    temp = temperature
-    logit_kd = F.kl_div(F.log_softmax(s_log / temp, -1), F.softmax(t_log / temp, -1),
-                        reduction="batchmean") * temp**2  # fmt: skip
+    logit_kd = soft_kd(s_log, t_log, temperature)
     weight = t_log.softmax(-1)[:, 1]
     grid = torch.linspace(0, 1, rows, device=dev)[None].expand(len(b), -1)
     sc, tc = s_curves[b, sq], t_curves[b, tq]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tvc.errors import ConfigError, NonFiniteError
 from tvc.finite import check_finite_model
 from tvc.progress import Progress
+from tvc.train.kd import soft_kd
 
 log = logging.getLogger("tvc")
 LN2 = math.log(2.0)
@@ -274,19 +275,6 @@ def finetune(
     if val is not None:
         report["val_accuracy"] = classify_accuracy(model, *val)
     return report
-
-
-def soft_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton's soft KD term on rows of logits: T^2 * KL(teacher || student) at temperature T,
-    averaged over the rows."""
-    t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student / t, dim=-1),
-        F.log_softmax(teacher / t, dim=-1),
-        log_target=True,
-        reduction="batchmean",
-    )
-    return kl * (t * t)
 
 
 def _soft_targets(logits: np.ndarray, n: int, model) -> torch.Tensor:

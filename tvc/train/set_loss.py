@@ -112,6 +112,19 @@ def assign(cost: torch.Tensor | np.ndarray, purpose: str) -> tuple[np.ndarray, n
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
+def pair_index(
+    pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image matches (rows, cols) flattened for indexing a batch: (image of each pair, its
+    row, its col) as long tensors on `device`."""
+    image = torch.cat(
+        [torch.full((len(r),), i, dtype=torch.long) for i, (r, _) in enumerate(pairs)]
+    )
+    rows = torch.cat([torch.as_tensor(r, dtype=torch.long) for r, _ in pairs])
+    cols = torch.cat([torch.as_tensor(c, dtype=torch.long) for _, c in pairs])
+    return image.to(device), rows.to(device), cols.to(device)
+
+
 def hungarian_match(
     logits: torch.Tensor,
     boxes: torch.Tensor,
@@ -154,11 +167,7 @@ def set_loss(
     if matches is None:
         matches = hungarian_match(logits, boxes, targets, no_object_class=no_object_class, cfg=cfg)
     n_boxes = max(1, sum(len(t["labels"]) for t in targets))
-    batch_idx = torch.cat(
-        [torch.full((len(q),), i, dtype=torch.long) for i, (q, _) in enumerate(matches)]
-    )
-    query_idx = torch.cat([torch.as_tensor(q, dtype=torch.long) for q, _ in matches])
-    batch_idx, query_idx = batch_idx.to(logits.device), query_idx.to(logits.device)
+    batch_idx, query_idx, _ = pair_index(matches, logits.device)
     matched_labels = torch.cat(
         [
             t["labels"][torch.as_tensor(c, dtype=torch.long)]
