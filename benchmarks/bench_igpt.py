@@ -252,7 +252,9 @@ def measure(
             )
         if name == "teacher":
             pic = ROOT / "benchmarks" / "results" / "igpt_completions.png"
-            c = complete_images(ex, pic, prefix_rows=7, n=10, data=DATA, threads=threads)
+            c = complete_images(
+                ex, pic, prefix_rows=7, n=10, data=DATA, threads=threads, force=True
+            )
             results["completion"] = {
                 "picture": rel(pic),
                 "prefix_rows": 7,

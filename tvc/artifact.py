@@ -42,12 +42,17 @@ KINDS = ("model", "onnx", "engine")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file beside it and a rename: a crash or a full
+    """Write `text` to `path` atomically (see write_bytes_atomic)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file beside it and a rename: a crash or a full
     disk leaves the previous file intact, never half of a new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # left only when the write failed
@@ -443,14 +448,22 @@ def _commit(writer: ArtifactWriter, *, force: bool = False) -> None:
             )
         if target.exists() and not (target.is_dir() and not target.is_symlink()):
             raise ArtifactError(f"-o {target} is a file, not a directory", "choose another -o path")
-        if target.exists() and _exchange(writer.staging, target):
-            # staging now holds the old artifact; the finally of write_artifact removes it
-            return
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(writer.staging, target)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in_dir(writer.staging, target)
+
+
+def swap_in_dir(staging: Path, target: Path) -> None:
+    """Put the finished directory `staging` at `target` and remove what was there: one atomic
+    exchange where the file system allows it, else two renames (a crash between them leaves the
+    old directory at a `.old-PID` name that clean_stale removes). Readers of `target` see the
+    old or the new directory whole, never a mix."""
+    if target.exists() and _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # staging now holds the old directory
+        return
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(o: Any) -> Any:

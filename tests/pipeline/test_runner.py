@@ -44,7 +44,8 @@ class FakeTvc:
         self.fail: dict[str, int] = {}
 
     def __call__(self, argv: list[str]) -> int:
-        assert argv[1:3] == ["-m", "tvc.stages"] and json.loads(argv[4])  # the stage, not the CLI
+        assert argv[1:3] == ["-m", "tvc.stages"]  # the stage, not the CLI
+        values = json.loads(argv[4])
         args = shlex.split(argv[5])[1:]
         # like the real stages, replace an existing artifact only when told to
         force = "--force" in args
@@ -54,7 +55,9 @@ class FakeTvc:
         kind = args[0]
         if kind in self.fail:
             return self.fail[kind]
-        out = args[args.index("-o") + 1] if "-o" in args else None
+        # outputs go where the stage's config says, as with the real stages: bench and report
+        # write into a staging directory that the command recorded (args) does not name
+        out = values.get("json_out", values.get("output"))
         with allow_overwrite(force):
             self._write(kind, args, out)
         return 0
@@ -96,7 +99,7 @@ class FakeTvc:
                 for target, name in zip(targets, names, strict=True)
                 for b in batches
             ]
-            write_records(records, args[args.index("--json") + 1])
+            write_records(records, out)
         elif kind == "report":
             with open(out, "w") as f:
                 f.write("report of " + " ".join(args[1 : args.index("-o")]))
@@ -131,6 +134,23 @@ def test_second_run_skips_every_unchanged_stage(fake, tmp_path):
     assert fake.calls == []
     assert lines[0] == f"[1/4] export 'a': unchanged, skipped ({tmp_path / 'run/a'})"
     assert report.stat().st_mtime_ns == first
+
+
+def test_a_failed_remeasurement_keeps_the_previous_records_and_report(fake, tmp_path):
+    run(tmp_path)
+    records, report = tmp_path / "run/bench/records.json", tmp_path / "run/report/report.md"
+    before = records.read_bytes(), report.read_bytes()
+    for kind in ("bench", "report"):  # e.g. Ctrl-C in the middle of `tvc demo --force`
+        fake.fail[kind] = 130
+        with pytest.raises(StageFailedError):
+            run(tmp_path, force=True)
+        del fake.fail[kind]
+        assert (records.read_bytes(), report.read_bytes()) == before
+        assert not list((tmp_path / "run").glob(".*staging*"))  # nothing half-written left
+    # the records name the stage's own directory, never the staging one they were written in
+    assert "staging" not in records.read_text() and "staging" not in report.read_text()
+    run(tmp_path, force=True)
+    assert records.read_bytes() == before[0] and report.is_file()
 
 
 def test_a_changed_setting_reruns_that_stage_and_what_depends_on_it(fake, tmp_path):

@@ -89,3 +89,25 @@ def test_tvc_generate_refuses_bad_rows_in_one_line(exported, fmnist_dir):
         ],
     )
     assert r.exit_code == 2 and "error: --prefix-rows must be in 0..7" in r.output
+
+
+def test_tvc_generate_keeps_an_existing_grid_without_force_and_refuses_other_formats(
+    exported, fmnist_dir, tmp_path
+):
+    _, _, art = exported
+    data = f"pixels:fashion-mnist:{fmnist_dir}"
+    base = ["generate", str(art.path), "--prefix-rows", "4", "-n", "2", "--data", data]
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"the user's picture")
+    r = CliRunner().invoke(cli, [*base, "-o", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output and "--force" in r.output
+    assert out.read_bytes() == b"the user's picture"  # untouched
+    r = CliRunner().invoke(cli, [*base, "-o", str(out), "--force"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
+    for bad in ("grid", "grid.jpg"):  # not a PNG path: refused in one line, nothing written
+        r = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / bad)])
+        assert r.exit_code == 2 and "ending in .png" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+        assert not (tmp_path / bad).exists()

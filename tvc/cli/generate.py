@@ -37,6 +37,7 @@ import click
 )
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which test images.")
+@click.option("--force", is_flag=True, help="Replace an existing picture at --out.")
 def generate(
     target: str,
     prefix_rows: int,
@@ -46,6 +47,7 @@ def generate(
     decoder: str,
     threads: int | None,
     seed: int,
+    force: bool,
 ) -> None:
     """Complete test images from their top --prefix-rows rows (greedy decoding with the KV
     cache) and save a grid: given rows, completion, original. TARGET is an exported iGPT
@@ -64,6 +66,7 @@ def generate(
         threads=threads,
         seed=seed,
         decoder=decoder,
+        force=force,
     )
     click.echo(
         f"completed {r['images']} images from {r['prefix_rows']} rows [{r['backend']}]: "

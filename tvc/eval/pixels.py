@@ -133,9 +133,12 @@ def save_grid(
 ) -> str:
     """Save a picture grid: one row of images per array in `rows` (each (N, H, W) tokens, -1
     marks pixels not given, drawn in `missing`), scaled up `scale` times, PNG via Pillow."""
+    import io
     from pathlib import Path
 
     from PIL import Image
+
+    from tvc.artifact import storage_errors, write_bytes_atomic
 
     n, h, w = rows[0].shape
     cell_h, cell_w = h * scale + gap, w * scale + gap
@@ -150,7 +153,10 @@ def save_grid(
             big = rgb.repeat(scale, 0).repeat(scale, 1)
             y, x = gap + r * cell_h, gap + i * cell_w
             canvas[y : y + h * scale, x : x + w * scale] = big
+    png = io.BytesIO()
+    Image.fromarray(canvas).save(png, format="PNG")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(out)
+    with storage_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out, png.getvalue())  # an interrupted save keeps the previous grid
     return str(out)

@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tvc.artifact import clean_stale, is_artifact, load_artifact, pid_alive, sha256_file
+from tvc.artifact import (
+    clean_stale,
+    is_artifact,
+    load_artifact,
+    pid_alive,
+    sha256_file,
+    swap_in_dir,
+)
 from tvc.errors import ConfigError, TvcError, storage_error
 from tvc.pipeline.recipe import Recipe, Step, plan
 
@@ -118,12 +125,13 @@ class _Commands:
     def path(self, ref: str) -> str:
         return self.recipe.model.name if ref == "@model" else _shown(self.run_dir / ref[1:])
 
-    def for_step(self, step: Step) -> list[Invocation]:
+    def for_step(self, step: Step, out: Path | None = None) -> list[Invocation]:
+        """The stage's invocations, writing to `out` (default: the stage's own directory)."""
         from tvc.stages import get_stage
         from tvc.stages.config import argument_fields, field_with_flag
 
         config = get_stage(step.kind).config
-        out = self.run_dir / step.id
+        out = out or self.run_dir / step.id
         options = {k: (self.path(v) if k in step.refs else v) for k, v in step.options.items()}
         (arg,) = argument_fields(config)  # MODEL, TARGET or RECORDS
         if step.kind in ("train", "compress", "export"):
@@ -337,6 +345,33 @@ class Runner:
         texts = [inv.text for inv in invocations]
         for p in _clear_leftovers(self.run_dir, step, out):
             self.echo(f"{counter} {step.title}: removed {p.name}, left by a killed attempt")
+        staging = None
+        if step.kind in ("bench", "report"):
+            # measured and rendered into a staging directory, swapped in whole when done: a
+            # failed or interrupted re-run leaves the previous records and report as they were.
+            # The commands recorded (texts) name the stage's own directory.
+            staging = self.run_dir / f".{step.id}.staging-{os.getpid()}"
+            staging.mkdir()
+            invocations = self.commands.for_step(step, out=staging)
+        try:
+            return self._run_invocations(step, state, counter, digest, invocations, texts, staging)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _run_invocations(
+        self,
+        step: Step,
+        state: RunState,
+        counter: str,
+        digest: str,
+        invocations: list[Invocation],
+        texts: list[str],
+        staging: Path | None,
+    ) -> StageResult:
+        """Run a stage's commands (into `staging` when given, then swapped into its directory),
+        recording its state before and after."""
+        out = self.run_dir / step.id
         started = time.time()
         state.set_stage(
             step.id,
@@ -364,8 +399,10 @@ class Runner:
             from tvc.runtime.compare import summary_lines
 
             # each variant's p50 with its interval, the evaluation set, the speed-ups
-            for line in summary_lines(self._merge_records(step, out, texts)):
+            for line in summary_lines(self._merge_records(step, staging or out, texts)):
                 self.echo(f"    {line}")
+        if staging is not None:
+            swap_in_dir(staging, out)
         oid = output_id(step, out)
         if oid is None:
             raise StageFailedError(
@@ -468,13 +505,10 @@ def _call(argv: list[str]) -> int:
 
 def _clear_leftovers(run_dir: Path, step: Step, out: Path) -> list[Path]:
     """Remove what a killed attempt of this stage left: staging and old directories, temporary
-    files, partial bench/report files. The run lock guarantees that no other run is writing them.
-    Returns the staging leftovers removed, so the run can say so."""
+    files. The run lock guarantees that no other run is writing them. Returns the staging
+    leftovers removed, so the run can say so."""
     removed = clean_stale(run_dir, step.id)
-    if step.kind in ("bench", "report"):
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-    elif out.is_dir() and not is_artifact(out):
+    if step.kind not in ("bench", "report") and out.is_dir() and not is_artifact(out):
         # the stage's own output lost its artifact.json: a remnant no command would replace
         shutil.rmtree(out, ignore_errors=True)
         removed.append(out)

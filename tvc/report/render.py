@@ -12,12 +12,12 @@ produced it. No torch.
 from __future__ import annotations
 
 import html
-import os
 import re
 import time
 from pathlib import Path
 
 from tvc import __version__
+from tvc.artifact import write_bytes_atomic
 from tvc.errors import ConfigError
 from tvc.records import BenchRecord
 from tvc.report.analysis import Analysis, analyse, backend_label, evaluation_sets, set_text
@@ -428,9 +428,7 @@ def render_html(
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
 
 
 def write_report(

@@ -98,7 +98,9 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     if cfg.json_out:
         import json
 
-        Path(cfg.json_out).write_text(json.dumps(results, indent=2) + "\n")
+        from tvc.artifact import write_text_atomic
+
+        write_text_atomic(cfg.json_out, json.dumps(results, indent=2) + "\n")
     return results
 
 
