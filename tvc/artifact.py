@@ -29,6 +29,7 @@ from typing import Any
 
 from tvc.errors import (
     ArtifactError,
+    ConfigError,
     ExportError,
     StorageError,
     TvcError,
@@ -190,22 +191,50 @@ def check_output(
                 f"output directory {target} exists and is not a tvc artifact",
                 "choose another -o path or empty that directory",
             )
-    # The nearest existing ancestor must be a directory we may write into.
+    _check_writable(target, "-o")
+    return target
+
+
+def check_output_file(
+    path: str | os.PathLike, flag: str, *, force: bool = True, suffixes: tuple[str, ...] = ()
+) -> Path:
+    """Refuse, before any work, a file output (`flag` FILE: --json, a report, a picture) that
+    is a directory, has the wrong suffix, exists when it may not be replaced (`force` False),
+    or cannot be written where it is."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        example = path.with_suffix(suffixes[0]).name
+        raise ConfigError(
+            f"{flag} {path}: the file must end in {' or '.join(suffixes)}",
+            f"name it like {example}",
+        )
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory", "give a file path")
+    if path.exists() and not force:
+        raise ConfigError(
+            f"{path} already exists", f"pass --force to replace it, or {flag} another file"
+        )
+    _check_writable(path.absolute(), flag)
+    return path
+
+
+def _check_writable(target: Path, flag: str) -> None:
+    """The nearest existing ancestor of `target` must be a directory we may write into."""
     anc = target.parent
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
     if not anc.is_dir():
         raise StorageError(
-            f"cannot write -o {target}: {anc} is a file, not a directory", "choose another -o path"
+            f"cannot write {flag} {target}: {anc} is a file, not a directory",
+            f"choose another {flag} path",
         )
     try:  # a real probe: permission bits do not tell about read-only mounts, /proc, or root
         os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=anc))
     except OSError as exc:
         raise StorageError(
-            f"cannot write -o {target}: {anc} is not writable ({exc.strerror})",
-            "write somewhere you may write, with -o",
+            f"cannot write {flag} {target}: {anc} is not writable ({exc.strerror})",
+            f"write somewhere you may write, with {flag}",
         ) from exc
-    return target
 
 
 def clean_stale(parent: Path, name: str) -> list[Path]:

@@ -547,6 +547,16 @@ case("output", "output-under-a-file", 7, r"is a file, not a directory")(
 case("output", "output-in-proc", 7, r"not writable")(
     lambda ws: ["export", ws.model, "-o", "/proc/tvc-fault-out"]
 )
+# file outputs (--json, a report, a picture) are checked before any work, like -o artifacts
+case("output", "eval-json-in-proc", 7, r"cannot write --json .*not writable")(
+    lambda ws: ["eval", ws.model, "--data", ws.folder, "--json", "/proc/tvc-fault/e.json"]
+)
+case("output", "bench-json-is-a-directory", 2, r"--json .* is a directory")(
+    lambda ws: ["bench", ws.onnx, "--min-runs", "1", "--json", ws.folder]
+)
+case("output", "bench-json-under-a-file", 7, r"is a file, not a directory")(
+    lambda ws: ["bench", ws.onnx, "--min-runs", "1", "--json", ws.weights / "r.json"]
+)
 case("output", "train-onto-its-input", 2, r"would overwrite the input")(
     lambda ws: ["train", ws.model, "--data", ws.folder, "-o", ws.model, "--force"]
 )

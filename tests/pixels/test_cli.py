@@ -108,6 +108,6 @@ def test_tvc_generate_keeps_an_existing_grid_without_force_and_refuses_other_for
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
     for bad in ("grid", "grid.jpg"):  # not a PNG path: refused in one line, nothing written
         r = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / bad)])
-        assert r.exit_code == 2 and "ending in .png" in r.output, r.output
+        assert r.exit_code == 2 and "must end in .png" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
         assert not (tmp_path / bad).exists()

@@ -25,8 +25,17 @@ def test_report_defaults_to_beside_its_first_input_and_refuses_to_replace(tmp_pa
     page.write_text("mine")
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "bench/records.json")])
     assert res.exit_code == 2
-    assert f"error: the report {page} already exists; pass --force" in res.output
+    assert f"error: {page} already exists; pass --force" in res.output
     assert page.read_text() == "mine"  # untouched
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "bench/records.json"), "--force"])
     assert res.exit_code == 0, res.output
     assert page.read_text() != "mine"
+
+
+def test_report_refuses_an_unwritable_output_before_reading_anything(tmp_path):
+    _records(tmp_path / "records.json")
+    res = CliRunner().invoke(
+        cli, ["report", str(tmp_path / "records.json"), "-o", "/proc/x/r.html"]
+    )
+    assert res.exit_code == 7 and "cannot write -o /proc/x/r.html" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -148,6 +148,7 @@ def run(cfg: Config) -> list[BenchRecord]:
     import contextlib
     import uuid
 
+    from tvc.artifact import check_output_file
     from tvc.progress import Progress
     from tvc.records import write_records
     from tvc.runtime.backends import check_target, get_backend
@@ -158,6 +159,8 @@ def run(cfg: Config) -> list[BenchRecord]:
 
     for target in cfg.target:
         check_target(target)
+    if cfg.json_out:  # before any timing: a long measurement must not end in "cannot write"
+        check_output_file(cfg.json_out, "--json")
     backends = [get_backend(name) for name in cfg.backend]  # every name checked before timing
     for target in cfg.target:
         _check_model_name(target, cfg.backend)

@@ -65,9 +65,12 @@ class Config(StageConfig):
 def run(cfg: Config) -> list[dict[str, Any]]:
     """Quality of every variant of cfg.target (or the one file cfg.variant) on cfg.data; with
     cfg.json_out, the results are also written there."""
+    from tvc.artifact import check_output_file
     from tvc.runtime.backends import check_target, get_backend
 
     check_target(cfg.target)
+    if cfg.json_out:  # before any work: an evaluation must not end in "cannot write"
+        check_output_file(cfg.json_out, "--json")
     name = cfg.backend if cfg.backend is not None else default_backend(cfg.target)
     backend = get_backend(name)
     found = backend.variants(cfg.target, cfg.model_kwargs())
@@ -98,9 +101,11 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     if cfg.json_out:
         import json
 
-        from tvc.artifact import write_text_atomic
+        from tvc.artifact import storage_errors, write_text_atomic
 
-        write_text_atomic(cfg.json_out, json.dumps(results, indent=2) + "\n")
+        with storage_errors(cfg.json_out):
+            Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cfg.json_out, json.dumps(results, indent=2) + "\n")
     return results
 
 

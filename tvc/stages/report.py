@@ -54,16 +54,14 @@ def default_report(first_records: str) -> Path:
 
 def run(cfg: Config) -> Report:
     """Read every record file, write the report at cfg.output, and say what it compares."""
+    from tvc.artifact import check_output_file, storage_errors
     from tvc.records import read_records
     from tvc.report.render import analyse, headline, write_report
 
     out = Path(cfg.output) if cfg.output else default_report(cfg.records[0])
-    if out.exists() and not cfg.force:
-        raise ConfigError(
-            f"the report {out} already exists",
-            "pass --force to replace it, or -o to write another file",
-        )
+    check_output_file(out, "-o", force=cfg.force)
     recs = [r for path in cfg.records for r in read_records(path)]
-    path = write_report(recs, out, baseline=cfg.baseline, title=cfg.title)
+    with storage_errors(out):
+        path = write_report(recs, out, baseline=cfg.baseline, title=cfg.title)
     a = analyse(recs, cfg.baseline)
     return Report(Path(path), len(recs), len(a.boards), a.baseline, headline(a))

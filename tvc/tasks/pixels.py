@@ -435,23 +435,6 @@ def pixel_baseline(data: PixelData) -> float:
 # ------------------------------------------------------------------------------- pruning
 
 
-def check_grid_path(out: str | Path, force: bool) -> None:
-    """Refuse a picture-grid path that is not a .png file, or that holds one already (unless
-    `force`), with the fix."""
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ConfigError(
-            f"-o {out}: the completion grid is saved as a PNG picture",
-            f"give a path ending in .png, e.g. -o {out.with_suffix('.png').name}",
-        )
-    if out.is_dir():
-        raise ConfigError(f"-o {out} is a directory", "give a file path ending in .png")
-    if out.exists() and not force:
-        raise ConfigError(
-            f"{out} already exists", "pass --force to replace it, or -o to write another file"
-        )
-
-
 def complete_images(
     target: str | Path,
     out: str | Path,
@@ -468,13 +451,14 @@ def complete_images(
     (an ONNX artifact holding the `decoder` graph, or a PyTorch model artifact / name) by
     greedy decoding, and save a picture grid (rows: prefix | completion | original) at
     `out` (a .png file; an existing one is replaced only with `force`)."""
-    from tvc.artifact import is_artifact, load_artifact
+    from tvc.artifact import check_output_file, is_artifact, load_artifact
     from tvc.data.pixels import Palette, load_pixels, unraster
     from tvc.eval.pixels import save_grid
     from tvc.export.kv_decoder import DECODER_FILE, DECODER_OF, generate_with_cache, sequence_of
     from tvc.models.info import ModelInfo
 
-    check_grid_path(out, force)  # before any work: a bad -o must not cost a generation
+    # before any work: a bad -o must not cost a generation
+    check_output_file(out, "-o", force=force, suffixes=(".png",))
     meta = load_artifact(target).meta if is_artifact(target) else None
     info = ModelInfo.from_json(meta["model"]) if meta and "model" in meta else None
     if meta is not None and meta.get("kind") == "onnx":
