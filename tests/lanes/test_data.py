@@ -12,6 +12,7 @@ from tvc.data.lanes import (
     LaneSet,
     is_lanes_spec,
     load_lanes,
+    misnamed_label_files,
     read_tusimple,
     write_tusimple,
 )
@@ -140,3 +141,21 @@ def test_laneset_subset():
                 [np.array([1.0, 2.0])] * 3)  # fmt: skip
     assert len(d.subset(2)) == 2 and d.raw_files[2] == "clips/test/000002.png"
     assert d.target(0)["xs"].shape == (0, 2)
+
+
+def test_misnamed_tusimple_files_are_named_with_the_fix(tmp_path, scenes):
+    from tvc.errors import ConfigError
+    from tvc.stages.common import check_data_task
+    from tvc.tasks.lanes import LanesTask
+
+    write_tusimple(scenes.subset(2), tmp_path)
+    assert misnamed_label_files(str(tmp_path)) == []  # test.json: read as the test split
+    (tmp_path / "test.json").rename(tmp_path / "labels.json")
+    (tmp_path / "other.json").write_text(json.dumps({"images": []}))  # not TuSimple: not named
+    assert misnamed_label_files(str(tmp_path)) == ["labels.json"]
+    assert not is_lanes_spec(str(tmp_path))  # another task takes it (detection: any .json) ...
+    with pytest.raises(ConfigError) as info:  # ... but a lane model says what is wrong
+        check_data_task(LanesTask(), "lstr_pico", str(tmp_path))
+    assert "not laid out as lanes data" in info.value.problem
+    assert "(labels.json) need the names train.json" in info.value.fix
+    assert f"--data {tmp_path / 'labels.json'}" in info.value.fix

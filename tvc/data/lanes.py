@@ -300,6 +300,16 @@ def is_lanes_spec(spec: str) -> bool:
     return path.suffix.lower() in (".json", ".jsonl") and _is_tusimple_file(path)
 
 
+def misnamed_label_files(spec: str) -> list[str]:
+    """JSON-lines TuSimple label files in directory `spec` under names no split is read from
+    (tvc reads <split>.json, label_data_*.json and test_label.json); [] otherwise."""
+    path = Path(spec.strip()).expanduser()
+    if not path.is_dir() or _label_files(path, None):
+        return []
+    return sorted(p.name for p in path.glob("*.json*")
+                  if p.suffix in (".json", ".jsonl") and _is_tusimple_file(p))  # fmt: skip
+
+
 def _is_tusimple_file(path: Path) -> bool:
     try:
         with path.open() as fh:

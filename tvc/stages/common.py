@@ -48,6 +48,9 @@ def check_data_task(task: Task, model: str, data: str | None) -> None:
             f"pass {task.name} data, e.g. --data {task.data_example}",
         )
     if data_task is not task:
+        misfit = task.misfit_data(data)
+        if misfit:
+            raise ConfigError(f"--data {data} is not laid out as {task.name} data", misfit)
         raise ConfigError(
             f"{model} is a {task.noun} but --data {data} is {data_task.name} data",
             f"pass {task.name} data (e.g. --data {task.data_example}), or a {data_task.noun}",

@@ -87,6 +87,11 @@ class Task(ABC):
     def owns_data(self, spec: str) -> bool:
         """True when DATA `spec` is this task's kind of data."""
 
+    def misfit_data(self, spec: str) -> str | None:
+        """Why `spec`, which another task took as its data, almost is this task's data and how
+        to fix it (e.g. label files under names this task does not look for); None if not."""
+        return None
+
     def names_data(self, spec: str) -> bool:
         """True when `spec` names data that exists: a known dataset name or an existing path.
         The fallback task owns any spec, so it says here which of them are real."""

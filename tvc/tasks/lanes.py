@@ -104,6 +104,18 @@ class LanesTask(Task):
 
         return is_lanes_spec(spec)
 
+    def misfit_data(self, spec: str) -> str | None:
+        from tvc.data.lanes import misnamed_label_files
+
+        found = misnamed_label_files(spec)
+        if not found:
+            return None
+        return (
+            f"its TuSimple label files ({', '.join(found[:3])}) need the names train.json, "
+            "val.json and test.json (or TuSimple's label_data_*.json and test_label.json): "
+            f"rename them, or pass one file, e.g. --data {Path(spec) / found[0]}"
+        )
+
     # --------------------------------------------------------------------------------- data
     def load_data(self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None,
                   seed: int = 0) -> LaneData:  # fmt: skip
