@@ -121,3 +121,17 @@ def test_hf_vit_directory(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     assert m.info.family == "hf" and m.info.num_classes == 5 and m.info.input_size == (3, 32, 32)
     assert torch.allclose(m.model(x), hf(pixel_values=x).logits, atol=1e-6)
+
+
+def test_hf_directory_with_sharded_weights(tmp_path):
+    """Large checkpoints are saved in shards with an index; from_pretrained reads them."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=3)  # fmt: skip
+    hf = transformers.ViTForImageClassification(cfg).eval()
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded/model.safetensors.index.json").is_file()
+    assert not (tmp_path / "sharded/model.safetensors").exists()
+    m = load_model(str(tmp_path / "sharded"))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(m.model(x), hf(pixel_values=x).logits, atol=1e-6)

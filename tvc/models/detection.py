@@ -382,15 +382,12 @@ def det_from_directory(
     query embeddings are (they have one row per query); everything else loads. Both are said
     on the terminal.
     """
+    from tvc.models.hf import require_hf_weights
     from tvc.models.info import LoadedModel, read_json
     from tvc.models.weights import load_into
 
     transformers = require("transformers", "detection transformers")
-    if not any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
-        raise ModelNotFoundError(
-            f"{path} has a config.json but no model.safetensors or pytorch_model.bin",
-            "save the weights with save_pretrained() into that directory",
-        )
+    require_hf_weights(path)
     config = det_config(read_json(path / "config.json"))
     changes = set_classes(
         config,

@@ -83,6 +83,25 @@ def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
     return HFClassifier(inner)
 
 
+# what save_pretrained writes: one file, or shards listed by an index (large models)
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def require_hf_weights(path: Path) -> None:
+    """Refuse a Hugging Face directory that holds a config.json but no weights."""
+    if not any((path / n).is_file() for n in HF_WEIGHT_FILES):
+        raise ModelNotFoundError(
+            f"{path} has a config.json but no model.safetensors or pytorch_model.bin "
+            "(nor a sharded model's index)",
+            "save the weights with save_pretrained() into that directory",
+        )
+
+
 def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size: int | None = None):
     from tvc.models.info import LoadedModel, ModelInfo, read_json
 
@@ -100,11 +119,7 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
     if num_classes is not None:
         config.num_labels = num_classes
     config._attn_implementation = "eager"
-    if not any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
-        raise ModelNotFoundError(
-            f"{path} has a config.json but no model.safetensors or pytorch_model.bin",
-            "save the weights with save_pretrained() into that directory",
-        )
+    require_hf_weights(path)
     # from_pretrained maps older checkpoint key names onto the current modules; it reads
     # safetensors, or .bin with weights_only, never running code (trust_remote_code=False).
     try:
