@@ -126,8 +126,9 @@ def test_hf_vit_directory(tmp_path):
 def test_hf_directory_with_sharded_weights(tmp_path):
     """Large checkpoints are saved in shards with an index; from_pretrained reads them."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=64, num_labels=3)  # fmt: skip
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_labels=3,
+                                 num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64)  # fmt: skip
     hf = transformers.ViTForImageClassification(cfg).eval()
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
     assert (tmp_path / "sharded/model.safetensors.index.json").is_file()
@@ -135,3 +136,30 @@ def test_hf_directory_with_sharded_weights(tmp_path):
     m = load_model(str(tmp_path / "sharded"))
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(m.model(x), hf(pixel_values=x).logits, atol=1e-6)
+
+
+def test_hf_directory_says_which_weights_are_new(tmp_path, caplog):
+    """A backbone-only checkpoint (ViTModel, DINOv2) gets a random classifier; config.json
+    asking for more layers than the weights hold leaves backbone weights random: both said."""
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    transformers.ViTModel(cfg).save_pretrained(tmp_path / "backbone")
+    with caplog.at_level("WARNING", logger="tvc"):
+        load_model(str(tmp_path / "backbone"))
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "holds no classifier weights (classifier.bias" in said and "backbone weights" not in said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tvc"):
+        load_model(str(tmp_path / "backbone"), num_classes=4)  # a new head was asked for
+    assert "classifier" not in " ".join(r.getMessage() for r in caplog.records)
+    conf = json.loads((tmp_path / "backbone/config.json").read_text())
+    (tmp_path / "backbone/config.json").write_text(json.dumps({**conf, "num_hidden_layers": 2}))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tvc"):
+        load_model(str(tmp_path / "backbone"))
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "backbone weights of backbone are not in its checkpoint (e.g. vit." in said
+    assert ".1." in said.split("(e.g. ")[1]  # the second layer, which the weights lack

@@ -69,6 +69,43 @@ def family_statistics(model_type: str, path: Path) -> dict[str, Any]:
     return {"image_mean": list(mean), "image_std": list(std)}
 
 
+@contextlib.contextmanager
+def _quiet(transformers) -> Iterator[None]:
+    """transformers' own warnings and progress bars off for a while."""
+    tl = transformers.utils.logging
+    level, bars = tl.get_verbosity(), tl.is_progress_bar_enabled()
+    tl.set_verbosity_error()
+    tl.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tl.set_verbosity(level)
+        if bars:
+            tl.enable_progress_bar()
+
+
+def _say_what_is_new(path: Path, inner: nn.Module, missing: list[str], num_classes) -> None:
+    """Say which weights the checkpoint lacked, so were initialised at random: the classifier
+    (a backbone-only checkpoint such as ViTModel or DINOv2: predictions mean nothing until it
+    is trained; expected with --num-classes) or parts of the backbone (config and weights that
+    do not belong together)."""
+    backbone = f"{getattr(inner, 'base_model_prefix', '')}."
+    body = [k for k in missing if k.startswith(backbone)]
+    head = [k for k in missing if not k.startswith(backbone)]
+    if head and num_classes is None:
+        log.warning(
+            f"{path.name} holds no classifier weights ({', '.join(head[:2])}): its head is "
+            f"initialised at random, so its predictions mean nothing until it is trained "
+            f"(tvc train {path} --data D --num-classes N)"
+        )
+    if body:
+        log.warning(
+            f"{len(body)} backbone weights of {path.name} are not in its checkpoint (e.g. "
+            f"{body[0]}) and are initialised at random: check that config.json and the weights "
+            "belong together"
+        )
+
+
 def hf_build(config_dict: dict[str, Any]) -> HFClassifier:
     transformers = require("transformers", "Hugging Face models")
     cfg = dict(config_dict)
@@ -123,19 +160,22 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
     # from_pretrained maps older checkpoint key names onto the current modules; it reads
     # safetensors, or .bin with weights_only, never running code (trust_remote_code=False).
     try:
-        inner = transformers.AutoModelForImageClassification.from_pretrained(
-            str(path),
-            config=config,
-            local_files_only=True,
-            trust_remote_code=False,
-            ignore_mismatched_sizes=num_classes is not None,
-        )
+        with _quiet(transformers):  # its load report is summed up below, in tvc's words
+            inner, loading = transformers.AutoModelForImageClassification.from_pretrained(
+                str(path),
+                config=config,
+                local_files_only=True,
+                trust_remote_code=False,
+                ignore_mismatched_sizes=num_classes is not None,
+                output_loading_info=True,
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         first = first_line(exc, 200)
         raise WeightsError(
             f"cannot load the Hugging Face model in {path}: {first}",
             "check that config.json and the weights belong together",
         ) from exc
+    _say_what_is_new(path, inner, sorted(loading.get("missing_keys") or []), num_classes)
     model = HFClassifier(inner).eval()
     extra: dict[str, Any] = {}
     if input_size is not None:
