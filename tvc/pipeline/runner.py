@@ -349,10 +349,13 @@ class Runner:
         if step.kind in ("bench", "report"):
             # measured and rendered into a staging directory, swapped in whole when done: a
             # failed or interrupted re-run leaves the previous records and report as they were.
-            # The commands recorded (texts) name the stage's own directory.
+            # The commands recorded (texts, and the records' own) name the stage's directory.
             staging = self.run_dir / f".{step.id}.staging-{os.getpid()}"
             staging.mkdir()
-            invocations = self.commands.for_step(step, out=staging)
+            invocations = [
+                inv.with_options(command=text) if step.kind == "bench" else inv
+                for inv, text in zip(self.commands.for_step(step, out=staging), texts, strict=True)
+            ]
         try:
             return self._run_invocations(step, state, counter, digest, invocations, texts, staging)
         finally:
