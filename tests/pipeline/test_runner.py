@@ -58,6 +58,9 @@ class FakeTvc:
         # outputs go where the stage's config says, as with the real stages: bench and report
         # write into a staging directory that the command recorded (args) does not name
         out = values.get("json_out", values.get("output"))
+        # what the records name as their origin: the runner's command, else (as `tvc bench`
+        # does) one made from the config's values
+        self.command = values.get("command") or f"tvc {kind} --json {out}"
         with allow_overwrite(force):
             self._write(kind, args, out)
         return 0
@@ -92,7 +95,7 @@ class FakeTvc:
                     throughput_ips=b * 1e3,
                     board="test box",
                     environment={},
-                    command="tvc " + " ".join(args),
+                    command=self.command,
                     created="now",
                     extra={"target": target},
                 )
