@@ -8,7 +8,7 @@ import torch
 
 from tvc.compress.lstr import prune_lstr, record_structure
 from tvc.models import load_model
-from tvc.tasks.lanes import LaneData, LanesTask, curve_agreement
+from tvc.tasks.lanes import LaneData, LanesTask, curve_agreement, export_lanes_onnx
 
 TASK = LanesTask()
 
@@ -193,3 +193,34 @@ def test_recipe_is_valid():
     assert demo_recipe(lanes=True) == "lanes-synth"
     recipe = load_recipe("lanes-synth")
     assert recipe.data == "lanes-synth"
+
+
+def test_demo_picture_joins_both_reports_once(tmp_path, pico_lstr):
+    """After `tvc demo --lanes`: lanes.png beside the reports, linked from each exactly once
+    (a second call, as on a re-run, adds nothing), written whole."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from tvc.tasks.lanes import demo_picture
+
+    for stage in ("teacher-onnx", "student-onnx"):
+        (tmp_path / stage).mkdir()
+    export_lanes_onnx(pico_lstr, tmp_path / "teacher-onnx/model.onnx")
+    shutil.copy(tmp_path / "teacher-onnx/model.onnx", tmp_path / "student-onnx/model.int8.onnx")
+    meta = {"model": pico_lstr.info.to_json()}
+    (tmp_path / "student-onnx/artifact.json").write_text(json.dumps(meta))
+    results = [SimpleNamespace(step=SimpleNamespace(id=s), output=tmp_path / s)
+               for s in ("teacher-onnx", "student-onnx")]  # fmt: skip
+    (tmp_path / "report").mkdir()
+    md, page = tmp_path / "report/report.md", tmp_path / "report/report.html"
+    md.write_text("# report\n")
+    page.write_text("<html><body><p>report</p></body></html>")
+    for _ in range(2):
+        lines = demo_picture(results, [md, page], n=2)
+    assert lines == [f"lanes: {tmp_path / 'report/lanes.png'}"]
+    assert (tmp_path / "report/lanes.png").read_bytes()[:4] == b"\x89PNG"
+    assert md.read_text().count("![") == 1 and page.read_text().count("<figure>") == 1
+    assert page.read_text().endswith("</figure></body></html>")
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "lanes.png", "report.html", "report.md"]  # fmt: skip

@@ -423,9 +423,15 @@ def lanes_picture(data: LaneData, predictors: dict[str, Predict], out: str | Pat
             draw.text((4, 2), name, fill=(255, 255, 0))
             panels.append(np.asarray(im))
         rows.append(np.concatenate(panels, axis=1))
+    import io
+
+    from tvc.artifact import write_bytes_atomic
+
+    png = io.BytesIO()
+    image_mod.fromarray(np.concatenate(rows, axis=0)).save(png, format="PNG")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_mod.fromarray(np.concatenate(rows, axis=0)).save(out)
+    write_bytes_atomic(out, png.getvalue())
     return out
 
 
@@ -433,6 +439,7 @@ def demo_picture(results: list, reports: list[Path], n: int = 6) -> list[str]:
     """After the lanes-synth recipe: draw the teacher's FP32 and the student's INT8 lanes (ONNX
     Runtime) over the first `n` test frames into lanes.png beside the report, add it to the
     Markdown and HTML reports, and return the lines to print."""
+    from tvc.artifact import write_text_atomic
     from tvc.models.info import ModelInfo
 
     by_id = {r.step.id: Path(r.output) for r in results}
@@ -454,12 +461,13 @@ def demo_picture(results: list, reports: list[Path], n: int = 6) -> list[str]:
         text = report.read_text()
         if "lanes.png" in text:
             continue
+        # the picture joins the report in one atomic write: a killed run leaves either page
         if report.suffix == ".md":
-            report.write_text(
-                f"{text}\n## Predicted lanes\n\n![{caption}](lanes.png)\n\n{caption}.\n"
+            write_text_atomic(
+                report, f"{text}\n## Predicted lanes\n\n![{caption}](lanes.png)\n\n{caption}.\n"
             )
         elif report.suffix == ".html" and "</body>" in text:
             fig = (f'<h2>Predicted lanes</h2><figure><img src="lanes.png" alt="predicted lanes">'
                    f"<figcaption>{caption}.</figcaption></figure>")  # fmt: skip
-            report.write_text(text.replace("</body>", fig + "</body>", 1))
+            write_text_atomic(report, text.replace("</body>", fig + "</body>", 1))
     return [f"lanes: {out}"]
