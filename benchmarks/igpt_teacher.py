@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--soft-targets", type=Path, help="finetune: a teacher's logits (.npz)")
     ap.add_argument("--alpha", type=float, default=0.5, help="--soft-targets: weight of KD")
     ap.add_argument("--temperature", type=float, default=2.0, help="--soft-targets: KD's T")
+    ap.add_argument("--ema", type=float, default=0.0, help="finetune: keep an EMA of the weights")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -112,6 +113,7 @@ def main() -> None:
             augment=args.augment,
             augment_shift=args.shift,
             eval_every=args.eval_every,
+            ema=args.ema,
         )
         soft = None
         if args.soft_targets:
@@ -146,6 +148,9 @@ def main() -> None:
         spec["distilled_minutes"] = args.minutes + float(before.get("distilled_minutes", 0))
         spec["soft_targets"] = {"file": args.soft_targets.name, "alpha": args.alpha,
                                 "temperature": args.temperature}  # fmt: skip
+    if args.ema:
+        spec["ema_minutes"] = args.minutes + float(before.get("ema_minutes", 0))
+        spec["ema"] = args.ema
     if resumed_from is not None:
         spec["resumed_from"] = resumed_from
     with allow_overwrite(), write_artifact(out, "model", parent=src, spec=spec) as w:

@@ -149,3 +149,36 @@ def test_distillation_moves_the_student_towards_the_teacher(synth):
     assert kl(teacher, student) < before / 3
     assert report["history"][-1]["kd"] < report["history"][0]["kd"]
     assert np.isfinite(report["val_bpd"])
+
+
+def test_ema_keeps_the_running_average_of_the_weights(synth, monkeypatch):
+    """Two identical runs, one keeping an EMA of its weights: the EMA run ends on the average
+    of the start and every step's weights, recomputed here from the plain run's trajectory."""
+    cfg = dict(epochs=0, max_steps=8, batch_size=32, lr=3e-3, warmup_steps=2, clip=0.0)
+    torch.manual_seed(0)
+    plain = ImageGPT(CONFIGS["igpt_pico"])
+    start = {k: v.clone() for k, v in plain.state_dict().items()}
+    trajectory, opt_step = [], torch.optim.AdamW.step
+
+    def record(self, *a, **k):  # the plain run's weights after every step
+        out = opt_step(self, *a, **k)
+        trajectory.append([p.detach().clone() for p in plain.parameters()])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    pretrain(plain, synth.tokens[:200], PixelTrainConfig(**cfg))
+    monkeypatch.undo()
+    averaged = ImageGPT(CONFIGS["igpt_pico"])
+    averaged.load_state_dict(start)
+    expected = [start[name].clone() for name, _ in averaged.named_parameters()]
+    for weights in trajectory:
+        for avg, w in zip(expected, weights, strict=True):
+            avg.lerp_(w, 0.25)
+    pretrain(averaged, synth.tokens[:200], PixelTrainConfig(**cfg, ema=0.75))
+    assert len(trajectory) == 8
+    for got, want in zip(averaged.parameters(), expected, strict=True):
+        torch.testing.assert_close(got.detach(), want)
+    pairs = zip(averaged.parameters(), trajectory[-1], strict=True)
+    assert any(not torch.equal(g.detach(), w) for g, w in pairs)  # not just the last step
+    with pytest.raises(ConfigError, match="ema"):
+        PixelTrainConfig(epochs=1, ema=1.0).validate()

@@ -45,6 +45,7 @@ class PixelTrainConfig:
     seed: int = 0
     log_every: int = 50
     eval_every: int = 0  # steps between held-out checks (0: only at the end)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, kept at the end
     # fine-tuning
     gen_weight: float = 0.5  # weight of the generative loss beside the classification loss
     label_smoothing: float = 0.0
@@ -67,6 +68,8 @@ class PixelTrainConfig:
             raise ConfigError(f"augment shift must be >= 0, got {self.augment_shift}", "use 1")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}", "use 1.0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema decay must be in [0, 1), got {self.ema}", "use e.g. 0.999")
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> PixelTrainConfig:
@@ -137,6 +140,8 @@ def _loop(
     )
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
+    # an average of the weights along the end of the run generalises better than its last step
+    ema = [p.detach().clone() for p in model.parameters()] if cfg.ema else None
     model.train()
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -171,6 +176,9 @@ def _loop(
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - cfg.ema)
             step += 1
             bar.advance()
             for k, v in parts.items():
@@ -193,6 +201,10 @@ def _loop(
                 running = {}
     finally:
         bar.__exit__(None, None, None)
+    if ema is not None:
+        with torch.no_grad():
+            for p, avg in zip(model.parameters(), ema, strict=True):
+                p.copy_(avg)
     model.eval()
     # a diverged run must not save as a success
     check_finite_model(model, "training", "the run diverged: lower --lr and run it again")
