@@ -111,3 +111,58 @@ def test_tvc_generate_keeps_an_existing_grid_without_force_and_refuses_other_for
         assert r.exit_code == 2 and "must end in .png" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
         assert not (tmp_path / bad).exists()
+
+
+def test_tvc_train_finetunes_an_igpt_and_keeps_the_weight_average(fmnist_dir, tmp_path):
+    from tvc.artifact import load_artifact
+
+    out = tmp_path / "tuned"
+    args = ["train", "igpt_pico", "-o", str(out), "--data", f"pixels:fashion-mnist:{fmnist_dir}"]
+    r = CliRunner().invoke(cli, [*args, "--finetune", "--ema", "0.9", "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    meta = load_artifact(out).meta
+    training = meta["metrics"]["training"]
+    assert training["objective"] == "finetune" and training["config"]["ema"] == 0.9
+    assert "class_top1" in meta["metrics"] and meta["spec"]["options"]["ema"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "flag"),
+    [
+        ("vit_tiny_patch16_224", "fashion-mnist", ["--finetune"]),
+        ("detr_pico", "fashion-mnist-det", ["--ema", "0.99"]),
+    ],
+)
+def test_tvc_train_refuses_igpt_options_for_other_models(tmp_path, model, data, flag):
+    out = tmp_path / "m"
+    r = CliRunner().invoke(cli, ["train", model, "-o", str(out), "--data", data, *flag])
+    assert r.exit_code == 2 and not out.exists()
+    assert f"{flag[0]} does not apply" in r.output and "Image GPT" in r.output
+
+
+def test_tvc_train_refuses_an_ema_decay_of_one(tmp_path):
+    r = CliRunner().invoke(
+        cli, ["train", "igpt_pico", "-o", str(tmp_path / "m"), "--data", "fashion-mnist-pixels",
+              "--finetune", "--ema", "1"]
+    )  # fmt: skip
+    assert r.exit_code == 2 and "--ema" in r.output and "Traceback" not in r.output
+
+
+def test_the_pytorch_model_artifact_is_evaluated_and_timed_by_the_torch_backend(
+    exported, fmnist_dir, tmp_path
+):
+    """Not only its exported graphs: the torch backend feeds it token ids (an iGPT takes no
+    images) and reads the task's outputs."""
+    import json
+
+    _, model_dir, _ = exported
+    data = f"pixels:fashion-mnist:{fmnist_dir}"
+    r = CliRunner().invoke(cli, ["eval", str(model_dir), "--data", data])
+    assert r.exit_code == 0, r.output
+    assert "[torch]" in r.output and "bits/dim" in r.output
+    out = tmp_path / "bench.json"
+    args = ["bench", str(model_dir), "--backend", "torch", "--json", str(out)]
+    r = CliRunner().invoke(cli, [*args, "--warmup-s", "0", "--min-runs", "3", "--min-time-s", "0"])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert '"torch"' in text and json.loads(text)

@@ -138,9 +138,15 @@ class Runner(ABC):
         self.close()
 
     def sample_feeds(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs of the right shape and dtype, for timing and parity checks."""
+        """Random inputs of the right shape and dtype, for timing and parity checks. Integer
+        inputs are token ids: drawn from {0, 1}, valid for any vocabulary (a negative id is an
+        error in PyTorch, and wraps around silently in ONNX's Gather)."""
         rng = np.random.default_rng(seed)
-        return {
-            s.name: rng.standard_normal(s.concrete_shape(batch)).astype(s.dtype)
-            for s in self.inputs
-        }
+        feeds = {}
+        for s in self.inputs:
+            shape = s.concrete_shape(batch)
+            if np.issubdtype(s.dtype, np.integer):
+                feeds[s.name] = rng.integers(0, 2, shape).astype(s.dtype)
+            else:
+                feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        return feeds

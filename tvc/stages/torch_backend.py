@@ -20,6 +20,7 @@ from tvc.models.info import LoadedModel, is_detector
 from tvc.runtime.backends import register_backend
 from tvc.runtime.base import Runner, TensorSpec
 from tvc.runtime.targets import Variant
+from tvc.tasks import task_for_info
 
 
 class TorchRunner(Runner):
@@ -39,7 +40,17 @@ class TorchRunner(Runner):
         self._inputs = [TensorSpec("input", (None, c, h, w), np.dtype(np.float32))]
         f32 = np.dtype(np.float32)
         extra = loaded.info.extra or {}
-        if is_detector(loaded):
+        self._token_task = None
+        task = task_for_info(loaded.info)
+        if task.input_kind == "tokens":  # Image GPT: token sequences in, the task's outputs out
+            io = task.onnx_io(loaded.info)
+            seq = (None, self.model.seq_len)
+            self._inputs = [TensorSpec(io.inputs[0], seq, np.dtype(np.int64))]
+            # logits (N, L, vocab), features (N, width), class_logits (N, classes)
+            ranks = {"logits": (*seq, None)}
+            self._outputs = [TensorSpec(n, ranks.get(n, (None, None)), f32) for n in io.outputs]
+            self._token_task = task
+        elif is_detector(loaded):
             queries = extra.get("num_queries", getattr(self.model, "num_queries", None))
             no_object = extra.get("no_object_class", getattr(self.model, "no_object_class", False))
             classes = loaded.info.num_classes + (1 if no_object else 0)
@@ -60,6 +71,8 @@ class TorchRunner(Runner):
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        if self._token_task is not None:
+            return self._token_task.outputs(self.model, feeds[self._inputs[0].name])
         x = torch.from_numpy(feeds["input"]).to(self.device)
         with torch.inference_mode():
             y = self.model(x)

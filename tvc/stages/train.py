@@ -85,6 +85,18 @@ class Config(ModelOptions, OutputOptions):
         show_default=True,
     )
     seed: int = option(0, "Seed of the fresh weights, the data order and augmentation.")
+    finetune: bool = option(
+        False,
+        "Image GPT: fine-tune for classification on the labels (default: pretrain on "
+        "next-pixel likelihood).",
+    )
+    ema: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Image GPT: keep a running average of the weights with this decay (e.g. "
+        "0.999) and save the average.",
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:N.")
     resume: bool = option(
         False, "Continue from OUT.ckpt/ after an interruption (classifiers only)."

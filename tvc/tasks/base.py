@@ -56,6 +56,12 @@ class Column:
     higher_is_better: bool = True
 
 
+# Why `tvc train --finetune/--ema` are refused outside Image GPT: only its loop has them.
+IGPT_TRAINING_ONLY = (
+    "only Image GPT models (igpt_*) choose pretraining or fine-tuning and keep a weight average"
+)
+
+
 class Task(ABC):
     """What one kind of model needs from the shared pipelines. See the module docstring."""
 

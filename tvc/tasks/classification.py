@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
+from tvc.tasks.base import IGPT_TRAINING_ONLY, Column, OnnxIO, Outputs, Predict, Task
 
 if TYPE_CHECKING:
     from tvc.data.base import ImageSet
@@ -30,6 +30,8 @@ class ClassificationTask(Task):
         },
         "train": {
             "num_queries": "object queries are for detectors (DETR, Deformable DETR)",
+            "finetune": IGPT_TRAINING_ONLY,
+            "ema": IGPT_TRAINING_ONLY,
         },
     }
 

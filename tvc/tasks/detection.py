@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from tvc.errors import ConfigError
-from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task
+from tvc.tasks.base import IGPT_TRAINING_ONLY, Column, OnnxIO, Outputs, Predict, Task
 
 if TYPE_CHECKING:
     from tvc.data.detection import DetectionSet
@@ -75,6 +75,8 @@ class DetectionTask(Task):
             "label_smoothing": "detectors train with DETR's set loss",
             "augment": "detector training does not augment scenes",
             "resume": "detector training keeps no checkpoint",
+            "finetune": IGPT_TRAINING_ONLY,
+            "ema": IGPT_TRAINING_ONLY,
         },
     }
 

@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from tvc.errors import ParityError
-from tvc.tasks.base import Column, OnnxIO, Outputs, Predict, Task, artifact_family, first_set
+from tvc.tasks.base import (
+    IGPT_TRAINING_ONLY,
+    Column,
+    OnnxIO,
+    Outputs,
+    Predict,
+    Task,
+    artifact_family,
+    first_set,
+)
 
 if TYPE_CHECKING:
     from tvc.data.lanes import LaneSet
@@ -85,6 +94,8 @@ class LanesTask(Task):
             "label_smoothing": "lane models train with LSTR's set loss",
             "resume": "lane model training keeps no checkpoint",
             "num_queries": "lane models keep their config's lane queries",
+            "finetune": IGPT_TRAINING_ONLY,
+            "ema": IGPT_TRAINING_ONLY,
         },
     }
 
