@@ -224,3 +224,21 @@ def test_demo_picture_joins_both_reports_once(tmp_path, pico_lstr):
     assert page.read_text().endswith("</figure></body></html>")
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
         "lanes.png", "report.html", "report.md"]  # fmt: skip
+
+
+def test_the_torch_backend_runs_a_lane_model_as_its_onnx_graph_is_named(pico_lstr):
+    """tvc eval / bench --backend torch on an LSTR artifact: the runner answers with the
+    task's output names and shapes (it assumed a classifier's single logits before)."""
+    import numpy as np
+
+    from tvc.stages.torch_backend import TorchRunner
+    from tvc.tasks.lanes import LanesTask
+
+    runner = TorchRunner(pico_lstr)
+    x = runner.sample_feeds(2)
+    got = runner.infer(x)
+    want = LanesTask().outputs(pico_lstr.model, x["input"])
+    assert [s.name for s in runner.outputs] == ["logits", "curves"] == list(got)
+    for spec in runner.outputs:
+        assert got[spec.name].shape[1:] == spec.shape[1:]
+        np.testing.assert_array_equal(got[spec.name], want[spec.name])

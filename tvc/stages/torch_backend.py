@@ -40,16 +40,20 @@ class TorchRunner(Runner):
         self._inputs = [TensorSpec("input", (None, c, h, w), np.dtype(np.float32))]
         f32 = np.dtype(np.float32)
         extra = loaded.info.extra or {}
-        self._token_task = None
+        # Tasks beyond classification and detection (Image GPT's tokens, LSTR's lanes) run
+        # through their task adapter, which returns the outputs its ONNX graph names.
+        self._task = None
         task = task_for_info(loaded.info)
-        if task.input_kind == "tokens":  # Image GPT: token sequences in, the task's outputs out
+        if task.name not in ("classification", "detection"):
             io = task.onnx_io(loaded.info)
-            seq = (None, self.model.seq_len)
-            self._inputs = [TensorSpec(io.inputs[0], seq, np.dtype(np.int64))]
-            # logits (N, L, vocab), features (N, width), class_logits (N, classes)
-            ranks = {"logits": (*seq, None)}
-            self._outputs = [TensorSpec(n, ranks.get(n, (None, None)), f32) for n in io.outputs]
-            self._token_task = task
+            if task.input_kind == "tokens":
+                spec = TensorSpec(io.inputs[0], (None, self.model.seq_len), np.dtype(np.int64))
+            else:
+                spec = TensorSpec(io.inputs[0], (None, c, h, w), np.dtype(np.float32))
+            self._inputs, self._task = [spec], task
+            # one call on a sample batch tells the outputs' shapes
+            sample = task.outputs(self.model, self.sample_feeds(1)[spec.name])
+            self._outputs = [TensorSpec(n, (None, *sample[n].shape[1:]), f32) for n in io.outputs]
         elif is_detector(loaded):
             queries = extra.get("num_queries", getattr(self.model, "num_queries", None))
             no_object = extra.get("no_object_class", getattr(self.model, "no_object_class", False))
@@ -71,8 +75,8 @@ class TorchRunner(Runner):
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        if self._token_task is not None:
-            return self._token_task.outputs(self.model, feeds[self._inputs[0].name])
+        if self._task is not None:
+            return self._task.outputs(self.model, feeds[self._inputs[0].name])
         x = torch.from_numpy(feeds["input"]).to(self.device)
         with torch.inference_mode():
             y = self.model(x)
