@@ -283,7 +283,7 @@ class BenchRecord(BaseModel):
 
 def write_records(records: list[BenchRecord], path: str | Path) -> None:
     """Write records as a JSON list, atomically."""
-    from tvc.artifact import write_text_atomic
+    from tvc.safe_io import write_text_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ def _wait_for(path: Path, timeout: float = 20.0) -> None:
 
 
 def _gone(pid: int, timeout: float = 5.0) -> bool:
-    from tvc.artifact import pid_alive
+    from tvc.safe_io import pid_alive
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:

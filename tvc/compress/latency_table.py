@@ -25,8 +25,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tvc.artifact import write_text_atomic
 from tvc.errors import ConfigError, StorageError
+from tvc.safe_io import write_text_atomic
 
 KIND = "tvc-latency-table"
 FEATURES = ("ms_fixed", "ms_per_gmac", "ms_per_ktoken", "ms_per_merging_block")

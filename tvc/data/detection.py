@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from tvc.artifact import write_text_atomic
 from tvc.data.letterbox import (  # noqa: F401 (re-exported: the preprocessing of scenes)
     RESIZE_MODES,
     canvas_extent,
@@ -39,6 +38,7 @@ from tvc.data.letterbox import (  # noqa: F401 (re-exported: the preprocessing o
     resize_bilinear,
 )
 from tvc.errors import DataError, MissingDependencyError, first_line
+from tvc.safe_io import write_text_atomic
 
 BUILTIN = "fashion-mnist-det"
 ALIASES = (BUILTIN, "fmnist-det")

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tvc.artifact import write_text_atomic
 from tvc.errors import DataError, MissingDependencyError
+from tvc.safe_io import write_text_atomic
 
 BUILTIN = "lanes-synth"
 ALIASES = (BUILTIN, "lane-synth", "lanes")

@@ -138,7 +138,7 @@ def save_grid(
 
     from PIL import Image
 
-    from tvc.artifact import storage_errors, write_bytes_atomic
+    from tvc.safe_io import storage_errors, write_bytes_atomic
 
     n, h, w = rows[0].shape
     cell_h, cell_w = h * scale + gap, w * scale + gap

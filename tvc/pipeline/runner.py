@@ -37,16 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tvc.artifact import (
-    clean_stale,
-    is_artifact,
-    load_artifact,
-    pid_alive,
-    sha256_file,
-    swap_in_dir,
-)
+from tvc.artifact import is_artifact, load_artifact, sha256_file, swap_in_dir
 from tvc.errors import ConfigError, TvcError, storage_error
 from tvc.pipeline.recipe import Recipe, Step, plan
+from tvc.safe_io import clean_stale, pid_alive
 
 if TYPE_CHECKING:
     from tvc.records import BenchRecord

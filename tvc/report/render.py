@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from tvc import __version__
-from tvc.artifact import write_bytes_atomic
 from tvc.errors import ConfigError
 from tvc.records import BenchRecord
 from tvc.report.analysis import Analysis, analyse, backend_label, evaluation_sets, set_text
 from tvc.report.columns import DASH, TABLES, Cell, Column, footnotes, set_notes, table
 from tvc.report.fmt import fmt_ms
 from tvc.report.headline import headline_text
+from tvc.safe_io import write_bytes_atomic
 
 __all__ = ["analyse", "headline", "render_html", "render_markdown", "write_report"]
 

@@ -148,13 +148,13 @@ def run(cfg: Config) -> list[BenchRecord]:
     import contextlib
     import uuid
 
-    from tvc.artifact import check_output_file
     from tvc.progress import Progress
     from tvc.records import write_records
     from tvc.runtime.backends import check_target, get_backend
     from tvc.runtime.bench import device_measurements, make_record, time_interleaved
     from tvc.runtime.noise import MachineWatch, pin_cpus, unpin
     from tvc.runtime.power import find_power_source
+    from tvc.safe_io import check_output_file
     from tvc.stages.evaluate import DataCache
 
     for target in cfg.target:

@@ -65,8 +65,8 @@ class Config(StageConfig):
 def run(cfg: Config) -> list[dict[str, Any]]:
     """Quality of every variant of cfg.target (or the one file cfg.variant) on cfg.data; with
     cfg.json_out, the results are also written there."""
-    from tvc.artifact import check_output_file
     from tvc.runtime.backends import check_target, get_backend
+    from tvc.safe_io import check_output_file
 
     check_target(cfg.target)
     if cfg.json_out:  # before any work: an evaluation must not end in "cannot write"
@@ -101,7 +101,7 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     if cfg.json_out:
         import json
 
-        from tvc.artifact import storage_errors, write_text_atomic
+        from tvc.safe_io import storage_errors, write_text_atomic
 
         with storage_errors(cfg.json_out):
             Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)

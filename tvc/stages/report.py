@@ -54,9 +54,9 @@ def default_report(first_records: str) -> Path:
 
 def run(cfg: Config) -> Report:
     """Read every record file, write the report at cfg.output, and say what it compares."""
-    from tvc.artifact import check_output_file, storage_errors
     from tvc.records import read_records
     from tvc.report.render import analyse, headline, write_report
+    from tvc.safe_io import check_output_file, storage_errors
 
     out = Path(cfg.output) if cfg.output else default_report(cfg.records[0])
     check_output_file(out, "-o", force=cfg.force)

@@ -436,7 +436,7 @@ def lanes_picture(data: LaneData, predictors: dict[str, Predict], out: str | Pat
         rows.append(np.concatenate(panels, axis=1))
     import io
 
-    from tvc.artifact import write_bytes_atomic
+    from tvc.safe_io import write_bytes_atomic
 
     png = io.BytesIO()
     image_mod.fromarray(np.concatenate(rows, axis=0)).save(png, format="PNG")
@@ -450,8 +450,8 @@ def demo_picture(results: list, reports: list[Path], n: int = 6) -> list[str]:
     """After the lanes-synth recipe: draw the teacher's FP32 and the student's INT8 lanes (ONNX
     Runtime) over the first `n` test frames into lanes.png beside the report, add it to the
     Markdown and HTML reports, and return the lines to print."""
-    from tvc.artifact import write_text_atomic
     from tvc.models.info import ModelInfo
+    from tvc.safe_io import write_text_atomic
 
     by_id = {r.step.id: Path(r.output) for r in results}
     teacher, student = by_id.get("teacher-onnx"), by_id.get("student-onnx")

@@ -451,11 +451,12 @@ def complete_images(
     (an ONNX artifact holding the `decoder` graph, or a PyTorch model artifact / name) by
     greedy decoding, and save a picture grid (rows: prefix | completion | original) at
     `out` (a .png file; an existing one is replaced only with `force`)."""
-    from tvc.artifact import check_output_file, is_artifact, load_artifact
+    from tvc.artifact import is_artifact, load_artifact
     from tvc.data.pixels import Palette, load_pixels, unraster
     from tvc.eval.pixels import save_grid
     from tvc.export.kv_decoder import DECODER_FILE, DECODER_OF, generate_with_cache, sequence_of
     from tvc.models.info import ModelInfo
+    from tvc.safe_io import check_output_file
 
     # before any work: a bad -o must not cost a generation
     check_output_file(out, "-o", force=force, suffixes=(".png",))

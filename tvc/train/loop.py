@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from tvc.artifact import storage_errors
 from tvc.data.base import ImageSet
 from tvc.errors import ConfigError
 from tvc.eval.classification import evaluate
 from tvc.finite import check_finite_array, check_finite_model
 from tvc.models.weights import load_failure
 from tvc.progress import Progress
+from tvc.safe_io import storage_errors
 from tvc.train import dist
 
 log = logging.getLogger("tvc")
