@@ -10,8 +10,10 @@ interleaved with its FP32 unmerged parent (tvc.runtime.bench.time_interleaved), 
 measured on --eval Fashion-MNIST test images. --metric keys,tokens runs every R with each
 matching metric (keys: ToMe's; tokens: the standardized token features after attention).
 deit_small (random weights: latency only) is merged at the R whose MACs are closest to 0.6x of
-the parent's (~40% fewer MACs). --batch 1,8 also times every variant exported for batch 8 (the
-goals are judged at batch 1; batch 8 shows how much of the gap is small GEMMs' efficiency).
+the parent's (~40% fewer MACs), and timed beside its zero-cost bound (DroppingBlocks: the same
+token counts with no matching), the most any merge could give there. --batch 1,8 also times
+every variant exported for batch 8 (the goals are judged at batch 1; batch 8 shows how much of
+the gap is small GEMMs' efficiency).
 """
 
 from __future__ import annotations
@@ -113,6 +115,32 @@ def merged(
     return m, rep
 
 
+class DroppingBlocks(torch.nn.Sequential):
+    """The zero-cost bound of token merging: the same blocks with the same token count in each
+    as merging by `schedule`, but the last r tokens are dropped (no matching, no size bias).
+    No merge can run faster, so its speed-up is the most these token counts give on this CPU:
+    what separates it from 1/MACs is the GEMMs' efficiency at fewer rows, and what separates a
+    merged model from it is the matching's own ops."""
+
+    def __init__(self, blocks: list[torch.nn.Module], schedule: list[int]) -> None:
+        super().__init__(*blocks)
+        self.schedule = schedule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block, r in zip(self, self.schedule, strict=True):
+            x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
+            x = x[:, : x.shape[1] - r]  # between attention and MLP, where merging happens
+            x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return x
+
+
+def dropping(model: torch.nn.Module, schedule: list[int]) -> torch.nn.Module:
+    """A copy of `model` whose blocks drop tokens by `schedule` (see DroppingBlocks)."""
+    m = copy.deepcopy(model).eval()
+    m.blocks = DroppingBlocks(list(m.blocks), schedule)
+    return m
+
+
 def label(r: int | str, metric: str) -> str:
     """A row's r, with the matching metric named unless it is ToMe's keys."""
     return str(r) if metric == "keys" else f"{r} ({metric})"
@@ -204,17 +232,21 @@ def deit_once(args, workdir: Path) -> dict[str, Any]:
     r = min(tried, key=lambda k: abs(tried[k][0] - 0.6))
     ratio, m, rep = tried[r]
     print(f"deit_small: r={r} gives MACs {ratio:.3f}x", flush=True)
-    variants = {"parent": parent, f"r{r}": m}
+    variants = {"parent": parent, f"r{r}": m, "bound": dropping(parent, rep["schedule"])}
     others = [k for k in args.metric if k != "keys"]
     for metric in others:  # the other metrics at the same r (their matching costs differ)
         variants[f"r{label(r, metric)}"] = merged(parent, r, info.input_size, metric=metric)[0]
     by_batch = {}
     for batch in args.batch[1:]:  # the other batch sizes: parent and merged at the same r
-        b = time_variants({k: variants[k] for k in ("parent", f"r{r}")}, info, workdir, args, batch)
+        b = time_variants(
+            {k: variants[k] for k in ("parent", f"r{r}", "bound")}, info, workdir, args, batch
+        )
         by_batch[batch] = {
             "parent_cpu_ms": b["parent"]["cpu_ms"],
             "merged_cpu_ms": b[f"r{r}"]["cpu_ms"],
             "speedup": round(b["parent"]["cpu_ms"] / b[f"r{r}"]["cpu_ms"], 3),
+            "bound_cpu_ms": b["bound"]["cpu_ms"],
+            "bound_speedup": round(b["parent"]["cpu_ms"] / b["bound"]["cpu_ms"], 3),
         }
     lat = time_variants(variants, info, workdir, args)
     speedup = lat["parent"]["cpu_ms"] / lat[f"r{r}"]["cpu_ms"]
@@ -224,6 +256,8 @@ def deit_once(args, workdir: Path) -> dict[str, Any]:
             "macs_ratio": round(ratio, 4),
             "macs_ratio_by_r": {k: round(v[0], 4) for k, v in tried.items()},
             "parent": lat["parent"], "merged": lat[f"r{r}"], "rounds": lat["_rounds"],
+            "bound": {**lat["bound"],
+                      "speedup": round(lat["parent"]["cpu_ms"] / lat["bound"]["cpu_ms"], 3)},
             "other_metrics": {k: {**lat[f"r{label(r, k)}"],
                                   "speedup": round(lat["parent"]["cpu_ms"]
                                                    / lat[f"r{label(r, k)}"]["cpu_ms"], 3)}
@@ -271,9 +305,20 @@ def markdown(res: dict[str, Any], threads: int) -> str:
                 f"{d['merged']['p50_ms']:.2f} ms, {d['wall_speedup']:.2f}x); ONNX parity "
                 f"{d['merged']['parity_max_abs_diff']:.1e}."
                 f" Goal {d['goal']}: **{met}**."]  # fmt: skip
+        if "bound" in d:  # results written before the bound was measured have none
+            bound, merged_ms = d["bound"], d["merged"]["cpu_ms"]
+            out.append(f"\nZero-cost bound (the same token counts, the tokens dropped without "
+                       f"any matching): {bound['cpu_ms']:.2f} ms, speedup "
+                       f"**{bound['speedup']:.3f}x**, the most any merge can give at r = "
+                       f"{d['r']} here (1/MACs would be {1 / d['macs_ratio']:.2f}x: the rest "
+                       f"is the GEMMs' lower efficiency at fewer rows). The matching and the "
+                       f"size bias cost {100 * (1 - bound['cpu_ms'] / merged_ms):.1f}% of the "
+                       f"merged model's time.")  # fmt: skip
         for b, v in d.get("by_batch", {}).items():
             out.append(f"\nAt batch {b}: CPU time {v['parent_cpu_ms']:.2f} ms -> "
-                       f"{v['merged_cpu_ms']:.2f} ms, speedup {v['speedup']:.2f}x.")  # fmt: skip
+                       f"{v['merged_cpu_ms']:.2f} ms, speedup {v['speedup']:.2f}x"
+                       + (f" (zero-cost bound {v['bound_speedup']:.2f}x)"
+                          if "bound_speedup" in v else "") + ".")  # fmt: skip
         for k, v in d.get("other_metrics", {}).items():
             out.append(f"\nSame r with metric {k}: {v['cpu_ms']:.2f} ms, speedup "
                        f"{v['speedup']:.2f}x (its matching compares {k}).")  # fmt: skip

@@ -37,7 +37,6 @@ class TorchRunner(Runner):
         self.device = torch.device(device)
         self.model = loaded.model.eval().to(self.device)
         c, h, w = loaded.info.input_size
-        self._inputs = [TensorSpec("input", (None, c, h, w), np.dtype(np.float32))]
         f32 = np.dtype(np.float32)
         extra = loaded.info.extra or {}
         # Tasks beyond classification and detection (Image GPT's tokens, LSTR's lanes) run
@@ -49,12 +48,14 @@ class TorchRunner(Runner):
             if task.input_kind == "tokens":
                 spec = TensorSpec(io.inputs[0], (None, self.model.seq_len), np.dtype(np.int64))
             else:
-                spec = TensorSpec(io.inputs[0], (None, c, h, w), np.dtype(np.float32))
+                spec = TensorSpec(io.inputs[0], (None, c, h, w), f32)
             self._inputs, self._task = [spec], task
             # one call on a sample batch tells the outputs' shapes
             sample = task.outputs(self.model, self.sample_feeds(1)[spec.name])
             self._outputs = [TensorSpec(n, (None, *sample[n].shape[1:]), f32) for n in io.outputs]
-        elif is_detector(loaded):
+            return
+        self._inputs = [TensorSpec("input", (None, c, h, w), f32)]
+        if is_detector(loaded):
             queries = extra.get("num_queries", getattr(self.model, "num_queries", None))
             no_object = extra.get("no_object_class", getattr(self.model, "no_object_class", False))
             classes = loaded.info.num_classes + (1 if no_object else 0)
