@@ -159,3 +159,26 @@ def test_misnamed_tusimple_files_are_named_with_the_fix(tmp_path, scenes):
     assert "not laid out as lanes data" in info.value.problem
     assert "(labels.json) need the names train.json" in info.value.fix
     assert f"--data {tmp_path / 'labels.json'}" in info.value.fix
+
+
+def test_builtin_cache_never_overwrites_a_users_labels(tmp_path):
+    """lanes-synth:DIR writes the built-in set only where tvc wrote it before: a user's own
+    test.json there (here shorter than the set, which used to trigger a rewrite) is refused
+    and left byte for byte as it was."""
+    own = tmp_path / "test.json"
+    own.write_text('{"lanes": [[1, 2]], "h_samples": [10, 20], "raw_file": "clips/a/1.jpg"}\n')
+    before = own.read_bytes()
+    with pytest.raises(DataError, match=r"tvc did not write") as err:
+        load_lanes(f"lanes-synth:{tmp_path}", "test", limit=3)
+    assert f"--data {tmp_path}" in err.value.fix
+    assert own.read_bytes() == before and not (tmp_path / "clips").exists()
+    afile = tmp_path / "f.txt"
+    afile.write_text("x")
+    with pytest.raises(DataError, match=r"is not a directory"):
+        load_lanes(f"lanes-synth:{afile}", "test", limit=3)
+
+
+def test_builtin_cache_rewrites_its_own_directory_when_more_is_asked(tmp_path):
+    load_lanes(f"lanes-synth:{tmp_path}", "test", limit=2)
+    assert len(load_lanes(f"lanes-synth:{tmp_path}", "test", limit=4)) == 4
+    assert len((tmp_path / "test.json").read_text().splitlines()) == 4

@@ -69,6 +69,12 @@ def test_specs():
         load_pixels("pixels:cifar", "test", levels_palette(16), (14, 14))
 
 
+def test_a_missing_directory_is_named_with_the_pixels_spec_to_fix_it(tmp_path):
+    with pytest.raises(DataError, match="not in") as err:
+        load_pixels(f"pixels:fashion-mnist:{tmp_path}", "test", levels_palette(16), (14, 14))
+    assert "--data pixels:fashion-mnist:/dir" in err.value.fix
+
+
 def test_fashion_mnist_tokens(fmnist_dir):
     pal = levels_palette(16)
     px = load_pixels(f"pixels:fashion-mnist:{fmnist_dir}", "test", pal, (14, 14), limit=20)

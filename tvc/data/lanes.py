@@ -7,7 +7,9 @@ to the JSON file's directory. Users bring TuSimple itself or their own data labe
 
 DATA specs:
 - `lanes-synth`: the built-in set, rendered in memory (train 6000, val 500, test 500 images);
-- `lanes-synth:/dir`: the same, written once to /dir in TuSimple format and read from there;
+- `lanes-synth:/dir`: the same, written once to /dir in TuSimple format and read from there
+  (only into a directory tvc wrote, marked by a `.tvc-lanes-synth` file, or into one without
+  the split's files: a user's own labels there are never overwritten);
 - a directory holding `<split>.json` (what `write_tusimple` writes), or TuSimple's own layout
   (`label_data_*.json` for train, `test_label.json` for test);
 - a single `.json` JSON-lines file (used for whichever split is asked).
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from tvc.errors import DataError, MissingDependencyError
-from tvc.safe_io import write_text_atomic
+from tvc.safe_io import storage_errors, write_text_atomic
 
 BUILTIN = "lanes-synth"
 ALIASES = (BUILTIN, "lane-synth", "lanes")
@@ -39,6 +41,7 @@ WIDTH, HEIGHT = 128, 72
 H_SAMPLES = tuple(range(16, 72))
 SPLIT_SIZES = {"train": 6000, "val": 500, "test": 500}
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+SYNTH_MARK = ".tvc-lanes-synth"  # in a lanes-synth:DIR directory: tvc wrote it, may rewrite it
 CURVE_PARAMS = ("lower", "upper", "k", "f", "m", "n", "b2", "b3")
 
 
@@ -335,6 +338,26 @@ def _label_files(directory: Path, split: str | None) -> list[Path]:
     return found
 
 
+def _check_synth_directory(directory: Path, split: str) -> None:
+    """Refuse to render the built-in set into `directory` where that would overwrite files tvc
+    did not write there (a user's own TuSimple labels or images under the same names)."""
+    if directory.exists() and not directory.is_dir():
+        raise DataError(
+            f"{BUILTIN}:{directory} is not a directory",
+            f"name a directory for {BUILTIN}:DIR to write the built-in set to",
+        )
+    if (directory / SYNTH_MARK).is_file():
+        return
+    clashes = [p for p in (directory / f"{split}.json", directory / "clips" / split) if p.exists()]
+    if clashes:
+        raise DataError(
+            f"{directory} already holds {clashes[0].relative_to(directory)}, which tvc did not "
+            f"write; {BUILTIN}:DIR would overwrite it with the built-in set",
+            f"pass --data {directory} to read it as your own lane data, or name an empty "
+            f"directory for {BUILTIN}:DIR",
+        )
+
+
 def load_lanes(spec: str, split: str = "test", *, limit: int | None = None,
                seed: int = 0) -> LaneSet:  # fmt: skip
     """Split `split` of lane DATA `spec` (see the module docstring)."""
@@ -352,13 +375,19 @@ def load_lanes(spec: str, split: str = "test", *, limit: int | None = None,
             return make_synthetic(split, n, seed=seed)
         directory = Path(rest).expanduser()
         path = directory / f"{split}.json"
+        _check_synth_directory(directory, split)
         if path.is_file():
             have = sum(1 for line in path.read_text().splitlines() if line.strip())
             if have >= n:
                 return read_tusimple(path, split=split, name=BUILTIN, limit=n)
         from tvc.data.lanes_synth import make_synthetic
 
-        write_tusimple(make_synthetic(split, n, seed=seed), directory)
+        with storage_errors(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+            # the mark goes first: a run cut off while writing leaves a directory tvc may rewrite
+            mark = json.dumps({"written_by": "tvc", "data": BUILTIN}) + "\n"
+            write_text_atomic(directory / SYNTH_MARK, mark)
+            write_tusimple(make_synthetic(split, n, seed=seed), directory)
         return read_tusimple(path, split=split, name=BUILTIN, limit=n)
     path = Path(text).expanduser()
     if path.is_dir():

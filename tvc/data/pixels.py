@@ -234,7 +234,11 @@ def load_pixels(
     if split not in ("train", "val", "test"):
         raise ConfigError(f"unknown split '{split}'", "use train, val or test")
     name, directory = _source(spec)
-    images, labels = load_split(directory, split)
+    try:
+        images, labels = load_split(directory, split)
+    except DataError as exc:  # its fix names the classification spec; pixel data has its own
+        fix = (exc.fix or "").replace("--data fashion-mnist:", "--data pixels:fashion-mnist:")
+        raise DataError(exc.problem, fix or None) from None
     if limit is not None and limit < len(labels):
         if limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {limit}", "use e.g. --limit 1000")
