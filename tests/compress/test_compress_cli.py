@@ -188,6 +188,10 @@ def test_unsupported_architecture_names_itself(tmp_path):
     assert res.exit_code == 2
     assert "error: cannot prune or factorize ResNet" in res.output
     assert not (tmp_path / "r").exists()
+    res = run("compress", "resnet18", "--num-classes", "10", "-o", tmp_path / "m",
+              "--merge-tokens", "4")  # fmt: skip
+    assert res.exit_code == 2
+    assert "error: cannot merge tokens of ResNet" in res.output
 
 
 def test_nothing_to_do_is_a_config_error():

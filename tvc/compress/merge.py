@@ -51,7 +51,7 @@ def check_mergeable(model: Any) -> None:
     """Token merging needs a plain timm ViT/DeiT whose classifier reads the prefix tokens."""
     from tvc.compress.vit_layout import vit_layout
 
-    layout = vit_layout(model)  # refuses unknown layers with their names
+    layout = vit_layout(model, "merge tokens of")  # refuses unknown layers by name
     if layout.name != "timm-vit":
         inner = getattr(layout.model, "inner", layout.model)
         raise UnsupportedModelError(

@@ -200,15 +200,16 @@ def in_linear(m: nn.Module) -> nn.Linear:
     return m.first if isinstance(m, LowRankLinear) else m
 
 
-def vit_layout(model: nn.Module) -> VitLayout:
-    """The layout of a supported ViT; UnsupportedModelError names what is not understood."""
+def vit_layout(model: nn.Module, action: str = "prune or factorize") -> VitLayout:
+    """The layout of a supported ViT; UnsupportedModelError names what is not understood (and
+    what `action`, e.g. "merge tokens of", could not be done)."""
     fam = family_of(model)
     kind = type(model).__name__
     if fam is None:
         inner = getattr(model, "inner", None)
         what = f"{kind} ({type(inner).__name__})" if inner is not None else kind
         raise UnsupportedModelError(
-            f"cannot prune or factorize {what}: tvc understands {supported_names()}",
+            f"cannot {action} {what}: tvc understands {supported_names()}",
             "use one of those architectures",
         )
     layout = _layout(model, fam)
@@ -230,7 +231,7 @@ def vit_layout(model: nn.Module) -> VitLayout:
             f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
         )
         raise UnsupportedModelError(
-            f"cannot prune or factorize {kind}: it has {len(unknown)} layer(s) tvc does not "
+            f"cannot {action} {kind}: it has {len(unknown)} layer(s) tvc does not "
             f"understand: {shown}",
             f"use one of: {supported_names()}",
         )
