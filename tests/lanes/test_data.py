@@ -182,3 +182,17 @@ def test_builtin_cache_rewrites_its_own_directory_when_more_is_asked(tmp_path):
     load_lanes(f"lanes-synth:{tmp_path}", "test", limit=2)
     assert len(load_lanes(f"lanes-synth:{tmp_path}", "test", limit=4)) == 4
     assert len((tmp_path / "test.json").read_text().splitlines()) == 4
+
+
+def test_labels_that_are_not_finite_and_damaged_images_are_refused_by_line(tmp_path, scenes):
+    write_tusimple(scenes.subset(2), tmp_path)
+    good = (tmp_path / "test.json").read_text().splitlines()
+    rec = json.loads(good[1])
+    rec["lanes"][0][0] = float("nan")
+    (tmp_path / "test.json").write_text(good[0] + "\n" + json.dumps(rec) + "\n")
+    with pytest.raises(DataError, match=r"test\.json:2: its lanes or h_samples hold NaN"):
+        load_lanes(str(tmp_path), "test")
+    (tmp_path / "test.json").write_text("\n".join(good) + "\n")
+    (tmp_path / json.loads(good[0])["raw_file"]).write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"test\.json:1: cannot read image"):
+        load_lanes(str(tmp_path), "test")

@@ -271,14 +271,25 @@ def read_tusimple(paths: list[Path] | Path, *, split: str = "test", name: str | 
                     f"{path}:{no} is not a TuSimple label line ({type(exc).__name__}: {exc})",
                     'each line needs "lanes", "h_samples" and "raw_file"',
                 ) from exc
+            if not (np.isfinite(h).all() and np.isfinite(lane).all()):
+                raise DataError(
+                    f"{path}:{no}: its lanes or h_samples hold NaN or Infinity",
+                    "label every point with a pixel coordinate, or -2 where the lane is absent",
+                )
             file = path.parent / raw
             if not file.is_file():
                 raise DataError(
                     f"{path}:{no}: image {raw} not found under {path.parent}",
                     "raw_file is read relative to the label file's directory",
                 )
-            with image_mod.open(file) as im:
-                images.append(np.asarray(im.convert("RGB")))
+            try:
+                with image_mod.open(file) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+            except OSError as exc:  # PIL's UnidentifiedImageError is one
+                raise DataError(
+                    f"{path}:{no}: cannot read image {raw} ({exc})",
+                    "the file is damaged or not an image; replace it or drop its label line",
+                ) from exc
             lanes.append(np.where(lane >= 0, lane, -2.0))
             hs.append(h)
             raws.append(raw)
