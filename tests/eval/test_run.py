@@ -53,6 +53,22 @@ def test_eval_errors_are_one_line(pico_onnx, fm, tmp_path):
     assert r.exit_code == 2 and "no variant 'x.onnx'" in r.output
 
 
+def test_labels_of_other_classes_are_refused_not_scored(pico_onnx, tmp_path):
+    """Two class folders cannot score a 10-class head: no top-1 is printed or recorded."""
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp_path / "two" / "test" / c).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (40, 90, 200)).save(tmp_path / "two" / "test" / c / "0.png")
+    for cmd in (["eval"], ["bench", "--min-runs", "1", "--min-time-s", "0", "--warmup-s", "0"]):
+        out = tmp_path / f"{cmd[0]}.json"
+        r = CliRunner().invoke(cli, [*cmd, str(pico_onnx.path), "--data", str(tmp_path / "two"),
+                                     "--threads", "1", "--json", str(out)])  # fmt: skip
+        assert r.exit_code == 2, r.output
+        assert "has 2 classes but the model's head has 10" in r.output
+        assert "top-1" not in r.output and not out.exists()
+
+
 def test_bench_records_accuracy(pico_onnx, fm, tmp_path):
     out = tmp_path / "b.json"
     r = CliRunner().invoke(cli, ["bench", str(pico_onnx.path), "--data", fm, "--limit", "12",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from tvc.errors import ConfigError
+from tvc.errors import ConfigError, DataError
 from tvc.models.info import ModelInfo
 from tvc.stages import torch_backend  # noqa: F401 - registers the `torch` backend
 from tvc.stages.config import ModelOptions, StageConfig, option
@@ -226,6 +226,13 @@ def measure(
             )
         ref_predict = runner_outputs(ref_runner)
     dataset = data.get(task, info)
+    misfit = task.labels_misfit(info, dataset)
+    if misfit:  # e.g. 2 class folders for a 10-class head: any top-1 would be meaningless
+        raise DataError(
+            f"{data.spec} {misfit}",
+            f"evaluate on data labelled with the model's classes, or fine-tune it on this data "
+            f"first ('tvc train MODEL --data {data.spec} -o OUT')",
+        )
     predict = runner_outputs(runner)
     with Progress() as bar:  # a bar on a terminal, plain lines in a log
         total = task.eval_size(dataset)
