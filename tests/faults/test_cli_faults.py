@@ -445,6 +445,9 @@ case("data", "empty-data", 2, r"--data is empty")(lambda ws: ["eval", ws.model, 
 case("data", "blank-data", 2, r"--data is empty")(lambda ws: ["eval", ws.model, "--data", "  "])
 case("data", "missing-dir", 2, r"not found")(lambda ws: ["eval", ws.model, "--data", ws.p("nope")])
 case("data", "data-is-a-file", 2, r"is a file")(lambda ws: ["eval", ws.model, "--data", ws.weights])
+case("data", "labels-of-other-classes", 2, r"has 3 classes but the model's head has 2")(
+    lambda ws: (shutil.copytree(ws.folder / "dog", ws.folder / "bird"), model_args(ws))[1]
+)
 case("data", "one-class-folder", 2, r"only one class")(
     lambda ws: (shutil.rmtree(ws.folder / "dog"), model_args(ws))[1]
 )
@@ -618,6 +621,16 @@ case("train", "lr-zero", 2, r"--lr")(lambda ws: _tiny_train(ws, "--lr", "0"))
 case("train", "one-class-data", 2, r"only one class")(
     lambda ws: (shutil.rmtree(ws.folder / "dog"), _tiny_train(ws))[1]
 )
+
+
+def _no_test_split(ws: Workspace) -> list[str]:
+    # split folders with train/ only: refused before training (no t.ckpt/ may appear), not
+    # after a finished run when the test split is read
+    shutil.copytree(ws.folder, ws.root / "splits" / "train")
+    return [*_tiny_train(ws)[:3], ws.p("splits"), *_tiny_train(ws)[4:]]
+
+
+case("train", "split-folders-without-test", 2, r"no 'test/'")(_no_test_split)
 
 
 def _evil_resume(ws: Workspace) -> list[str]:

@@ -59,6 +59,8 @@ def train_model(
     view = {"input_size": info.input_size, "mean": info.mean, "std": info.std}
     train_set = load_images(data_spec, "train", limit=limit, seed=cfg.seed, **view)
     val_set = load_images(data_spec, "val", limit=eval_limit, seed=cfg.seed, **view)
+    # read before training: a missing or broken test split must not cost a finished run
+    test_set = load_images(data_spec, "test", limit=eval_limit, seed=cfg.seed, **view)
     fit_classes(loaded, train_set.num_classes)
     ctx = dist.setup(cfg.device)
     if ctx.is_main:
@@ -68,7 +70,6 @@ def train_model(
                  desc="train")  # fmt: skip
     accuracy = None
     if ctx.is_main:
-        test_set = load_images(data_spec, "test", limit=eval_limit, seed=cfg.seed, **view)
         predict = torch_predict(loaded.model, ctx.device, amp_dtype(ctx.device, cfg.amp))
         accuracy = evaluate(predict, test_set, batch_size=cfg.eval_batch_size)
         log.info("test top-1 %.2f%% on %d images", accuracy["top1"], accuracy["n"])
