@@ -109,6 +109,21 @@ def test_task_train_returns_artifact_metrics(monkeypatch, scenes):
     assert np.isfinite(metrics["tusimple_accuracy"])
 
 
+def test_labels_without_a_test_split_are_refused_before_training(tmp_path, scenes):
+    from dataclasses import replace
+
+    from tvc.data.lanes import write_tusimple
+    from tvc.errors import DataError
+
+    write_tusimple(replace(scenes.subset(4), split="train"), tmp_path)  # train.json only
+    loaded = load_model("lstr_pico", warn_random=False)
+    before = copy.deepcopy(loaded.model.state_dict())
+    with pytest.raises(DataError, match=r"no test\.json"):
+        LanesTask().train(loaded, str(tmp_path), {"epochs": 1, "batch_size": 4})
+    after = loaded.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # not one step was taken
+
+
 def test_a_diverging_run_is_a_non_finite_error_not_a_model(scenes):
     import torch
 

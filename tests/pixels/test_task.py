@@ -121,6 +121,23 @@ def test_distill_and_train_through_the_adapter(task, fmnist_dir):
     assert teacher.info.extra["finetuned"] is True
 
 
+def test_a_missing_test_split_is_refused_before_any_training(task, fmnist_dir, tmp_path):
+    import shutil
+
+    from tvc.errors import DataError
+    from tvc.models.igpt import igpt_from_name
+
+    for f in fmnist_dir.glob("train-*"):  # the training files only: no t10k-*
+        shutil.copy(f, tmp_path / f.name)
+    torch.manual_seed(0)
+    model = igpt_from_name("igpt_pico", warn_random=False)
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    with pytest.raises(DataError, match="t10k"):
+        task.train(model, f"pixels:fashion-mnist:{tmp_path}", {"max_steps": 2, "epochs": 0})
+    after = model.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # not one step was taken
+
+
 def test_extra_graphs_exports_a_proven_decoder(task, igpt_loaded, tmp_path):
     facts = task.extra_graphs(igpt_loaded, tmp_path, 17)
     assert (tmp_path / "decoder.onnx").is_file()

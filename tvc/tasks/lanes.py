@@ -198,12 +198,13 @@ class LanesTask(Task):
             settings["warmup_steps"] = None  # set below, once the data size is known
         cfg = lane_train_config(loaded, settings)
         train = load_lanes(data_spec, "train", limit=first_set(settings, "limit"))
+        # read before training: a missing test split must not cost a finished run
+        test = self.load_data(data_spec, "test", loaded.info,
+                              limit=first_set(settings, "eval_limit"))  # fmt: skip
         if settings.get("warmup_epochs") is not None:
             per_epoch = -(-len(train) // cfg.batch_size)
             cfg.warmup_steps = max(1, round(settings["warmup_epochs"] * per_epoch))
         report = train_lanes(loaded, train, cfg)
-        test = self.load_data(data_spec, "test", loaded.info,
-                              limit=first_set(settings, "eval_limit"))  # fmt: skip
         quality = self.quality(loaded, test, device=cfg.device)
         return {
             **self.headline(quality),

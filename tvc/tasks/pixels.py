@@ -199,7 +199,10 @@ class PixelsTask(Task):
         train = load_pixels(
             data_spec, "train", pal, size, limit=first_set(settings, "limit"), seed=cfg.seed
         )
+        # read before training: a missing test split must not cost a finished run
+        test = self.load_data(data_spec, "test", info, limit=first_set(settings, "eval_limit"))
         tuning = bool(settings.get("finetune")) or settings.get("objective") == "finetune"
+        test.finetuned = test.finetuned or tuning  # what the trained model will be
         if tuning:
             if train.labels is None:
                 raise DataError(
@@ -210,7 +213,6 @@ class PixelsTask(Task):
             info.extra["finetuned"] = True
         else:
             report = pretrain(loaded.model, train.tokens, cfg)
-        test = self.load_data(data_spec, "test", info, limit=first_set(settings, "eval_limit"))
         quality = self.quality(loaded, test)
         return {
             **self.headline(quality),
