@@ -144,9 +144,10 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
 
     transformers = require("transformers", "Hugging Face models")
     cfg = read_json(path / "config.json")
-    if "model_type" not in cfg:
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise ModelNotFoundError(
-            f"{path}/config.json has no model_type", "save the model with save_pretrained()"
+            f"{path}/config.json names neither a transformers model_type nor a timm architecture",
+            "save the model with save_pretrained() (transformers) or save_for_hf() (timm)",
         )
     from tvc.models.detection import DETECTION_TYPES, det_from_directory
 

@@ -1,8 +1,9 @@
 """Turn a MODEL argument into a torch module and the facts every later step needs.
 
 MODEL may be a timm name or alias (`deit_small_patch16_224`, `vit_b16`), one of tvc's small
-configs (`vit_fmnist`), a Hugging Face model directory (config.json + weights), or a tvc model
-artifact. Weights come only from disk: tvc never downloads.
+configs (`vit_fmnist`), a Hugging Face model directory (config.json + weights: transformers'
+save_pretrained, or a timm model from the Hub), or a tvc model artifact. Weights come only
+from disk: tvc never downloads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tvc.artifact import Artifact, is_artifact, load_artifact, parent_path
 from tvc.deps import require
 from tvc.errors import ArtifactError, ConfigError, ModelNotFoundError, WeightsError
 from tvc.models import registry
-from tvc.models.info import LoadedModel, ModelInfo, read_json  # noqa: F401 (re-exported)
+from tvc.models.info import LoadedModel, ModelInfo, read_json
 
 log = logging.getLogger("tvc")
 
@@ -53,6 +54,18 @@ def load_model(
             return loaded
         if path.is_dir() and (path / "config.json").is_file():
             from tvc.models.hf import hf_from_directory
+            from tvc.models.timm_dir import is_timm_config, timm_from_directory
+
+            if weights is not None:
+                raise WeightsError(
+                    f"{spec} is a model directory and carries its own weights",
+                    "drop --weights, or pass the architecture name with --weights",
+                )
+            cfg = read_json(path / "config.json")
+            if is_timm_config(cfg):  # a timm Hub folder (huggingface-cli download timm/...)
+                return timm_from_directory(
+                    path, cfg, num_classes=num_classes, input_size=input_size
+                )
 
             return hf_from_directory(path, num_classes=num_classes, input_size=input_size)
         if path.suffix == ".onnx":
@@ -132,6 +145,7 @@ def timm_from_name(
     if state is not None:
         if input_size is not None:
             state = _resample_for(model, state)
+        state = _fresh_classifier(model, state, str(weights))
         load_into(model, state, str(weights))
     elif warn_random:
         log.warning(
@@ -141,6 +155,30 @@ def timm_from_name(
         )
     model.eval()
     return LoadedModel(model, _timm_info(model, resolved.name, resolved.arch, kwargs, weights))
+
+
+def _fresh_classifier(model, state: dict, source: str) -> dict:
+    """--num-classes asked for another class count than the checkpoint's classifier: keep the
+    checkpoint's backbone and the freshly built (random) classifier, and say so, as a Hugging
+    Face directory does. Only the classifier's tensors may differ; anything else still fails."""
+    heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    own = model.state_dict()
+    swapped = [
+        k
+        for k in state
+        if k in own
+        and any(k.startswith(f"{h}.") for h in heads)
+        and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if not swapped:
+        return state
+    log.warning(
+        f"the classifier in {source} predicts {state[swapped[0]].shape[0]} classes, "
+        f"{getattr(model, 'num_classes', '?')} were asked for: it is replaced by a new one, "
+        "random until trained (tvc train MODEL --data D)"
+    )
+    return {**state, **{k: own[k] for k in swapped}}
 
 
 def _resample_for(model, state: dict) -> dict:
