@@ -101,6 +101,16 @@ def test_damaged_idx_file_is_a_clear_error(tmp_path):
         load_images(str(d), "test", **RGB32)
 
 
+def test_idx_labels_beyond_ten_classes_point_to_image_folders(tmp_path):
+    """EMNIST-style IDX files (26 letters) are not silently read as 10 Fashion-MNIST classes."""
+    d = write_fake_fashion_mnist(tmp_path / "fm", n_train=20, n_test=10)
+    header = bytes([0, 0, 0x08, 1]) + (10).to_bytes(4, "big")
+    with gzip.open(d / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(header + bytes(range(16, 26)))
+    with pytest.raises(DataError, match=r"outside 0\.\.9 \(16\.\.25\).*image folder"):
+        load_images(str(d), "test", **RGB32)
+
+
 def _png(path, value, size=(40, 30), mode="L"):
     from PIL import Image
 

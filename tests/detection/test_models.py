@@ -50,6 +50,23 @@ def test_hf_directory_and_artifact_round_trips(fixture, request, tmp_path):
     assert logits.shape[-1] == 3 + (1 if loaded.info.extra["no_object_class"] else 0)
 
 
+def test_weights_missing_from_a_detector_directory_are_said_in_one_line(
+    tiny_detr, tmp_path, caplog, capfd
+):
+    """A checkpoint without its box head loads with a random one: tvc says so in one warning,
+    and transformers' own multi-line load report stays off the terminal."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_detr.model.inner.save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf/model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if "bbox_predictor" not in k}, weights)
+    with caplog.at_level("WARNING", logger="tvc"):
+        load_model(str(tmp_path / "hf"))
+    assert "holds no weights for its head (bbox_predictor." in caplog.text
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+
 def test_registry_lists_small_detectors():
     assert {"detr_pico", "deformable_detr_pico"} <= set(DETECTION_CONFIGS)
     assert all(c.model_type in ("detr", "deformable_detr") for c in DETECTION_CONFIGS.values())

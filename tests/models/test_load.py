@@ -150,7 +150,9 @@ def test_hf_directory_says_which_weights_are_new(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tvc"):
         load_model(str(tmp_path / "backbone"))
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert "holds no classifier weights (classifier.bias" in said and "backbone weights" not in said
+    assert (
+        "holds no weights for its head (classifier.bias" in said and "backbone weights" not in said
+    )
     caplog.clear()
     with caplog.at_level("WARNING", logger="tvc"):
         load_model(str(tmp_path / "backbone"), num_classes=4)  # a new head was asked for

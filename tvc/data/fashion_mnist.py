@@ -90,8 +90,13 @@ def read_part(directory: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
             f"{images.shape[0]} images",
             INSTALL_FIX,
         )
-    if labels.size and labels.max() >= len(CLASS_NAMES):
-        raise DataError(f"{paths[1]} has labels >= {len(CLASS_NAMES)}", INSTALL_FIX)
+    if labels.size and (labels.max() >= len(CLASS_NAMES) or labels.min() < 0):
+        raise DataError(
+            f"{paths[1]} has labels outside 0..{len(CLASS_NAMES) - 1} "
+            f"({int(labels.min())}..{int(labels.max())})",
+            "IDX data is read as a 10-class set (Fashion-MNIST, MNIST); give data of another "
+            "class count as an image folder (DIR/<class>/<image>)",
+        )
     return images, labels.astype(np.int64)
 
 

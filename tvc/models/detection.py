@@ -227,9 +227,12 @@ def det_config(config_dict: dict[str, Any]):
 def det_build(config_dict: dict[str, Any]) -> HFDetector:
     """A freshly initialised detector of `config_dict`'s architecture (no download, ever)."""
     transformers = require("transformers", "detection transformers")
+    from tvc.models.hf import quiet
+
     config = det_config(config_dict)
     _normalise_config(config)
-    inner = transformers.AutoModelForObjectDetection.from_config(config)
+    with quiet(transformers):  # e.g. a timm backbone's note on attention, not the user's concern
+        inner = transformers.AutoModelForObjectDetection.from_config(config)
     return HFDetector(inner)
 
 
@@ -412,24 +415,28 @@ def det_from_directory(
             ),
         )
     _normalise_config(config)
-    hf_logging = transformers.utils.logging
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # keep the CLI output to tvc's own lines
+    from tvc.models.hf import quiet, say_what_is_new
+
     try:
         # Local directory only: transformers reads safetensors, or .bin with weights_only=True,
-        # and maps legacy parameter names of older DETR checkpoints.
-        hf = transformers.AutoModelForObjectDetection.from_pretrained(
-            str(path), config=config, local_files_only=True, ignore_mismatched_sizes=changed
-        )
+        # and maps legacy parameter names of older DETR checkpoints. Its load report and bars
+        # are kept off the terminal: what the checkpoint lacked is said below in tvc's words.
+        with quiet(transformers):
+            hf, loading = transformers.AutoModelForObjectDetection.from_pretrained(
+                str(path),
+                config=config,
+                local_files_only=True,
+                ignore_mismatched_sizes=changed,
+                output_loading_info=True,
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         first = first_line(exc, 200)
         raise WeightsError(
             f"cannot load the detector in {path} ({first})",
             "check that config.json and the weights were saved together by save_pretrained()",
         ) from exc
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
+    missing = sorted(loading.get("missing_keys") or [])
+    say_what_is_new(path, hf, missing, num_classes if changed else None)
     model = det_build(config.to_dict())
     # hf's state dict lists tied heads under every name, which fills the untied copies.
     load_into(model.inner, hf.state_dict(), str(path))

@@ -70,7 +70,7 @@ def family_statistics(model_type: str, path: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _quiet(transformers) -> Iterator[None]:
+def quiet(transformers) -> Iterator[None]:
     """transformers' own warnings and progress bars off for a while."""
     tl = transformers.utils.logging
     level, bars = tl.get_verbosity(), tl.is_progress_bar_enabled()
@@ -84,7 +84,7 @@ def _quiet(transformers) -> Iterator[None]:
             tl.enable_progress_bar()
 
 
-def _say_what_is_new(path: Path, inner: nn.Module, missing: list[str], num_classes) -> None:
+def say_what_is_new(path: Path, inner: nn.Module, missing: list[str], num_classes) -> None:
     """Say which weights the checkpoint lacked, so were initialised at random: the classifier
     (a backbone-only checkpoint such as ViTModel or DINOv2: predictions mean nothing until it
     is trained; expected with --num-classes) or parts of the backbone (config and weights that
@@ -94,7 +94,7 @@ def _say_what_is_new(path: Path, inner: nn.Module, missing: list[str], num_class
     head = [k for k in missing if not k.startswith(backbone)]
     if head and num_classes is None:
         log.warning(
-            f"{path.name} holds no classifier weights ({', '.join(head[:2])}): its head is "
+            f"{path.name} holds no weights for its head ({', '.join(head[:2])}): it is "
             f"initialised at random, so its predictions mean nothing until it is trained "
             f"(tvc train {path} --data D --num-classes N)"
         )
@@ -161,7 +161,7 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
     # from_pretrained maps older checkpoint key names onto the current modules; it reads
     # safetensors, or .bin with weights_only, never running code (trust_remote_code=False).
     try:
-        with _quiet(transformers):  # its load report is summed up below, in tvc's words
+        with quiet(transformers):  # its load report is summed up below, in tvc's words
             inner, loading = transformers.AutoModelForImageClassification.from_pretrained(
                 str(path),
                 config=config,
@@ -176,7 +176,7 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
             f"cannot load the Hugging Face model in {path}: {first}",
             "check that config.json and the weights belong together",
         ) from exc
-    _say_what_is_new(path, inner, sorted(loading.get("missing_keys") or []), num_classes)
+    say_what_is_new(path, inner, sorted(loading.get("missing_keys") or []), num_classes)
     model = HFClassifier(inner).eval()
     extra: dict[str, Any] = {}
     if input_size is not None:
