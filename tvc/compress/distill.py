@@ -32,6 +32,7 @@ from tvc.data.base import ImageSet
 from tvc.errors import ConfigError, UnsupportedModelError
 from tvc.eval.classification import evaluate
 from tvc.finite import check_finite_array
+from tvc.models.info import image_view
 from tvc.progress import Progress
 from tvc.train import dist
 from tvc.train.kd import soft_kd
@@ -118,13 +119,11 @@ def kd_loss(kd: str, alpha: float, temperature: float, label_smoothing: float):
 
 def _images(spec: str, split: str, info, limit: int | None, seed: int) -> ImageSet:
     """`split` of `spec` prepared for the model described by `info`."""
-    return load_images(spec, split, input_size=info.input_size, mean=info.mean, std=info.std,
-                       limit=limit, seed=seed)  # fmt: skip
+    return load_images(spec, split, limit=limit, seed=seed, **image_view(info))
 
 
 def _same_view(a, b) -> bool:
-    return (tuple(a.input_size), tuple(a.mean), tuple(a.std)) == (
-        tuple(b.input_size), tuple(b.mean), tuple(b.std))  # fmt: skip
+    return image_view(a) == image_view(b)
 
 
 def distill(student, cfg: DistillConfig, *, teacher=None) -> dict[str, Any]:

@@ -37,11 +37,17 @@ def load_images(
     std: tuple[float, ...],
     limit: int | None = None,
     seed: int = 0,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    squash: bool = False,
 ) -> ImageSet:
-    """Load split `split` of the dataset `spec`, prepared for a model taking `input_size`."""
+    """Load split `split` of the dataset `spec`, prepared for a model taking `input_size`;
+    image files are resized and cropped as `crop_pct`, `interpolation` and `squash` say (see
+    Preprocess; IDX images are small and always resized whole)."""
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'", f"use one of: {', '.join(SPLITS)}")
-    pre = Preprocess(tuple(int(d) for d in input_size), tuple(mean), tuple(std))
+    pre = Preprocess(tuple(int(d) for d in input_size), tuple(mean), tuple(std),
+                     float(crop_pct), interpolation, bool(squash))  # fmt: skip
     kind, where = _parse(spec)
     if kind == "idx":
         images, labels = fashion_mnist.load_split(where, split)
@@ -56,7 +62,9 @@ def load_images(
         reader = chw_reader(images, pre)
     if len(labels) == 0:
         raise DataError(f"{spec} has no images in split '{split}'", "check the dataset")
-    key = f"{kind}|{where.resolve()}|{split}|{limit}|{seed}|{len(labels)}|{pre}"
+    whole = Preprocess(pre.input_size, pre.mean, pre.std)  # keys written before crop_pct
+    crop = "" if pre == whole else f"|{pre.crop_pct}|{pre.interpolation}|{pre.squash}"
+    key = f"{kind}|{where.resolve()}|{split}|{limit}|{seed}|{len(labels)}|{whole}{crop}"
     fp = hashlib.sha256(key.encode() + labels.tobytes()).hexdigest()[:16]
     name = FASHION_MNIST if kind == "idx" else where.name
     data = ImageSet(reader, labels, name=name, split=split, class_names=names,

@@ -20,13 +20,22 @@ from tvc.errors import ConfigError, DataError
 Reader = Callable[[np.ndarray], np.ndarray]
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """What the model wants: input size (C, H, W) and per-channel mean/std on [0, 1] pixels."""
+    """What the model wants: input size (C, H, W) and per-channel mean/std on [0, 1] pixels;
+    for image files also how a pretrained checkpoint was evaluated (timm's crop_pct and
+    interpolation; `squash`: resized to a square, as Hugging Face's ViT processor does, rather
+    than by the shorter side). The defaults (whole image, bilinear) are tvc's own models'."""
 
     input_size: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_pct: float = 1.0  # the centre crop's share of the resized image
+    interpolation: str = "bilinear"
+    squash: bool = False
 
     def __post_init__(self) -> None:
         c = self.input_size[0]
@@ -43,6 +52,15 @@ class Preprocess:
                 )
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std must be positive, got {self.std}", "check the model's std")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(
+                f"crop_pct must be in (0, 1], got {self.crop_pct}", "check the model's config"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"unknown interpolation '{self.interpolation}'",
+                f"use one of: {', '.join(INTERPOLATIONS)}",
+            )
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
         """Pixels 0..255 (B, C, H, W) -> float32 normalised, C already matching the model."""

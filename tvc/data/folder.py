@@ -95,14 +95,21 @@ def _holdout(root: Path, split: str) -> np.ndarray:
 
 
 def decode(path: Path, pre: Preprocess) -> np.ndarray:
-    """One image as uint8 (C, H, W) at the model's size: shorter side resized, centre crop."""
+    """One image as uint8 (C, H, W) at the model's size: resized (by the shorter side, or
+    squashed to the square) to the size whose centre crop of `pre.crop_pct` is the model's
+    input, as timm and Hugging Face processors evaluate their checkpoints; then that crop."""
     image_mod = _pil()
     c, h, w = pre.input_size
+    # timm: scale_size = floor(img_size / crop_pct)
+    th, tw = (h, w) if pre.crop_pct == 1 else (int(h / pre.crop_pct), int(w / pre.crop_pct))
     with image_mod.open(path) as im:
         im = im.convert("RGB" if c == 3 else "L")  # grayscale becomes 3 equal channels
-        scale = max(h / im.height, w / im.width)
-        size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
-        im = im.resize(size, image_mod.Resampling.BILINEAR)
+        if pre.squash:
+            size = (tw, th)
+        else:
+            scale = max(th / im.height, tw / im.width)
+            size = (max(tw, round(im.width * scale)), max(th, round(im.height * scale)))
+        im = im.resize(size, getattr(image_mod.Resampling, pre.interpolation.upper()))
         left, top = (size[0] - w) // 2, (size[1] - h) // 2
         im = im.crop((left, top, left + w, top + h))
         arr = np.asarray(im, dtype=np.uint8)

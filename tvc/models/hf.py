@@ -191,6 +191,10 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
     weights = path
     pre = path / "preprocessor_config.json"
     proc = read_json(pre) if pre.is_file() else family_statistics(config.model_type, path)
+    if pre.is_file() and isinstance(proc, dict):
+        from tvc.models.preprocess import hf_preprocess
+
+        extra["preprocess"] = hf_preprocess(proc)  # how its images were resized and cropped
     size = _square(inner.config.image_size)
     info = ModelInfo(
         name=path.name,

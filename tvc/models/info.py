@@ -65,6 +65,18 @@ def is_detector(loaded_or_info: LoadedModel | ModelInfo) -> bool:
     return info.family == DETECTION_FAMILY or info.extra.get("task") == "detection"
 
 
+def image_view(info: ModelInfo) -> dict[str, Any]:
+    """load_images' keywords for this model: its input size and normalisation, and how its
+    checkpoint's images were resized and cropped (extra["preprocess"], see
+    tvc.models.preprocess; absent for tvc's own models, which see whole images)."""
+    return {
+        "input_size": tuple(info.input_size),
+        "mean": tuple(info.mean),
+        "std": tuple(info.std),
+        **(info.extra.get("preprocess") or {}),
+    }
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

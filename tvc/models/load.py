@@ -127,6 +127,7 @@ def timm_from_name(
 
     kwargs = dict(resolved.kwargs)
     state = None
+    new_head = num_classes is not None  # asked for: may differ from the checkpoint's
     if pretrained and weights is None:
         raise WeightsError(
             f"pretrained weights for {resolved.name} are not on disk and tvc never downloads",
@@ -145,7 +146,8 @@ def timm_from_name(
     if state is not None:
         if input_size is not None:
             state = _resample_for(model, state)
-        state = _fresh_classifier(model, state, str(weights))
+        if new_head:
+            state = _fresh_classifier(model, state, str(weights))
         load_into(model, state, str(weights))
     elif warn_random:
         log.warning(
@@ -154,7 +156,13 @@ def timm_from_name(
             resolved.name,
         )
     model.eval()
-    return LoadedModel(model, _timm_info(model, resolved.name, resolved.arch, kwargs, weights))
+    info = _timm_info(model, resolved.name, resolved.arch, kwargs, weights)
+    if weights is not None and resolved.name not in registry.SMALL_CONFIGS:
+        from tvc.models.preprocess import timm_preprocess
+
+        # a checkpoint of this architecture: read image files as timm evaluates it
+        info.extra["preprocess"] = timm_preprocess(getattr(model, "pretrained_cfg", {}) or {})
+    return LoadedModel(model, info)
 
 
 def _fresh_classifier(model, state: dict, source: str) -> dict:

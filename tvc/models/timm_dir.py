@@ -84,8 +84,12 @@ def timm_from_directory(
         pretrained=False,
         warn_random=False,
     )
-    # the checkpoint's own normalisation, which the architecture's default tag may not share
+    # the checkpoint's own normalisation and crop, which the architecture's default tag may
+    # not share
+    from tvc.models.preprocess import timm_preprocess
+
     info = loaded.info
+    info.extra["preprocess"] = timm_preprocess(pretrained)
     mean, std = pretrained.get("mean"), pretrained.get("std")
     if _three_numbers(mean) and _three_numbers(std) and min(std) > 0:
         info.mean = tuple(float(m) for m in mean)

@@ -60,16 +60,9 @@ class ClassificationTask(Task):
         self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0
     ) -> ImageSet:
         from tvc.data import load_images
+        from tvc.models.info import image_view
 
-        return load_images(
-            spec,
-            split,
-            input_size=info.input_size,
-            mean=info.mean,
-            std=info.std,
-            limit=limit,
-            seed=seed,
-        )
+        return load_images(spec, split, limit=limit, seed=seed, **image_view(info))
 
     def sample_inputs(self, info: ModelInfo, data_spec: str | None, n: int) -> tuple[Any, str]:
         import torch

@@ -9,6 +9,7 @@ from typing import Any
 from tvc.data import load_images
 from tvc.errors import UnsupportedModelError
 from tvc.eval.classification import evaluate
+from tvc.models.info import image_view
 from tvc.train import dist
 from tvc.train.loop import TrainConfig, amp_dtype, fit, torch_predict
 
@@ -56,7 +57,7 @@ def train_model(
     """
     cfg.validate()
     info = loaded.info
-    view = {"input_size": info.input_size, "mean": info.mean, "std": info.std}
+    view = image_view(info)
     train_set = load_images(data_spec, "train", limit=limit, seed=cfg.seed, **view)
     val_set = load_images(data_spec, "val", limit=eval_limit, seed=cfg.seed, **view)
     # read before training: a missing or broken test split must not cost a finished run
