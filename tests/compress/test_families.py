@@ -110,6 +110,46 @@ def test_every_family_prunes_factorizes_rebuilds_and_exports(family, x, tmp_path
     assert parity["ok"] and parity["max_abs_diff"] < 1e-4
 
 
+def test_every_vit_family_merges_tokens_rebuilds_and_exports(family, x, tmp_path):
+    """Token merging on transformers' own layers: r = 0 is the model itself, merging shortens
+    every layer's sequence after the prefix tokens, and the artifact rebuilds and exports with
+    parity. BEiT (a relative position bias per patch pair) is refused."""
+    from tvc.compress.merge import merge
+    from tvc.export.onnx import OnnxExportConfig
+    from tvc.models.merge import merge_blocks
+    from tvc.stages.export import export_loaded
+
+    name, loaded = family
+    model = copy.deepcopy(loaded.model)
+    if name.startswith("beit"):
+        with pytest.raises(UnsupportedModelError, match=r"BeitForImageClassification \(hf-beit\)"):
+            merge(model, [3], (3, 32, 32))
+        return
+    with torch.no_grad():
+        ref = model(x)
+        merge(model, [0], (3, 32, 32))
+        assert torch.equal(model(x), ref)  # the merging path with nothing to merge
+    rep = merge(model, [3], (3, 32, 32), metric="tokens" if "dinov2" in name else "keys")
+    prefix = {"deit": 2, "deit-teacher": 2, "dinov2-registers": 3}.get(name, 1)
+    assert rep["prefix_tokens"] == prefix and rep["tokens_in"] == [prefix + 16, prefix + 13]
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda _m, a: seen.append(a[0].shape[1]))
+             for b in merge_blocks(model)]  # fmt: skip
+    with torch.no_grad():
+        y = model(x)
+    for h in hooks:
+        h.remove()
+    assert seen == rep["tokens_in"] and y.shape == (3, 5) and not torch.equal(y, ref)
+    structure = json.loads(json.dumps(describe_structure(model, build_from_info(loaded.info))))
+    with write_artifact(tmp_path / "art", "model") as w:
+        save_model(w, LoadedModel(model, dataclasses.replace(loaded.info, structure=structure)))
+    again = load_model(str(tmp_path / "art"))
+    with torch.no_grad():
+        assert torch.equal(again.model(x), y)
+    parity = export_loaded(again, tmp_path / "onnx", OnnxExportConfig()).meta["metrics"]["parity"]
+    assert parity["ok"] and parity["max_abs_diff"] < 1e-4
+
+
 @pytest.mark.parametrize("name", ["beit", "dinov2-registers"])
 def test_removing_dead_heads_leaves_outputs_unchanged(name, x):
     """Head 1 of every block contributes nothing; removing it must keep every other head's
@@ -219,7 +259,7 @@ def test_hf_beit_prunes_and_distils_from_its_uncompressed_self(tmp_path, x):
         assert torch.isfinite(again.model(x)).all()
 
 
-def test_timm_beit_and_hf_token_merging_are_refused_with_what_works(x):
+def test_timm_beit_pruning_and_merging_are_refused_with_what_works(x):
     from timm.models.beit import Beit
 
     from tvc.compress.merge import check_mergeable
@@ -227,5 +267,5 @@ def test_timm_beit_and_hf_token_merging_are_refused_with_what_works(x):
     beit = Beit(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, num_classes=5)
     with pytest.raises(UnsupportedModelError, match=r"factorize Beit.*Hugging Face"):
         prune(beit, PruneConfig(0.5), example_input=x[:1])
-    with pytest.raises(UnsupportedModelError, match=r"Dinov2ForImageClassification \(hf-dinov2\)"):
-        check_mergeable(wrapped(build("dinov2")))
+    with pytest.raises(UnsupportedModelError, match=r"merge tokens of Beit"):
+        check_mergeable(beit)

@@ -251,3 +251,23 @@ def test_merge_metric_errors_name_the_fix(tmp_path):
 
     spec = json.loads((tmp_path / "t" / "artifact.json").read_text())["spec"]
     assert spec["merge"]["metric"] == "tokens"
+
+
+def test_cli_merges_a_hugging_face_directory_and_exports_it(hf_dir, tmp_path):
+    """`tvc compress HF_DIR --merge-tokens R` (the issue's Hugging Face ViT/DINOv2-style
+    directories), then `tvc export` of the artifact with parity."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tvc.cli import cli
+
+    out = tmp_path / "merged"
+    res = CliRunner().invoke(cli, ["compress", str(hf_dir), "--merge-tokens", "6", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    merge_spec = json.loads((out / "artifact.json").read_text())["model"]["structure"]["merge"]
+    assert merge_spec["schedule"] == [6, 6] and merge_spec["prefix"] == 1
+    res = CliRunner().invoke(cli, ["export", str(out), "-o", str(tmp_path / "onnx")])
+    assert res.exit_code == 0, res.output
+    parity = json.loads((tmp_path / "onnx/artifact.json").read_text())["metrics"]["parity"]
+    assert parity["ok"]

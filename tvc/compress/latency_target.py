@@ -84,11 +84,12 @@ def build_candidates(
     skipped."""
     from tvc.compress.merge import check_mergeable, merge, tokens_entering_blocks
     from tvc.compress.report import count_macs
+    from tvc.models.merge import merge_blocks, prefix_tokens
 
     check_mergeable(model)
-    depth = len(model.blocks)
+    depth = len(merge_blocks(model))
     seq = tokens_entering_blocks(model, input_size)
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    prefix = prefix_tokens(model)
     values = merge_values if merge_values is not None else merge_grid(seq - prefix, depth)
     candidates, models = [], {}
     for ratio in prune_grid:

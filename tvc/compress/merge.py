@@ -48,16 +48,20 @@ def expand_schedule(values: list[int], depth: int) -> list[int]:
 
 
 def check_mergeable(model: Any) -> None:
-    """Token merging needs a plain timm ViT/DeiT whose classifier reads the prefix tokens."""
+    """Token merging needs a timm ViT/DeiT whose classifier reads the prefix tokens, or a
+    Hugging Face ViT, DeiT or DINOv2 classifier (tvc.models.merge_hf)."""
     from tvc.compress.vit_layout import vit_layout
+    from tvc.models.merge_hf import MERGEABLE
 
     layout = vit_layout(model, "merge tokens of")  # refuses unknown layers by name
+    if layout.name in MERGEABLE:
+        return
     if layout.name != "timm-vit":
         inner = getattr(layout.model, "inner", layout.model)
         raise UnsupportedModelError(
-            f"token merging supports timm ViT/DeiT models, not {type(inner).__name__} "
-            f"({layout.name})",
-            "compress the timm build of the architecture, or use --prune / --lowrank",
+            f"token merging supports timm ViT/DeiT and Hugging Face ViT/DeiT/DINOv2 models, "
+            f"not {type(inner).__name__} ({layout.name})",
+            "compress a ViT/DeiT/DINOv2 build of the architecture, or use --prune / --lowrank",
         )
     pool = getattr(model, "global_pool", "token")
     if getattr(model, "attn_pool", None) is not None or pool not in ("token", ""):
@@ -76,8 +80,11 @@ def tokens_entering_blocks(model: Any, input_size: tuple[int, int, int]) -> int:
     """The sequence length the first block sees (patch + prefix tokens), by running the model."""
     import torch
 
+    from tvc.models.merge import merge_blocks
+
     seen: list[int] = []
-    hook = model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    first = merge_blocks(model)[0]
+    hook = first.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *input_size))
@@ -98,8 +105,10 @@ def merge(
     `metric`: what the matching compares, "keys" (ToMe) or "tokens" (tvc.models.merge)."""
     from tvc.models.merge import (
         METRICS,
-        MergingBlocks,
+        apply_merging,
         clamp_schedule,
+        merge_blocks,
+        prefix_tokens,
         remove_merging,
         token_counts,
     )
@@ -111,12 +120,13 @@ def merge(
         )
     check_mergeable(model)
     remove_merging(model)
-    depth = len(model.blocks)
+    depth = len(merge_blocks(model))
     asked = expand_schedule(values, depth)
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    prefix = prefix_tokens(model)
     patches = tokens_entering_blocks(model, input_size) - prefix
     schedule = clamp_schedule(patches, asked)
-    model.blocks = MergingBlocks(list(model.blocks), schedule, prefix, proportional, metric)
+    spec = {"schedule": schedule, "prefix": prefix, "proportional": proportional, "metric": metric}
+    apply_merging(model, spec)
     counts = token_counts(patches, prefix, schedule)
     return {
         "requested": asked,

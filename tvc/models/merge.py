@@ -33,6 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvc.errors import ArtifactError
+from tvc.models.merge_hf import (
+    apply_hf_merging,
+    hf_layers,
+    hf_merging_spec,
+    hf_prefix_tokens,
+    remove_hf_merging,
+)
 
 METRICS = ("keys", "tokens")  # what the matching compares (see the module docstring)
 
@@ -260,16 +267,19 @@ def decision_margins(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     does not merge. Matching is an argmax and a sort: where two candidates are closer than the
     rounding difference between two runtimes, ONNX Runtime may pick the other one, which is a
     valid merge but not the same numbers, so parity checks use images whose choices are clear."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, MergingBlocks):
+    if merging_spec(model) is None:
         return None
-    blocks.margins = []
+    blocks = model.blocks if isinstance(getattr(model, "blocks", None), MergingBlocks) else None
+    holders = [blocks] if blocks is not None else [layer.tvc_merge for layer in hf_layers(model)]
+    found: list[torch.Tensor] = []
+    for h in holders:
+        h.margins = found  # every block appends to the same list
     try:
         with torch.no_grad():
             model.eval()(x)
-        found = blocks.margins
     finally:
-        blocks.margins = None
+        for h in holders:
+            h.margins = None
     if not found:
         return torch.full((len(x),), float("inf"))
     return torch.stack(found).amin(dim=0)
@@ -295,11 +305,28 @@ def clamp_schedule(patches: int, schedule: list[int]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- structure
+def merge_blocks(model: nn.Module) -> nn.Module | None:
+    """The list of blocks token merging runs over: a timm ViT's `blocks`, or a Hugging Face
+    ViT/DeiT/DINOv2's layers (tvc.models.merge_hf); None for any other model."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential):
+        return blocks
+    return hf_layers(model)
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """The tokens in front of the patches, which merging never touches."""
+    if hf_layers(model) is not None:
+        return hf_prefix_tokens(model)
+    return int(getattr(model, "num_prefix_tokens", 1))
+
+
 def merging_spec(model: nn.Module) -> dict[str, Any] | None:
     """What `apply_merging` needs to put token merging back on a fresh build; None if absent."""
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, MergingBlocks):
-        return None
+        layers = hf_layers(model)
+        return hf_merging_spec(layers) if layers is not None else None
     return {
         "schedule": list(blocks.schedule),
         "prefix": blocks.prefix,
@@ -309,14 +336,21 @@ def merging_spec(model: nn.Module) -> dict[str, Any] | None:
 
 
 def apply_merging(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
-    """Swap model.blocks for MergingBlocks of the same blocks (in place; weights untouched)."""
+    """Swap model.blocks for MergingBlocks of the same blocks, or give a Hugging Face model's
+    layers their merging steps (in place; weights untouched)."""
     blocks = getattr(model, "blocks", None)
-    if blocks is None or not isinstance(blocks, nn.Sequential):
+    layers = hf_layers(model)
+    if layers is None and (blocks is None or not isinstance(blocks, nn.Sequential)):
         raise ArtifactError(
-            f"the recorded token merging needs a timm ViT with blocks, not {type(model).__name__}",
+            f"the recorded token merging needs a timm ViT with blocks or a Hugging Face "
+            f"ViT/DeiT/DINOv2, not {type(model).__name__}",
             "the artifact's model section and its structure disagree; re-run 'tvc compress'",
         )
     try:
+        if layers is not None:
+            remove_hf_merging(layers)
+            apply_hf_merging(layers, spec)
+            return model
         model.blocks = MergingBlocks(
             list(blocks),
             list(spec["schedule"]),
@@ -333,8 +367,12 @@ def apply_merging(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
 
 
 def remove_merging(model: nn.Module) -> dict[str, Any] | None:
-    """Put a plain nn.Sequential of the same blocks back; returns the spec that was removed."""
+    """Put a plain nn.Sequential of the same blocks back (or the Hugging Face layers' own
+    forward); returns the spec that was removed."""
     spec = merging_spec(model)
-    if spec is not None:
+    layers = hf_layers(model)
+    if spec is not None and layers is not None:
+        remove_hf_merging(layers)
+    elif spec is not None:
         model.blocks = nn.Sequential(*list(model.blocks))
     return spec
