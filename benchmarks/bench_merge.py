@@ -66,11 +66,12 @@ def time_variants(
 ) -> dict[str, Any]:
     """Export every model to ONNX for `batch` images (parity checked by the exporter), then time
     them interleaved: wall-clock p50 and the calling thread's CPU time per call (see
-    tvc.stages.latency)."""
+    tvc.stages.latency). `info`: the models' ModelInfo, or one per model name."""
     runners, parity = {}, {}
     for name, model in models.items():
         cfg = OnnxExportConfig(batch=batch)
-        art = export_loaded(LoadedModel(model, info), workdir / f"{name}-b{batch}", cfg)
+        own = info[name] if isinstance(info, dict) else info
+        art = export_loaded(LoadedModel(model, own), workdir / f"{name}-b{batch}", cfg)
         parity[name] = art.meta["metrics"]["parity"]["max_abs_diff"]
         runners[name] = OrtRunner(art.file("model.onnx"), threads=args.threads)
     cpu: dict[str, list[float]] = {name: [] for name in runners}
