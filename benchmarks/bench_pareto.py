@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import load_note, rel, render_result, write_result
 
-from tvc.compress.latency_target import describe_merge
+from tvc.compress.latency_target import describe_choice
 from tvc.compress.lowrank import LowRankConfig, factorize
 from tvc.compress.merge import merge
 from tvc.compress.report import count_macs
@@ -171,9 +171,8 @@ def markdown(res: dict[str, Any]) -> str:
             c = w["choice"]
             met = "met" if c["meets_target"] else "MISSED (>10% over)"
             metric = res["config"].get("merge_metric", "keys")
-            out.append(f"\nLatency-aware choice ({w['variant']}, merge metric {metric}): prune "
-                       f"{c['chosen']['prune']:g} + "
-                       f"{describe_merge(c['chosen'])}; predicted {c['predicted_ms']:.3f}"
+            out.append(f"\nLatency-aware choice ({w['variant']}, merge metric {metric}): "
+                       f"{describe_choice(c['chosen'])}; predicted {c['predicted_ms']:.3f}"
                        f" ms, measured by the stage {c['measured_ms']:.3f} ms (parent "
                        f"{c['parent_measured_ms']:.3f} ms): target {met}; table fit worst error "
                        f"{c['table_fit_max_rel_error']:.1%}.")  # fmt: skip

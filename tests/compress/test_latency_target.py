@@ -98,7 +98,7 @@ def test_search_picks_a_candidate_predicted_within_the_target():
 
     grid = {"prune_grid": (0.0, 0.25, 0.5), "merge_values": [0, 8, 16]}
     cands, models = build_candidates(pico.model, pico.info.input_size, prune, **grid)
-    assert len(cands) == 9 and set(models) == {(c.prune, c.merge) for c in cands}
+    assert len(cands) == 9 and models.keys == {(c.prune, None, c.merge) for c in cands}
     dense = next(c for c in cands if c.prune == 0 and c.merge == 0)
     assert all(c.macs < dense.macs for c in cands if c is not dense)
     assert all(c.tokens < dense.tokens for c in cands if c.merge)
@@ -110,9 +110,7 @@ def test_search_picks_a_candidate_predicted_within_the_target():
 
     def score(c):
         scored.append(c)
-        return task.agreement(reference, task.outputs(models[(c.prune, c.merge)], samples))[
-            "agreement"
-        ]
+        return task.agreement(reference, task.outputs(models[c.key], samples))["agreement"]
 
     best, front = choose(cands, table, target, score)
     assert best.predicted_ms <= target and best in front
@@ -125,6 +123,45 @@ def test_search_picks_a_candidate_predicted_within_the_target():
     assert frontier(cands, predicted[0] / 2) == []
     with pytest.raises(ConfigError, match="raise --target-latency"):
         choose(cands, table, predicted[0] / 2, score)
+
+
+def test_low_rank_is_an_axis_of_the_search():
+    """With a factorize step the grid holds every width twice (plain and factorized), the
+    factorized candidates have fewer MACs, the frontier keeps one per width variant, and the
+    models mapping rebuilds a factorized, merged candidate; a low-rank step that saves nothing
+    adds no candidates."""
+    from tvc.compress.latency_target import calibration_points
+    from tvc.compress.lowrank import LowRankConfig, LowRankLinear
+
+    pico = load_model("vit_pico", warn_random=False)
+    task = ClassificationTask()
+    samples, _ = task.sample_inputs(pico.info, None, 16)
+
+    def prune(m, ratio):
+        task.prune(m, {"prune": ratio, "round_to": 8}, example=samples[:1])
+
+    def factorize(m, share):  # a fixed share of full rank: always saves on a random model
+        task.factorize(m, LowRankConfig(rank_ratio=share, round_to=8), samples=samples)
+
+    grid = {"prune_grid": (0.0, 0.5), "merge_values": [0, 8], "lowrank_grid": (None, 0.25)}
+    cands, models = build_candidates(pico.model, (3, 32, 32), prune, factorize=factorize, **grid)
+    assert len(cands) == 8 and {c.lowrank for c in cands} == {None, 0.25}
+    for c in (c for c in cands if c.lowrank):
+        plain = next(o for o in cands if o.key == (c.prune, None, c.merge))
+        assert c.macs < plain.macs and c.tokens == plain.tokens
+    merged = models[(0.5, 0.25, 8)]
+    assert any(isinstance(m, LowRankLinear) for m in merged.modules())
+    assert merged.blocks.schedule == [8, 8]
+    for c in cands:
+        c.predicted_ms = c.macs / 1e6  # a table that only counts MACs
+    front = frontier(cands, max(c.predicted_ms for c in cands))
+    assert [c.width for c in front] == [(0.0, None), (0.0, 0.25), (0.5, None), (0.5, 0.25)]
+    assert all(c.merge == 0 for c in front)
+    points = calibration_points((0.0, 0.5), [0, 8], (None, 0.25))
+    assert (0.0, 0.25, 0) in points and all(p in models for p in points)
+    nothing, _ = build_candidates(pico.model, (3, 32, 32), prune,
+                                  factorize=lambda m, e: None, **grid)  # fmt: skip
+    assert {c.lowrank for c in nothing} == {None}
 
 
 def test_refined_schedule_moves_merging_to_the_block_where_it_costs_nothing():

@@ -39,6 +39,7 @@ class Measured(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prune: float = Field(ge=0, lt=1)
     merge: list[int]
+    lowrank: float | None = Field(default=None, gt=0, le=1)  # spectral energy kept, if any
     macs: int = Field(gt=0)
     tokens: int = Field(gt=0)  # tokens entering each block, summed over blocks
     ms: float = Field(gt=0)

@@ -1,14 +1,18 @@
-"""Choose a compression for a latency target: a grid of (width prune ratio, merge r) candidates.
+"""Choose a compression for a latency target: a grid of (width prune ratio, low-rank energy,
+merge r) candidates.
 
-Every candidate is built on a copy of the model (pruned with the user's importance, then token
+Every candidate is built on a copy of the model (pruned with the user's importance, its
+attention and MLP projections factorized to keep a share of their spectral energy, then token
 merging with r tokens per block), its MACs and summed block tokens counted, and its latency
 predicted from a latency table (tvc.compress.latency_table). Among the candidates predicted to
-meet the target, only the frontier is scored: for each prune ratio the least merging that meets
-it (more merging at the same ratio only loses more). Each frontier candidate's top-1 agreement
-with the parent on a few hundred images is its predicted loss; the most faithful one wins (ties:
-the slower, i.e. less compressed). One prune ratio for every width; merging is uniform (one r
-for every block) in the grid, then `refine_schedule` spreads the winner's merging over the
-blocks from a sensitivity pass, and the per-block schedule replaces it when it scores better.
+meet the target, only the frontier is scored: for each width variant (prune ratio, low-rank)
+the least merging that meets it (more merging on the same widths only loses more). Each
+frontier candidate's top-1 agreement with the parent on a few hundred images is its predicted
+loss; the most faithful one wins (ties: the slower, i.e. less compressed). One prune ratio for
+every width (per-layer widths come from the importance ranking with --global); a low-rank
+energy gives every layer its own rank; merging is uniform (one r for every block) in the grid,
+then `refine_schedule` spreads the winner's merging over the blocks from a sensitivity pass, and
+the per-block schedule replaces it when it scores better.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from tvc.errors import ConfigError
 log = logging.getLogger("tvc")
 
 PRUNE_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+# spectral energy every factorized layer keeps (tvc.compress.lowrank); None: not factorized.
+# A layer is factorized only where that lowers its MACs, so on weights whose spectrum is flat
+# (random ones) the low-rank variant is the plain one and is left out of the grid.
+LOWRANK_GRID = (None, 0.9)
 MERGE_STEPS = 7  # merge r values from 0 to the largest, evenly spaced
 
 
@@ -39,6 +47,17 @@ class Candidate:
     predicted_ms: float | None = None
     agreement: float | None = None
     per_block: bool = False  # a schedule from refine_schedule, not one r for every block
+    lowrank: float | None = None  # spectral energy kept by factorizing; None: not factorized
+
+    @property
+    def width(self) -> tuple[float, float | None]:
+        """The width variant: prune ratio and low-rank energy."""
+        return self.prune, self.lowrank
+
+    @property
+    def key(self) -> tuple[float, float | None, int]:
+        """(prune, lowrank, merge): how CandidateModels and the search name a grid point."""
+        return self.prune, self.lowrank, self.merge
 
     @property
     def merge_option(self) -> str | None:
@@ -55,12 +74,17 @@ class Candidate:
         return asdict(self)
 
 
-def describe_merge(chosen: dict[str, Any]) -> str:
-    """'merge 13 per block' or 'merge [8, 8, 12, 12, 8, 8] (per-block schedule)' for a
-    candidate's as_dict() (records written before per-block schedules have no 'per_block')."""
+def describe_choice(chosen: dict[str, Any]) -> str:
+    """'prune 0.1 + low-rank 0.9 + merge 13 per block', or with 'merge [8, 8, 12, 12, 8, 8]
+    (per-block schedule)', for a candidate's as_dict() (records written before per-block
+    schedules or the low-rank axis lack 'per_block' / 'lowrank')."""
+    lowrank = chosen.get("lowrank")
+    lowrank_part = f" + low-rank {lowrank:g}" if lowrank is not None else ""
     if chosen.get("per_block"):
-        return f"merge {chosen['schedule']} (per-block schedule)"
-    return f"merge {chosen['merge']} per block"
+        merge_part = f"merge {chosen['schedule']} (per-block schedule)"
+    else:
+        merge_part = f"merge {chosen['merge']} per block"
+    return f"prune {chosen['prune']:g}{lowrank_part} + {merge_part}"
 
 
 def merge_grid(patches: int, depth: int, steps: int = MERGE_STEPS) -> list[int]:
@@ -70,6 +94,41 @@ def merge_grid(patches: int, depth: int, steps: int = MERGE_STEPS) -> list[int]:
     return sorted({round(top * k / (steps - 1)) for k in range(steps)})
 
 
+class CandidateModels:
+    """The candidates' models by Candidate.key. Each width variant (prune ratio, low-rank
+    energy) is built once and kept; its merged copies are made again when asked for (a copy and
+    a merge, quick next to pruning), so a grid of a hundred candidates holds a dozen models."""
+
+    def __init__(self, input_size: tuple[int, int, int], metric: str) -> None:
+        self.input_size, self.metric = input_size, metric
+        self.bases: dict[tuple[float, float | None], Any] = {}
+        self.keys: set[tuple[float, float | None, int]] = set()
+
+    def base(self, prune: float, lowrank: float | None) -> Any:
+        """The pruned (and factorized) model without merging."""
+        return self.bases[(prune, lowrank)]
+
+    def __contains__(self, key: tuple[float, float | None, int]) -> bool:
+        return key in self.keys
+
+    def __getitem__(self, key: tuple[float, float | None, int]) -> Any:
+        from tvc.compress.merge import merge
+
+        prune, lowrank, r = key
+        if key not in self.keys:
+            raise KeyError(key)
+        base = self.base(prune, lowrank)
+        if not r:
+            return base
+        m = copy.deepcopy(base).eval()
+        merge(m, [r], self.input_size, metric=self.metric)
+        return m
+
+    def clear(self) -> None:
+        self.bases.clear()
+        self.keys.clear()
+
+
 def build_candidates(
     model: Any,
     input_size: tuple[int, int, int],
@@ -77,11 +136,14 @@ def build_candidates(
     prune_grid: tuple[float, ...] = PRUNE_GRID,
     merge_values: list[int] | None = None,
     metric: str = "keys",
-) -> tuple[list[Candidate], dict[tuple[float, int], Any]]:
-    """Every (ratio, r) of the grid built on copies of `model` (no merging on it):
-    `prune(copy, ratio)` prunes in place; merging compares `metric`. Returns the candidates
-    and their models. Ratios the structure cannot take (a ConfigError from prune) are
-    skipped."""
+    factorize: Callable[[Any, float], None] | None = None,
+    lowrank_grid: tuple[float | None, ...] = LOWRANK_GRID,
+) -> tuple[list[Candidate], CandidateModels]:
+    """Every (ratio, energy, r) of the grid built on copies of `model` (no merging on it):
+    `prune(copy, ratio)` prunes in place, `factorize(copy, energy)` factorizes in place (None:
+    no low-rank axis); merging compares `metric`. Returns the candidates and their models.
+    Ratios the structure cannot take (a ConfigError from prune) are skipped, and so is a
+    low-rank variant that factorizes nothing (its MACs are the unfactorized ones)."""
     from tvc.compress.merge import check_mergeable, merge, tokens_entering_blocks
     from tvc.compress.report import count_macs
     from tvc.models.merge import merge_blocks, prefix_tokens
@@ -91,35 +153,49 @@ def build_candidates(
     seq = tokens_entering_blocks(model, input_size)
     prefix = prefix_tokens(model)
     values = merge_values if merge_values is not None else merge_grid(seq - prefix, depth)
-    candidates, models = [], {}
+    energies = lowrank_grid if factorize is not None else (None,)
+    candidates, models = [], CandidateModels(input_size, metric)
     for ratio in prune_grid:
-        base = copy.deepcopy(model).eval()
+        pruned = copy.deepcopy(model).eval()
         if ratio > 0:
             try:
-                prune(base, ratio)
+                prune(pruned, ratio)
             except ConfigError as e:
                 log.info("latency search: prune ratio %.2f skipped (%s)", ratio, e.problem)
                 continue
-        for r in values:
-            m = copy.deepcopy(base) if r else base
-            schedule, tokens = [0] * depth, seq * depth
-            if r:
-                rep = merge(m, [r], input_size, metric=metric)
-                schedule, tokens = rep["schedule"], sum(rep["tokens_in"])
-            candidates.append(Candidate(ratio, r, count_macs(m, input_size), tokens, schedule))
-            models[(ratio, r)] = m
+        plain_macs = count_macs(pruned, input_size)
+        for energy in energies:
+            base = pruned if energy is None else copy.deepcopy(pruned).eval()
+            if energy is not None:
+                factorize(base, energy)
+                if count_macs(base, input_size) >= plain_macs:
+                    log.info("latency search: low-rank %.2f saves nothing at prune %.2f",
+                             energy, ratio)  # fmt: skip
+                    continue
+            models.bases[(ratio, energy)] = base
+            for r in values:
+                m = copy.deepcopy(base) if r else base
+                schedule, tokens = [0] * depth, seq * depth
+                if r:
+                    rep = merge(m, [r], input_size, metric=metric)
+                    schedule, tokens = rep["schedule"], sum(rep["tokens_in"])
+                c = Candidate(ratio, r, count_macs(m, input_size), tokens, schedule,
+                              lowrank=energy)  # fmt: skip
+                candidates.append(c)
+                models.keys.add(c.key)
     return candidates, models
 
 
 def frontier(candidates: list[Candidate], target_ms: float) -> list[Candidate]:
-    """For each prune ratio, the candidate with the least merging predicted to meet the target."""
-    best: dict[float, Candidate] = {}
+    """For each width variant (prune ratio, low-rank), the candidate with the least merging
+    predicted to meet the target."""
+    best: dict[tuple[float, float | None], Candidate] = {}
     for c in candidates:
         if c.predicted_ms is None or c.predicted_ms > target_ms:
             continue
-        if c.prune not in best or c.merge < best[c.prune].merge:
-            best[c.prune] = c
-    return [best[p] for p in sorted(best)]
+        if c.width not in best or c.merge < best[c.width].merge:
+            best[c.width] = c
+    return [best[w] for w in sorted(best, key=lambda w: (w[0], -(w[1] or 1.0)))]
 
 
 def choose(
@@ -138,16 +214,21 @@ def choose(
         fastest = min(candidates, key=lambda c: c.predicted_ms or math.inf)
         raise ConfigError(
             f"no candidate is predicted to run in {target_ms:g} ms: the fastest (prune "
-            f"{fastest.prune:g}, merge {fastest.merge}) is predicted at "
+            f"{fastest.prune:g}{_lowrank_words(fastest)}, merge {fastest.merge}) is predicted at "
             f"{fastest.predicted_ms:.3g} ms on {table.backend} with {table.threads} thread(s)",
             f"raise --target-latency to at least {fastest.predicted_ms:.3g}",
         )
     for c in front:
         c.agreement = round(float(score(c)), 4)
-        log.info("latency search: prune %.2f + merge %d: predicted %.3f ms, agreement %.1f%%",
-                 c.prune, c.merge, c.predicted_ms, c.agreement * 100)  # fmt: skip
+        log.info("latency search: prune %.2f%s + merge %d: predicted %.3f ms, agreement "
+                 "%.1f%%", c.prune, _lowrank_words(c), c.merge, c.predicted_ms,
+                 c.agreement * 100)  # fmt: skip
     best = max(front, key=lambda c: (c.agreement, c.predicted_ms))
     return best, front
+
+
+def _lowrank_words(c: Candidate) -> str:
+    return f" + low-rank {c.lowrank:g}" if c.lowrank is not None else ""
 
 
 def schedule_candidate(
@@ -156,6 +237,7 @@ def schedule_candidate(
     schedule: list[int],
     input_size: tuple[int, int, int],
     metric: str = "keys",
+    lowrank: float | None = None,
 ) -> tuple[Candidate, Any]:
     """A merged copy of the (pruned, unmerged) `base` with a per-block `schedule`."""
     from tvc.compress.merge import merge
@@ -165,7 +247,7 @@ def schedule_candidate(
     rep = merge(m, schedule, input_size, metric=metric)
     sched = rep["schedule"]
     c = Candidate(prune, round(sum(sched) / len(sched)), count_macs(m, input_size),
-                  sum(rep["tokens_in"]), sched, per_block=True)  # fmt: skip
+                  sum(rep["tokens_in"]), sched, per_block=True, lowrank=lowrank)  # fmt: skip
     return c, m
 
 
@@ -194,7 +276,7 @@ def refine_schedule(
     rows = []
     for i in range(depth):
         alone = [probe if j == i else 0 for j in range(depth)]
-        _, m = schedule_candidate(base, best.prune, alone, input_size, metric)
+        _, m = schedule_candidate(base, best.prune, alone, input_size, metric, best.lowrank)
         rows.append(
             {"block": i, "merge": probe, "lost": round(max(0.0, unmerged - agreement(m)), 4)}
         )
@@ -204,7 +286,7 @@ def refine_schedule(
         return c.predicted_ms
 
     unit = max(1, probe // 4)
-    cand, m = schedule_candidate(base, best.prune, [0] * depth, input_size, metric)
+    cand, m = schedule_candidate(base, best.prune, [0] * depth, input_size, metric, best.lowrank)
     while predicted(cand) > target_ms:
         options = []
         for i in range(depth):
@@ -212,7 +294,7 @@ def refine_schedule(
             trial[i] += unit
             if trial[i] > 2 * probe:
                 continue
-            c, cm = schedule_candidate(base, best.prune, trial, input_size, metric)
+            c, cm = schedule_candidate(base, best.prune, trial, input_size, metric, best.lowrank)
             # ranked without the fixed cost of one more merging block, which the first unit
             # in any block pays and no later one does
             gain = cand.predicted_ms - table.predict(c.macs, c.tokens, cand.merging_blocks)
@@ -229,11 +311,19 @@ def refine_schedule(
     return (cand if cand.agreement > (best.agreement or 0) else None), rows
 
 
-def calibration_points(prune_grid: tuple[float, ...], merge_values: list[int]) -> list[tuple]:
-    """The few (ratio, r) configurations timed for real to fit a table: the corners and
-    middles of the grid."""
+def calibration_points(
+    prune_grid: tuple[float, ...],
+    merge_values: list[int],
+    lowrank_grid: tuple[float | None, ...] = (None,),
+) -> list[tuple[float, float | None, int]]:
+    """The few (ratio, energy, r) configurations timed for real to fit a table: the corners
+    and middles of the grid, and for each low-rank energy two more (factorized layers run
+    two smaller GEMMs, whose cost per MAC the table must see)."""
     top_p = max(prune_grid)
     mid_p = prune_grid[len(prune_grid) // 2]
     top_r, mid_r = max(merge_values), merge_values[len(merge_values) // 2]
-    points = [(0.0, 0), (top_p, 0), (0.0, mid_r), (0.0, top_r), (mid_p, mid_r), (top_p, top_r)]
+    points = [(0.0, None, 0), (top_p, None, 0), (0.0, None, mid_r), (0.0, None, top_r),
+              (mid_p, None, mid_r), (top_p, None, top_r)]  # fmt: skip
+    for energy in (e for e in lowrank_grid if e is not None):
+        points += [(0.0, energy, 0), (mid_p, energy, mid_r)]
     return list(dict.fromkeys(points))

@@ -210,14 +210,14 @@ def print_compression_report(report: dict[str, Any], console=None) -> None:
 
     target = report.get("latency_target")
     if target:
-        from tvc.compress.latency_target import describe_merge
+        from tvc.compress.latency_target import describe_choice
 
         chosen = target["chosen"]
         met = "met" if target["meets_target"] else "MISSED (more than 10% over)"
         console.print(
             f"latency target {target['target_ms']:g} ms ({target['on']['backend']}, "
-            f"{target['on']['threads']} thread(s), table {target['table']}): prune "
-            f"{chosen['prune']:g} + {describe_merge(chosen)}; predicted "
+            f"{target['on']['threads']} thread(s), table {target['table']}): "
+            f"{describe_choice(chosen)}; predicted "
             f"{target['predicted_ms']:.3f} ms, measured {target['measured_ms']:.3f} ms "
             f"(parent {target['parent_measured_ms']:.3f} ms, {target['speedup']:.2f}x): {met}"
         )

@@ -117,9 +117,10 @@ class Config(ModelOptions, OutputOptions):
     target_latency: float | None = Field(
         None,
         gt=0,
-        description="Latency target in ms (batch 1): choose the width prune ratio and token "
-        "merging per block predicted to meet it with the most agreement with the parent, then "
-        "time the result (timm ViT/DeiT; a table is measured here unless --latency-table).",
+        description="Latency target in ms (batch 1): choose the width prune ratio, low-rank "
+        "factorization and token merging per block predicted to meet it with the most "
+        "agreement with the parent, then time the result (ViT/DeiT/DINOv2; a table is "
+        "measured here unless --latency-table).",
     )
     on: str | None = option(
         None,
@@ -203,7 +204,8 @@ class Config(ModelOptions, OutputOptions):
             )
         if self.target_latency is not None and (stray := first(_TARGET_CHOOSES)):
             raise ConfigError(
-                f"--target-latency chooses the pruning and token merging itself, so {stray} "
+                f"--target-latency chooses the pruning, low-rank and token merging itself, so "
+                f"{stray} "
                 "cannot be given with it",
                 f"drop {stray}, or drop --target-latency and set the compression by hand",
             )

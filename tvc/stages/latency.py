@@ -103,15 +103,15 @@ def time_onnx(models: list[Any], info, threads: int, *, min_time_s: float = 1.0,
 def measure_table(
     info, models: dict, points: list[tuple], cands: dict, threads: int
 ) -> LatencyTable:
-    """Time the `points` (ratio, r) of `models` and fit a LatencyTable."""
+    """Time the `points` (ratio, energy, r) of `models` and fit a LatencyTable."""
     from tvc.compress.latency_table import Measured, make_table
     from tvc.runtime.device import environment
 
     log.info("measuring a latency table: %d configurations on ort with %d thread(s)",
              len(points), threads)  # fmt: skip
     ms = time_onnx([models[p] for p in points], info, threads)
-    measured = [Measured(prune=p[0], merge=cands[p].schedule, macs=cands[p].macs,
-                         tokens=cands[p].tokens, ms=t["ms"])
+    measured = [Measured(prune=p[0], lowrank=p[1], merge=cands[p].schedule,
+                         macs=cands[p].macs, tokens=cands[p].tokens, ms=t["ms"])
                 for p, t in zip(points, ms, strict=True)]  # fmt: skip
     clock = "cpu" if threads == 1 else "wall"
     return make_table(info.arch, info.input_size, "ort", threads, measured, environment(),
@@ -128,6 +128,7 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         choose,
         refine_schedule,
     )
+    from tvc.compress.lowrank import LowRankConfig
     from tvc.compress.merge import merging_suspended
     from tvc.compress.pipeline import DATA_BATCHES, TAYLOR_BATCH_SIZE, TAYLOR_BATCHES
 
@@ -156,13 +157,20 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
     def prune(m, ratio: float) -> None:
         task.prune(m, {**settings, "prune": ratio}, example=samples[:1], batches=batches)
 
+    def factorize(m, energy: float) -> None:
+        task.factorize(m, LowRankConfig(energy=energy, round_to=cfg.round_to), samples=samples)
+
     with merging_suspended(parent):
-        cands, models = build_candidates(parent, info.input_size, prune, metric=cfg.merge_metric)
-    by_key = {(c.prune, c.merge): c for c in cands}
+        cands, models = build_candidates(
+            parent, info.input_size, prune, metric=cfg.merge_metric, factorize=factorize
+        )
+    by_key = {c.key: c for c in cands}
     if table is None:
         ratios = tuple(sorted({c.prune for c in cands}))
         merges = sorted({c.merge for c in cands})
-        table = measure_table(info, models, calibration_points(ratios, merges), by_key, threads)
+        energies = tuple({c.lowrank for c in cands})
+        points = [p for p in calibration_points(ratios, merges, energies) if p in models]
+        table = measure_table(info, models, points, by_key, threads)
         log.info("latency table fitted: worst error %.1f%% on its %d measurements",
                  table.fit_max_rel_error * 100, len(table.measured))  # fmt: skip
         if path is not None:
@@ -173,13 +181,11 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
     def agreement(m) -> float:
         return task.agreement(reference, task.outputs(m, samples))["agreement"]
 
-    best, front = choose(
-        cands, table, cfg.target_latency, lambda c: agreement(models[(c.prune, c.merge)])
-    )
-    parent_predicted = by_key[(0.0, 0)].predicted_ms
+    best, front = choose(cands, table, cfg.target_latency, lambda c: agreement(models[c.key]))
+    parent_predicted = by_key[(0.0, None, 0)].predicted_ms
     uniform, sensitivity = best, []
-    if best.merge and (best.prune, 0) in models:  # spread the merging where it costs least
-        base = models[(best.prune, 0)]
+    if best.merge:  # spread the merging where it costs least
+        base = models.base(best.prune, best.lowrank)
         refined, sensitivity = refine_schedule(
             best, base, info.input_size, table, cfg.target_latency, agreement, cfg.merge_metric
         )
@@ -189,10 +195,12 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
                  "a more pruned, less merged one may come out ahead "
                  "(benchmarks/results/pareto.md)")  # fmt: skip
     models.clear()  # the candidates' copies are no longer needed
-    log.info("latency target %.3g ms: prune %.2f + merge %s, predicted %.3f ms, "
-             "agreement %.1f%% on %s", cfg.target_latency, best.prune, best.merge_option,
-             best.predicted_ms, best.agreement * 100, source)  # fmt: skip
-    update: dict[str, Any] = {"prune": best.prune or None, "merge_tokens": best.merge_option}
+    lowrank = f" + low-rank {best.lowrank:g}" if best.lowrank is not None else ""
+    log.info("latency target %.3g ms: prune %.2f%s + merge %s, predicted %.3f ms, "
+             "agreement %.1f%% on %s", cfg.target_latency, best.prune, lowrank,
+             best.merge_option, best.predicted_ms, best.agreement * 100, source)  # fmt: skip
+    update: dict[str, Any] = {"prune": best.prune or None, "merge_tokens": best.merge_option,
+                              "lowrank": best.lowrank}  # fmt: skip
     new_cfg = cfg.model_copy(update=update)
     plan = {
         "target_ms": cfg.target_latency,
