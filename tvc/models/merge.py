@@ -20,7 +20,8 @@ structure records `{"merge": ...}` and `apply_structure` swaps `model.blocks` fo
 names do not change; it only replaces the loop over the blocks. Every token count is fixed by
 the input size and the schedule, so the ONNX graph has static shapes, and the matching is written
 with ops ONNX Runtime and TensorRT run (TopK, row Gathers, and a one-hot MatMul in place of a
-scatter-add).
+scatter-add). Hugging Face ViT/DeiT/DINOv2 classifiers get the same matching on their own layers
+(tvc.models.merge_hf); the functions under "structure" below serve both.
 """
 
 from __future__ import annotations
