@@ -73,6 +73,16 @@ def test_hugging_face_processor_configs():
     convnext = {"size": {"shortest_edge": 224}, "crop_pct": 0.875, "resample": 3}
     assert hf_preprocess(convnext) == {"interpolation": "bicubic", "crop_pct": 0.875}
     assert hf_preprocess({"size": "big", "resample": 9, "crop_pct": 7}) == {}
+    # older processors store bare numbers: ViT and DeiT mean a square, Bit a shorter side
+    old_vit = {"feature_extractor_type": "ViTFeatureExtractor", "size": 224, "resample": 2}
+    assert hf_preprocess(old_vit) == {"interpolation": "bilinear", "squash": True}
+    old_deit = {"feature_extractor_type": "DeiTFeatureExtractor", "size": 256,
+                "do_center_crop": True, "crop_size": 224, "resample": 3}  # fmt: skip
+    assert hf_preprocess(old_deit) == {"interpolation": "bicubic", "squash": True,
+                                       "crop_pct": 0.875}  # fmt: skip
+    old_bit = {"image_processor_type": "BitImageProcessor", "size": 256,
+               "do_center_crop": True, "crop_size": 224}  # fmt: skip
+    assert hf_preprocess(old_bit) == {"crop_pct": 0.875}
 
 
 def test_timm_pretrained_cfg():

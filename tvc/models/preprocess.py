@@ -36,8 +36,8 @@ def hf_preprocess(proc: dict[str, Any]) -> dict[str, Any]:
     if _PIL_RESAMPLE.get(proc.get("resample")):
         out["interpolation"] = _PIL_RESAMPLE[proc["resample"]]
     size = proc.get("size")
-    if isinstance(size, int):  # processors saved by older transformers
-        size = {"shortest_edge": size}
+    if isinstance(size, int):  # processors saved by older transformers: square or shorter side
+        size = {"height": size, "width": size} if _squares(proc) else {"shortest_edge": size}
     if not isinstance(size, dict):
         return out
     if _positive(size.get("height")) and _positive(size.get("width")):
@@ -54,6 +54,13 @@ def hf_preprocess(proc: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(crop, dict) and _positive(crop.get("height")) and crop["height"] < resized:
         out["crop_pct"] = crop["height"] / resized
     return out
+
+
+def _squares(proc: dict[str, Any]) -> bool:
+    """Whether the processor reads a bare `size: N` as an N x N square (ViT, DeiT and BEiT
+    processors do; Bit (DINOv2), ConvNeXt and CLIP read the shorter side)."""
+    kind = str(proc.get("image_processor_type") or proc.get("feature_extractor_type") or "")
+    return kind.startswith(("ViT", "DeiT", "Beit", "BEiT"))
 
 
 def _positive(value: Any) -> bool:
