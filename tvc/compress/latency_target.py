@@ -29,6 +29,9 @@ from tvc.errors import ConfigError
 
 log = logging.getLogger("tvc")
 
+Width = tuple[float, bool, float | None]  # prune ratio, ranked across blocks, low-rank energy
+Key = tuple[float, bool, float | None, int]  # a width and the tokens merged per block
+
 PRUNE_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 # spectral energy every factorized layer keeps (tvc.compress.lowrank); None: not factorized.
 # A layer is factorized only where that lowers its MACs, so on weights whose spectrum is flat
@@ -48,16 +51,17 @@ class Candidate:
     agreement: float | None = None
     per_block: bool = False  # a schedule from refine_schedule, not one r for every block
     lowrank: float | None = None  # spectral energy kept by factorizing; None: not factorized
+    global_prune: bool = False  # channels and heads ranked across blocks (--global)
 
     @property
-    def width(self) -> tuple[float, float | None]:
-        """The width variant: prune ratio and low-rank energy."""
-        return self.prune, self.lowrank
+    def width(self) -> Width:
+        """The width variant: prune ratio, ranked across blocks or not, low-rank energy."""
+        return self.prune, self.global_prune, self.lowrank
 
     @property
-    def key(self) -> tuple[float, float | None, int]:
-        """(prune, lowrank, merge): how CandidateModels and the search name a grid point."""
-        return self.prune, self.lowrank, self.merge
+    def key(self) -> Key:
+        """(prune, global, lowrank, merge): how CandidateModels and the search name it."""
+        return self.prune, self.global_prune, self.lowrank, self.merge
 
     @property
     def merge_option(self) -> str | None:
@@ -75,11 +79,13 @@ class Candidate:
 
 
 def describe_choice(chosen: dict[str, Any]) -> str:
-    """'prune 0.1 + low-rank 0.9 + merge 13 per block', or with 'merge [8, 8, 12, 12, 8, 8]
+    """'prune 0.1 (global) + low-rank 0.9 + merge 13 per block', or with 'merge [8, 8, 12, ...]
     (per-block schedule)', for a candidate's as_dict() (records written before per-block
     schedules or the low-rank axis lack 'per_block' / 'lowrank')."""
     lowrank = chosen.get("lowrank")
     lowrank_part = f" + low-rank {lowrank:g}" if lowrank is not None else ""
+    if chosen.get("global_prune"):
+        lowrank_part = " (global)" + lowrank_part
     if chosen.get("per_block"):
         merge_part = f"merge {chosen['schedule']} (per-block schedule)"
     else:
@@ -101,23 +107,23 @@ class CandidateModels:
 
     def __init__(self, input_size: tuple[int, int, int], metric: str) -> None:
         self.input_size, self.metric = input_size, metric
-        self.bases: dict[tuple[float, float | None], Any] = {}
-        self.keys: set[tuple[float, float | None, int]] = set()
+        self.bases: dict[Width, Any] = {}
+        self.keys: set[Key] = set()
 
-    def base(self, prune: float, lowrank: float | None) -> Any:
+    def base(self, width: Width) -> Any:
         """The pruned (and factorized) model without merging."""
-        return self.bases[(prune, lowrank)]
+        return self.bases[width]
 
-    def __contains__(self, key: tuple[float, float | None, int]) -> bool:
+    def __contains__(self, key: Key) -> bool:
         return key in self.keys
 
-    def __getitem__(self, key: tuple[float, float | None, int]) -> Any:
+    def __getitem__(self, key: Key) -> Any:
         from tvc.compress.merge import merge
 
-        prune, lowrank, r = key
         if key not in self.keys:
             raise KeyError(key)
-        base = self.base(prune, lowrank)
+        *width, r = key
+        base = self.base(tuple(width))
         if not r:
             return base
         m = copy.deepcopy(base).eval()
@@ -132,18 +138,22 @@ class CandidateModels:
 def build_candidates(
     model: Any,
     input_size: tuple[int, int, int],
-    prune: Callable[[Any, float], None],
+    prune: Callable[[Any, float, bool], None],
     prune_grid: tuple[float, ...] = PRUNE_GRID,
     merge_values: list[int] | None = None,
     metric: str = "keys",
     factorize: Callable[[Any, float], None] | None = None,
     lowrank_grid: tuple[float | None, ...] = LOWRANK_GRID,
+    prune_modes: tuple[bool, ...] = (False,),
 ) -> tuple[list[Candidate], CandidateModels]:
-    """Every (ratio, energy, r) of the grid built on copies of `model` (no merging on it):
-    `prune(copy, ratio)` prunes in place, `factorize(copy, energy)` factorizes in place (None:
-    no low-rank axis); merging compares `metric`. Returns the candidates and their models.
-    Ratios the structure cannot take (a ConfigError from prune) are skipped, and so is a
-    low-rank variant that factorizes nothing (its MACs are the unfactorized ones)."""
+    """Every (ratio, mode, energy, r) of the grid built on copies of `model` (no merging on
+    it): `prune(copy, ratio, global_prune)` prunes in place, each ratio in every mode of
+    `prune_modes` (False: every block loses the ratio; True: channels and heads ranked across
+    blocks, so each block keeps what its importance earns), `factorize(copy, energy)`
+    factorizes in place (None: no low-rank axis); merging compares `metric`. Returns the
+    candidates and their models. Ratios the structure cannot take (a ConfigError from prune)
+    are skipped, and so is a low-rank variant that factorizes nothing (its MACs are the
+    unfactorized ones)."""
     from tvc.compress.merge import check_mergeable, merge, tokens_entering_blocks
     from tvc.compress.report import count_macs
     from tvc.models.merge import merge_blocks, prefix_tokens
@@ -155,11 +165,13 @@ def build_candidates(
     values = merge_values if merge_values is not None else merge_grid(seq - prefix, depth)
     energies = lowrank_grid if factorize is not None else (None,)
     candidates, models = [], CandidateModels(input_size, metric)
-    for ratio in prune_grid:
+    ways = [(ratio, mode) for ratio in prune_grid for mode in prune_modes
+            if ratio > 0 or mode == prune_modes[0]]  # fmt: skip
+    for ratio, mode in ways:
         pruned = copy.deepcopy(model).eval()
         if ratio > 0:
             try:
-                prune(pruned, ratio)
+                prune(pruned, ratio, mode)
             except ConfigError as e:
                 log.info("latency search: prune ratio %.2f skipped (%s)", ratio, e.problem)
                 continue
@@ -172,7 +184,7 @@ def build_candidates(
                     log.info("latency search: low-rank %.2f saves nothing at prune %.2f",
                              energy, ratio)  # fmt: skip
                     continue
-            models.bases[(ratio, energy)] = base
+            models.bases[(ratio, mode, energy)] = base
             for r in values:
                 m = copy.deepcopy(base) if r else base
                 schedule, tokens = [0] * depth, seq * depth
@@ -180,7 +192,7 @@ def build_candidates(
                     rep = merge(m, [r], input_size, metric=metric)
                     schedule, tokens = rep["schedule"], sum(rep["tokens_in"])
                 c = Candidate(ratio, r, count_macs(m, input_size), tokens, schedule,
-                              lowrank=energy)  # fmt: skip
+                              lowrank=energy, global_prune=mode)  # fmt: skip
                 candidates.append(c)
                 models.keys.add(c.key)
     return candidates, models
@@ -189,13 +201,13 @@ def build_candidates(
 def frontier(candidates: list[Candidate], target_ms: float) -> list[Candidate]:
     """For each width variant (prune ratio, low-rank), the candidate with the least merging
     predicted to meet the target."""
-    best: dict[tuple[float, float | None], Candidate] = {}
+    best: dict[Width, Candidate] = {}
     for c in candidates:
         if c.predicted_ms is None or c.predicted_ms > target_ms:
             continue
         if c.width not in best or c.merge < best[c.width].merge:
             best[c.width] = c
-    return [best[w] for w in sorted(best, key=lambda w: (w[0], -(w[1] or 1.0)))]
+    return [best[w] for w in sorted(best, key=lambda w: (w[0], w[1], -(w[2] or 1.0)))]
 
 
 def choose(
@@ -214,21 +226,22 @@ def choose(
         fastest = min(candidates, key=lambda c: c.predicted_ms or math.inf)
         raise ConfigError(
             f"no candidate is predicted to run in {target_ms:g} ms: the fastest (prune "
-            f"{fastest.prune:g}{_lowrank_words(fastest)}, merge {fastest.merge}) is predicted at "
+            f"{fastest.prune:g}{_width_words(fastest)}, merge {fastest.merge}) is predicted at "
             f"{fastest.predicted_ms:.3g} ms on {table.backend} with {table.threads} thread(s)",
             f"raise --target-latency to at least {fastest.predicted_ms:.3g}",
         )
     for c in front:
         c.agreement = round(float(score(c)), 4)
         log.info("latency search: prune %.2f%s + merge %d: predicted %.3f ms, agreement "
-                 "%.1f%%", c.prune, _lowrank_words(c), c.merge, c.predicted_ms,
+                 "%.1f%%", c.prune, _width_words(c), c.merge, c.predicted_ms,
                  c.agreement * 100)  # fmt: skip
     best = max(front, key=lambda c: (c.agreement, c.predicted_ms))
     return best, front
 
 
-def _lowrank_words(c: Candidate) -> str:
-    return f" + low-rank {c.lowrank:g}" if c.lowrank is not None else ""
+def _width_words(c: Candidate) -> str:
+    ranked = " (global)" if c.global_prune else ""
+    return ranked + (f" + low-rank {c.lowrank:g}" if c.lowrank is not None else "")
 
 
 def schedule_candidate(
@@ -238,6 +251,7 @@ def schedule_candidate(
     input_size: tuple[int, int, int],
     metric: str = "keys",
     lowrank: float | None = None,
+    global_prune: bool = False,
 ) -> tuple[Candidate, Any]:
     """A merged copy of the (pruned, unmerged) `base` with a per-block `schedule`."""
     from tvc.compress.merge import merge
@@ -247,7 +261,8 @@ def schedule_candidate(
     rep = merge(m, schedule, input_size, metric=metric)
     sched = rep["schedule"]
     c = Candidate(prune, round(sum(sched) / len(sched)), count_macs(m, input_size),
-                  sum(rep["tokens_in"]), sched, per_block=True, lowrank=lowrank)  # fmt: skip
+                  sum(rep["tokens_in"]), sched, per_block=True, lowrank=lowrank,
+                  global_prune=global_prune)  # fmt: skip
     return c, m
 
 
@@ -270,13 +285,14 @@ def refine_schedule(
     scores better than `best` (else None) and the sensitivity rows."""
     depth = len(best.schedule)
     probe = max(best.schedule)
+    same = {"lowrank": best.lowrank, "global_prune": best.global_prune}  # best's widths
     if probe <= 0:
         return None, []
     unmerged = agreement(base)
     rows = []
     for i in range(depth):
         alone = [probe if j == i else 0 for j in range(depth)]
-        _, m = schedule_candidate(base, best.prune, alone, input_size, metric, best.lowrank)
+        _, m = schedule_candidate(base, best.prune, alone, input_size, metric, **same)
         rows.append(
             {"block": i, "merge": probe, "lost": round(max(0.0, unmerged - agreement(m)), 4)}
         )
@@ -286,7 +302,7 @@ def refine_schedule(
         return c.predicted_ms
 
     unit = max(1, probe // 4)
-    cand, m = schedule_candidate(base, best.prune, [0] * depth, input_size, metric, best.lowrank)
+    cand, m = schedule_candidate(base, best.prune, [0] * depth, input_size, metric, **same)
     while predicted(cand) > target_ms:
         options = []
         for i in range(depth):
@@ -294,7 +310,7 @@ def refine_schedule(
             trial[i] += unit
             if trial[i] > 2 * probe:
                 continue
-            c, cm = schedule_candidate(base, best.prune, trial, input_size, metric, best.lowrank)
+            c, cm = schedule_candidate(base, best.prune, trial, input_size, metric, **same)
             # ranked without the fixed cost of one more merging block, which the first unit
             # in any block pays and no later one does
             gain = cand.predicted_ms - table.predict(c.macs, c.tokens, cand.merging_blocks)
@@ -315,15 +331,17 @@ def calibration_points(
     prune_grid: tuple[float, ...],
     merge_values: list[int],
     lowrank_grid: tuple[float | None, ...] = (None,),
-) -> list[tuple[float, float | None, int]]:
-    """The few (ratio, energy, r) configurations timed for real to fit a table: the corners
+) -> list[Key]:
+    """The few (ratio, global, energy, r) configurations timed for real to fit a table: the
+    corners
     and middles of the grid, and for each low-rank energy two more (factorized layers run
     two smaller GEMMs, whose cost per MAC the table must see)."""
     top_p = max(prune_grid)
     mid_p = prune_grid[len(prune_grid) // 2]
     top_r, mid_r = max(merge_values), merge_values[len(merge_values) // 2]
-    points = [(0.0, None, 0), (top_p, None, 0), (0.0, None, mid_r), (0.0, None, top_r),
-              (mid_p, None, mid_r), (top_p, None, top_r)]  # fmt: skip
+    points = [(0.0, False, None, 0), (top_p, False, None, 0), (0.0, False, None, mid_r),
+              (0.0, False, None, top_r), (mid_p, False, None, mid_r),
+              (top_p, False, None, top_r)]  # fmt: skip
     for energy in (e for e in lowrank_grid if e is not None):
-        points += [(0.0, energy, 0), (mid_p, energy, mid_r)]
+        points += [(0.0, False, energy, 0), (mid_p, False, energy, mid_r)]
     return list(dict.fromkeys(points))

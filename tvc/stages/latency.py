@@ -110,7 +110,7 @@ def measure_table(
     log.info("measuring a latency table: %d configurations on ort with %d thread(s)",
              len(points), threads)  # fmt: skip
     ms = time_onnx([models[p] for p in points], info, threads)
-    measured = [Measured(prune=p[0], lowrank=p[1], merge=cands[p].schedule,
+    measured = [Measured(prune=p[0], lowrank=p[2], merge=cands[p].schedule,
                          macs=cands[p].macs, tokens=cands[p].tokens, ms=t["ms"])
                 for p, t in zip(points, ms, strict=True)]  # fmt: skip
     clock = "cpu" if threads == 1 else "wall"
@@ -126,6 +126,7 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         build_candidates,
         calibration_points,
         choose,
+        describe_choice,
         refine_schedule,
     )
     from tvc.compress.lowrank import LowRankConfig
@@ -154,16 +155,19 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         n = TAYLOR_BATCHES if cfg.importance == "taylor" else DATA_BATCHES
         batches = task.taylor_batches(info, cfg.data, n, TAYLOR_BATCH_SIZE)
 
-    def prune(m, ratio: float) -> None:
-        task.prune(m, {**settings, "prune": ratio}, example=samples[:1], batches=batches)
+    def prune(m, ratio: float, global_prune: bool) -> None:
+        task.prune(m, {**settings, "prune": ratio, "global_": global_prune},
+                   example=samples[:1], batches=batches)  # fmt: skip
+
+    # per-block and globally ranked widths, unless the user chose one with --global
+    modes = (settings["global_"],) if "global_" in settings else (False, True)
 
     def factorize(m, energy: float) -> None:
         task.factorize(m, LowRankConfig(energy=energy, round_to=cfg.round_to), samples=samples)
 
     with merging_suspended(parent):
-        cands, models = build_candidates(
-            parent, info.input_size, prune, metric=cfg.merge_metric, factorize=factorize
-        )
+        cands, models = build_candidates(parent, info.input_size, prune, metric=cfg.merge_metric,
+                                         factorize=factorize, prune_modes=modes)  # fmt: skip
     by_key = {c.key: c for c in cands}
     if table is None:
         ratios = tuple(sorted({c.prune for c in cands}))
@@ -182,10 +186,10 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         return task.agreement(reference, task.outputs(m, samples))["agreement"]
 
     best, front = choose(cands, table, cfg.target_latency, lambda c: agreement(models[c.key]))
-    parent_predicted = by_key[(0.0, None, 0)].predicted_ms
+    parent_predicted = by_key[(0.0, modes[0], None, 0)].predicted_ms
     uniform, sensitivity = best, []
     if best.merge:  # spread the merging where it costs least
-        base = models.base(best.prune, best.lowrank)
+        base = models.base(best.width)
         refined, sensitivity = refine_schedule(
             best, base, info.input_size, table, cfg.target_latency, agreement, cfg.merge_metric
         )
@@ -195,12 +199,11 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
                  "a more pruned, less merged one may come out ahead "
                  "(benchmarks/results/pareto.md)")  # fmt: skip
     models.clear()  # the candidates' copies are no longer needed
-    lowrank = f" + low-rank {best.lowrank:g}" if best.lowrank is not None else ""
-    log.info("latency target %.3g ms: prune %.2f%s + merge %s, predicted %.3f ms, "
-             "agreement %.1f%% on %s", cfg.target_latency, best.prune, lowrank,
-             best.merge_option, best.predicted_ms, best.agreement * 100, source)  # fmt: skip
+    log.info("latency target %.3g ms: %s, predicted %.3f ms, agreement %.1f%% on %s",
+             cfg.target_latency, describe_choice(best.as_dict()), best.predicted_ms,
+             best.agreement * 100, source)  # fmt: skip
     update: dict[str, Any] = {"prune": best.prune or None, "merge_tokens": best.merge_option,
-                              "lowrank": best.lowrank}  # fmt: skip
+                              "lowrank": best.lowrank, "global_": best.global_prune}  # fmt: skip
     new_cfg = cfg.model_copy(update=update)
     plan = {
         "target_ms": cfg.target_latency,
