@@ -1,17 +1,17 @@
-"""Choose a compression for a latency target: a grid of (width prune ratio, low-rank energy,
-merge r) candidates.
+"""Choose a compression for a latency target: a grid of (width prune ratio, per block or
+ranked across blocks, low-rank energy, merge r) candidates.
 
-Every candidate is built on a copy of the model (pruned with the user's importance, its
-attention and MLP projections factorized to keep a share of their spectral energy, then token
-merging with r tokens per block), its MACs and summed block tokens counted, and its latency
-predicted from a latency table (tvc.compress.latency_table). Among the candidates predicted to
-meet the target, only the frontier is scored: for each width variant (prune ratio, low-rank)
-the least merging that meets it (more merging on the same widths only loses more). Each
-frontier candidate's top-1 agreement with the parent on a few hundred images is its predicted
-loss; the most faithful one wins (ties: the slower, i.e. less compressed). One prune ratio for
-every width (per-layer widths come from the importance ranking with --global); a low-rank
-energy gives every layer its own rank; merging is uniform (one r for every block) in the grid,
-then `refine_schedule` spreads the winner's merging over the blocks from a sensitivity pass, and
+Every candidate is built on a copy of the model (pruned with the user's importance, either
+every block by the ratio or heads and channels ranked across blocks so each layer keeps what
+its importance earns; its attention and MLP projections factorized to keep a share of their
+spectral energy, each layer at its own rank; then token merging with r tokens per block), its
+MACs and summed block tokens counted, and its latency predicted from a latency table
+(tvc.compress.latency_table). Among the candidates predicted to meet the target, only the
+frontier is scored: for each width variant the least merging that meets it (more merging on
+the same widths only loses more). Each frontier candidate's top-1 agreement with the parent on
+a few hundred images is its predicted loss; the most faithful one wins (ties: the slower, i.e.
+less compressed). Merging is uniform (one r for every block) in the grid, then
+`refine_schedule` spreads the winner's merging over the blocks from a sensitivity pass, and
 the per-block schedule replaces it when it scores better.
 """
 

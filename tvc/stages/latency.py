@@ -3,9 +3,9 @@
 Above compress/, export/ and runtime/, this module joins them: candidates are built and scored by
 tvc.compress.latency_target, a few of them are exported to ONNX and timed with ONNX Runtime on
 this machine to fit a latency table (tvc.compress.latency_table) unless a table file is given,
-the chosen prune ratio and merge r become the compress config, and after compression the
-compressed model is exported and timed again, interleaved with its parent, so the report holds
-predicted and measured latency side by side.
+the chosen prune ratio and mode, low-rank energy and merge schedule become the compress config,
+and after compression the compressed model is exported and timed again, interleaved with its
+parent, so the report holds predicted and measured latency side by side.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def measure_table(
 
 
 def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Callable]:
-    """Choose the prune ratio and merge r for cfg.target_latency; the updated config and the
+    """Choose the widths and merging for cfg.target_latency; the updated config and the
     hook that measures the compressed model (tvc.compress.pipeline calls it)."""
     from tvc.compress.latency_table import load_table, save_table
     from tvc.compress.latency_target import (
