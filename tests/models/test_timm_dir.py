@@ -107,3 +107,72 @@ def test_num_classes_replaces_only_the_classifier(tmp_path, caplog, form):
     state, saved = loaded.model.state_dict(), model.state_dict()
     assert state["head.weight"].shape == (5, 64) and loaded.info.num_classes == 5
     assert torch.equal(state["blocks.1.mlp.fc1.weight"], saved["blocks.1.mlp.fc1.weight"])
+
+
+def _save_jax_npz(model, path) -> None:
+    """`model`'s weights in the layout of Google's original ViT checkpoints (ViT-B_16.npz):
+    HWIO patch kernel, per-head q/k/v kernels, Flax Dense kernels (in, out)."""
+    import numpy as np
+
+    d = model.embed_dim
+    heads = model.blocks[0].attn.num_heads
+    w = {
+        "embedding/kernel": model.patch_embed.proj.weight.permute(2, 3, 1, 0),
+        "embedding/bias": model.patch_embed.proj.bias,
+        "cls": model.cls_token,
+        "Transformer/posembed_input/pos_embedding": model.pos_embed,
+        "Transformer/encoder_norm/scale": model.norm.weight,
+        "Transformer/encoder_norm/bias": model.norm.bias,
+        "head/kernel": model.head.weight.T,
+        "head/bias": model.head.bias,
+    }
+    for i, b in enumerate(model.blocks):
+        p = f"Transformer/encoderblock_{i}/"
+        mha = p + "MultiHeadDotProductAttention_1/"
+        for n, wq, bq in zip(("query", "key", "value"), b.attn.qkv.weight.chunk(3),
+                             b.attn.qkv.bias.chunk(3), strict=True):  # fmt: skip
+            w[f"{mha}{n}/kernel"] = wq.T.reshape(d, heads, -1)
+            w[f"{mha}{n}/bias"] = bq.reshape(heads, -1)
+        w[f"{mha}out/kernel"] = b.attn.proj.weight.reshape(d, heads, -1).permute(1, 2, 0)
+        w[f"{mha}out/bias"] = b.attn.proj.bias
+        for ln, norm in (("LayerNorm_0", b.norm1), ("LayerNorm_2", b.norm2)):
+            w[f"{p}{ln}/scale"], w[f"{p}{ln}/bias"] = norm.weight, norm.bias
+        for r, fc in enumerate((b.mlp.fc1, b.mlp.fc2)):
+            w[f"{p}MlpBlock_3/Dense_{r}/kernel"] = fc.weight.T
+            w[f"{p}MlpBlock_3/Dense_{r}/bias"] = fc.bias
+    np.savez(path, **{k: v.detach().numpy() for k, v in w.items()})
+
+
+def test_jax_vit_checkpoint_loads_through_timms_reader(tmp_path, caplog):
+    """Google's original ViT .npz checkpoints: the class count comes from the head, the
+    outputs equal the model the file was written from, and a file for another architecture
+    or with pickles is a one-line refusal."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(PICO.arch, pretrained=False, **{**PICO.kwargs, "num_classes": 7})
+    _save_jax_npz(model.eval(), tmp_path / "ViT-pico.npz")
+    custom = dict(PICO.kwargs)
+    custom.pop("num_classes")
+    from tvc.models.load import timm_from_name
+    from tvc.models.registry import Resolved
+
+    def load(path, **kw):
+        return timm_from_name(Resolved("vit", PICO.arch, custom), weights=path, input_size=None,
+                              pretrained=False, warn_random=True, **kw)  # fmt: skip
+
+    with caplog.at_level("WARNING", logger="tvc"):
+        loaded = load(tmp_path / "ViT-pico.npz", num_classes=None)
+    assert loaded.info.num_classes == 7 and "randomly initialised" not in caplog.text
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.model(x), model(x), atol=1e-5, rtol=1e-5)
+    with caplog.at_level("WARNING", logger="tvc"):
+        load(tmp_path / "ViT-pico.npz", num_classes=3)
+    assert "holds a 7-class head: the 3-class head is new" in caplog.text
+    with pytest.raises(WeightsError, match=r"do not fit the architecture"):
+        load_model("vit_nano", weights=tmp_path / "ViT-pico.npz")
+    import numpy as np
+
+    np.savez(tmp_path / "pickled.npz", **{"head/bias": np.array([object()], dtype=object)})
+    with pytest.raises(WeightsError, match=r"not a readable \.npz checkpoint"):
+        load_model("vit_pico", weights=tmp_path / "pickled.npz")

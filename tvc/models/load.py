@@ -123,17 +123,21 @@ def timm_from_name(
     pretrained: bool,
     warn_random: bool,
 ) -> LoadedModel:
-    from tvc.models.weights import load_into, read_state_dict
+    from tvc.models.weights import NPZ, load_into, load_npz, npz_classes, read_state_dict
 
     kwargs = dict(resolved.kwargs)
     state = None
+    npz = weights is not None and Path(weights).suffix == NPZ  # a JAX/Flax ViT checkpoint
     new_head = num_classes is not None  # asked for: may differ from the checkpoint's
     if pretrained and weights is None:
         raise WeightsError(
             f"pretrained weights for {resolved.name} are not on disk and tvc never downloads",
             "download them yourself and pass --weights FILE (safetensors or .pth state dict)",
         )
-    if weights is not None:
+    ckpt_classes = npz_classes(weights) if npz else None
+    if npz and num_classes is None:
+        num_classes = ckpt_classes
+    elif weights is not None and not npz:
         state = read_state_dict(weights)
         head = state.get("head.weight")
         if num_classes is None and head is not None and head.ndim == 2:
@@ -143,13 +147,19 @@ def timm_from_name(
     if input_size is not None:
         kwargs["img_size"] = input_size
     model = _timm_build(resolved.arch, kwargs)
+    if npz:
+        load_npz(model, weights)  # a head of another class count stays as built (random)
+        if ckpt_classes != getattr(model, "num_classes", ckpt_classes):
+            held = f"a {ckpt_classes}-class head" if ckpt_classes else "no classifier"
+            log.warning(f"{weights} holds {held}: the {model.num_classes}-class head is new, "
+                        "random until trained (tvc train MODEL --data D)")  # fmt: skip
     if state is not None:
         if input_size is not None:
             state = _resample_for(model, state)
         if new_head:
             state = _fresh_classifier(model, state, str(weights))
         load_into(model, state, str(weights))
-    elif warn_random:
+    elif warn_random and not npz:
         log.warning(
             "%s is randomly initialised (no --weights given); accuracy numbers will be "
             "meaningless, latency and size are still valid",

@@ -1,4 +1,5 @@
-"""Safe loading of weight files: safetensors, or torch state dicts with weights_only=True."""
+"""Safe loading of weight files: safetensors, torch state dicts with weights_only=True, and the
+original JAX/Flax ViT checkpoints (.npz, read by numpy without pickles)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from tvc.errors import WeightsError
 from tvc.finite import check_finite_state
 
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
+NPZ = ".npz"  # Google's ViT checkpoints (ViT-B_16.npz, AugReg), as timm reads them
+_NPZ_PREFIXES = ("", "params/", "opt/target/")  # layouts timm's reader knows
 
 
 def load_failure(exc: BaseException) -> str:
@@ -53,7 +56,7 @@ def read_state_dict(path: str | Path) -> dict:
     if path.suffix not in _TORCH_SUFFIXES:
         raise WeightsError(
             f"unsupported weights format '{path.suffix}' for {path}",
-            "use a .safetensors file or a torch state dict (.pth/.pt/.bin)",
+            "use a .safetensors file, a torch state dict (.pth/.pt/.bin) or a JAX ViT .npz",
         )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -116,3 +119,52 @@ def load_into(model, state_dict: dict, source: str) -> None:
         )
     check_finite_state(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
+
+
+def npz_classes(path: str | Path) -> int | None:
+    """The class count of a JAX/Flax ViT checkpoint's head, None if it has no head; a file
+    numpy cannot read without pickles is a one-line WeightsError."""
+    import numpy as np
+
+    _readable(Path(path))
+    try:
+        with np.load(path, allow_pickle=False) as w:
+            for prefix in _NPZ_PREFIXES:
+                if f"{prefix}head/bias" in w.files:
+                    return int(w[f"{prefix}head/bias"].shape[-1])
+    except (OSError, ValueError, EOFError) as exc:
+        raise WeightsError(
+            f"{path} is not a readable .npz checkpoint ({load_failure(exc)})",
+            "download the checkpoint again; tvc reads .npz files without pickles",
+        ) from exc
+    return None
+
+
+def load_npz(model, path: str | Path) -> None:
+    """Load a JAX/Flax ViT checkpoint into a timm VisionTransformer with timm's own reader
+    (which maps the layouts, resamples the position table and patch kernel to the model's
+    size) and check the result is finite."""
+    import torch
+
+    load = getattr(model, "load_pretrained", None)
+    if load is None:
+        raise WeightsError(
+            f"{path} is a JAX/Flax .npz checkpoint, which tvc reads into timm ViTs only, not "
+            f"{type(model).__name__}",
+            "pass the ViT architecture it was trained as (e.g. vit_base_patch16_224)",
+        )
+    try:
+        with torch.no_grad():
+            load(str(path))
+    except (KeyError, ValueError, RuntimeError, OSError, IndexError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else load_failure(exc)
+        raise WeightsError(
+            f"weights from {path} do not fit the architecture ({what})",
+            "pass the model name these weights were trained with",
+        ) from exc
+    check_finite_state(model.state_dict(), str(path))
+
+
+def _readable(path: Path) -> None:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist", "check the --weights path")
