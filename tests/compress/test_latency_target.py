@@ -89,7 +89,9 @@ def test_table_for_another_model_is_refused():
         table.check_fits("deit_small_patch16_224", (3, 224, 224))
 
 
-def test_search_picks_a_candidate_predicted_within_the_target():
+@pytest.fixture
+def pico_search():
+    """vit_pico, its task, 16 random inputs and the prune step the search calls."""
     pico = load_model("vit_pico", warn_random=False)
     task = ClassificationTask()
     samples, _ = task.sample_inputs(pico.info, None, 16)
@@ -97,6 +99,12 @@ def test_search_picks_a_candidate_predicted_within_the_target():
     def prune(m, ratio, global_prune=False):
         task.prune(m, {"prune": ratio, "round_to": 8, "global_": global_prune},
                    example=samples[:1])  # fmt: skip
+
+    return pico, task, samples, prune
+
+
+def test_search_picks_a_candidate_predicted_within_the_target(pico_search):
+    pico, task, samples, prune = pico_search
 
     grid = {"prune_grid": (0.0, 0.25, 0.5), "merge_values": [0, 8, 16]}
     cands, models = build_candidates(pico.model, pico.info.input_size, prune, **grid)
@@ -127,7 +135,7 @@ def test_search_picks_a_candidate_predicted_within_the_target():
         choose(cands, table, predicted[0] / 2, score)
 
 
-def test_low_rank_is_an_axis_of_the_search():
+def test_low_rank_is_an_axis_of_the_search(pico_search):
     """With a factorize step the grid holds every width twice (plain and factorized), the
     factorized candidates have fewer MACs, the frontier keeps one per width variant, and the
     models mapping rebuilds a factorized, merged candidate; a low-rank step that saves nothing
@@ -135,13 +143,7 @@ def test_low_rank_is_an_axis_of_the_search():
     from tvc.compress.latency_target import calibration_points
     from tvc.compress.lowrank import LowRankConfig, LowRankLinear
 
-    pico = load_model("vit_pico", warn_random=False)
-    task = ClassificationTask()
-    samples, _ = task.sample_inputs(pico.info, None, 16)
-
-    def prune(m, ratio, global_prune=False):
-        task.prune(m, {"prune": ratio, "round_to": 8, "global_": global_prune},
-                   example=samples[:1])  # fmt: skip
+    pico, task, samples, prune = pico_search
 
     def factorize(m, share):  # a fixed share of full rank: always saves on a random model
         task.factorize(m, LowRankConfig(rank_ratio=share, round_to=8), samples=samples)
