@@ -55,6 +55,30 @@ def test_table_fit_recovers_a_linear_model_and_roundtrips(tmp_path):
     save_table(table, path, force=True)
 
 
+def test_factorized_layers_have_their_own_cost_and_older_tables_still_read(tmp_path):
+    """Two thin GEMMs cost more per MAC than one: the fit recovers that extra cost from
+    factorized measurements; a table written before the feature predicts as it did and says
+    it cannot price factorized layers (the search then leaves low-rank out)."""
+    pts = fake_measured()
+    for macs, lr in ((3_000_000, 2_000_000), (1_500_000, 1_000_000)):
+        ms = 0.05 + 20.0 * macs / 1e9 + 0.4 * 130 / 1e3 + 30.0 * lr / 1e9
+        pts.append(Measured(prune=0.0, lowrank=0.9, merge=[0, 0], macs=macs, lowrank_macs=lr,
+                            tokens=130, ms=ms))  # fmt: skip
+    table = make_table("vit_pico", (3, 32, 32), "ort", 1, pts)
+    assert table.coefficients["ms_per_lowrank_gmac"] == pytest.approx(30.0, rel=1e-6)
+    assert table.fit_max_rel_error < 1e-6 and table.knows_lowrank
+    assert table.predict(1e6, 100, 0, 1e6) - table.predict(1e6, 100) == pytest.approx(0.03)
+    old = json.loads(table.model_dump_json())
+    del old["coefficients"]["ms_per_lowrank_gmac"]
+    old["measured"] = [m for m in old["measured"] if not m["lowrank_macs"]]
+    for m in old["measured"]:
+        del m["lowrank_macs"], m["lowrank"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    before = load_table(tmp_path / "old.json")
+    assert not before.knows_lowrank
+    assert before.predict(2_000_000, 100) == pytest.approx(table.predict(2_000_000, 100))
+
+
 def test_fit_never_gives_a_negative_coefficient():
     """More MACs measured faster (noise) must not produce a negative per-MAC cost."""
     pts = fake_measured()

@@ -7,10 +7,14 @@ is fitted as a non-negative linear function of what shrinks:
 
     ms = ms_fixed + ms_per_gmac * GMACs + ms_per_ktoken * (tokens summed over blocks) / 1000
          + ms_per_merging_block * (blocks that merge tokens)
+         + ms_per_lowrank_gmac * (GMACs inside factorized layers)
 
 MACs carry the width (pruning) and sequence (merging) cost of the matrix products; the token sum
 carries the per-token work that MACs miss (norms, softmax, copies); the last term is the fixed
-cost of the matching itself (about 37 more ONNX nodes per merging block). The table is a JSON file a
+cost of the matching itself (about 37 more ONNX nodes per merging block); the last, what a
+factorized layer's two thin GEMMs cost beyond their MACs (tables written before it predict
+factorized candidates as plain ones, so the search leaves low-rank out with them). The table is
+a JSON file a
 user can carry: measured on a board, then read with `--latency-table FILE` on a workstation.
 This module is torch-free: reading, checking, fitting and predicting need numpy only.
 """
@@ -29,7 +33,9 @@ from tvc.errors import ConfigError, StorageError
 from tvc.safe_io import write_text_atomic
 
 KIND = "tvc-latency-table"
-FEATURES = ("ms_fixed", "ms_per_gmac", "ms_per_ktoken", "ms_per_merging_block")
+FEATURES = ("ms_fixed", "ms_per_gmac", "ms_per_ktoken", "ms_per_merging_block",
+            "ms_per_lowrank_gmac")  # fmt: skip
+LOWRANK_FEATURE = FEATURES[-1]
 FIX = "measure a new one: tvc compress MODEL --target-latency MS --latency-table NEW.json"
 
 
@@ -41,6 +47,7 @@ class Measured(BaseModel):
     merge: list[int]
     lowrank: float | None = Field(default=None, gt=0, le=1)  # spectral energy kept, if any
     macs: int = Field(gt=0)
+    lowrank_macs: int = Field(default=0, ge=0)  # of `macs`, those inside factorized layers
     tokens: int = Field(gt=0)  # tokens entering each block, summed over blocks
     ms: float = Field(gt=0)
 
@@ -63,11 +70,20 @@ class LatencyTable(BaseModel):
     fit_max_rel_error: float
     environment: dict[str, Any] = Field(default_factory=dict)
 
-    def predict(self, macs: int, tokens: int, merging_blocks: int = 0) -> float:
-        """Predicted latency in ms of a variant with these MACs, summed block tokens and
-        number of blocks that merge tokens."""
-        x = _features(macs, tokens, merging_blocks)
-        return float(sum(self.coefficients[k] * v for k, v in zip(FEATURES, x, strict=True)))
+    def predict(
+        self, macs: int, tokens: int, merging_blocks: int = 0, lowrank_macs: int = 0
+    ) -> float:
+        """Predicted latency in ms of a variant with these MACs, summed block tokens, number
+        of blocks that merge tokens and MACs inside factorized layers."""
+        x = _features(macs, tokens, merging_blocks, lowrank_macs)
+        return float(
+            sum(self.coefficients.get(k, 0.0) * v for k, v in zip(FEATURES, x, strict=True))
+        )
+
+    @property
+    def knows_lowrank(self) -> bool:
+        """Whether the table was fitted with factorized layers' own cost (newer tables)."""
+        return LOWRANK_FEATURE in self.coefficients
 
     def check_fits(self, arch: str, input_size: list[int] | tuple[int, ...]) -> None:
         """A table describes one architecture at one input size: refuse another."""
@@ -79,16 +95,17 @@ class LatencyTable(BaseModel):
             )
 
 
-def _features(macs: int, tokens: int, merging_blocks: int) -> list[float]:
-    return [1.0, macs / 1e9, tokens / 1e3, float(merging_blocks)]
+def _features(macs: int, tokens: int, merging_blocks: int, lowrank_macs: int = 0) -> list[float]:
+    return [1.0, macs / 1e9, tokens / 1e3, float(merging_blocks), lowrank_macs / 1e9]
 
 
 def fit(measured: list[Measured]) -> tuple[dict[str, float], float]:
-    """Non-negative least squares over the features (exhaustive over which are used: four
-    features, fifteen subsets); returns the coefficients and the worst relative error."""
+    """Non-negative least squares over the features (exhaustive over which are used: five
+    features, 31 subsets); returns the coefficients and the worst relative error."""
     if len(measured) < 2:
         raise ConfigError("a latency table needs at least two measured configurations", FIX)
-    a = np.array([_features(m.macs, m.tokens, sum(1 for r in m.merge if r)) for m in measured])
+    a = np.array([_features(m.macs, m.tokens, sum(1 for r in m.merge if r), m.lowrank_macs)
+                  for m in measured])  # fmt: skip
     y = np.array([m.ms for m in measured])
     best: tuple[float, np.ndarray] | None = None
     n = len(FEATURES)
@@ -150,7 +167,8 @@ def load_table(path: str | Path) -> LatencyTable:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"latency table {path}: {where}: {first['msg']}", FIX) from None
-    if set(table.coefficients) != set(FEATURES) or not all(
+    older = set(FEATURES) - {LOWRANK_FEATURE}  # tables written before factorized layers' cost
+    if set(table.coefficients) not in (set(FEATURES), older) or not all(
         np.isfinite(v) and v >= 0 for v in table.coefficients.values()
     ):
         raise ConfigError(

@@ -52,6 +52,7 @@ class Candidate:
     per_block: bool = False  # a schedule from refine_schedule, not one r for every block
     lowrank: float | None = None  # spectral energy kept by factorizing; None: not factorized
     global_prune: bool = False  # channels and heads ranked across blocks (--global)
+    lowrank_macs: int = 0  # of `macs`, those inside factorized layers
 
     @property
     def width(self) -> Width:
@@ -155,7 +156,7 @@ def build_candidates(
     are skipped, and so is a low-rank variant that factorizes nothing (its MACs are the
     unfactorized ones)."""
     from tvc.compress.merge import check_mergeable, merge, tokens_entering_blocks
-    from tvc.compress.report import count_macs
+    from tvc.compress.report import count_macs, count_macs_lowrank
     from tvc.models.merge import merge_blocks, prefix_tokens
 
     check_mergeable(model)
@@ -191,8 +192,10 @@ def build_candidates(
                 if r:
                     rep = merge(m, [r], input_size, metric=metric)
                     schedule, tokens = rep["schedule"], sum(rep["tokens_in"])
-                c = Candidate(ratio, r, count_macs(m, input_size), tokens, schedule,
-                              lowrank=energy, global_prune=mode)  # fmt: skip
+                macs, lr_macs = count_macs_lowrank(m, input_size) if energy else (
+                    count_macs(m, input_size), 0)  # fmt: skip
+                c = Candidate(ratio, r, macs, tokens, schedule, lowrank=energy,
+                              global_prune=mode, lowrank_macs=lr_macs)  # fmt: skip
                 candidates.append(c)
                 models.keys.add(c.key)
     return candidates, models
@@ -220,7 +223,8 @@ def choose(
     `score` (higher is better: agreement with the parent), and return the best and the
     frontier. No candidate meeting the target is a ConfigError naming the fastest."""
     for c in candidates:
-        c.predicted_ms = round(table.predict(c.macs, c.tokens, c.merging_blocks), 4)
+        c.predicted_ms = round(table.predict(c.macs, c.tokens, c.merging_blocks,
+                                             c.lowrank_macs), 4)  # fmt: skip
     front = frontier(candidates, target_ms)
     if not front:
         fastest = min(candidates, key=lambda c: c.predicted_ms or math.inf)
@@ -255,14 +259,15 @@ def schedule_candidate(
 ) -> tuple[Candidate, Any]:
     """A merged copy of the (pruned, unmerged) `base` with a per-block `schedule`."""
     from tvc.compress.merge import merge
-    from tvc.compress.report import count_macs
+    from tvc.compress.report import count_macs_lowrank
 
     m = copy.deepcopy(base).eval()
     rep = merge(m, schedule, input_size, metric=metric)
     sched = rep["schedule"]
-    c = Candidate(prune, round(sum(sched) / len(sched)), count_macs(m, input_size),
-                  sum(rep["tokens_in"]), sched, per_block=True, lowrank=lowrank,
-                  global_prune=global_prune)  # fmt: skip
+    macs, lr_macs = count_macs_lowrank(m, input_size)
+    c = Candidate(prune, round(sum(sched) / len(sched)), macs, sum(rep["tokens_in"]), sched,
+                  per_block=True, lowrank=lowrank, global_prune=global_prune,
+                  lowrank_macs=lr_macs)  # fmt: skip
     return c, m
 
 
@@ -298,7 +303,7 @@ def refine_schedule(
         )
 
     def predicted(c: Candidate) -> float:
-        c.predicted_ms = round(table.predict(c.macs, c.tokens, c.merging_blocks), 4)
+        c.predicted_ms = round(table.predict(c.macs, c.tokens, c.merging_blocks, c.lowrank_macs), 4)
         return c.predicted_ms
 
     unit = max(1, probe // 4)
@@ -313,7 +318,9 @@ def refine_schedule(
             c, cm = schedule_candidate(base, best.prune, trial, input_size, metric, **same)
             # ranked without the fixed cost of one more merging block, which the first unit
             # in any block pays and no later one does
-            gain = cand.predicted_ms - table.predict(c.macs, c.tokens, cand.merging_blocks)
+            gain = cand.predicted_ms - table.predict(
+                c.macs, c.tokens, cand.merging_blocks, c.lowrank_macs
+            )
             if c.schedule != trial or gain <= 0:  # clamped (no tokens left there) or useless
                 continue
             options.append((rows[i]["lost"] * unit / probe / gain, -gain, i, c, cm))

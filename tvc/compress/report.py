@@ -46,6 +46,21 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     return int(_count_flops(model, input_size).get_total_flops() // 2)
 
 
+def count_macs_lowrank(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:
+    """(all MACs, MACs inside factorized layers) of one forward pass at batch 1: a factorized
+    layer runs two thin GEMMs, which cost more per MAC, so latency tables count them apart."""
+    from tvc.compress.lowrank import LowRankLinear
+
+    counter = _count_flops(model, input_size)
+    total = int(counter.get_total_flops() // 2)
+    names = [n for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
+    if not names:
+        return total, 0
+    counts = counter.get_flop_counts()  # keyed by the root's class name + the module path
+    root = type(model).__name__
+    return total, int(sum(sum(counts.get(f"{root}.{n}", {}).values()) for n in names) // 2)
+
+
 def flop_counts(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, int]:
     """FLOPs of one forward pass at batch 1 by aten op (`mm`, `bmm`, `convolution`, ...)."""
     counts = _count_flops(model, input_size).get_flop_counts().get("Global", {})

@@ -111,7 +111,8 @@ def measure_table(
              len(points), threads)  # fmt: skip
     ms = time_onnx([models[p] for p in points], info, threads)
     measured = [Measured(prune=p[0], lowrank=p[2], merge=cands[p].schedule,
-                         macs=cands[p].macs, tokens=cands[p].tokens, ms=t["ms"])
+                         macs=cands[p].macs, lowrank_macs=cands[p].lowrank_macs,
+                         tokens=cands[p].tokens, ms=t["ms"])
                 for p, t in zip(points, ms, strict=True)]  # fmt: skip
     clock = "cpu" if threads == 1 else "wall"
     return make_table(info.arch, info.input_size, "ort", threads, measured, environment(),
@@ -166,8 +167,10 @@ def plan_for_target(task, loaded: LoadedModel, cfg: Config) -> tuple[Config, Cal
         task.factorize(m, LowRankConfig(energy=energy, round_to=cfg.round_to), samples=samples)
 
     with merging_suspended(parent):
+        # a carried table from before factorized layers had their own cost cannot price them
+        lowrank = factorize if table is None or table.knows_lowrank else None
         cands, models = build_candidates(parent, info.input_size, prune, metric=cfg.merge_metric,
-                                         factorize=factorize, prune_modes=modes)  # fmt: skip
+                                         factorize=lowrank, prune_modes=modes)  # fmt: skip
     by_key = {c.key: c for c in cands}
     if table is None:
         ratios = tuple(sorted({c.prune for c in cands}))
