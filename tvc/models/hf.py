@@ -190,11 +190,14 @@ def hf_from_directory(path: Path, *, num_classes: int | None = None, input_size:
     config_dict = inner.config.to_dict()
     weights = path
     pre = path / "preprocessor_config.json"
-    proc = read_json(pre) if pre.is_file() else family_statistics(config.model_type, path)
-    if pre.is_file() and isinstance(proc, dict):
+    if pre.is_file():
         from tvc.models.preprocess import hf_preprocess
 
-        extra["preprocess"] = hf_preprocess(proc)  # how its images were resized and cropped
+        proc = read_json(pre)
+        if isinstance(proc, dict):
+            extra["preprocess"] = hf_preprocess(proc)  # how its images were resized and cropped
+    else:
+        proc = family_statistics(config.model_type, path)
     size = _square(inner.config.image_size)
     info = ModelInfo(
         name=path.name,

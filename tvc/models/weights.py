@@ -30,19 +30,7 @@ def read_state_dict(path: str | Path) -> dict:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist", "check the --weights path")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise WeightsError(f"cannot read {path} ({exc.strerror})", "check its permissions") from exc
-    if size == 0:
-        raise WeightsError(
-            f"weights file {path} is empty (0 bytes)",
-            "the file was cut short: copy or save the weights again",
-        )
+    _check_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -126,7 +114,7 @@ def npz_classes(path: str | Path) -> int | None:
     numpy cannot read without pickles is a one-line WeightsError."""
     import numpy as np
 
-    _readable(Path(path))
+    _check_file(Path(path))
     try:
         with np.load(path, allow_pickle=False) as w:
             for prefix in _NPZ_PREFIXES:
@@ -165,6 +153,18 @@ def load_npz(model, path: str | Path) -> None:
     check_finite_state(model.state_dict(), str(path))
 
 
-def _readable(path: Path) -> None:
+def _check_file(path: Path) -> None:
+    """A weights file that is missing, unreadable or empty is a one-line WeightsError."""
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist", "check the --weights path")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise WeightsError(f"cannot read {path} ({exc.strerror})", "check its permissions") from exc
+    if size == 0:
+        raise WeightsError(
+            f"weights file {path} is empty (0 bytes)",
+            "the file was cut short: copy or save the weights again",
+        )

@@ -103,7 +103,8 @@ def time_onnx(models: list[Any], info, threads: int, *, min_time_s: float = 1.0,
 def measure_table(
     info, models: dict, points: list[tuple], cands: dict, threads: int
 ) -> LatencyTable:
-    """Time the `points` (ratio, energy, r) of `models` and fit a LatencyTable."""
+    """Time the `points` (Candidate.key: ratio, global, energy, r) of `models` and fit a
+    LatencyTable."""
     from tvc.compress.latency_table import Measured, make_table
     from tvc.runtime.device import environment
 
