@@ -8,6 +8,9 @@
         --augment --shift 0 --eval-every 500
     .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 70 --augment \
         --shift 0 --eval-every 500 --soft-targets benchmarks/artifacts/igpt_cnn_soft_targets.npz
+    .venv/bin/python benchmarks/igpt_teacher.py finetune --resume --minutes 65 --threads 2 \
+        --augment --shift 0 --eval-every 500 --alpha 0.7 --ema 0.9998 --lr 1e-4 \
+        --soft-targets benchmarks/artifacts/igpt_cnn4_soft_targets.npz
 
 `pretrain` trains igpt_micro (Fashion-MNIST at 14x14, 16 grey levels, 0.21 M parameters) by
 next-pixel NLL for a wall-clock budget and writes benchmarks/artifacts/igpt_teacher (`--resume`
