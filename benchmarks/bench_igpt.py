@@ -368,27 +368,32 @@ def outcome(r: dict[str, Any]) -> list[str]:
         ]
     if "finetuned" in m:
         f = m["finetuned"]["torch"]
-        met = "met" if (f.get("class_top1") or 0) >= 90 else "not met"
+        full = m["finetuned"].get("full_test")
+        # judged on all 10,000 test images where measured: the table's sample is 2000 (+-0.7 pt)
+        judged = full["top1"] if full else f.get("class_top1") or 0
+        met = "met" if judged >= 90 else "not met"
         out.append(
             f"- Fine-tuned ({_minutes(m['finetuned'])} minutes of training): "
-            f"{f['class_top1']:.2f}% "
-            f"(goal >= 90%: **{met}**); a probe on its features gives {f['probe_accuracy']:.2f}% "
-            "(supervised features, so not the pretraining probe the comparison above is about)."
+            f"{f['class_top1']:.2f}% on the table's {r['eval_images']} test images; a probe "
+            f"on its features gives {f['probe_accuracy']:.2f}% (supervised features, so not the "
+            "pretraining probe the comparison above is about)."
         )
-        full = m["finetuned"].get("full_test")
         if full:
             out.append(
-                f"  On all {full['n']:,} test images: {full['top1']:.2f}%, and "
-                f"{full['top1_mirror']:.2f}% with each image's class logits averaged with its "
-                "mirror's (test-time augmentation, two passes; the goal is judged on one pass)."
+                f"  On all {full['n']:,} test images, one pass: **{full['top1']:.2f}%** (goal >= "
+                f"90%: **{met}**); {full['top1_mirror']:.2f}% with each image's class logits "
+                "averaged with its mirror's (test-time augmentation, two passes, not what the "
+                "goal is judged on)."
             )
+        else:
+            out.append(f"  Goal >= 90%: **{met}** (on the table's sample).")
         distilled = _spec(m["finetuned"]).get("soft_targets")
         if distilled:
             out.append(
-                f"  Fine-tuning distilled a CNN's logits on the same tokens "
-                f"(`{distilled['file']}`, alpha {distilled['alpha']}, T "
-                f"{distilled['temperature']}) for its last "
-                f"{_spec(m['finetuned'])['distilled_minutes']:.0f} minutes."
+                f"  Fine-tuning distilled CNN logits on the same tokens for its last "
+                f"{_spec(m['finetuned'])['distilled_minutes']:.0f} minutes (the latest run: "
+                f"`{distilled['file']}`, alpha {distilled['alpha']}, T "
+                f"{distilled['temperature']}; `igpt_input_ceiling.py --soft-targets`)."
             )
     if "student" in m:
         s, g = m["student"], m["student"]["int8_gate"]
