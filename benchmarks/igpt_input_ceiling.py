@@ -64,10 +64,9 @@ def cnn(size: tuple[int, int]) -> nn.Module:
     )  # fmt: skip
 
 
-@torch.no_grad()
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    net.eval()
-    pred = torch.cat([net(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+def accuracy(nets: list[nn.Module], x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 % of the nets' averaged logits (one net: that net's own)."""
+    pred = ensemble_logits(nets, x, mirror=False).argmax(1)
     return float((pred == y).float().mean()) * 100
 
 
@@ -92,7 +91,7 @@ def train_cnn(xtr, ytr, xte, yte, args, seed: int) -> tuple[nn.Module, list[dict
             loss.backward()
             opt.step()
             sched.step()
-        acc = accuracy(net, xte, yte)
+        acc = accuracy([net], xte, yte)
         history.append({"epoch": epoch + 1, "test_top1": round(acc, 2),
                         "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
         print(f"seed {seed}", history[-1], flush=True)
@@ -122,7 +121,7 @@ def main() -> None:
     params = sum(p.numel() for p in nets[0].parameters())
     final = history[-1]["test_top1"]
     finals = [h[-1]["test_top1"] for _, h in members]
-    ensemble_top1 = ensemble_accuracy(nets, xte, yte)
+    ensemble_top1 = round(accuracy(nets, xte, yte), 2)
     seconds = sum(h[-1]["seconds"] for _, h in members)
     data = {
         "input": {"data": DATA, "size": list(size), "levels": levels, "palette": "igpt_teacher",
@@ -168,11 +167,6 @@ def ensemble_logits(nets: list[nn.Module], x: torch.Tensor, mirror: bool) -> tor
         views = [x[i : i + 1000]] + ([x[i : i + 1000].flip(3)] if mirror else [])
         out.append(torch.stack([net.eval()(v) for net in nets for v in views]).mean(0))
     return torch.cat(out)
-
-
-def ensemble_accuracy(nets: list[nn.Module], x: torch.Tensor, y: torch.Tensor) -> float:
-    pred = ensemble_logits(nets, x, mirror=False).argmax(1)
-    return round(float((pred == y).float().mean()) * 100, 2)
 
 
 def save_soft_targets(path: Path, nets: list[nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
