@@ -77,10 +77,12 @@ def render_result(name: str, markdown: Callable[[dict[str, Any]], str]) -> None:
 
 def result_header(payload: dict[str, Any]) -> str:
     """The lines a result's .md starts with: the command that wrote it, and the environment."""
+    from tvc.environment import cpu_label
+
     env = payload["environment"]
     return (
         f"<!-- written by {payload['command']} on {payload['created']} -->\n"
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; "
+        f"Machine: {cpu_label(env)}, {env['cpu_count']} cores; Python {env['python']}; "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
         + "\n\n"
     )

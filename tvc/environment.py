@@ -45,16 +45,59 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def cpu_model() -> str:
+# The vector extensions that decide how fast a model's GEMMs run (FP32 FMA width, the INT8 dot
+# products ONNX Runtime's kernels pick by): in the order a reader compares them. Two machines
+# both named "AMD EPYC" ran deit_small 6x apart (Zen 1 with AVX2 against Zen 4 with AVX-512
+# VNNI), so a number is only comparable with these beside it.
+SIMD_FLAGS = (
+    "avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8",  # x86
+    "asimd", "asimddp", "i8mm", "sve",  # Arm
+)  # fmt: skip
+
+
+def _cpuinfo() -> str:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine()
-    for key in ("model name", "Model", "Hardware"):
+        return ""
+
+
+def _cpuinfo_field(text: str, *keys: str) -> str | None:
+    for key in keys:
         m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
         if m:
             return m.group(1).strip()
-    return platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    text = _cpuinfo()
+    if not text:
+        return platform.processor() or platform.machine()
+    return _cpuinfo_field(text, "model name", "Model", "Hardware") or platform.machine()
+
+
+def cpu_simd(text: str | None = None) -> list[str]:
+    """The SIMD_FLAGS this CPU has (from /proc/cpuinfo's flags or Features; [] where unknown)."""
+    text = _cpuinfo() if text is None else text
+    flags = set((_cpuinfo_field(text, "flags", "Features") or "").split())
+    return [f for f in SIMD_FLAGS if f in flags]
+
+
+def cpu_generation(text: str | None = None) -> str | None:
+    """x86 "family F model M" (e.g. AMD family 23 is Zen 1/2, 25 is Zen 3/4): virtual machines
+    often name every generation alike; None where /proc/cpuinfo has no such fields."""
+    text = _cpuinfo() if text is None else text
+    family, model = _cpuinfo_field(text, "cpu family"), _cpuinfo_field(text, "model")
+    return f"family {family} model {model}" if family and model else None
+
+
+def cpu_label(env: dict[str, Any]) -> str:
+    """The CPU as results name it: its model, and its generation and SIMD where recorded
+    (environments written before they were recorded have the model alone)."""
+    extra = [x for x in (env.get("cpu_generation"), "/".join(env.get("cpu_simd") or [])) if x]
+    cpu = env.get("cpu", "?")
+    return f"{cpu} ({'; '.join(extra)})" if extra else cpu
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,6 +108,8 @@ def _host() -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cpu": cpu_model(),
+        "cpu_generation": cpu_generation(),
+        "cpu_simd": cpu_simd(),
         "cpu_count": os.cpu_count(),
         "packages": package_versions(),
     }

@@ -127,10 +127,13 @@ def test_static_and_dynamic_int8_agree_with_fp32(tmp_path, fp32, safe_int8, cali
     assert "ConvInteger" not in ops and "Conv" not in ops
     assert report["patch_conv_as_matmul"] == ["/patch_embed/proj/Conv"]
     assert "/patch_embed/proj/Conv" in report["quantized_nodes"]
+    # 7-bit weights (a CPU without VNNI: see WEIGHT_RANGES) have twice the rounding step; their
+    # worst logit error was 5.2% of the largest logit on an AVX2 EPYC
+    tolerance = 0.065 if QuantConfig().reduce_range() else 0.05
     for path in (safe_int8[0], dyn):
         got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
         assert got.shape == ref.shape and got.dtype == np.float32
-        assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+        assert np.abs(got - ref).max() < tolerance * np.abs(ref).max()
         assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.85
 
 
@@ -200,13 +203,18 @@ def test_gate_keeps_the_sensitive_layer_in_float(tmp_path, sensitive):
     report = quantize_with_gate(path, out, calib, cfg, evaluation)
     assert report["metric"] == "top1" and report["accuracy"]["fp32"] == 100.0
     assert report["drop_before"] > 10
-    assert report["float_layers"] == ["/blocks/blocks.1/mlp/fc1/MatMul"]
+    # the scaled fc1 is the first layer put back in float; with 7-bit weights (a CPU without
+    # VNNI) two fc2 layers of this random model also went over the budget on an AVX2 EPYC
+    assert report["float_layers"][0] == "/blocks/blocks.1/mlp/fc1/MatMul"
+    if not cfg.reduce_range():
+        assert report["float_layers"] == ["/blocks/blocks.1/mlp/fc1/MatMul"]
     assert report["sensitivity"][0]["node"] == "/blocks/blocks.1/mlp/fc1/MatMul"
     assert report["budget_met"] and report["drop"] <= 3.0
     assert report["accuracy"]["int8"] >= 97.0
     # The written model is the fallback one, still TensorRT-ready.
     quantized = dq_consumers(onnx.load(str(out)))
-    assert "/blocks/blocks.1/mlp/fc1/MatMul" not in quantized and len(quantized) == 9
+    assert not set(report["float_layers"]) & set(quantized)
+    assert len(quantized) == len(LINEAR) - len(report["float_layers"])
     assert check_trt_qdq(out) == []
 
 
@@ -265,3 +273,41 @@ def test_model_without_linear_layers_is_refused(tmp_path, calib):
         quantize_static(path, tmp_path / "q.onnx", calib, QuantConfig())
     with pytest.raises(UnsupportedModelError, match="no layers to quantize"):
         quantize_dynamic(path, tmp_path / "q.onnx", QuantConfig(mode="dynamic"))
+
+
+# ------------------------------------------------------------------ weight range (saturation)
+def int8_weight_peak(path) -> int:
+    """The largest |value| over the model's int8 weight matrices."""
+    ints = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]  # fmt: skip
+    assert ints, "no int8 weights in the quantized model"
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in ints)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_reduced_weight_range_keeps_weights_in_7_bits(tmp_path, fp32, calib, mode):
+    """7-bit weights cannot overflow VPMADDUBSW's int16 pair sums (x86 without VNNI)."""
+    peaks = {}
+    for weight_range in ("full", "reduced"):
+        cfg = QuantConfig(mode=mode, calib_size=16, weight_range=weight_range)
+        out = tmp_path / f"{weight_range}.onnx"
+        if mode == "static":
+            report = quantize_static(fp32, out, calib, cfg)
+        else:
+            report = quantize_dynamic(fp32, out, cfg)
+        assert report["weight_range"] == weight_range
+        peaks[weight_range] = int8_weight_peak(out)
+    assert peaks["full"] == 127 and peaks["reduced"] <= 64
+
+
+def test_auto_weight_range_follows_the_cpu():
+    from tvc.export.quantize.config import int8_saturates_here
+
+    assert int8_saturates_here("x86_64", ["avx2", "fma"])  # AVX2 EPYC / Xeon: VPMADDUBSW
+    assert not int8_saturates_here("x86_64", ["avx2", "avx512f", "avx512_vnni"])
+    assert not int8_saturates_here("x86_64", ["avx2", "avx_vnni"])  # Alder Lake and later
+    assert not int8_saturates_here("aarch64", ["asimd"])  # Arm kernels widen: no saturation
+    assert QuantConfig(weight_range="full").reduce_range() is False
+    assert QuantConfig(weight_range="reduced").reduce_range() is True
+    with pytest.raises(ConfigError, match="int8-weight-range"):
+        QuantConfig(weight_range="7bit").validate()

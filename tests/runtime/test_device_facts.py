@@ -130,3 +130,33 @@ def test_gpu_facts_from_nvml():
 
 def test_nvml_without_a_driver_gives_nothing():
     assert device._nvml_gpus(FakePynvml(fail_init=True)) == []
+
+
+ZEN1 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma avx2 sha_ni
+"""
+ZEN4 = ZEN1.replace("23", "25").replace("avx2 sha_ni", "avx2 avx512f avx512_vnni")
+GRAVITON = "processor\t: 0\nFeatures\t: fp asimd aes asimddp i8mm sve\nCPU part\t: 0xd40\n"
+
+
+def test_cpu_generation_and_simd_tell_apart_cpus_with_one_name():
+    """Both say "AMD EPYC": the generation and the vector extensions are what differ (Zen 1 ran
+    deit_small 6x slower than Zen 4), so a board's label must carry them."""
+    from tvc.environment import cpu_generation, cpu_label, cpu_simd
+
+    zen1 = {"cpu": "AMD EPYC", "cpu_generation": cpu_generation(ZEN1), "cpu_simd": cpu_simd(ZEN1)}
+    zen4 = {"cpu": "AMD EPYC", "cpu_generation": cpu_generation(ZEN4), "cpu_simd": cpu_simd(ZEN4)}
+    assert zen1["cpu_simd"] == ["avx2", "fma"]  # sha_ni is not a GEMM extension: left out
+    assert zen4["cpu_simd"] == ["avx2", "fma", "avx512f", "avx512_vnni"]
+    assert cpu_label(zen1) == "AMD EPYC (family 23 model 1; avx2/fma)"
+    assert device.board_name({**zen4, "cpu_count": 2}) == (
+        "AMD EPYC (family 25 model 1; avx2/fma/avx512f/avx512_vnni) x2"
+    )
+    assert cpu_simd(GRAVITON) == ["asimd", "asimddp", "i8mm", "sve"]
+    assert cpu_generation(GRAVITON) is None
+    # a record written before these were recorded keeps its old label
+    assert device.board_name({"cpu": "AMD EPYC", "cpu_count": 2}) == "AMD EPYC x2"

@@ -242,6 +242,11 @@ class Variants:
             budget=cfg.int8_budget,
             ops=cfg.int8_ops,
             smooth_alpha=cfg.smooth_alpha,
+            # the range is for the CPU kernels of this machine; TensorRT's GPU kernels take
+            # the full range
+            weight_range="full"
+            if cfg.trt and cfg.int8_weight_range == "auto"
+            else cfg.int8_weight_range,
             allow_accuracy_drop=cfg.allow_accuracy_drop,
             sensitivity_samples=min(128, self.gate_limit),
         )

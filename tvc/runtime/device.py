@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tvc.environment import cpu_model, host_environment, package_versions  # noqa: F401
+from tvc.environment import cpu_label, cpu_model, host_environment, package_versions  # noqa: F401
 
 
 def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
@@ -231,4 +231,4 @@ def board_name(env: dict[str, Any]) -> str:
         return env["jetson"]["board"]
     if env.get("gpus"):
         return f"{env['gpus'][0]['name']} ({env.get('cpu', '?')})"
-    return f"{env.get('cpu', '?')} x{env.get('cpu_count', '?')}"
+    return f"{cpu_label(env)} x{env.get('cpu_count', '?')}"

@@ -28,7 +28,7 @@ SUMMARY = "export a model to ONNX (parity-proven), FP16/INT8 variants and a Tens
 
 
 _STATIC_ONLY = frozenset({"calib_method", "int8_budget", "allow_accuracy_drop"})
-_INT8_ONLY = frozenset({"calib_size", "int8_ops"})
+_INT8_ONLY = frozenset({"calib_size", "int8_ops", "int8_weight_range"})
 _TRT_ONLY = frozenset(
     {"min_batch", "opt_batch", "max_batch", "workspace_mb", "timing_cache", "dla"}
 )
@@ -89,6 +89,11 @@ class Config(ModelOptions, OutputOptions):
     )
     int8_ops: Literal["safe", "all"] = option(
         "safe", "safe: only Linear/MatMul inputs; all: every op (the naive setting)."
+    )
+    int8_weight_range: Literal["auto", "full", "reduced"] = option(
+        "auto",
+        "reduced: 7-bit weights, which x86 CPUs without VNNI need (their integer kernels "
+        "saturate at full range); auto: reduced on such a CPU unless --trt.",
     )
     eval_data: str | None = option(
         None,

@@ -187,6 +187,7 @@ def run_static_reader(
                 reader,
                 quant_format=oq.QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=cfg.reduce_range(),
                 activation_type=oq.QuantType.QInt8,
                 weight_type=oq.QuantType.QInt8,
                 calibrate_method=getattr(oq.CalibrationMethod, CALIB_METHODS[cfg.calib_method]),

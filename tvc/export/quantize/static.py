@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvc.export.quantize.calibration import calibration_images, run_static
-from tvc.export.quantize.config import PARITY_IMAGES, SMOOTH_IMAGES, QuantConfig
+from tvc.export.quantize.config import PARITY_IMAGES, SMOOTH_IMAGES, QuantConfig, weight_bits
 from tvc.export.quantize.graph import (
     all_names,
     check_model,
@@ -112,7 +112,8 @@ class StaticJob:
             "mode": "static",
             "format": "QDQ",
             "ops": cfg.ops,
-            "weights": "int8 symmetric (zero point 0), per output channel",
+            "weights": f"{weight_bits(cfg)} symmetric (zero point 0), per output channel",
+            "weight_range": "reduced" if cfg.reduce_range() else "full",
             "activations": "int8 symmetric (zero point 0), per tensor",
             "calibration": calib_info,
             "smoothing": smoothing,
