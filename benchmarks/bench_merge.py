@@ -293,7 +293,8 @@ def markdown(res: dict[str, Any], threads: int) -> str:
                (f" (r = {f['goal_met_by']})" if f["goal_met"] else "") +
                " (judged at batch 1)\n")  # fmt: skip
     for b in batches[1:]:
-        by = f.get("met_by_batch", {}).get(b, [])
+        met_by = f.get("met_by_batch", {})
+        by = met_by.get(b, met_by.get(str(b), []))  # read back from JSON, the keys are str
         out.append(f"At batch {b} (CPU time per call of {b} images): "
                    + (f"≥1.5x at ≤1 point by r = {by}" if by else "no r reaches ≥1.5x at ≤1 point")
                    + ".\n")  # fmt: skip
