@@ -53,6 +53,23 @@ def test_eval_errors_are_one_line(pico_onnx, fm, tmp_path):
     assert r.exit_code == 2 and "no variant 'x.onnx'" in r.output
 
 
+def test_a_reference_that_crops_otherwise_is_refused(pico_onnx, fm, tmp_path):
+    """Agreement needs both models to see the same pixels: a checkpoint's centre crop counts
+    as much as its input size and normalisation."""
+    import shutil
+
+    cropped = tmp_path / "cropped"
+    shutil.copytree(pico_onnx.path, cropped)
+    meta = json.loads((cropped / "artifact.json").read_text())
+    meta["model"]["extra"]["preprocess"] = {"crop_pct": 0.875, "interpolation": "bicubic"}
+    (cropped / "artifact.json").write_text(json.dumps(meta))
+    r = CliRunner().invoke(cli, ["eval", str(cropped), "--data", fm, "--limit", "4",
+                                 "--reference", str(pico_onnx.path), "--threads", "1"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "reads images otherwise" in r.output and "crop_pct None vs 0.875" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_labels_of_other_classes_are_refused_not_scored(pico_onnx, tmp_path):
     """Two class folders cannot score a 10-class head: no top-1 is printed or recorded."""
     from PIL import Image

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from tvc.errors import ConfigError, DataError
-from tvc.models.info import ModelInfo
+from tvc.models.info import ModelInfo, image_view
 from tvc.stages import torch_backend  # noqa: F401 - registers the `torch` backend
 from tvc.stages.config import ModelOptions, StageConfig, option
 
@@ -217,12 +217,15 @@ def measure(
     ref_predict = None
     if reference is not None:
         ref_runner, ref_info = reference
-        view, ref_view = _view(info), _view(ref_info)
-        if ref_view != view:
+        view, ref_view = image_view(info), image_view(ref_info)
+        if ref_view != view:  # agreement needs both to see the very same pixels
+            differ = sorted(
+                k for k in view.keys() | ref_view.keys() if view.get(k) != ref_view.get(k)
+            )
+            said = ", ".join(f"{k} {ref_view.get(k)} vs {view.get(k)}" for k in differ)
             raise ConfigError(
-                f"the reference model takes other inputs ({ref_view[0]}, mean {ref_view[1]}) "
-                f"than the model ({view[0]}, mean {view[1]})",
-                "compare against a reference with the same input size and normalisation",
+                f"the reference model reads images otherwise than the model ({said})",
+                "compare against a reference with the same input size, normalisation and crop",
             )
         ref_predict = runner_outputs(ref_runner)
     dataset = data.get(task, info)
@@ -240,10 +243,6 @@ def measure(
         quality = task.evaluate(counted(predict, bar), dataset, batch_size=batch_size,
                                 reference=ref_predict)  # fmt: skip
     return task, quality
-
-
-def _view(info: ModelInfo) -> tuple:
-    return tuple(info.input_size), tuple(info.mean), tuple(info.std)
 
 
 def _open_reference(cfg: Config) -> tuple[Runner, ModelInfo]:
