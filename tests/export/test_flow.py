@@ -56,6 +56,17 @@ def test_onnx_artifact_source_is_copied_and_gets_a_dynamic_variant(tmp_path, pic
     assert ready["ok"] is False and any("MatMulInteger" in s for s in ready["violations"])
 
 
+def test_unsigned_weights_are_a_dynamic_int8_choice_refused_for_static(tmp_path, pico_onnx):
+    art = export(model=str(pico_onnx.path), output=str(tmp_path / "u"), int8="dynamic",
+                 int8_weight_range="unsigned")  # fmt: skip
+    v = art.meta["variants"]["model.int8dyn.onnx"]
+    assert v["weight_range"] == "unsigned" and v["weights"].startswith("uint8")
+    with pytest.raises(ConfigError, match="unsigned is for --int8 dynamic"):
+        export(model="vit_pico", output=str(tmp_path / "s"), int8="static",
+               calib="fashion-mnist", int8_weight_range="unsigned")  # fmt: skip
+    assert not (tmp_path / "s").exists()
+
+
 def test_static_int8_of_a_classifier_needs_calibration_data(tmp_path):
     with pytest.raises(ConfigError, match="static INT8 needs calibration data"):
         export(model="vit_pico", output=str(tmp_path / "s"), int8="static")

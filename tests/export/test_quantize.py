@@ -311,3 +311,28 @@ def test_auto_weight_range_follows_the_cpu():
     assert QuantConfig(weight_range="reduced").reduce_range() is True
     with pytest.raises(ConfigError, match="int8-weight-range"):
         QuantConfig(weight_range="7bit").validate()
+
+
+def test_unsigned_weights_use_all_8_bits_with_zero_points(tmp_path, fp32, calib):
+    """--int8-weight-range unsigned: uint8 weight matrices with a zero point per output channel
+    (ORT's 16-bit U8U8 kernels, which cannot saturate), as close to FP32 as 7-bit int8."""
+    cfg = QuantConfig(mode="dynamic", weight_range="unsigned")
+    out = tmp_path / "u8.onnx"
+    report = quantize_dynamic(fp32, out, cfg)
+    assert report["weight_range"] == "unsigned" and report["weights"].startswith("uint8")
+    inits = {t.name: t for t in onnx.load(str(out)).graph.initializer}
+    mats = [numpy_helper.to_array(t) for t in inits.values()
+            if t.data_type == onnx.TensorProto.UINT8 and len(t.dims) >= 2]  # fmt: skip
+    assert mats and not any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2
+                            for t in inits.values())  # fmt: skip
+    assert max(int(w.max()) for w in mats) == 255 and min(int(w.min()) for w in mats) == 0
+    u8 = onnx.TensorProto.UINT8
+    zero_points = [numpy_helper.to_array(t) for n, t in inits.items()
+                   if n.endswith("zero_point") and t.data_type == u8]  # fmt: skip
+    assert any(z.size > 1 and len(np.unique(z)) > 1 for z in zero_points)  # per channel
+    x = images(8, seed=3)
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, out)}
+    ref, got = (run[p].run(None, {"input": x})[0] for p in (fp32, out))
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
+    with pytest.raises(ConfigError, match="unsigned is for --int8 dynamic"):
+        QuantConfig(mode="static", weight_range="unsigned").validate()

@@ -419,6 +419,12 @@ case("onnx", "backend-unknown", 2, r"foo")(lambda ws: ["bench", ws.onnx, "--back
 case("onnx", "opset-99", 2, r"99")(
     lambda ws: ["export", ws.model, "--opset", "99", "-o", ws.p("o")]
 )
+case("onnx", "unsigned-weights-static", 2, r"unsigned is for --int8 dynamic")(
+    lambda ws: [
+        *("export", ws.model, "--int8", "static", "--calib", ws.folder),
+        *("--int8-weight-range", "unsigned", "-o", ws.p("o")),
+    ]
+)
 case("onnx", "opset-too-old", 2, r"too old")(
     lambda ws: ["export", ws.model, "--opset", "9", "-o", ws.p("o")]
 )

@@ -90,10 +90,11 @@ class Config(ModelOptions, OutputOptions):
     int8_ops: Literal["safe", "all"] = option(
         "safe", "safe: only Linear/MatMul inputs; all: every op (the naive setting)."
     )
-    int8_weight_range: Literal["auto", "full", "reduced"] = option(
+    int8_weight_range: Literal["auto", "full", "reduced", "unsigned"] = option(
         "auto",
         "reduced: 7-bit weights, which x86 CPUs without VNNI need (their integer kernels "
-        "saturate at full range); auto: reduced on such a CPU unless --trt.",
+        "saturate at full range); auto: reduced on such a CPU unless --trt; unsigned (dynamic "
+        "only): uint8 weights with zero points, all 8 bits without saturation.",
     )
     eval_data: str | None = option(
         None,
@@ -149,6 +150,10 @@ class Config(ModelOptions, OutputOptions):
                 "--ort-optimize checks the fused graph on images only, not a pixel_mask input",
                 "drop --pixel-mask or --ort-optimize",
             )
+        if self.int8:  # e.g. unsigned weights with static INT8, refused before any work
+            from tvc.export.quantize.config import QuantConfig
+
+            QuantConfig(mode=self.int8, weight_range=self.int8_weight_range).validate()
         if self.int8 and self.pixel_mask:
             raise ConfigError(
                 "INT8 calibration takes images only, not a pixel_mask input",

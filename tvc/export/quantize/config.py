@@ -17,8 +17,12 @@ OPS = ("safe", "all")
 # saturates when weights are large; 7-bit weights (reduced) cannot overflow it. On an AVX2 EPYC
 # the static INT8 tests' worst logit error went from 0.039 to 0.018 with them (0.016 with no
 # integer kernels at all). auto: reduced where this machine's kernels saturate, unless the
-# model is for TensorRT (whose GPU kernels do not).
-WEIGHT_RANGES = ("auto", "full", "reduced")
+# model is for TensorRT (whose GPU kernels do not). unsigned (dynamic INT8 only): uint8 weights
+# with a zero point per channel, which ORT multiplies in 16-bit lanes (no saturation, all 8
+# bits): on a Zen 1 EPYC, whose integer multiplies run on one pipe either way, as fast as int8
+# weights and the closest to FP32 (benchmarks/results/int8_weights_epyc_avx2.md); on CPUs that
+# issue VPMADDUBSW twice per cycle it can be slower.
+WEIGHT_RANGES = ("auto", "full", "reduced", "unsigned")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
@@ -61,6 +65,10 @@ class QuantConfig:
             return int8_saturates_here()
         return self.weight_range == "reduced"
 
+    def unsigned_weights(self) -> bool:
+        """Whether the weights are uint8 with zero points (dynamic INT8 only)."""
+        return self.weight_range == "unsigned"
+
     def validate(self) -> None:
         def bad(what: str, fix: str) -> ConfigError:
             return ConfigError(what, fix)
@@ -73,6 +81,12 @@ class QuantConfig:
             raise bad(
                 f"unknown --int8-weight-range '{self.weight_range}'",
                 f"use one of: {', '.join(WEIGHT_RANGES)}",
+            )
+        if self.weight_range == "unsigned" and self.mode != "dynamic":
+            raise bad(
+                "--int8-weight-range unsigned is for --int8 dynamic (static Q/DQ weights stay "
+                "signed, as TensorRT needs them)",
+                "use --int8 dynamic, or full / reduced with --int8 static",
             )
         if self.calib_method not in CALIB_METHODS:
             raise bad(
@@ -116,6 +130,15 @@ def int8_saturates_here(machine: str | None = None, simd: list[str] | None = Non
 
 def weight_bits(cfg: QuantConfig) -> str:
     """How a report names the weights' range."""
+    if cfg.unsigned_weights():
+        return "uint8 with a zero point (--int8-weight-range unsigned)"
     if cfg.reduce_range():
         return "int8 in a 7-bit range (--int8-weight-range reduced or auto on a CPU without VNNI)"
     return "int8"
+
+
+def weight_range_used(cfg: QuantConfig) -> str:
+    """The range a report records: auto resolved to what this machine got."""
+    if cfg.unsigned_weights():
+        return "unsigned"
+    return "reduced" if cfg.reduce_range() else "full"

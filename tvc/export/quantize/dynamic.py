@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any
 from tvc.errors import UnsupportedModelError, first_line
 from tvc.export.ort_rewrites import patches_as_matmul
 from tvc.export.quantize.calibration import check_inputs, quiet_ort
-from tvc.export.quantize.config import PARITY_IMAGES, QuantConfig, weight_bits
+from tvc.export.quantize.config import (
+    PARITY_IMAGES,
+    QuantConfig,
+    weight_bits,
+    weight_range_used,
+)
 from tvc.export.quantize.graph import (
     all_names,
     check_model,
@@ -66,8 +71,9 @@ def quantize_dynamic(
         "mode": "dynamic",
         "format": "ONNX Runtime integer ops (DynamicQuantizeLinear + MatMulInteger)",
         "ops": cfg.ops,
-        "weights": f"{weight_bits(cfg)} symmetric, per output channel",
-        "weight_range": "reduced" if cfg.reduce_range() else "full",
+        "weights": f"{weight_bits(cfg)}{'' if cfg.unsigned_weights() else ' symmetric'}, "
+        "per output channel",
+        "weight_range": weight_range_used(cfg),
         "activations": "uint8, range computed at run time per tensor",
         "quantized_nodes": nodes,
         "patch_conv_as_matmul": patch_matmuls,
@@ -88,7 +94,7 @@ def run_dynamic(prepared: Path, out: Path, nodes: list[str], cfg: QuantConfig) -
             oq.quantize_dynamic(
                 str(prepared),
                 str(out),
-                weight_type=oq.QuantType.QInt8,
+                weight_type=oq.QuantType.QUInt8 if cfg.unsigned_weights() else oq.QuantType.QInt8,
                 per_channel=True,
                 reduce_range=cfg.reduce_range(),
                 op_types_to_quantize=["MatMul", "Gemm", "Attention"] if cfg.ops == "safe" else None,

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvc.export.quantize.calibration import calibration_images, run_static
-from tvc.export.quantize.config import PARITY_IMAGES, SMOOTH_IMAGES, QuantConfig, weight_bits
+from tvc.export.quantize.config import (
+    PARITY_IMAGES,
+    SMOOTH_IMAGES,
+    QuantConfig,
+    weight_bits,
+    weight_range_used,
+)
 from tvc.export.quantize.graph import (
     all_names,
     check_model,
@@ -113,7 +119,7 @@ class StaticJob:
             "format": "QDQ",
             "ops": cfg.ops,
             "weights": f"{weight_bits(cfg)} symmetric (zero point 0), per output channel",
-            "weight_range": "reduced" if cfg.reduce_range() else "full",
+            "weight_range": weight_range_used(cfg),
             "activations": "int8 symmetric (zero point 0), per tensor",
             "calibration": calib_info,
             "smoothing": smoothing,
