@@ -346,10 +346,8 @@ def markdown(runs: list[dict], limits: dict, goal_rows: list[dict], args) -> str
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="deit_small,vit_base")
-    ap.add_argument("--teacher", default=None, help="trained Fashion-MNIST model artifact")
+def timing_args(ap: argparse.ArgumentParser) -> None:
+    """The data and timing options `timed` reads (shared with bench_int8_weights.py)."""
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-runs", type=int, default=20)
@@ -357,6 +355,13 @@ def main() -> None:
     ap.add_argument("--min-time-s", type=float, default=2.0)
     ap.add_argument("--max-time-s", type=float, default=6.0)
     ap.add_argument("--batch8-scale", type=int, default=2, help="fewer runs/rounds at batch 8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="deit_small,vit_base")
+    ap.add_argument("--teacher", default=None, help="trained Fashion-MNIST model artifact")
+    timing_args(ap)
     ap.add_argument("--speed-calib", type=int, default=16, help="noise images to calibrate with")
     ap.add_argument("--calib-size", type=int, default=256)
     ap.add_argument("--eval-limit", type=int, default=2000)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_cpu_int8 import FP32, timed
+from bench_cpu_int8 import FP32, timed, timing_args
 from bench_int8 import like_trained
 from common import load_note, write_result
 
@@ -124,13 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="deit_small")
     ap.add_argument("--teacher", default=None, help="trained Fashion-MNIST model artifact")
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--min-runs", type=int, default=20)
-    ap.add_argument("--min-rounds", type=int, default=10)
-    ap.add_argument("--min-time-s", type=float, default=2.0)
-    ap.add_argument("--max-time-s", type=float, default=6.0)
-    ap.add_argument("--batch8-scale", type=int, default=2, help="fewer runs/rounds at batch 8")
+    timing_args(ap)
     ap.add_argument("--eval-limit", type=int, default=10000)
     ap.add_argument("--name", default="int8_weights", help="results file name (one per board)")
     args = ap.parse_args()
