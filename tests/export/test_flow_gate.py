@@ -85,11 +85,17 @@ def test_gate_samples_sets_the_gate_size(tmp_path):
 
 
 def test_a_slower_int8_variant_is_warned_with_speedup_and_fidelity(caplog):
-    slow = {"latency_ms": {"speedup": 0.85}, "parity_vs_fp32": {"agreement": 0.97}}
+    slow = {"precision": "int8-qdq", "latency_ms": {"speedup": 0.85},
+            "parity_vs_fp32": {"agreement": 0.97}}  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="tvc"):
         warn_if_slower("model.int8.onnx", slow)
     assert slow["slower_than_fp32"] is True
     assert "SLOWER THAN FP32" in caplog.text and "0.85x" in caplog.text and "97.0%" in caplog.text
+    assert "try --int8 dynamic" in caplog.text
+    caplog.clear()  # a slow dynamic variant is not told to try what it already is
+    with caplog.at_level(logging.WARNING, logger="tvc"):
+        warn_if_slower("model.int8dyn.onnx", {**slow, "precision": "int8-dynamic"})
+    assert "SLOWER THAN FP32" in caplog.text and "--int8 dynamic" not in caplog.text
     fast = {"latency_ms": {"speedup": 1.6}, "parity_vs_fp32": {"agreement": 0.99}}
     caplog.clear()
     warn_if_slower("model.int8.onnx", fast)

@@ -367,12 +367,16 @@ def warn_if_slower(fname: str, variant: dict[str, Any]) -> None:
     agree = p.get("top1_agreement", p.get("class_agreement", p.get("agreement")))
     fidelity = f", top-1 agreement with FP32 {agree:.1%}" if isinstance(agree, float) else ""
     variant["slower_than_fp32"] = True
+    # static Q/DQ can still lose to dynamic INT8 on ORT; a slow dynamic variant has no INT8
+    # scheme left to try here (e.g. a CPU whose integer GEMMs are no faster than its FP32 ones)
+    other = ", or try --int8 dynamic" if variant.get("precision") == "int8-qdq" else ""
     log.warning(
         "%s IS SLOWER THAN FP32 here: speed-up %.2fx (indicative ORT CPU p50, 1 thread, batch 1)"
-        "%s; deploy model.onnx on this kind of machine, or try --int8 dynamic",
+        "%s; deploy model.onnx on this kind of machine%s",
         fname,
         speedup,
         fidelity,
+        other,
     )
 
 
