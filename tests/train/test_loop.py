@@ -131,3 +131,29 @@ def test_train_command_bad_data(tmp_path):
     r = CliRunner().invoke(cli, ["train", "vit_pico", "--data", str(tmp_path / "none"), "-o",
                                  str(tmp_path / "o"), "--no-progress"])  # fmt: skip
     assert r.exit_code == 2 and "error: dataset" in r.output and "Traceback" not in r.output
+
+
+def test_trained_classes_travel_with_the_artifact_and_match_eval_folders_by_name(tmp_path):
+    from PIL import Image
+
+    def folder(root, classes):
+        for k, c in enumerate(classes):
+            for i in range(3):
+                (root / c).mkdir(parents=True, exist_ok=True)
+                Image.new("L", (16, 16), 40 * k + i).save(root / c / f"{i}.png")
+
+    folder(tmp_path / "data" / "train", ["ant", "bee", "cow"])
+    folder(tmp_path / "data" / "val", ["ant", "bee", "cow"])  # no test/: scored on val/
+    out = tmp_path / "m"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", "vit_pico", "--data", str(tmp_path / "data"), "-o", str(out),
+                            "--epochs", "1", "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "artifact.json").read_text())
+    assert meta["model"]["extra"]["class_names"] == ["ant", "bee", "cow"]
+    folder(tmp_path / "subset", ["bee", "cow"])  # labels 0, 1 here are outputs 1, 2
+    r = runner.invoke(cli, ["eval", str(out), "--data", str(tmp_path / "subset")])
+    assert r.exit_code == 0 and "2 classes matched to the model's 3 by name" in r.output
+    folder(tmp_path / "other", ["cow", "dog"])  # cow is label 0 here, output 2 of the model
+    r = runner.invoke(cli, ["eval", str(out), "--data", str(tmp_path / "other")])
+    assert r.exit_code == 2 and "'cow' is label 0 there but output 2" in r.output

@@ -29,10 +29,11 @@ import numpy as np
 
 from tvc.data import load_images
 from tvc.data.base import ImageSet
+from tvc.data.classes import align_classes
 from tvc.errors import ConfigError, UnsupportedModelError
 from tvc.eval.classification import evaluate
 from tvc.finite import check_finite_array
-from tvc.models.info import image_view
+from tvc.models.info import image_view, model_class_names
 from tvc.progress import Progress
 from tvc.train import dist
 from tvc.train.kd import soft_kd
@@ -118,8 +119,9 @@ def kd_loss(kd: str, alpha: float, temperature: float, label_smoothing: float):
 
 
 def _images(spec: str, split: str, info, limit: int | None, seed: int) -> ImageSet:
-    """`split` of `spec` prepared for the model described by `info`."""
-    return load_images(spec, split, limit=limit, seed=seed, **image_view(info))
+    """`split` of `spec` prepared for the model described by `info`, labelled in its classes."""
+    data = load_images(spec, split, limit=limit, seed=seed, **image_view(info))
+    return align_classes(data, model_class_names(info))
 
 
 def _same_view(a, b) -> bool:
@@ -212,6 +214,14 @@ def _check_student(student, teacher, cfg: DistillConfig) -> None:
             f"the student predicts {student.info.num_classes} classes, the teacher "
             f"{teacher.info.num_classes}",
             "distil between models with the same classifier (same dataset)",
+        )
+    s_names, t_names = model_class_names(student.info), model_class_names(teacher.info)
+    if s_names and t_names and s_names != t_names:
+        differ = next(i for i, (a, b) in enumerate(zip(s_names, t_names, strict=True)) if a != b)
+        raise ConfigError(
+            f"output {differ} of the student is '{s_names[differ]}' but of the teacher "
+            f"'{t_names[differ]}'",
+            "distil between models trained on the same classes in the same order",
         )
     if cfg.kd == "token" and getattr(student.model, "dist_token", None) is None:
         raise UnsupportedModelError(

@@ -189,6 +189,14 @@ class ImageSet:
                         split=split or self.split, class_names=self.class_names,
                         input_size=self.input_size, fingerprint=fp)  # fmt: skip
 
+    def relabel(self, order: np.ndarray, class_names: list[str]) -> ImageSet:
+        """The same images in another list of classes: label k becomes `order[k]`."""
+        order = np.asarray(order, dtype=np.int64)
+        fp = hashlib.sha256(self.fingerprint.encode() + order.tobytes()).hexdigest()[:16]
+        return ImageSet(self._read, order[self._labels], name=self.name, split=self.split,
+                        class_names=class_names, input_size=self.input_size,
+                        skipped=self.skipped, fingerprint=fp)  # fmt: skip
+
     @classmethod
     def from_arrays(
         cls,

@@ -2,7 +2,9 @@
 
 Two layouts:
 - `ROOT/train/<class>/...`, `ROOT/test/<class>/...` (and optionally `ROOT/val/<class>/...`): each
-  split is its own folder; without `val/`, val is a fixed 10% hold-out of train.
+  split is its own folder; without `val/`, val is a fixed 10% hold-out of train, and without
+  `test/` (ImageNet's own train/ + val/ layout) test is `val/`. The classes are train/'s: a label
+  means the same class in every split, whichever classes a val/ or test/ folder happens to hold.
 - `ROOT/<class>/...`: one pool; `test` is every image, `val` a fixed 10% hold-out and `train` the
   rest. Such a folder has no held-out test images: evaluate on a separate folder when it matters.
 
@@ -46,8 +48,12 @@ def class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
 
 
-def list_files(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
-    """Class names, files and labels under `root/<class>/` (files sorted, hidden ones skipped)."""
+def _files(d: Path) -> list[Path]:
+    return [f for f in sorted(d.rglob("*")) if f.is_file() and _visible(f)]
+
+
+def class_names(root: Path) -> list[str]:
+    """The classes a folder defines: its visible sub-folders, sorted, each holding files."""
     classes = class_dirs(root)
     if not classes:
         raise DataError(
@@ -60,13 +66,37 @@ def list_files(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
             f"{root} has only one class sub-folder ({classes[0].name})",
             "a classifier needs at least two classes: add a sub-folder per class",
         )
+    empty = [d.name for d in classes if not _files(d)]
+    if empty:  # it would become a class the model is asked to predict but never sees
+        raise DataError(
+            f"class folder(s) {', '.join(empty)} in {root} hold no files",
+            "add images to them or remove them",
+        )
+    return [d.name for d in classes]
+
+
+def list_files(
+    root: Path, classes: list[str] | None = None
+) -> tuple[list[str], list[Path], np.ndarray]:
+    """Class names, files and labels under `root/<class>/` (files sorted, hidden ones skipped);
+    `classes` (another split's class names) fixes what each label means."""
+    if classes is None:
+        classes = class_names(root)
+    else:
+        unknown = sorted({d.name for d in class_dirs(root)} - set(classes))
+        if unknown:
+            raise DataError(
+                f"{root} has class folder(s) {', '.join(unknown)} that the training split lacks",
+                f"use the same class folder names in every split ({', '.join(classes[:5])}"
+                f"{', ...' if len(classes) > 5 else ''})",
+            )
     files, labels = [], []
-    for k, d in enumerate(classes):
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and _visible(f):
-                files.append(f)
-                labels.append(k)
-    return [d.name for d in classes], files, np.asarray(labels, dtype=np.int64)
+    for k, name in enumerate(classes):
+        d = root / name
+        found = _files(d) if d.is_dir() else []
+        files += found
+        labels += [k] * len(found)
+    return list(classes), files, np.asarray(labels, dtype=np.int64)
 
 
 def split_root(root: Path, split: str) -> tuple[Path, np.ndarray | None]:
@@ -78,6 +108,9 @@ def split_root(root: Path, split: str) -> tuple[Path, np.ndarray | None]:
             return root / "train", _holdout(root / "train", split)  # val held out of train/
         if (root / split).is_dir():
             return root / split, None
+        if split == "test" and has_val:
+            log.info("%s has no test/ folder: scoring on val/", root)
+            return root / "val", None
         raise DataError(
             f"{root} has split folders but no '{split}/'", f"add {root / split}/<class>/<images>"
         )
@@ -124,7 +157,11 @@ def load_folder(
     `select(n)` returns the positions to keep (the seeded --limit subset).
     """
     folder, positions = split_root(root, split)
-    class_names, files, labels = list_files(folder)
+    train = root / "train"
+    # labels count train/'s classes in every split, so that val/ or test/ missing a class
+    # cannot shift what the others' labels mean
+    classes = class_names(train) if folder != train and train.is_dir() else None
+    names, files, labels = list_files(folder, classes)
     if positions is not None:
         files = [files[i] for i in positions]
         labels = labels[positions]
@@ -148,4 +185,4 @@ def load_folder(
             f"none of the {len(keep)} file(s) in {folder} is a readable image",
             "put image files (PNG, JPEG, ...) in DIR/<class name>/",
         )
-    return np.stack(arrays), np.asarray(kept_labels, np.int64), class_names, len(bad)
+    return np.stack(arrays), np.asarray(kept_labels, np.int64), names, len(bad)

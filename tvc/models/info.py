@@ -77,6 +77,24 @@ def image_view(info: ModelInfo) -> dict[str, Any]:
     }
 
 
+def model_class_names(info: ModelInfo) -> list[str] | None:
+    """What each output of a classifier means, where the model says: the class folders it was
+    trained on (extra["class_names"], written by tvc train) or a Hugging Face config's
+    id2label. None when unknown (timm's ImageNet heads, transformers' LABEL_i defaults)."""
+    names = info.extra.get("class_names")
+    if not names and isinstance(info.kwargs.get("id2label"), dict):
+        try:
+            labels = {int(k): str(v) for k, v in info.kwargs["id2label"].items()}
+        except (TypeError, ValueError):
+            return None
+        names = [labels.get(i) for i in range(info.num_classes)]
+        if None in names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+            return None
+    if not isinstance(names, list) or len(names) != info.num_classes:
+        return None  # e.g. a head replaced since the names were written
+    return [str(n) for n in names]
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

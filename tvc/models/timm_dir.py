@@ -94,6 +94,9 @@ def timm_from_directory(
     if _three_numbers(mean) and _three_numbers(std) and min(std) > 0:
         info.mean = tuple(float(m) for m in mean)
         info.std = tuple(float(s) for s in std)
+    labels = cfg.get("label_names")  # what save_for_hf writes when the model was given them
+    if isinstance(labels, list) and len(labels) == info.num_classes:
+        info.extra["class_names"] = [str(n) for n in labels]
     return loaded
 
 

@@ -60,9 +60,11 @@ class ClassificationTask(Task):
         self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0
     ) -> ImageSet:
         from tvc.data import load_images
-        from tvc.models.info import image_view
+        from tvc.data.classes import align_classes
+        from tvc.models.info import image_view, model_class_names
 
-        return load_images(spec, split, limit=limit, seed=seed, **image_view(info))
+        data = load_images(spec, split, limit=limit, seed=seed, **image_view(info))
+        return align_classes(data, model_class_names(info))
 
     def sample_inputs(self, info: ModelInfo, data_spec: str | None, n: int) -> tuple[Any, str]:
         import torch

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from tvc.data import load_images
+from tvc.data.classes import align_classes
 from tvc.errors import UnsupportedModelError
 from tvc.eval.classification import evaluate
-from tvc.models.info import image_view
+from tvc.models.info import image_view, model_class_names
 from tvc.train import dist
 from tvc.train.loop import TrainConfig, amp_dtype, fit, torch_predict
 
@@ -62,7 +63,10 @@ def train_model(
     val_set = load_images(data_spec, "val", limit=eval_limit, seed=cfg.seed, **view)
     # read before training: a missing or broken test split must not cost a finished run
     test_set = load_images(data_spec, "test", limit=eval_limit, seed=cfg.seed, **view)
+    names = model_class_names(info)  # a fine-tuned model keeps its outputs' meaning
+    train_set, val_set, test_set = (align_classes(d, names) for d in (train_set, val_set, test_set))
     fit_classes(loaded, train_set.num_classes)
+    info.extra["class_names"] = list(train_set.class_names)  # what each output means, by name
     ctx = dist.setup(cfg.device)
     if ctx.is_main:
         log.info("training on %s; validating on %d images", train_set.summary(), len(val_set))
