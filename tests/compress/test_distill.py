@@ -114,3 +114,15 @@ def test_user_errors(teacher, fm, tmp_path):
     wide.info.num_classes = 5
     with pytest.raises(ConfigError, match="5 classes"):
         distill(wide, _cfg(teacher, fm, tmp_path))
+
+
+def test_the_student_learns_the_teachers_classes_in_its_order(teacher, fm, tmp_path):
+    names = load_model(str(teacher.path)).info.extra["class_names"]
+    assert len(names) == 10  # tvc train recorded Fashion-MNIST's classes
+    student = _student()
+    distill(student, _cfg(teacher, fm, tmp_path, epochs=1, eval_split=None))
+    assert student.info.extra["class_names"] == names  # so its artifact says what it predicts
+    reordered = _student()
+    reordered.info.extra["class_names"] = names[::-1]
+    with pytest.raises(ConfigError, match=f"output 0 of the student is '{names[-1]}'"):
+        distill(reordered, _cfg(teacher, fm, tmp_path))

@@ -146,6 +146,10 @@ def distill(student, cfg: DistillConfig, *, teacher=None) -> dict[str, Any]:
             "pass its trained weights (--weights for the teacher) or a trained model artifact",
         )
     _check_student(student, teacher, cfg)
+    t_names = model_class_names(teacher.info)
+    if t_names and not model_class_names(student.info):
+        # the student learns the teacher's outputs, so its labels must mean the same classes
+        student.info.extra["class_names"] = t_names
     s_view, t_view = student.info, teacher.info
     train_set = _images(cfg.data, "train", s_view, cfg.limit, cfg.seed)
     shared_view = _same_view(s_view, t_view)
