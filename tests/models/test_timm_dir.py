@@ -176,3 +176,18 @@ def test_jax_vit_checkpoint_loads_through_timms_reader(tmp_path, caplog):
     np.savez(tmp_path / "pickled.npz", **{"head/bias": np.array([object()], dtype=object)})
     with pytest.raises(WeightsError, match=r"not a readable \.npz checkpoint"):
         load_model("vit_pico", weights=tmp_path / "pickled.npz")
+
+
+def test_label_names_of_the_folder_name_the_outputs(tmp_path):
+    """save_for_hf writes `label_names` when the model was given them: they say what each output
+    means, so folders of those classes are matched by name."""
+    from tvc.models.info import model_class_names
+
+    _save_timm_folder(tmp_path / "hub")
+    cfg = json.loads((tmp_path / "hub/config.json").read_text())
+    names = [f"class{i}" for i in range(10)]
+    (tmp_path / "hub/config.json").write_text(json.dumps({**cfg, "label_names": names}))
+    assert model_class_names(load_model(str(tmp_path / "hub")).info) == names
+    # names of another head (here 3 for 10 outputs) are left out, not trusted
+    (tmp_path / "hub/config.json").write_text(json.dumps({**cfg, "label_names": names[:3]}))
+    assert model_class_names(load_model(str(tmp_path / "hub")).info) is None
