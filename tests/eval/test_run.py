@@ -106,3 +106,21 @@ def test_evaluate_matches_by_hand_on_real_runner(pico, fm):
                        std=pico.info.std)  # fmt: skip
     r = evaluate(runner_predict(TorchRunner(pico)), data, batch_size=7)
     assert r["top1"] == pytest.approx(_by_hand(pico, fm))
+
+
+def test_a_reference_with_other_classes_is_refused(pico_onnx, fm, tmp_path):
+    """Agreement compares output positions, so both models' outputs must mean the same classes."""
+    import shutil
+
+    named = {}
+    for name, classes in (("ab", ["a", "b"]), ("ba", ["b", "a"])):
+        named[name] = tmp_path / name
+        shutil.copytree(pico_onnx.path, named[name])
+        meta = json.loads((named[name] / "artifact.json").read_text())
+        meta["model"]["extra"]["class_names"] = [*classes, *map(str, range(8))]
+        (named[name] / "artifact.json").write_text(json.dumps(meta))
+    r = CliRunner().invoke(cli, ["eval", str(named["ab"]), "--data", fm, "--limit", "4",
+                                 "--reference", str(named["ba"]), "--threads", "1"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "outputs mean other classes" in r.output and "(b, a, 0, 1, 2, ..." in r.output
+    assert "Traceback" not in r.output

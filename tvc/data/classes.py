@@ -18,7 +18,8 @@ from tvc.errors import DataError
 log = logging.getLogger("tvc")
 
 
-def _listed(names: list[str], limit: int = 5) -> str:
+def listed_names(names: list[str], limit: int = 5) -> str:
+    """The first `limit` names, and how many there are in all when more."""
     more = f", ... ({len(names)} in all)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
@@ -43,11 +44,13 @@ def align_classes(data: ImageSet, model_names: list[str] | None) -> ImageSet:
         first = moved[0]
         raise DataError(
             f"{data.name}'s class '{first}' is label {names.index(first)} there but output "
-            f"{where[first]} of the model, and its classes {_listed(unknown)} are not the "
+            f"{where[first]} of the model, and its classes {listed_names(unknown)} are not the "
             "model's, so its labels cannot be matched to the model's outputs",
-            f"name its class folders as the model's classes ({_listed(model_names)})",
+            f"name its class folders as the model's classes ({listed_names(model_names)})",
         )
     if len(unknown) < len(names):
-        log.warning("%s: classes %s are not among the model's (%s); labels are matched by "
-                    "position", data.name, _listed(unknown), _listed(model_names))  # fmt: skip
+        log.warning(
+            "%s: classes %s are not among the model's (%s); labels are matched by position",
+            data.name, listed_names(unknown), listed_names(model_names),
+        )  # fmt: skip
     return data

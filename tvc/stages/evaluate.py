@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from tvc.errors import ConfigError, DataError
-from tvc.models.info import ModelInfo, image_view
+from tvc.models.info import ModelInfo, image_view, model_class_names
 from tvc.stages import torch_backend  # noqa: F401 - registers the `torch` backend
 from tvc.stages.config import ModelOptions, StageConfig, option
 
@@ -206,6 +206,7 @@ def measure(
 ) -> tuple[Task, dict[str, Any]]:
     """The task of `runner`'s model and its quality on `data` (the task's evaluate result);
     `reference` (an open runner and its facts) adds the agreement with it."""
+    from tvc.data.classes import listed_names
     from tvc.progress import Progress, counted
     from tvc.runtime.predict import runner_outputs
     from tvc.stages.common import check_data_task
@@ -226,6 +227,13 @@ def measure(
             raise ConfigError(
                 f"the reference model reads images otherwise than the model ({said})",
                 "compare against a reference with the same input size, normalisation and crop",
+            )
+        names, ref_names = model_class_names(info), model_class_names(ref_info)
+        if names and ref_names and names != ref_names:  # agreement compares output positions
+            raise ConfigError(
+                "the reference model's outputs mean other classes than the model's "
+                f"({listed_names(ref_names)} vs {listed_names(names)})",
+                "compare against a reference trained on the same classes in the same order",
             )
         ref_predict = runner_outputs(ref_runner)
     dataset = data.get(task, info)
