@@ -27,13 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from tvc.data import load_images
 from tvc.data.base import ImageSet
-from tvc.data.classes import align_classes
 from tvc.errors import ConfigError, UnsupportedModelError
 from tvc.eval.classification import evaluate
 from tvc.finite import check_finite_array
-from tvc.models.info import image_view, model_class_names
+from tvc.models.info import image_view, model_class_names, model_images
 from tvc.progress import Progress
 from tvc.train import dist
 from tvc.train.kd import soft_kd
@@ -120,8 +118,7 @@ def kd_loss(kd: str, alpha: float, temperature: float, label_smoothing: float):
 
 def _images(spec: str, split: str, info, limit: int | None, seed: int) -> ImageSet:
     """`split` of `spec` prepared for the model described by `info`, labelled in its classes."""
-    data = load_images(spec, split, limit=limit, seed=seed, **image_view(info))
-    return align_classes(data, model_class_names(info))
+    return model_images(spec, split, info, limit=limit, seed=seed)
 
 
 def _same_view(a, b) -> bool:

@@ -17,6 +17,7 @@ from tvc.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     from tvc.artifact import Artifact
+    from tvc.data.base import ImageSet
 
 DETECTION_FAMILY = "hf-det"  # DETR and Deformable DETR through transformers
 
@@ -93,6 +94,18 @@ def model_class_names(info: ModelInfo) -> list[str] | None:
     if not isinstance(names, list) or len(names) != info.num_classes:
         return None  # e.g. a head replaced since the names were written
     return [str(n) for n in names]
+
+
+def model_images(
+    spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0
+) -> ImageSet:
+    """Split `split` of the classification data `spec` as this model reads it: resized and
+    normalised as `image_view` says, labelled in the model's classes (`model_class_names`)."""
+    from tvc.data import load_images
+    from tvc.data.classes import align_classes
+
+    data = load_images(spec, split, limit=limit, seed=seed, **image_view(info))
+    return align_classes(data, model_class_names(info))
 
 
 def read_json(path: Path) -> dict:

@@ -59,12 +59,9 @@ class ClassificationTask(Task):
     def load_data(
         self, spec: str, split: str, info: ModelInfo, *, limit: int | None = None, seed: int = 0
     ) -> ImageSet:
-        from tvc.data import load_images
-        from tvc.data.classes import align_classes
-        from tvc.models.info import image_view, model_class_names
+        from tvc.models.info import model_images
 
-        data = load_images(spec, split, limit=limit, seed=seed, **image_view(info))
-        return align_classes(data, model_class_names(info))
+        return model_images(spec, split, info, limit=limit, seed=seed)
 
     def sample_inputs(self, info: ModelInfo, data_spec: str | None, n: int) -> tuple[Any, str]:
         import torch

@@ -6,11 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tvc.data import load_images
-from tvc.data.classes import align_classes
 from tvc.errors import UnsupportedModelError
 from tvc.eval.classification import evaluate
-from tvc.models.info import image_view, model_class_names
+from tvc.models.info import model_images
 from tvc.train import dist
 from tvc.train.loop import TrainConfig, amp_dtype, fit, torch_predict
 
@@ -58,13 +56,11 @@ def train_model(
     """
     cfg.validate()
     info = loaded.info
-    view = image_view(info)
-    train_set = load_images(data_spec, "train", limit=limit, seed=cfg.seed, **view)
-    val_set = load_images(data_spec, "val", limit=eval_limit, seed=cfg.seed, **view)
+    # labelled in the model's classes where it names them: a fine-tuned model keeps their meaning
+    train_set = model_images(data_spec, "train", info, limit=limit, seed=cfg.seed)
+    val_set = model_images(data_spec, "val", info, limit=eval_limit, seed=cfg.seed)
     # read before training: a missing or broken test split must not cost a finished run
-    test_set = load_images(data_spec, "test", limit=eval_limit, seed=cfg.seed, **view)
-    names = model_class_names(info)  # a fine-tuned model keeps its outputs' meaning
-    train_set, val_set, test_set = (align_classes(d, names) for d in (train_set, val_set, test_set))
+    test_set = model_images(data_spec, "test", info, limit=eval_limit, seed=cfg.seed)
     fit_classes(loaded, train_set.num_classes)
     info.extra["class_names"] = list(train_set.class_names)  # what each output means, by name
     ctx = dist.setup(cfg.device)
