@@ -48,8 +48,12 @@ def class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
 
 
+def _walk(d: Path):
+    return (f for f in d.rglob("*") if f.is_file() and _visible(f))
+
+
 def _files(d: Path) -> list[Path]:
-    return [f for f in sorted(d.rglob("*")) if f.is_file() and _visible(f)]
+    return sorted(_walk(d))
 
 
 def class_names(root: Path) -> list[str]:
@@ -66,7 +70,7 @@ def class_names(root: Path) -> list[str]:
             f"{root} has only one class sub-folder ({classes[0].name})",
             "a classifier needs at least two classes: add a sub-folder per class",
         )
-    empty = [d.name for d in classes if not _files(d)]
+    empty = [d.name for d in classes if next(_walk(d), None) is None]  # stops at a first file
     if empty:  # it would become a class the model is asked to predict but never sees
         raise DataError(
             f"class folder(s) {', '.join(empty)} in {root} hold no files",
